@@ -1,0 +1,310 @@
+//! The contract between xlb's XDP program and its user space.
+//!
+//! Every map name, key, value and size limit is defined here once. Every shared type is
+//! `#[repr(C)]` and derives bytemuck's `Pod`, which refuses to compile a type with padding:
+//! the kernel compares every byte of a map key, so a padding byte would make lookups miss.
+#![no_std]
+
+use bytemuck::{Pod, Zeroable};
+
+// ---------------------------------------------------------------------------------------
+// Map names (the names of the statics in lb-ebpf, and of the pins under the bpffs dir).
+// ---------------------------------------------------------------------------------------
+
+/// The XDP program's name inside the object file.
+pub const PROG_NAME: &str = "xlb";
+/// `Array<Config>` with one entry: policies and list sizes.
+pub const MAP_CONFIG: &str = "XLB_CONFIG";
+/// Per-CPU `Array<Counter>`, indexed by [`counter_index`] (reason x verdict).
+pub const MAP_COUNTERS: &str = "XLB_COUNTERS";
+/// Per-CPU `Array<u64>`, packets matched per rule id.
+pub const MAP_RULE_HITS: &str = "XLB_RULE_HITS";
+/// Mmapable `Array<Dir24Block>`: the first level of the IPv4 source-prefix table.
+pub const MAP_DIR24: &str = "XLB_DIR24";
+/// `HashMap<LongV4Key, u32>`: IPv4 prefixes longer than /24.
+pub const MAP_LONG_V4: &str = "XLB_LONG_V4";
+/// `LpmTrie<[u8; 16], u32>`: IPv6 source prefixes (allow/deny).
+pub const MAP_PREFIX_V6: &str = "XLB_PREFIX_V6";
+/// `LpmTrie<[u8; 4], u32>`: the always-allow list, IPv4 sources.
+pub const MAP_EXCEPT_V4: &str = "XLB_EXCEPT_V4";
+/// `LpmTrie<[u8; 16], u32>`: the always-allow list, IPv6 sources.
+pub const MAP_EXCEPT_V6: &str = "XLB_EXCEPT_V6";
+/// Mmapable `Array<PortEntry>`, indexed by [`port_index`].
+pub const MAP_PORTS: &str = "XLB_PORTS";
+
+/// Every map of the program, for pinning and for `xlb status`.
+pub const ALL_MAPS: [&str; 9] = [
+    MAP_CONFIG,
+    MAP_COUNTERS,
+    MAP_RULE_HITS,
+    MAP_DIR24,
+    MAP_LONG_V4,
+    MAP_PREFIX_V6,
+    MAP_EXCEPT_V4,
+    MAP_EXCEPT_V6,
+    MAP_PORTS,
+];
+
+// ---------------------------------------------------------------------------------------
+// Limits.
+// ---------------------------------------------------------------------------------------
+
+/// Rule ids are `1..MAX_RULES`; 0 means "no rule". Shared by every rule kind, so one
+/// million IPv4 plus one million IPv6 prefixes fit with room for port and except rules.
+/// The per-CPU hit counters cost `MAX_RULES * 8` bytes per CPU.
+pub const MAX_RULES: u32 = 1 << 21;
+/// IPv4 prefixes longer than /24 (each one a hash entry).
+pub const MAX_LONG_V4: u32 = 1 << 21;
+/// IPv6 allow/deny prefixes.
+pub const MAX_PREFIX_V6: u32 = 1 << 21;
+/// Entries of each always-allow prefix list (kept small on purpose: it is an operator's
+/// own management networks, looked up only for packets that would otherwise drop).
+pub const MAX_EXCEPT: u32 = 4096;
+/// IPv6 extension headers walked before the packet is called malformed.
+pub const MAX_IPV6_EXT_HEADERS: usize = 8;
+/// VLAN tags parsed (802.1Q and 802.1ad, QinQ).
+pub const MAX_VLAN_TAGS: usize = 2;
+
+// ---------------------------------------------------------------------------------------
+// Rule references: what a prefix or port table entry points at.
+// ---------------------------------------------------------------------------------------
+
+/// A rule reference is 24 bits: the deny flag and a rule id. 0 = no rule.
+pub const RULE_DENY: u32 = 1 << 23;
+pub const RULE_ID_MASK: u32 = RULE_DENY - 1;
+pub const RULE_REF_MASK: u32 = 0x00ff_ffff;
+
+/// Encode a rule id and its action as stored in the lookup tables.
+pub const fn rule_ref(id: u32, deny: bool) -> u32 {
+    id | if deny { RULE_DENY } else { 0 }
+}
+
+// ---------------------------------------------------------------------------------------
+// IPv4 prefix table: DIR-24-8 style.
+// ---------------------------------------------------------------------------------------
+//
+// The first level has one 32-bit entry per /24 (2^24 entries, 64 MiB), holding
+// - bits 0..24: the rule reference of the longest prefix of length <= 24 covering it;
+// - bits 24..32: a bitmap of the lengths 25..=32 for which some prefix exists inside this
+//   /24 (bit n = length 25 + n).
+// A lookup is one array read; only a /24 that holds longer prefixes costs hash lookups,
+// one per length present, longest first. User space keeps the table and paints it.
+
+/// /24 entries per array element: elements of 64 bytes keep the mmap layout dense (an
+/// array map strides its elements by their size rounded up to 8 bytes).
+pub const DIR24_BLOCK: usize = 16;
+/// Number of elements of the first level (2^24 / 16).
+pub const DIR24_BLOCKS: u32 = (1 << 24) / DIR24_BLOCK as u32;
+/// Bit position of the longer-prefix bitmap in a first-level entry.
+pub const DIR24_LONG_SHIFT: u32 = 24;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct Dir24Block {
+    pub entries: [u32; DIR24_BLOCK],
+}
+
+/// Key of an IPv4 prefix longer than /24: the masked address (host byte order) and its
+/// length (25..=32).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct LongV4Key {
+    pub addr: u32,
+    pub len: u32,
+}
+
+// ---------------------------------------------------------------------------------------
+// Port table.
+// ---------------------------------------------------------------------------------------
+
+/// Protocols with a port table. Index = `proto * 65536 + port`.
+pub const PORT_PROTO_TCP: u32 = 0;
+pub const PORT_PROTO_UDP: u32 = 1;
+pub const PORT_PROTOS: u32 = 2;
+pub const PORT_TABLE_SIZE: u32 = PORT_PROTOS * 65536;
+
+pub const fn port_index(proto: u32, port: u16) -> u32 {
+    proto * 65536 + port as u32
+}
+
+/// What a (protocol, destination port) pair matches.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct PortEntry {
+    /// The narrowest port rule covering this port (rule reference, 0 = none).
+    pub rule: u32,
+    /// The always-allow rule id covering this port (0 = none).
+    pub except: u32,
+}
+
+// ---------------------------------------------------------------------------------------
+// Configuration.
+// ---------------------------------------------------------------------------------------
+
+pub const ACTION_PASS: u32 = 0;
+pub const ACTION_DROP: u32 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Config {
+    /// ACTION_PASS or ACTION_DROP for packets no rule matched.
+    pub default_action: u32,
+    /// ACTION_PASS or ACTION_DROP for truncated or malformed packets.
+    pub malformed_action: u32,
+    /// Entries in the always-allow prefix lists: 0 skips their lookup.
+    pub except_prefixes: u32,
+    /// Entries in the IPv6 allow/deny trie: 0 skips its lookup.
+    pub prefixes_v6: u32,
+}
+
+// ---------------------------------------------------------------------------------------
+// Counters.
+// ---------------------------------------------------------------------------------------
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// The XDP verdicts xlb returns, in counter order. xlb never returns XDP_ABORTED.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    Pass = 0,
+    Drop = 1,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 2] = [Verdict::Pass, Verdict::Drop];
+    pub const fn name(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Drop => "drop",
+        }
+    }
+}
+pub const VERDICTS: u32 = 2;
+
+/// Why a packet got its verdict. Malformed reasons take the configured malformed policy.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...): always passed.
+    NonIp = 0,
+    /// No rule matched: the default policy.
+    Default = 1,
+    /// A source prefix allow rule matched.
+    PrefixAllow = 2,
+    /// A source prefix deny rule matched.
+    PrefixDeny = 3,
+    /// A port allow rule matched.
+    PortAllow = 4,
+    /// A port deny rule matched.
+    PortDeny = 5,
+    /// The always-allow list overrode a drop.
+    Except = 6,
+    /// Frame shorter than an Ethernet header.
+    TruncEth = 7,
+    /// VLAN tag truncated, or more tags than MAX_VLAN_TAGS.
+    BadVlan = 8,
+    /// IPv4 header truncated, bad version, IHL < 5 or total length inconsistent.
+    BadIpv4 = 9,
+    /// IPv6 header truncated, bad version or payload length inconsistent.
+    BadIpv6 = 10,
+    /// IPv6 extension header truncated or more than MAX_IPV6_EXT_HEADERS.
+    BadIpv6Ext = 11,
+    /// TCP, UDP, ICMP or ICMPv6 header truncated (or TCP data offset < 5).
+    BadL4 = 12,
+}
+
+pub const REASONS: u32 = 13;
+
+impl Reason {
+    pub const ALL: [Reason; REASONS as usize] = [
+        Reason::NonIp,
+        Reason::Default,
+        Reason::PrefixAllow,
+        Reason::PrefixDeny,
+        Reason::PortAllow,
+        Reason::PortDeny,
+        Reason::Except,
+        Reason::TruncEth,
+        Reason::BadVlan,
+        Reason::BadIpv4,
+        Reason::BadIpv6,
+        Reason::BadIpv6Ext,
+        Reason::BadL4,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::NonIp => "non_ip",
+            Reason::Default => "default",
+            Reason::PrefixAllow => "prefix_allow",
+            Reason::PrefixDeny => "prefix_deny",
+            Reason::PortAllow => "port_allow",
+            Reason::PortDeny => "port_deny",
+            Reason::Except => "except",
+            Reason::TruncEth => "truncated_eth",
+            Reason::BadVlan => "bad_vlan",
+            Reason::BadIpv4 => "bad_ipv4",
+            Reason::BadIpv6 => "bad_ipv6",
+            Reason::BadIpv6Ext => "bad_ipv6_ext",
+            Reason::BadL4 => "bad_l4",
+        }
+    }
+
+    pub const fn is_malformed(self) -> bool {
+        self as u32 >= Reason::TruncEth as u32
+    }
+}
+
+pub const COUNTERS: u32 = REASONS * VERDICTS;
+
+pub const fn counter_index(reason: Reason, verdict: Verdict) -> u32 {
+    reason as u32 * VERDICTS + verdict as u32
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all of these are repr(C) and bytemuck::Pod (no padding, any bit pattern).
+    unsafe impl aya::Pod for Dir24Block {}
+    unsafe impl aya::Pod for LongV4Key {}
+    unsafe impl aya::Pod for PortEntry {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for Counter {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_indices_are_dense_and_unique() {
+        let mut seen = [false; COUNTERS as usize];
+        for r in Reason::ALL {
+            for v in Verdict::ALL {
+                let i = counter_index(r, v) as usize;
+                assert!(!seen[i]);
+                seen[i] = true;
+            }
+        }
+        assert!(seen.iter().all(|s| *s));
+    }
+
+    #[test]
+    fn rule_ids_fit_the_reference() {
+        assert!(MAX_RULES - 1 <= RULE_ID_MASK);
+        assert_eq!(rule_ref(5, true) & RULE_ID_MASK, 5);
+        assert_eq!(rule_ref(5, true) & !RULE_REF_MASK, 0);
+    }
+
+    #[test]
+    fn dir24_covers_every_slash24() {
+        assert_eq!(DIR24_BLOCKS as usize * DIR24_BLOCK, 1 << 24);
+        assert_eq!(core::mem::size_of::<Dir24Block>(), 64);
+    }
+}

@@ -1,0 +1,66 @@
+//! Programs for `cargo xtask bench` only (never attached by xlb):
+//! - `bench_floor`: returns XDP_PASS, the cost of BPF_PROG_TEST_RUN itself;
+//! - `bench_lpm`: the baseline, one BPF_MAP_TYPE_LPM_TRIE lookup of the IPv4 source;
+//! - `bench_entry`: writes a source address into the frame (random or fixed, chosen by
+//!   BENCH_SRC) and tail-calls the program under test, so a repeated test run sees a new
+//!   source every packet. Every measured program goes through it, so its cost cancels.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, xdp_action},
+    helpers::bpf_get_prandom_u32,
+    macros::{map, xdp},
+    maps::{Array, LpmTrie, ProgramArray, lpm_trie::Key},
+    programs::XdpContext,
+};
+
+/// [0] = fixed base address (network order), [1] = mask of random bits.
+#[map]
+static BENCH_SRC: Array<u32> = Array::with_max_entries(2, 0);
+#[map]
+static BENCH_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
+#[map]
+static BENCH_LPM: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(1 << 21, BPF_F_NO_PREALLOC);
+
+/// Offset of the IPv4 source address in an untagged frame.
+const SRC_OFF: usize = 14 + 12;
+
+#[xdp]
+pub fn bench_floor(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[xdp]
+pub fn bench_entry(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + SRC_OFF + 4 > ctx.data_end() {
+        return xdp_action::XDP_PASS;
+    }
+    let base = BENCH_SRC.get(0).copied().unwrap_or(0);
+    let mask = BENCH_SRC.get(1).copied().unwrap_or(0);
+    let rand = unsafe { bpf_get_prandom_u32() };
+    unsafe { *((start + SRC_OFF) as *mut u32) = (base & !mask) | (rand & mask) };
+    unsafe {
+        let _ = BENCH_TARGET.tail_call(&ctx, 0);
+    }
+    xdp_action::XDP_PASS
+}
+
+#[xdp]
+pub fn bench_lpm(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + SRC_OFF + 4 > ctx.data_end() {
+        return xdp_action::XDP_PASS;
+    }
+    let src = unsafe { *((start + SRC_OFF) as *const [u8; 4]) };
+    match BENCH_LPM.get(Key::new(32, src)) {
+        Some(_) => xdp_action::XDP_DROP,
+        None => xdp_action::XDP_PASS,
+    }
+}
+
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

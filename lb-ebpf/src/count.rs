@@ -1,0 +1,19 @@
+//! Stage 3: count. Per-CPU, so the fast path never shares a cache line.
+
+use lb_common::{Counter, Reason, Verdict, counter_index};
+
+use crate::maps::{XLB_COUNTERS, XLB_RULE_HITS};
+
+#[inline(always)]
+pub fn packet(reason: Reason, verdict: Verdict, bytes: usize, rule: u32) {
+    if let Some(c) = XLB_COUNTERS.get_ptr_mut(counter_index(reason, verdict)) {
+        let c: &mut Counter = unsafe { &mut *c };
+        c.packets += 1;
+        c.bytes += bytes as u64;
+    }
+    if rule != 0 {
+        if let Some(hits) = XLB_RULE_HITS.get_ptr_mut(rule) {
+            unsafe { *hits += 1 };
+        }
+    }
+}

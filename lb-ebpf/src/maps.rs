@@ -1,0 +1,40 @@
+//! Every map of the program. Names, keys, values and sizes come from lb-common.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+};
+use lb_common::*;
+
+#[map]
+pub static XLB_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static XLB_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTERS, 0);
+
+#[map]
+pub static XLB_RULE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_RULES, 0);
+
+// Mmapable: user space paints ranges of it with plain memory writes.
+#[map]
+pub static XLB_DIR24: Array<Dir24Block> = Array::with_max_entries(DIR24_BLOCKS, BPF_F_MMAPABLE);
+
+#[map]
+pub static XLB_LONG_V4: HashMap<LongV4Key, u32> =
+    HashMap::with_max_entries(MAX_LONG_V4, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static XLB_PREFIX_V6: LpmTrie<[u8; 16], u32> =
+    LpmTrie::with_max_entries(MAX_PREFIX_V6, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static XLB_EXCEPT_V4: LpmTrie<[u8; 4], u32> =
+    LpmTrie::with_max_entries(MAX_EXCEPT, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static XLB_EXCEPT_V6: LpmTrie<[u8; 16], u32> =
+    LpmTrie::with_max_entries(MAX_EXCEPT, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static XLB_PORTS: Array<PortEntry> = Array::with_max_entries(PORT_TABLE_SIZE, BPF_F_MMAPABLE);

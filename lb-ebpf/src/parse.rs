@@ -1,0 +1,274 @@
+//! Stage 1: parse the headers into a small `Packet`, or say why the frame is malformed.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, Reason};
+
+use crate::bounds::{frame_len, ptr_at};
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+
+const ETH_HLEN: usize = 14;
+const VLAN_HLEN: usize = 4;
+const IPV4_MIN_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
+const TCP_MIN_HLEN: usize = 20;
+/// ICMP and ICMPv6: type, code, checksum and the 4-byte rest of header.
+const ICMP_HLEN: usize = 8;
+
+#[repr(C)]
+struct EthHdr {
+    dst: [u8; 6],
+    src: [u8; 6],
+    proto: u16,
+}
+
+#[repr(C)]
+struct VlanHdr {
+    tci: u16,
+    proto: u16,
+}
+
+#[repr(C)]
+struct Ipv4Hdr {
+    version_ihl: u8,
+    tos: u8,
+    tot_len: u16,
+    id: u16,
+    frag_off: u16,
+    ttl: u8,
+    proto: u8,
+    check: u16,
+    src: u32,
+    dst: u32,
+}
+
+#[repr(C)]
+struct Ipv6Hdr {
+    version_tc_flow: [u8; 4],
+    payload_len: u16,
+    next_header: u8,
+    hop_limit: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+}
+
+#[repr(C)]
+struct TcpHdr {
+    src_port: u16,
+    dst_port: u16,
+    seq: u32,
+    ack: u32,
+    data_off: u8,
+    flags: u8,
+    window: u16,
+    check: u16,
+    urgent: u16,
+}
+
+#[repr(C)]
+struct UdpHdr {
+    src_port: u16,
+    dst_port: u16,
+    len: u16,
+    check: u16,
+}
+
+/// The first two bytes of every IPv6 extension header.
+#[repr(C)]
+struct Ipv6ExtHdr {
+    next_header: u8,
+    len: u8,
+}
+
+#[repr(C)]
+struct Ipv6FragHdr {
+    next_header: u8,
+    reserved: u8,
+    offset_flags: u16,
+    id: u32,
+}
+
+#[derive(Clone, Copy)]
+pub enum Addr {
+    /// Host byte order.
+    V4(u32),
+    V6([u8; 16]),
+}
+
+/// What the later stages need to know about an IP packet.
+pub struct Packet {
+    pub src: Addr,
+    pub proto: u8,
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// True when the ports above were read from a TCP or UDP header; false for other
+    /// protocols and for fragments after the first (which carry no layer-4 header).
+    pub has_ports: bool,
+}
+
+/// `Ok(None)`: not IP. `Err(reason)`: truncated or malformed.
+#[inline(always)]
+pub fn packet(ctx: &XdpContext) -> Result<Option<Packet>, Reason> {
+    let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Reason::TruncEth)?;
+    let mut proto = u16::from_be(unsafe { (*eth).proto });
+    let mut off = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if proto != ETH_P_8021Q && proto != ETH_P_8021AD {
+            break;
+        }
+        let vlan: *const VlanHdr = ptr_at(ctx, off).ok_or(Reason::BadVlan)?;
+        proto = u16::from_be(unsafe { (*vlan).proto });
+        off += VLAN_HLEN;
+    }
+    match proto {
+        ETH_P_IP => ipv4(ctx, off).map(Some),
+        ETH_P_IPV6 => ipv6(ctx, off).map(Some),
+        ETH_P_8021Q | ETH_P_8021AD => Err(Reason::BadVlan),
+        _ => Ok(None),
+    }
+}
+
+#[inline(always)]
+fn ipv4(ctx: &XdpContext, off: usize) -> Result<Packet, Reason> {
+    let ip: *const Ipv4Hdr = ptr_at(ctx, off).ok_or(Reason::BadIpv4)?;
+    let (version_ihl, tot_len, frag_off, proto, src) = unsafe {
+        (
+            (*ip).version_ihl,
+            u16::from_be((*ip).tot_len) as usize,
+            u16::from_be((*ip).frag_off),
+            (*ip).proto,
+            u32::from_be((*ip).src),
+        )
+    };
+    let ihl = (version_ihl & 0x0f) as usize * 4;
+    // The options lie within the header (IHL) and the header within the total length,
+    // which lies within the frame (Ethernet may pad short frames, never truncate).
+    if version_ihl >> 4 != 4 || ihl < IPV4_MIN_HLEN || tot_len < ihl {
+        return Err(Reason::BadIpv4);
+    }
+    if off + tot_len > frame_len(ctx) {
+        return Err(Reason::BadIpv4);
+    }
+    let mut pkt = Packet {
+        src: Addr::V4(src),
+        proto,
+        src_port: 0,
+        dst_port: 0,
+        has_ports: false,
+    };
+    // Fragments after the first carry no layer-4 header.
+    if frag_off & 0x1fff != 0 {
+        return Ok(pkt);
+    }
+    l4(ctx, off + ihl, &mut pkt)?;
+    Ok(pkt)
+}
+
+#[inline(always)]
+fn ipv6(ctx: &XdpContext, off: usize) -> Result<Packet, Reason> {
+    let ip: *const Ipv6Hdr = ptr_at(ctx, off).ok_or(Reason::BadIpv6)?;
+    let (version, payload_len, mut next, src) = unsafe {
+        (
+            (*ip).version_tc_flow[0] >> 4,
+            u16::from_be((*ip).payload_len) as usize,
+            (*ip).next_header,
+            (*ip).src,
+        )
+    };
+    if version != 6 || off + IPV6_HLEN + payload_len > frame_len(ctx) {
+        return Err(Reason::BadIpv6);
+    }
+    let mut pkt = Packet {
+        src: Addr::V6(src),
+        proto: next,
+        src_port: 0,
+        dst_port: 0,
+        has_ports: false,
+    };
+    let mut off = off + IPV6_HLEN;
+    // A bounded walk over the extension headers xlb knows; anything else is the upper
+    // layer (or a protocol without ports, judged by address only).
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let ext: *const Ipv6ExtHdr = ptr_at(ctx, off).ok_or(Reason::BadIpv6Ext)?;
+                let (n, len) = unsafe { ((*ext).next_header, (*ext).len as usize) };
+                next = n;
+                off += (len + 1) * 8;
+            }
+            IPPROTO_AH => {
+                let ext: *const Ipv6ExtHdr = ptr_at(ctx, off).ok_or(Reason::BadIpv6Ext)?;
+                let (n, len) = unsafe { ((*ext).next_header, (*ext).len as usize) };
+                next = n;
+                off += (len + 2) * 4;
+            }
+            IPPROTO_FRAGMENT => {
+                let frag: *const Ipv6FragHdr = ptr_at(ctx, off).ok_or(Reason::BadIpv6Ext)?;
+                let (n, offset) =
+                    unsafe { ((*frag).next_header, u16::from_be((*frag).offset_flags) & !7) };
+                next = n;
+                off += core::mem::size_of::<Ipv6FragHdr>();
+                if offset != 0 {
+                    pkt.proto = next;
+                    return Ok(pkt);
+                }
+            }
+            _ => {
+                pkt.proto = next;
+                l4(ctx, off, &mut pkt)?;
+                return Ok(pkt);
+            }
+        }
+    }
+    // Still an extension header after the walk: too many to judge.
+    Err(Reason::BadIpv6Ext)
+}
+
+#[inline(always)]
+fn l4(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
+    match pkt.proto {
+        IPPROTO_TCP => {
+            let tcp: *const TcpHdr = ptr_at(ctx, off).ok_or(Reason::BadL4)?;
+            let (sport, dport, doff) = unsafe {
+                (
+                    u16::from_be((*tcp).src_port),
+                    u16::from_be((*tcp).dst_port),
+                    ((*tcp).data_off >> 4) as usize * 4,
+                )
+            };
+            // The options must be there too.
+            if doff < TCP_MIN_HLEN || off + doff > frame_len(ctx) {
+                return Err(Reason::BadL4);
+            }
+            pkt.src_port = sport;
+            pkt.dst_port = dport;
+            pkt.has_ports = true;
+        }
+        IPPROTO_UDP => {
+            let udp: *const UdpHdr = ptr_at(ctx, off).ok_or(Reason::BadL4)?;
+            unsafe {
+                pkt.src_port = u16::from_be((*udp).src_port);
+                pkt.dst_port = u16::from_be((*udp).dst_port);
+            }
+            pkt.has_ports = true;
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            ptr_at::<[u8; ICMP_HLEN]>(ctx, off).ok_or(Reason::BadL4)?;
+        }
+        _ => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! Builds the kernel crate (../lb-ebpf) for bpfel-unknown-none with Debian's rustc and
+//! bpf-linker (installed by `cargo xtask setup`, see ../shared TOOLCHAIN notes in the
+//! README), then hands the objects to `src/object.rs` through OUT_DIR.
+//!
+//! aya's own `aya-build` runs `rustup run nightly ... -Z build-std`, which cannot work on
+//! machines without rust-src; Debian ships a precompiled `core` for the BPF targets.
+use std::{env, path::PathBuf, process::Command};
+
+const BPF_RUSTC: &str = "/usr/bin/rustc";
+const TARGET: &str = "bpfel-unknown-none";
+
+fn main() {
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+    let root = manifest.parent().unwrap().to_path_buf();
+    let ebpf = root.join("lb-ebpf");
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap());
+    for dir in ["lb-ebpf/src", "lb-common/src"] {
+        println!("cargo:rerun-if-changed={}", root.join(dir).display());
+    }
+    println!("cargo:rerun-if-changed={}", ebpf.join("Cargo.toml").display());
+    println!("cargo:rerun-if-changed={}", root.join("lb-common/Cargo.toml").display());
+
+    if !PathBuf::from(BPF_RUSTC).exists() {
+        panic!("{BPF_RUSTC} is missing: run `cargo xtask setup` (installs rustc-web and the BPF core library)");
+    }
+    let target_dir = root.join("target").join("bpf");
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let home = env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env::var("HOME").unwrap_or_default()).join(".cargo"));
+    let path = format!("{}:{}", home.join("bin").display(), env::var("PATH").unwrap_or_default());
+
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&ebpf)
+        .args(["build", "--release", "--target", TARGET, "--target-dir"])
+        .arg(&target_dir)
+        .env("RUSTC", BPF_RUSTC)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("PATH", path);
+    // The outer build's settings are for the host; keep them away from the BPF build.
+    for (key, _) in env::vars() {
+        if key.starts_with("CARGO_") && key != "CARGO_HOME" || key.starts_with("RUSTC_WRAPPER")
+            || key == "RUSTC_WORKSPACE_WRAPPER" || key == "RUSTFLAGS" || key == "RUSTDOCFLAGS"
+        {
+            cmd.env_remove(&key);
+        }
+    }
+    let status = cmd.status().expect("running cargo for lb-ebpf");
+    if !status.success() {
+        panic!("building lb-ebpf failed (is bpf-linker installed? run `cargo xtask setup`)");
+    }
+    for bin in ["xlb", "xlb-bench"] {
+        let src = target_dir.join(TARGET).join("release").join(bin);
+        std::fs::copy(&src, out.join(format!("{bin}.o")))
+            .unwrap_or_else(|e| panic!("copying {}: {e}", src.display()));
+    }
+}

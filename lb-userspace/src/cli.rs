@@ -1,0 +1,238 @@
+//! The command line: clap definitions, dispatch and output (human or `--json`).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+use crate::{
+    control::{self, DEFAULT_SOCKET, Request},
+    daemon::{self, RunOptions},
+    datapath::AttachMode,
+    rules::Action,
+};
+
+#[derive(Parser, Debug)]
+#[command(name = "xlb", version, about = "XDP firewall and load balancer")]
+pub struct Cli {
+    /// The daemon's control socket.
+    #[arg(long, global = true, env = "XLB_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Load and attach the XDP program, serve the control socket until SIGINT/SIGTERM.
+    Run {
+        /// The interface to attach to.
+        #[arg(long)]
+        iface: String,
+        #[arg(long, value_enum, default_value = "native")]
+        mode: AttachMode,
+        /// A directory on a bpffs where the maps are pinned while xlb runs.
+        #[arg(long, default_value = "/sys/fs/bpf/xlb")]
+        bpffs: PathBuf,
+        /// The stored rules (restored at start, rewritten atomically on every change).
+        #[arg(long, default_value = "/var/lib/xlb/state")]
+        state: PathBuf,
+        /// Log format.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Firewall rules.
+    #[command(subcommand)]
+    Fw(Fw),
+    /// Packet and byte counters by verdict and reason.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Fw {
+    /// Drop packets from these source prefixes (longest prefix wins).
+    Deny {
+        #[arg(required = true)]
+        prefixes: Vec<String>,
+    },
+    /// Pass packets from these source prefixes (longest prefix wins).
+    Allow {
+        #[arg(required = true)]
+        prefixes: Vec<String>,
+    },
+    /// Port rules: `xlb fw port deny 80/tcp 1000-2000/udp`.
+    Port {
+        action: ActionArg,
+        #[arg(required = true)]
+        ports: Vec<String>,
+    },
+    /// Always allow these source prefixes or destination ports, whatever else matches.
+    Except {
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
+    /// Remove rules by prefix or port spec (`--except` for the always-allow list).
+    Del {
+        #[arg(long)]
+        except: bool,
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
+    /// Remove every rule (the policies stay).
+    Flush,
+    /// The policy for packets no rule matches.
+    Default { action: ActionArg },
+    /// The policy for truncated or malformed packets (default deny).
+    Malformed { action: ActionArg },
+    /// List the policies and rules with their hit counts.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load prefixes from a file, one a line (optionally `allow`/`deny` before it, `#`
+    /// comments). One bad line refuses the whole file.
+    Load {
+        file: PathBuf,
+        /// The action of lines that name none.
+        #[arg(long, value_enum, default_value = "deny")]
+        action: ActionArg,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ActionArg {
+    Allow,
+    Deny,
+}
+
+impl From<ActionArg> for Action {
+    fn from(a: ActionArg) -> Action {
+        match a {
+            ActionArg::Allow => Action::Allow,
+            ActionArg::Deny => Action::Deny,
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("XLB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+pub fn main(cli: Cli) -> Result<()> {
+    let socket = cli.socket;
+    let call = |req: Request| control::call(&socket, &req);
+    match cli.command {
+        Command::Run { iface, mode, bpffs, state, log_format } => {
+            init_logging(log_format);
+            let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            rt.block_on(daemon::run(RunOptions { iface, mode, bpffs, state, socket: socket.clone() }))
+        }
+        Command::Stats { json } => {
+            let v = call(Request::Stats)?;
+            if json {
+                println!("{v}");
+            } else {
+                print_stats(&v);
+            }
+            Ok(())
+        }
+        Command::Fw(fw) => {
+            let (req, listing) = match fw {
+                Fw::Deny { prefixes } => (Request::Prefix { action: Action::Deny, targets: prefixes }, None),
+                Fw::Allow { prefixes } => (Request::Prefix { action: Action::Allow, targets: prefixes }, None),
+                Fw::Port { action, ports } => (Request::Port { action: action.into(), targets: ports }, None),
+                Fw::Except { targets } => (Request::Except { targets }, None),
+                Fw::Del { except, targets } => (Request::Del { except, targets }, None),
+                Fw::Flush => (Request::Flush, None),
+                Fw::Default { action } => (Request::Default { action: action.into() }, None),
+                Fw::Malformed { action } => (Request::Malformed { action: action.into() }, None),
+                Fw::List { json } => (Request::List, Some(json)),
+                Fw::Load { file, action } => {
+                    let text = std::fs::read_to_string(&file)
+                        .with_context(|| format!("reading {}", file.display()))?;
+                    let req = Request::Load { action: action.into(), text };
+                    let v = call(req).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                    print_change(&v);
+                    return Ok(());
+                }
+            };
+            let v = call(req)?;
+            match listing {
+                Some(true) => println!("{v}"),
+                Some(false) => print_list(&v),
+                None => print_change(&v),
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_change(v: &Value) {
+    if v.get("policy").is_some() {
+        println!("policy set to {}", v["policy"].as_str().unwrap_or("?"));
+        return;
+    }
+    println!(
+        "added {}, updated {}, removed {} ({} rules in all)",
+        v["added"], v["updated"], v["removed"], v["rules"]
+    );
+}
+
+fn print_list(v: &Value) {
+    println!("default policy:   {}", v["default"].as_str().unwrap_or("?"));
+    println!("malformed policy: {}", v["malformed"].as_str().unwrap_or("?"));
+    let rules = v["rules"].as_array().cloned().unwrap_or_default();
+    if rules.is_empty() {
+        println!("no rules");
+        return;
+    }
+    println!("{:>8}  {:<14} {:<44} {:<6} {:>12}", "id", "kind", "match", "action", "hits");
+    for r in rules {
+        println!(
+            "{:>8}  {:<14} {:<44} {:<6} {:>12}",
+            r["id"],
+            r["kind"].as_str().unwrap_or(""),
+            r["match"].as_str().unwrap_or(""),
+            r["action"].as_str().unwrap_or(""),
+            r["hits"]
+        );
+    }
+}
+
+fn print_stats(v: &Value) {
+    for verdict in ["pass", "drop"] {
+        let t = &v["verdicts"][verdict];
+        println!("{verdict:<5} {:>14} packets {:>16} bytes", t["packets"], t["bytes"]);
+    }
+    println!();
+    println!("{:<16} {:<5} {:>14} {:>16}", "reason", "verdict", "packets", "bytes");
+    for r in v["reasons"].as_array().into_iter().flatten() {
+        if r["packets"].as_u64().unwrap_or(0) == 0 {
+            continue;
+        }
+        println!(
+            "{:<16} {:<5} {:>14} {:>16}",
+            r["reason"].as_str().unwrap_or(""),
+            r["verdict"].as_str().unwrap_or(""),
+            r["packets"],
+            r["bytes"]
+        );
+    }
+    println!("\n{} rules loaded", v["rules"]);
+}

@@ -1,0 +1,95 @@
+//! The control API: one JSON request and one JSON response per connection, over a Unix
+//! socket that only root can open (mode 0600). Every CLI verb other than `run` is a
+//! client of it.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::net::UnixStream,
+    path::Path,
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::rules::Action;
+
+pub const DEFAULT_SOCKET: &str = "/run/xlb/xlb.sock";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Source prefixes with an action.
+    Prefix { action: Action, targets: Vec<String> },
+    /// Port specs with an action.
+    Port { action: Action, targets: Vec<String> },
+    /// Always-allow prefixes or port specs.
+    Except { targets: Vec<String> },
+    /// Removes rules: prefixes or port specs (`except` for the always-allow list).
+    Del { except: bool, targets: Vec<String> },
+    Default { action: Action },
+    Malformed { action: Action },
+    /// Bulk prefixes, one a line (see rules::parse_bulk).
+    Load { action: Action, text: String },
+    /// Removes every rule (the policies stay).
+    Flush,
+    List,
+    Stats,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+impl Response {
+    pub fn ok(data: serde_json::Value) -> Self {
+        Response { ok: true, error: None, data }
+    }
+    pub fn err(e: impl std::fmt::Display) -> Self {
+        Response {
+            ok: false,
+            error: Some(e.to_string()),
+            data: serde_json::Value::Null,
+        }
+    }
+}
+
+/// Sends one request and returns the daemon's data, or its error.
+pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value> {
+    let mut stream = match UnixStream::connect(socket) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            bail!(
+                "no xlb daemon is running (nothing listens on {}): start one with `xlb run --iface IF`",
+                socket.display()
+            )
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            bail!("permission denied on {}: the control socket is root-only, use sudo", socket.display())
+        }
+        Err(e) => return Err(e).with_context(|| format!("connecting to {}", socket.display())),
+    };
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    stream.write_all(&line).context("sending the request")?;
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply).context("reading the reply")?;
+    if reply.is_empty() {
+        bail!("the daemon closed the connection without a reply");
+    }
+    let resp: Response = serde_json::from_str(&reply).context("parsing the reply")?;
+    if resp.ok {
+        Ok(resp.data)
+    } else {
+        Err(anyhow!(resp.error.unwrap_or_else(|| "unknown error".into())))
+    }
+}

@@ -1,0 +1,314 @@
+//! `xlb run`: owns the datapath and the desired state, serves the control socket.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    signal::unix::{SignalKind, signal},
+};
+use tracing::{info, warn};
+
+use crate::{
+    control::{Request, Response},
+    datapath::{AttachMode, Datapath, check_bpffs},
+    rules::{self, Action, Change, Match, PortSpec, Prefix, RuleSet, Target},
+    state,
+};
+
+pub struct RunOptions {
+    pub iface: String,
+    pub mode: AttachMode,
+    pub bpffs: PathBuf,
+    pub state: PathBuf,
+    pub socket: PathBuf,
+}
+
+/// The firewall's desired state and its projection, changed as one.
+pub struct Firewall {
+    pub dp: Datapath,
+    pub rules: RuleSet,
+    /// Where the desired state is stored; `None` keeps it in memory (tests, bench).
+    pub state_path: Option<PathBuf>,
+}
+
+fn parse_all<T>(targets: &[String], f: impl Fn(&str) -> Result<T, rules::RuleError>) -> Result<Vec<T>> {
+    if targets.is_empty() {
+        bail!("nothing given: name at least one prefix or port");
+    }
+    targets.iter().map(|t| f(t).map_err(|e| anyhow!(e))).collect()
+}
+
+fn prefix_only(s: &str) -> Result<Prefix, rules::RuleError> {
+    if s.ends_with("/tcp") || s.ends_with("/udp") {
+        return Err(rules::RuleError::BadPrefix {
+            input: s.into(),
+            why: "this is a port spec: use `xlb fw port allow|deny`".into(),
+        });
+    }
+    s.parse()
+}
+
+impl Firewall {
+    pub fn new(dp: Datapath, rules: RuleSet, state_path: Option<PathBuf>) -> Result<Self> {
+        let mut fw = Firewall { dp, rules, state_path };
+        fw.dp.load_rules(&fw.rules)?;
+        Ok(fw)
+    }
+
+    pub fn handle(&mut self, req: Request) -> Response {
+        match self.try_handle(req) {
+            Ok(v) => Response::ok(v),
+            Err(e) => Response::err(format!("{e:#}")),
+        }
+    }
+
+    fn try_handle(&mut self, req: Request) -> Result<Value> {
+        match req {
+            Request::Prefix { action, targets } => {
+                let ps = parse_all(&targets, prefix_only)?;
+                self.change(|r| ps.iter().map(|p| r.upsert(Match::Prefix(*p), action)).collect())
+            }
+            Request::Port { action, targets } => {
+                let ps = parse_all(&targets, |s| s.parse::<PortSpec>())?;
+                self.change(|r| ps.iter().map(|p| r.upsert(Match::Port(*p), action)).collect())
+            }
+            Request::Except { targets } => {
+                let ts = parse_all(&targets, rules::parse_target)?;
+                self.change(|r| {
+                    ts.iter()
+                        .map(|t| match t {
+                            Target::Prefix(p) => r.upsert(Match::ExceptPrefix(*p), Action::Allow),
+                            Target::Port(p) => r.upsert(Match::ExceptPort(*p), Action::Allow),
+                        })
+                        .collect()
+                })
+            }
+            Request::Del { except, targets } => {
+                let ms: Vec<Match> = parse_all(&targets, rules::parse_target)?
+                    .into_iter()
+                    .map(|t| match (t, except) {
+                        (Target::Prefix(p), false) => Match::Prefix(p),
+                        (Target::Port(p), false) => Match::Port(p),
+                        (Target::Prefix(p), true) => Match::ExceptPrefix(p),
+                        (Target::Port(p), true) => Match::ExceptPort(p),
+                    })
+                    .collect();
+                // All or nothing: check every target before removing any.
+                for m in &ms {
+                    if self.rules.get(m).is_none() {
+                        bail!("{} {m} is not in the rule set", m.kind());
+                    }
+                }
+                self.change(|r| ms.iter().map(|m| r.remove(m).map(Some)).collect())
+            }
+            Request::Default { action } => self.policy(|r| &mut r.default_policy, action),
+            Request::Malformed { action } => self.policy(|r| &mut r.malformed_policy, action),
+            Request::Load { action, text } => {
+                let entries = rules::parse_bulk(&text, action)
+                    .map_err(|(line, e)| anyhow!("line {line}: {e}; nothing was loaded"))?;
+                self.change(|r| entries.iter().map(|(p, a)| r.upsert(Match::Prefix(*p), *a)).collect())
+            }
+            Request::Flush => {
+                let all: Vec<Match> = self.rules.rules().map(|r| r.matches).collect();
+                self.change(|r| all.iter().map(|m| r.remove(m).map(Some)).collect())
+            }
+            Request::List => self.list(),
+            Request::Stats => self.stats(),
+        }
+    }
+
+    /// Applies a rule-set edit to the set, the maps and the state file, or to none of them.
+    fn change(
+        &mut self,
+        edit: impl FnOnce(&mut RuleSet) -> Vec<Result<Option<Change>, rules::RuleError>>,
+    ) -> Result<Value> {
+        let mut scratch = Vec::new();
+        let mut failed = None;
+        for r in edit(&mut self.rules) {
+            match r {
+                Ok(c) => scratch.extend(c),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failed {
+            self.rules.undo(&scratch);
+            return Err(anyhow!(e).context("nothing was changed"));
+        }
+        if let Err(e) = self.dp.apply(&self.rules, &scratch) {
+            self.rollback(&scratch);
+            return Err(e.context("updating the kernel maps; nothing was changed"));
+        }
+        if let Err(e) = self.save() {
+            self.rollback(&scratch);
+            return Err(e.context("nothing was changed"));
+        }
+        let count = |f: fn(&Change) -> bool| scratch.iter().filter(|c| f(c)).count();
+        Ok(json!({
+            "added": count(|c| matches!(c, Change::Added(_))),
+            "updated": count(|c| matches!(c, Change::Updated(..))),
+            "removed": count(|c| matches!(c, Change::Removed(_))),
+            "rules": self.rules.len(),
+        }))
+    }
+
+    fn rollback(&mut self, changes: &[Change]) {
+        self.rules.undo(changes);
+        let inverse: Vec<Change> = changes
+            .iter()
+            .rev()
+            .map(|c| match *c {
+                Change::Added(r) => Change::Removed(r),
+                Change::Updated(r, old) => Change::Updated(rules::Rule { action: old, ..r }, r.action),
+                Change::Removed(r) => Change::Added(r),
+            })
+            .collect();
+        if let Err(e) = self.dp.apply(&self.rules, &inverse) {
+            warn!("rolling back the kernel maps failed: {e:#}");
+        }
+    }
+
+    fn policy(&mut self, field: fn(&mut RuleSet) -> &mut Action, action: Action) -> Result<Value> {
+        let old = std::mem::replace(field(&mut self.rules), action);
+        let res = self.dp.set_config(&self.rules).and_then(|_| self.save());
+        if let Err(e) = res {
+            *field(&mut self.rules) = old;
+            let _ = self.dp.set_config(&self.rules);
+            return Err(e.context("nothing was changed"));
+        }
+        Ok(json!({ "policy": action }))
+    }
+
+    fn save(&self) -> Result<()> {
+        match &self.state_path {
+            Some(p) => state::save(p, &self.rules),
+            None => Ok(()),
+        }
+    }
+
+    fn list(&self) -> Result<Value> {
+        let mut rules = Vec::with_capacity(self.rules.len());
+        for r in self.rules.rules() {
+            rules.push(json!({
+                "id": r.id,
+                "kind": r.matches.kind(),
+                "match": r.matches.to_string(),
+                "action": r.action,
+                "hits": self.dp.rule_hits(r.id)?,
+            }));
+        }
+        Ok(json!({
+            "default": self.rules.default_policy,
+            "malformed": self.rules.malformed_policy,
+            "rules": rules,
+        }))
+    }
+
+    fn stats(&self) -> Result<Value> {
+        let mut rows = Vec::new();
+        let mut totals = serde_json::Map::new();
+        for (reason, verdict, c) in self.dp.counters()? {
+            let t = totals
+                .entry(verdict.name())
+                .or_insert_with(|| json!({"packets": 0u64, "bytes": 0u64}));
+            t["packets"] = json!(t["packets"].as_u64().unwrap_or(0) + c.packets);
+            t["bytes"] = json!(t["bytes"].as_u64().unwrap_or(0) + c.bytes);
+            rows.push(json!({
+                "reason": reason.name(),
+                "verdict": verdict.name(),
+                "malformed": reason.is_malformed(),
+                "packets": c.packets,
+                "bytes": c.bytes,
+            }));
+        }
+        Ok(json!({ "verdicts": totals, "reasons": rows, "rules": self.rules.len() }))
+    }
+}
+
+/// Refuses to start a second daemon on the same socket; removes a stale socket file.
+async fn bind(socket: &std::path::Path) -> Result<UnixListener> {
+    if UnixStream::connect(socket).await.is_ok() {
+        bail!("another xlb daemon is already serving {}", socket.display());
+    }
+    let _ = std::fs::remove_file(socket);
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let listener = UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+async fn serve_one(stream: UnixStream, fw: Arc<Mutex<Firewall>>) -> Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read).read_line(&mut line).await?;
+    let resp = match serde_json::from_str::<Request>(&line) {
+        Ok(req) => tokio::task::spawn_blocking(move || fw.lock().expect("not poisoned").handle(req)).await?,
+        Err(e) => Response::err(format!("bad request: {e}")),
+    };
+    let mut out = serde_json::to_vec(&resp)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    Ok(())
+}
+
+pub async fn run(opts: RunOptions) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("xlb run needs root (CAP_BPF, CAP_NET_ADMIN): run it with sudo");
+    }
+    check_bpffs(&opts.bpffs)?;
+    let rules = state::load(&opts.state)?;
+    let listener = bind(&opts.socket).await?;
+    let guard = SocketGuard(opts.socket.clone());
+    let dp = Datapath::load(Some(&opts.bpffs))?;
+    // Rules go in before the program is attached: the first packet already sees them.
+    let mut fw = Firewall::new(dp, rules, Some(opts.state.clone()))?;
+    fw.dp.attach(&opts.iface, opts.mode)?;
+    info!(
+        iface = %opts.iface, mode = ?opts.mode, rules = fw.rules.len(),
+        socket = %opts.socket.display(), pins = %opts.bpffs.display(),
+        "xlb attached and ready"
+    );
+    let fw = Arc::new(Mutex::new(fw));
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            conn = listener.accept() => {
+                let (stream, _) = conn?;
+                let fw = fw.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = serve_one(stream, fw).await {
+                        warn!("control connection: {e:#}");
+                    }
+                });
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    info!("stopping: detaching from {}", opts.iface);
+    let mut fw = fw.lock().expect("not poisoned");
+    fw.dp.detach()?;
+    fw.dp.unpin();
+    drop(guard);
+    Ok(())
+}
+
+struct SocketGuard(PathBuf);
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

@@ -1,0 +1,468 @@
+//! The loaded XDP program and its maps: load, attach, pin, and the projection of a
+//! `RuleSet` onto the lookup tables (IPv4 DIR-24-8 painting, port table, tries).
+
+use std::{
+    collections::HashMap as StdHashMap,
+    net::IpAddr,
+    os::fd::{AsFd, AsRawFd},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    programs::{TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+};
+use lb_common::*;
+
+use crate::{
+    object,
+    rules::{Action, Change, Match, Prefix, Rule, RuleSet},
+};
+
+/// The magic number of a bpffs mount (`statfs.f_type`).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// A shared memory view of an mmapable BPF array, written with atomic 32-bit stores so
+/// the program always reads either the old or the new value of an entry.
+struct MmapTable {
+    ptr: *mut AtomicU32,
+    words: usize,
+}
+
+// SAFETY: the mapping lives as long as the value and is only accessed through atomics.
+unsafe impl Send for MmapTable {}
+unsafe impl Sync for MmapTable {}
+
+impl MmapTable {
+    fn new(map: &Map, bytes: usize) -> Result<Self> {
+        let data: &MapData = match map {
+            Map::Array(d) => d,
+            _ => bail!("expected an array map"),
+        };
+        let fd = data.fd().as_fd().as_raw_fd();
+        // SAFETY: mapping a BPF_F_MMAPABLE array of exactly its size, shared.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).context("mmap of a BPF array");
+        }
+        Ok(MmapTable {
+            ptr: ptr.cast(),
+            words: bytes / 4,
+        })
+    }
+
+    fn words(&self) -> &[AtomicU32] {
+        // SAFETY: ptr maps `words` u32s for the lifetime of self.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.words) }
+    }
+}
+
+impl Drop for MmapTable {
+    fn drop(&mut self) {
+        // SAFETY: unmapping what new() mapped.
+        unsafe { libc::munmap(self.ptr.cast(), self.words * 4) };
+    }
+}
+
+/// How to attach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// The driver's own XDP hook (veth, most 10G+ NICs).
+    Native,
+    /// The generic (skb) hook: works everywhere, slower.
+    Generic,
+}
+
+pub struct Datapath {
+    bpf: Ebpf,
+    config: Array<MapData, Config>,
+    counters: PerCpuArray<MapData, Counter>,
+    hits: PerCpuArray<MapData, u64>,
+    long_v4: HashMap<MapData, LongV4Key, u32>,
+    prefix_v6: LpmTrie<MapData, [u8; 16], u32>,
+    except_v4: LpmTrie<MapData, [u8; 4], u32>,
+    except_v6: LpmTrie<MapData, [u8; 16], u32>,
+    dir24: MmapTable,
+    ports: MmapTable,
+    /// Per /24: 1 + the length of the prefix painted there, 0 if none.
+    depth: Vec<u8>,
+    /// Every IPv4 prefix loaded, by (address, length), with its rule reference.
+    v4: StdHashMap<(u32, u8), u32>,
+    /// Per /24 holding longer prefixes: how many of each length 25..=32.
+    long_count: StdHashMap<u32, [u32; 8]>,
+    ncpus: usize,
+    link: Option<XdpLinkId>,
+    pins: Option<PathBuf>,
+}
+
+fn v4_bits(p: &Prefix) -> u32 {
+    match p.addr {
+        IpAddr::V4(a) => u32::from(a),
+        IpAddr::V6(_) => unreachable!("v4_bits on an IPv6 prefix"),
+    }
+}
+
+fn v6_bytes(p: &Prefix) -> [u8; 16] {
+    match p.addr {
+        IpAddr::V6(a) => a.octets(),
+        IpAddr::V4(_) => unreachable!("v6_bytes on an IPv4 prefix"),
+    }
+}
+
+fn mask(addr: u32, len: u8) -> u32 {
+    if len == 0 { 0 } else { addr & (u32::MAX << (32 - len)) }
+}
+
+fn take<T>(bpf: &mut Ebpf, name: &str) -> Result<T>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let map = bpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the object"))?;
+    T::try_from(map).with_context(|| format!("map {name}"))
+}
+
+/// Checks that `dir`'s nearest existing ancestor is on a bpffs.
+pub fn check_bpffs(dir: &Path) -> Result<()> {
+    let mut probe = dir.to_path_buf();
+    while !probe.exists() {
+        if !probe.pop() {
+            break;
+        }
+    }
+    let c = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes())?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid C string, st a valid out-pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 || st.f_type as i64 != BPF_FS_MAGIC {
+        bail!(
+            "bpffs is not mounted at {} (needed for {}): run `mount -t bpf bpf {}` or `cargo xtask setup`",
+            probe.display(),
+            dir.display(),
+            probe.display()
+        );
+    }
+    Ok(())
+}
+
+impl Datapath {
+    /// Loads the program into the kernel (the verifier runs here) with empty tables, and
+    /// pins every map under `pins` if given (replacing pins a crashed run left behind).
+    pub fn load(pins: Option<&Path>) -> Result<Self> {
+        let mut bpf = EbpfLoader::new()
+            .load(object::XLB)
+            .context("loading the XDP object")?;
+        let prog: &mut Xdp = bpf
+            .program_mut(PROG_NAME)
+            .ok_or_else(|| anyhow!("program {PROG_NAME} missing from the object"))?
+            .try_into()?;
+        prog.load().context("the kernel refused the XDP program")?;
+        if let Some(dir) = pins {
+            check_bpffs(dir)?;
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            for name in ALL_MAPS {
+                let path = dir.join(name);
+                let _ = std::fs::remove_file(&path);
+                let map = bpf.map(name).ok_or_else(|| anyhow!("map {name} missing"))?;
+                map.pin(&path)
+                    .map_err(|e| anyhow!("pinning {name} at {}: {e}", path.display()))?;
+            }
+        }
+        let dir24 = MmapTable::new(
+            bpf.map(MAP_DIR24).context("dir24 map")?,
+            DIR24_BLOCKS as usize * std::mem::size_of::<Dir24Block>(),
+        )?;
+        let ports = MmapTable::new(
+            bpf.map(MAP_PORTS).context("ports map")?,
+            PORT_TABLE_SIZE as usize * std::mem::size_of::<PortEntry>(),
+        )?;
+        Ok(Datapath {
+            config: take(&mut bpf, MAP_CONFIG)?,
+            counters: take(&mut bpf, MAP_COUNTERS)?,
+            hits: take(&mut bpf, MAP_RULE_HITS)?,
+            long_v4: take(&mut bpf, MAP_LONG_V4)?,
+            prefix_v6: take(&mut bpf, MAP_PREFIX_V6)?,
+            except_v4: take(&mut bpf, MAP_EXCEPT_V4)?,
+            except_v6: take(&mut bpf, MAP_EXCEPT_V6)?,
+            bpf,
+            dir24,
+            ports,
+            depth: vec![0; 1 << 24],
+            v4: StdHashMap::new(),
+            long_count: StdHashMap::new(),
+            ncpus: aya::util::nr_cpus().map_err(|(m, e)| anyhow!("{m}: {e}"))?,
+            link: None,
+            pins: pins.map(Path::to_path_buf),
+        })
+    }
+
+    /// Attaches to `iface`. Errors name the interface and the reason.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<()> {
+        let c = std::ffi::CString::new(iface).context("interface name")?;
+        // SAFETY: c is a valid C string.
+        if unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
+            bail!("unknown interface '{iface}'");
+        }
+        let flags = match mode {
+            AttachMode::Native => XdpMode::Driver,
+            AttachMode::Generic => XdpMode::Skb,
+        };
+        let prog: &mut Xdp = self.bpf.program_mut(PROG_NAME).expect("loaded").try_into()?;
+        let link = prog.attach(iface, flags).map_err(|e| {
+            anyhow!("interface '{iface}' refused XDP in {mode:?} mode: {e} (try --mode generic)")
+        })?;
+        self.link = Some(link);
+        Ok(())
+    }
+
+    /// Detaches from the interface (if attached).
+    pub fn detach(&mut self) -> Result<()> {
+        if let Some(link) = self.link.take() {
+            let prog: &mut Xdp = self.bpf.program_mut(PROG_NAME).expect("loaded").try_into()?;
+            prog.detach(link).context("detaching XDP")?;
+        }
+        Ok(())
+    }
+
+    /// Removes the pins made by `pin`.
+    pub fn unpin(&mut self) {
+        if let Some(dir) = self.pins.take() {
+            for name in ALL_MAPS {
+                let _ = std::fs::remove_file(dir.join(name));
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+
+    /// The policies and list sizes.
+    pub fn set_config(&mut self, rules: &RuleSet) -> Result<()> {
+        let action = |a: Action| if a == Action::Deny { ACTION_DROP } else { ACTION_PASS };
+        let cfg = Config {
+            default_action: action(rules.default_policy),
+            malformed_action: action(rules.malformed_policy),
+            except_prefixes: rules.count(|m| matches!(m, Match::ExceptPrefix(_))) as u32,
+            prefixes_v6: rules.count(|m| matches!(m, Match::Prefix(p) if !p.is_v4())) as u32,
+        };
+        self.config.set(0, cfg, 0).context("writing the config map")
+    }
+
+    /// Applies the whole rule set to empty tables (at start).
+    pub fn load_rules(&mut self, rules: &RuleSet) -> Result<()> {
+        for rule in rules.rules() {
+            self.apply_rule(&Change::Added(*rule))?;
+        }
+        self.set_ports(rules);
+        self.set_config(rules)
+    }
+
+    /// Applies one change of the rule set. Port changes need `set_ports` and list-size
+    /// changes `set_config` afterwards (`apply` does both).
+    pub fn apply_rule(&mut self, change: &Change) -> Result<()> {
+        let (rule, removed) = match change {
+            Change::Added(r) => {
+                self.reset_hits(r.id)?;
+                (r, false)
+            }
+            Change::Updated(r, _) => (r, false),
+            Change::Removed(r) => (r, true),
+        };
+        let rref = rule_ref(rule.id, rule.action == Action::Deny);
+        match rule.matches {
+            Match::Prefix(p) if p.is_v4() => {
+                if removed {
+                    self.v4_remove(v4_bits(&p), p.len)
+                } else {
+                    self.v4_insert(v4_bits(&p), p.len, rref)
+                }
+            }
+            Match::Prefix(p) => {
+                let key = Key::new(p.len as u32, v6_bytes(&p));
+                if removed {
+                    self.prefix_v6.remove(&key).context("IPv6 prefix trie")
+                } else {
+                    self.prefix_v6.insert(&key, rref, 0).context("IPv6 prefix trie")
+                }
+            }
+            Match::ExceptPrefix(p) if p.is_v4() => {
+                let key = Key::new(p.len as u32, v4_bits(&p).to_be_bytes());
+                if removed {
+                    self.except_v4.remove(&key).context("except trie")
+                } else {
+                    self.except_v4.insert(&key, rule.id, 0).context("except trie")
+                }
+            }
+            Match::ExceptPrefix(p) => {
+                let key = Key::new(p.len as u32, v6_bytes(&p));
+                if removed {
+                    self.except_v6.remove(&key).context("except trie")
+                } else {
+                    self.except_v6.insert(&key, rule.id, 0).context("except trie")
+                }
+            }
+            // The port table is rewritten as a whole by set_ports.
+            Match::Port(_) | Match::ExceptPort(_) => Ok(()),
+        }
+    }
+
+    /// Applies changes, then the port table and the config.
+    pub fn apply(&mut self, rules: &RuleSet, changes: &[Change]) -> Result<()> {
+        for c in changes {
+            self.apply_rule(c)?;
+        }
+        let ports = changes.iter().any(|c| {
+            let r: &Rule = match c {
+                Change::Added(r) | Change::Updated(r, _) | Change::Removed(r) => r,
+            };
+            matches!(r.matches, Match::Port(_) | Match::ExceptPort(_))
+        });
+        if ports {
+            self.set_ports(rules);
+        }
+        self.set_config(rules)
+    }
+
+    /// Rewrites the entries of the port table that differ from `rules`.
+    pub fn set_ports(&mut self, rules: &RuleSet) {
+        let words = self.ports.words();
+        for (i, e) in rules.port_table().iter().enumerate() {
+            for (w, v) in [(2 * i, e.rule), (2 * i + 1, e.except)] {
+                if words[w].load(Ordering::Relaxed) != v {
+                    words[w].store(v, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn reset_hits(&mut self, id: u32) -> Result<()> {
+        let zeros = PerCpuValues::try_from(vec![0u64; self.ncpus])?;
+        self.hits.set(id, zeros, 0).context("resetting a rule's hit counter")
+    }
+
+    fn v4_insert(&mut self, addr: u32, len: u8, rref: u32) -> Result<()> {
+        let existed = self.v4.insert((addr, len), rref).is_some();
+        if len <= 24 {
+            self.paint(addr, len, rref, len + 1, |d| d <= len + 1);
+            return Ok(());
+        }
+        let key = LongV4Key { addr, len: len as u32 };
+        self.long_v4.insert(key, rref, 0).context("IPv4 long-prefix map")?;
+        if !existed {
+            let slash24 = addr >> 8;
+            let counts = self.long_count.entry(slash24).or_default();
+            counts[len as usize - 25] += 1;
+            self.set_long_bit(slash24, len, true);
+        }
+        Ok(())
+    }
+
+    fn v4_remove(&mut self, addr: u32, len: u8) -> Result<()> {
+        if self.v4.remove(&(addr, len)).is_none() {
+            return Ok(());
+        }
+        if len <= 24 {
+            // Repaint with the longest shorter prefix covering this one.
+            let (parent, depth) = (0..len)
+                .rev()
+                .find_map(|l| self.v4.get(&(mask(addr, l), l)).map(|r| (*r, l + 1)))
+                .unwrap_or((0, 0));
+            let own = len + 1;
+            self.paint(addr, len, parent, depth, |d| d == own);
+            return Ok(());
+        }
+        let slash24 = addr >> 8;
+        let counts = self.long_count.entry(slash24).or_default();
+        counts[len as usize - 25] -= 1;
+        let last = counts[len as usize - 25] == 0;
+        if counts.iter().all(|c| *c == 0) {
+            self.long_count.remove(&slash24);
+        }
+        // Clear the bit before the entry goes, so the program never looks for it.
+        if last {
+            self.set_long_bit(slash24, len, false);
+        }
+        let key = LongV4Key { addr, len: len as u32 };
+        self.long_v4.remove(&key).context("IPv4 long-prefix map")
+    }
+
+    /// Sets the rule part of every /24 entry covered by `addr/len` whose depth passes
+    /// `overwrite`, keeping each entry's longer-prefix bits.
+    fn paint(&mut self, addr: u32, len: u8, rref: u32, depth: u8, overwrite: impl Fn(u8) -> bool) {
+        let start = (addr >> 8) as usize;
+        let n = 1usize << (24 - len);
+        let words = self.dir24.words();
+        for i in start..start + n {
+            if overwrite(self.depth[i]) {
+                let old = words[i].load(Ordering::Relaxed);
+                words[i].store((old & !RULE_REF_MASK) | rref, Ordering::Relaxed);
+                self.depth[i] = depth;
+            }
+        }
+    }
+
+    fn set_long_bit(&self, slash24: u32, len: u8, on: bool) {
+        let bit = 1u32 << (DIR24_LONG_SHIFT + (len as u32 - 25));
+        let w = &self.dir24.words()[slash24 as usize];
+        let old = w.load(Ordering::Relaxed);
+        w.store(if on { old | bit } else { old & !bit }, Ordering::Relaxed);
+    }
+
+    /// Packets and bytes per (reason, verdict), summed over CPUs.
+    pub fn counters(&self) -> Result<Vec<(Reason, Verdict, Counter)>> {
+        let mut out = Vec::new();
+        for r in Reason::ALL {
+            for v in Verdict::ALL {
+                let per_cpu = self.counters.get(&counter_index(r, v), 0)?;
+                let mut c = Counter::default();
+                for x in per_cpu.iter() {
+                    c.packets += x.packets;
+                    c.bytes += x.bytes;
+                }
+                out.push((r, v, c));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Packets a rule matched, summed over CPUs.
+    pub fn rule_hits(&self, id: u32) -> Result<u64> {
+        Ok(self.hits.get(&id, 0)?.iter().sum())
+    }
+
+    /// Runs the program on one frame through BPF_PROG_TEST_RUN: (XDP action, output frame).
+    pub fn test_run(&self, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        let prog: &Xdp = self.bpf.program(PROG_NAME).expect("loaded").try_into()?;
+        let mut out = vec![0u8; frame.len() + 512];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .context("BPF_PROG_TEST_RUN")?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
+    }
+
+    /// The program, for the benchmark's tail calls and for `xlb status`.
+    pub fn program(&self) -> &Xdp {
+        self.bpf.program(PROG_NAME).expect("loaded").try_into().expect("an XDP program")
+    }
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        let _ = self.detach();
+        self.unpin();
+    }
+}

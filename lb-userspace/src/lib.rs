@@ -1,0 +1,15 @@
+//! xlb user space: the daemon (`xlb run`) and its control-socket clients.
+//!
+//! - `rules`: what an operator writes, parsed and validated; the rule set with ids;
+//! - `datapath`: the loaded XDP program, attach/pin, and the rule set's projection on maps;
+//! - `state`: the stored desired state (atomic writes);
+//! - `control`: the control socket's protocol and client;
+//! - `daemon`: `xlb run`, serving the control socket;
+//! - `cli`: the command line and its human and JSON output.
+pub mod cli;
+pub mod control;
+pub mod daemon;
+pub mod datapath;
+pub mod object;
+pub mod rules;
+pub mod state;

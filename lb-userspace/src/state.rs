@@ -1,0 +1,127 @@
+//! The stored desired state: a small text file, one rule a line, written atomically
+//! (temporary file, fsync, rename, fsync of the directory) so a crash leaves the old or
+//! the new file, never half of one.
+//!
+//! ```text
+//! # xlb state
+//! default allow
+//! malformed deny
+//! rule 1 deny 192.0.2.0/24
+//! rule 2 except 22/tcp
+//! ```
+
+use std::{fmt::Write as _, io::Write, path::Path};
+
+use anyhow::{Context, Result, bail};
+
+use crate::rules::{Rule, RuleSet};
+
+pub fn render(rules: &RuleSet) -> String {
+    let mut s = String::with_capacity(32 * rules.len() + 64);
+    s.push_str("# xlb state: written by `xlb run`; change it with the xlb CLI\n");
+    let _ = writeln!(s, "default {}", rules.default_policy);
+    let _ = writeln!(s, "malformed {}", rules.malformed_policy);
+    for r in rules.rules() {
+        let _ = writeln!(s, "rule {} {}", r.id, r.line());
+    }
+    s
+}
+
+pub fn parse(text: &str) -> Result<RuleSet> {
+    let mut rules = RuleSet::default();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fail = |e: &dyn std::fmt::Display| anyhow::anyhow!("line {}: {e}", n + 1);
+        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match word {
+            "default" => rules.default_policy = rest.trim().parse().map_err(|e| fail(&e))?,
+            "malformed" => rules.malformed_policy = rest.trim().parse().map_err(|e| fail(&e))?,
+            "rule" => {
+                let (id, rule) = rest.split_once(' ').ok_or_else(|| fail(&"a rule needs an id"))?;
+                let id: u32 = id.parse().map_err(|_| fail(&format!("'{id}' is not a rule id")))?;
+                if id == 0 || id >= lb_common::MAX_RULES {
+                    return Err(fail(&format!("rule id {id} is out of range")));
+                }
+                let (matches, action) = Rule::parse_line(rule).map_err(|e| fail(&e))?;
+                if rules.get(&matches).is_some() {
+                    return Err(fail(&format!("duplicate rule '{rule}'")));
+                }
+                rules.insert_with_id(Rule { id, matches, action });
+            }
+            _ => return Err(fail(&format!("unknown keyword '{word}'"))),
+        }
+    }
+    rules.compact_free();
+    Ok(rules)
+}
+
+/// Reads the state file; a missing file is an empty rule set.
+pub fn load(path: &Path) -> Result<RuleSet> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text).with_context(|| format!("state file {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RuleSet::default()),
+        Err(e) => Err(e).with_context(|| format!("reading state file {}", path.display())),
+    }
+}
+
+pub fn save(path: &Path, rules: &RuleSet) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let Some(name) = path.file_name() else {
+        bail!("state path {} has no file name", path.display());
+    };
+    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(render(rules).as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().with_context(|| format!("writing state file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{Action, Match};
+
+    #[test]
+    fn state_round_trips_with_ids() {
+        let mut rules = RuleSet::default();
+        rules.default_policy = Action::Deny;
+        for line in ["deny 192.0.2.0/24", "except 22/tcp", "port allow 80/tcp"] {
+            let (m, a) = Rule::parse_line(line).unwrap();
+            rules.upsert(m, a).unwrap();
+        }
+        rules.remove(&Match::ExceptPort("22/tcp".parse().unwrap())).unwrap();
+        let back = parse(&render(&rules)).unwrap();
+        assert_eq!(render(&back), render(&rules));
+        assert_eq!(back.default_policy, Action::Deny);
+        assert_eq!(back.rules().map(|r| r.id).collect::<Vec<_>>(), vec![1, 3]);
+    }
+
+    #[test]
+    fn broken_state_names_the_line() {
+        let e = parse("default allow\nrule 1 deny 192.0.2.1/24\n").unwrap_err();
+        assert!(e.to_string().starts_with("line 2:"), "{e}");
+        assert!(parse("bogus\n").is_err());
+        assert!(parse("rule 0 deny 192.0.2.0/24\n").is_err());
+    }
+
+    #[test]
+    fn save_is_atomic_and_loadable() {
+        let dir = std::env::temp_dir().join(format!("xlb-state-test-{}", std::process::id()));
+        let path = dir.join("state");
+        let mut rules = RuleSet::default();
+        let (m, a) = Rule::parse_line("deny 2001:db8::/32").unwrap();
+        rules.upsert(m, a).unwrap();
+        save(&path, &rules).unwrap();
+        assert_eq!(load(&path).unwrap().len(), 1);
+        assert!(!dir.join(".state.tmp").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
