@@ -1,1 +1,334 @@
+//! Network-namespace harness: namespaces, veth links, HTTP servers that answer with
+//! their own name, and the xlb daemon, each removed when its guard drops (also when a
+//! test fails). Names carry the test process's pid, so parallel tests never collide and
+//! leftovers of an interrupted run (dead pid) are removed by the next one.
 
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        Arc, Once,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+/// Every name the harness makes starts with this.
+pub const PREFIX: &str = "xlbt";
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+static CLEANUP: Once = Once::new();
+
+fn unique(tag: &str) -> String {
+    format!("{PREFIX}-{}-{}-{tag}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The pid in a harness-made name, if it is one.
+fn owner(name: &str) -> Option<u32> {
+    name.strip_prefix(&format!("{PREFIX}-"))?.split('-').next()?.parse().ok()
+}
+
+/// Removes namespaces and directories left by harness runs whose process is gone.
+pub fn cleanup_stale() {
+    if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or("");
+            if owner(name).is_some_and(|p| !pid_alive(p)) {
+                let _ = Command::new("ip").args(["netns", "del", name]).status();
+            }
+        }
+    }
+    if let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if owner(&name).is_some_and(|p| !pid_alive(p)) {
+                let _ = Command::new("umount").arg(e.path().join("bpffs")).stderr(Stdio::null()).status();
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// Runs a command, failing with its stderr if it fails.
+pub fn sh(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Result<Self> {
+        CLEANUP.call_once(cleanup_stale);
+        let name = unique(tag);
+        sh(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = Netns { name };
+        ns.run(&["ip", "link", "set", "lo", "up"])?;
+        // Replies and forwarding between test links must not be filtered by rp_filter.
+        let _ = ns.run(&["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"]);
+        Ok(ns)
+    }
+
+    /// A command run inside the namespace.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).args(args);
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Result<String> {
+        sh(&mut self.cmd(args))
+    }
+
+    /// Whether the command succeeds (for probes like ping and curl).
+    pub fn ok(&self, args: &[&str]) -> bool {
+        self.cmd(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    }
+
+    /// `curl` in this namespace: the body on success.
+    pub fn curl(&self, url: &str) -> Result<String> {
+        self.run(&["curl", "-sS", "--max-time", "2", "-g", url])
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// A veth pair `a_if` in `a` and `b_if` in `b`, up, with the given addresses (CIDR).
+pub fn veth(a: &Netns, a_if: &str, a_addrs: &[&str], b: &Netns, b_if: &str, b_addrs: &[&str]) -> Result<()> {
+    sh(Command::new("ip").args([
+        "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns", &b.name,
+    ]))?;
+    for (ns, ifname, addrs) in [(a, a_if, a_addrs), (b, b_if, b_addrs)] {
+        for addr in addrs {
+            let mut args = vec!["ip", "addr", "add", addr, "dev", ifname];
+            if addr.contains(':') {
+                args.push("nodad");
+            }
+            ns.run(&args)?;
+        }
+        ns.run(&["ip", "link", "set", ifname, "up"])?;
+    }
+    Ok(())
+}
+
+/// A plain HTTP/1.1 server in a namespace answering every request with `body`.
+pub struct HttpServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Moves the calling thread into a network namespace (only this thread).
+pub fn enter(ns_path: &Path) -> Result<()> {
+    let f = std::fs::File::open(ns_path).with_context(|| format!("opening {}", ns_path.display()))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: setns on a valid namespace fd affects only the calling thread here.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("setns");
+    }
+    Ok(())
+}
+
+impl HttpServer {
+    pub fn start(ns: &Netns, addr: &str, body: &str) -> Result<Self> {
+        let addr: SocketAddr = addr.parse().context("server address")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let (path, body, flag) = (ns.path(), body.to_string(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let listener = enter(&path).and_then(|_| {
+                let l = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+                l.set_nonblocking(true)?;
+                Ok(l)
+            });
+            let listener = match listener {
+                Ok(l) => {
+                    let _ = tx.send(Ok(()));
+                    l
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                        let mut buf = [0u8; 4096];
+                        let mut got = Vec::new();
+                        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => got.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = s.write_all(resp.as_bytes());
+                    }
+                    // Nothing pending: wait a little for the next connection.
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        rx.recv().context("server thread")??;
+        Ok(HttpServer { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A private directory with a bpffs mounted inside (`bpffs/`), removed on drop.
+pub struct TestDir {
+    pub path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new(tag: &str) -> Result<Self> {
+        CLEANUP.call_once(cleanup_stale);
+        let path = std::env::temp_dir().join(unique(tag));
+        std::fs::create_dir_all(path.join("bpffs"))?;
+        let dir = TestDir { path };
+        sh(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(dir.path.join("bpffs")))?;
+        Ok(dir)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.path.join("bpffs")).status();
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// The xlb binary: $XLB_BIN, or `xlb` next to the running test's target directory.
+pub fn xlb_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("XLB_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/xlb
+    exe.parent().and_then(Path::parent).map(|d| d.join("xlb")).expect("target dir")
+}
+
+/// `xlb run` inside a namespace, stopped (SIGTERM, then SIGKILL) on drop.
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `xlb run` in `ns` on `iface` with its socket, state and pins in `dir`,
+    /// and waits until the control socket answers.
+    pub fn start(ns: &Netns, iface: &str, dir: &TestDir, extra: &[&str]) -> Result<Self> {
+        let socket = dir.path.join("xlb.sock");
+        let log = dir.path.join("xlb.log");
+        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let bin = xlb_bin();
+        let mut cmd = ns.cmd(&[bin.to_str().unwrap(), "--socket", socket.to_str().unwrap(), "run", "--iface", iface]);
+        cmd.arg("--bpffs")
+            .arg(dir.path.join("bpffs/xlb"))
+            .arg("--state")
+            .arg(dir.path.join("state"))
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(logf);
+        let child = cmd.spawn().context("spawning xlb run")?;
+        let mut d = Daemon { child: Some(child), socket, log };
+        d.wait_ready()?;
+        Ok(d)
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.cli(&["stats", "--json"]).status.success() {
+                return Ok(());
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait()? {
+                bail!("xlb run exited with {status}: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+            }
+            if Instant::now() > deadline {
+                bail!("xlb run did not answer on {} within 60 s", self.socket.display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs the xlb CLI against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(xlb_bin())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("running the xlb CLI")
+    }
+
+    /// Runs the CLI and parses its `--json` output; panics on failure.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.cli(args);
+        assert!(out.status.success(), "xlb {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("JSON output")
+    }
+
+    /// SIGTERM and wait for a clean exit; its status.
+    pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = child.try_wait()? {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("xlb run did not stop within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
+    }
+}
