@@ -21,7 +21,10 @@ pub const MAP_COUNTERS: &str = "XLB_COUNTERS";
 pub const MAP_RULE_HITS: &str = "XLB_RULE_HITS";
 /// Mmapable `Array<Dir24Block>`: the first level of the IPv4 source-prefix table.
 pub const MAP_DIR24: &str = "XLB_DIR24";
-/// `HashMap<LongV4Key, u32>`: IPv4 prefixes longer than /24.
+/// Mmapable `Array<u64>`: one bit per /20, set when its Dir24Block is not all zero.
+pub const MAP_DIR24_SUMMARY: &str = "XLB_DIR24_SUMMARY";
+/// Mmapable `Array<LongV4Bucket>`: IPv4 prefixes longer than /24, an open-addressing
+/// hash table written by user space (see [`long_v4_hash`]).
 pub const MAP_LONG_V4: &str = "XLB_LONG_V4";
 /// `LpmTrie<[u8; 16], u32>`: IPv6 source prefixes (allow/deny).
 pub const MAP_PREFIX_V6: &str = "XLB_PREFIX_V6";
@@ -33,11 +36,12 @@ pub const MAP_EXCEPT_V6: &str = "XLB_EXCEPT_V6";
 pub const MAP_PORTS: &str = "XLB_PORTS";
 
 /// Every map of the program, for pinning and for `xlb status`.
-pub const ALL_MAPS: [&str; 9] = [
+pub const ALL_MAPS: [&str; 10] = [
     MAP_CONFIG,
     MAP_COUNTERS,
     MAP_RULE_HITS,
     MAP_DIR24,
+    MAP_DIR24_SUMMARY,
     MAP_LONG_V4,
     MAP_PREFIX_V6,
     MAP_EXCEPT_V4,
@@ -53,8 +57,6 @@ pub const ALL_MAPS: [&str; 9] = [
 /// million IPv4 plus one million IPv6 prefixes fit with room for port and except rules.
 /// The per-CPU hit counters cost `MAX_RULES * 8` bytes per CPU.
 pub const MAX_RULES: u32 = 1 << 21;
-/// IPv4 prefixes longer than /24 (each one a hash entry).
-pub const MAX_LONG_V4: u32 = 1 << 21;
 /// IPv6 allow/deny prefixes.
 pub const MAX_PREFIX_V6: u32 = 1 << 21;
 /// Entries of each always-allow prefix list (kept small on purpose: it is an operator's
@@ -95,6 +97,10 @@ pub const fn rule_ref(id: u32, deny: bool) -> u32 {
 pub const DIR24_BLOCK: usize = 16;
 /// Number of elements of the first level (2^24 / 16).
 pub const DIR24_BLOCKS: u32 = (1 << 24) / DIR24_BLOCK as u32;
+/// Words of the summary bitmap: one bit per Dir24Block (per /20). At 128 KiB it stays
+/// in cache, so traffic from addresses no rule is near (most of a flood from random
+/// sources) is decided without touching the 64 MiB table.
+pub const DIR24_SUMMARY_WORDS: u32 = DIR24_BLOCKS / 64;
 /// Bit position of the longer-prefix bitmap in a first-level entry.
 pub const DIR24_LONG_SHIFT: u32 = 24;
 
@@ -104,13 +110,43 @@ pub struct Dir24Block {
     pub entries: [u32; DIR24_BLOCK],
 }
 
-/// Key of an IPv4 prefix longer than /24: the masked address (host byte order) and its
-/// length (25..=32).
+// Prefixes longer than /24 live in a bucketed open-addressing hash table that user space
+// writes through mmap (no syscall per entry: a million prefixes load in well under a
+// second). A slot is one u64, written atomically:
+//   bits 32..64: the masked address; bits 24..32: the length (25..=32);
+//   bits 0..24: the rule reference.
+// 0 is an empty slot (it ends a probe), LONG_V4_TOMBSTONE a removed one (skipped).
+// A key lives in the first free slot of buckets hash, hash+1, ... (LONG_V4_PROBE at most).
+
+/// Slots per bucket: 8 x 8 bytes = one cache line.
+pub const LONG_V4_SLOTS: usize = 8;
+/// Buckets: 2^18 x 8 slots = 2^21 slots (16 MiB), so a million long prefixes fill it
+/// at most half.
+pub const LONG_V4_BUCKETS: u32 = 1 << 18;
+/// Buckets probed before a key is declared absent (and the most an insert may use).
+pub const LONG_V4_PROBE: u32 = 8;
+pub const LONG_V4_TOMBSTONE: u64 = 1;
+
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct LongV4Key {
-    pub addr: u32,
-    pub len: u32,
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct LongV4Bucket {
+    pub slots: [u64; LONG_V4_SLOTS],
+}
+
+/// The key part of a slot (bits 24..64) for a masked address and length.
+pub const fn long_v4_key(addr: u32, len: u32) -> u64 {
+    ((addr as u64) << 32) | ((len as u64) << 24)
+}
+
+/// The home bucket of a key: murmur3's 32-bit finaliser over address and length.
+pub const fn long_v4_hash(addr: u32, len: u32) -> u32 {
+    let mut h = addr ^ len.wrapping_mul(0x9e37_79b9);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h & (LONG_V4_BUCKETS - 1)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -272,7 +308,7 @@ mod user {
     use super::*;
     // SAFETY: all of these are repr(C) and bytemuck::Pod (no padding, any bit pattern).
     unsafe impl aya::Pod for Dir24Block {}
-    unsafe impl aya::Pod for LongV4Key {}
+    unsafe impl aya::Pod for LongV4Bucket {}
     unsafe impl aya::Pod for PortEntry {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Counter {}
@@ -300,6 +336,12 @@ mod tests {
         assert!(MAX_RULES - 1 <= RULE_ID_MASK);
         assert_eq!(rule_ref(5, true) & RULE_ID_MASK, 5);
         assert_eq!(rule_ref(5, true) & !RULE_REF_MASK, 0);
+    }
+
+    #[test]
+    fn long_v4_slots_never_collide_with_empty_or_tombstone() {
+        assert!(long_v4_key(0, 25) > LONG_V4_TOMBSTONE);
+        assert!(long_v4_hash(u32::MAX, 32) < LONG_V4_BUCKETS);
     }
 
     #[test]

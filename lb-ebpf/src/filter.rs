@@ -124,12 +124,20 @@ fn source_prefix(pkt: &Packet, cfg: &Config) -> u32 {
     }
 }
 
-/// DIR-24-8 style lookup (see lb-common): one array read, plus one hash lookup per
-/// longer prefix length present in this /24, longest first.
+/// DIR-24-8 style lookup (see lb-common): the summary bit of the /20, then one array
+/// read, plus one hash lookup per longer prefix length present in this /24, longest
+/// first.
 #[inline(always)]
 fn lookup_v4(addr: u32) -> u32 {
     let slash24 = addr >> 8;
-    let Some(block) = XLB_DIR24.get(slash24 / DIR24_BLOCK as u32) else {
+    let block_index = slash24 / DIR24_BLOCK as u32;
+    let Some(summary) = XLB_DIR24_SUMMARY.get(block_index / 64) else {
+        return 0;
+    };
+    if summary & (1u64 << (block_index % 64)) == 0 {
+        return 0;
+    }
+    let Some(block) = XLB_DIR24.get(block_index) else {
         return 0;
     };
     let entry = block.entries[(slash24 % DIR24_BLOCK as u32) as usize];
@@ -140,15 +148,33 @@ fn lookup_v4(addr: u32) -> u32 {
             n -= 1;
             if long & (1 << n) != 0 {
                 let len = 25 + n;
-                let key = LongV4Key {
-                    addr: addr & (u32::MAX << (32 - len)),
-                    len,
-                };
-                if let Some(rule) = unsafe { XLB_LONG_V4.get(&key) } {
-                    return *rule;
+                let rule = lookup_long_v4(addr & (u32::MAX << (32 - len)), len);
+                if rule != 0 {
+                    return rule;
                 }
             }
         }
     }
     entry & RULE_REF_MASK
+}
+
+/// The rule reference of exactly `addr/len` (len 25..=32) in the long-prefix table, or 0.
+#[inline(always)]
+fn lookup_long_v4(addr: u32, len: u32) -> u32 {
+    let key = long_v4_key(addr, len);
+    let home = long_v4_hash(addr, len);
+    for probe in 0..LONG_V4_PROBE {
+        let Some(bucket) = XLB_LONG_V4.get((home + probe) & (LONG_V4_BUCKETS - 1)) else {
+            return 0;
+        };
+        for slot in bucket.slots {
+            if slot == 0 {
+                return 0;
+            }
+            if slot & !(RULE_REF_MASK as u64) == key {
+                return (slot as u32) & RULE_REF_MASK;
+            }
+        }
+    }
+    0
 }

@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, LpmTrie, PerCpuArray},
 };
 use lb_common::*;
 
@@ -21,8 +21,12 @@ pub static XLB_RULE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_R
 pub static XLB_DIR24: Array<Dir24Block> = Array::with_max_entries(DIR24_BLOCKS, BPF_F_MMAPABLE);
 
 #[map]
-pub static XLB_LONG_V4: HashMap<LongV4Key, u32> =
-    HashMap::with_max_entries(MAX_LONG_V4, BPF_F_NO_PREALLOC);
+pub static XLB_DIR24_SUMMARY: Array<u64> =
+    Array::with_max_entries(DIR24_SUMMARY_WORDS, BPF_F_MMAPABLE);
+
+#[map]
+pub static XLB_LONG_V4: Array<LongV4Bucket> =
+    Array::with_max_entries(LONG_V4_BUCKETS, BPF_F_MMAPABLE);
 
 #[map]
 pub static XLB_PREFIX_V6: LpmTrie<[u8; 16], u32> =

@@ -130,6 +130,7 @@ impl Firewall {
     ) -> Result<Value> {
         let mut scratch = Vec::new();
         let mut failed = None;
+        let t = std::time::Instant::now();
         for r in edit(&mut self.rules) {
             match r {
                 Ok(c) => scratch.extend(c),
@@ -142,14 +143,17 @@ impl Firewall {
             self.rules.undo(&scratch);
             return Err(anyhow!(e).context("nothing was changed"));
         }
+        let t_edit = t.elapsed();
         if let Err(e) = self.dp.apply(&self.rules, &scratch) {
             self.rollback(&scratch);
             return Err(e.context("updating the kernel maps; nothing was changed"));
         }
+        let t_maps = t.elapsed();
         if let Err(e) = self.save() {
             self.rollback(&scratch);
             return Err(e.context("nothing was changed"));
         }
+        tracing::debug!(?t_edit, ?t_maps, total = ?t.elapsed(), changes = scratch.len(), "rule change applied");
         let count = |f: fn(&Change) -> bool| scratch.iter().filter(|c| f(c)).count();
         Ok(json!({
             "added": count(|c| matches!(c, Change::Added(_))),

@@ -2,22 +2,22 @@
 //! `RuleSet` onto the lookup tables (IPv4 DIR-24-8 painting, port table, tries).
 
 use std::{
-    collections::HashMap as StdHashMap,
     net::IpAddr,
     os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::atomic::{AtomicU32, AtomicU64, Ordering},
 };
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    maps::{Array, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
     programs::{TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::*;
 
 use crate::{
+    fxhash::{FxHashMap, FxHashSet},
     object,
     rules::{Action, Change, Match, Prefix, Rule, RuleSet},
 };
@@ -67,6 +67,11 @@ impl MmapTable {
         // SAFETY: ptr maps `words` u32s for the lifetime of self.
         unsafe { std::slice::from_raw_parts(self.ptr, self.words) }
     }
+
+    fn words64(&self) -> &[AtomicU64] {
+        // SAFETY: the mapping is page aligned and holds words / 2 u64s.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast(), self.words / 2) }
+    }
 }
 
 impl Drop for MmapTable {
@@ -91,18 +96,22 @@ pub struct Datapath {
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, Counter>,
     hits: PerCpuArray<MapData, u64>,
-    long_v4: HashMap<MapData, LongV4Key, u32>,
     prefix_v6: LpmTrie<MapData, [u8; 16], u32>,
     except_v4: LpmTrie<MapData, [u8; 4], u32>,
     except_v6: LpmTrie<MapData, [u8; 16], u32>,
     dir24: MmapTable,
+    summary: MmapTable,
+    long_v4: MmapTable,
     ports: MmapTable,
+    /// Rule ids removed since load: their hit counters are zeroed when reused (fresh
+    /// ids are zero already, which keeps bulk loads free of per-rule syscalls).
+    used_ids: FxHashSet<u32>,
     /// Per /24: 1 + the length of the prefix painted there, 0 if none.
     depth: Vec<u8>,
     /// Every IPv4 prefix loaded, by (address, length), with its rule reference.
-    v4: StdHashMap<(u32, u8), u32>,
+    v4: FxHashMap<(u32, u8), u32>,
     /// Per /24 holding longer prefixes: how many of each length 25..=32.
-    long_count: StdHashMap<u32, [u32; 8]>,
+    long_count: FxHashMap<u32, [u32; 8]>,
     ncpus: usize,
     link: Option<XdpLinkId>,
     pins: Option<PathBuf>,
@@ -183,6 +192,14 @@ impl Datapath {
             bpf.map(MAP_DIR24).context("dir24 map")?,
             DIR24_BLOCKS as usize * std::mem::size_of::<Dir24Block>(),
         )?;
+        let summary = MmapTable::new(
+            bpf.map(MAP_DIR24_SUMMARY).context("dir24 summary map")?,
+            DIR24_SUMMARY_WORDS as usize * 8,
+        )?;
+        let long_v4 = MmapTable::new(
+            bpf.map(MAP_LONG_V4).context("long-prefix map")?,
+            LONG_V4_BUCKETS as usize * std::mem::size_of::<LongV4Bucket>(),
+        )?;
         let ports = MmapTable::new(
             bpf.map(MAP_PORTS).context("ports map")?,
             PORT_TABLE_SIZE as usize * std::mem::size_of::<PortEntry>(),
@@ -191,16 +208,18 @@ impl Datapath {
             config: take(&mut bpf, MAP_CONFIG)?,
             counters: take(&mut bpf, MAP_COUNTERS)?,
             hits: take(&mut bpf, MAP_RULE_HITS)?,
-            long_v4: take(&mut bpf, MAP_LONG_V4)?,
             prefix_v6: take(&mut bpf, MAP_PREFIX_V6)?,
             except_v4: take(&mut bpf, MAP_EXCEPT_V4)?,
             except_v6: take(&mut bpf, MAP_EXCEPT_V6)?,
             bpf,
             dir24,
+            summary,
+            long_v4,
             ports,
+            used_ids: Default::default(),
             depth: vec![0; 1 << 24],
-            v4: StdHashMap::new(),
-            long_count: StdHashMap::new(),
+            v4: FxHashMap::default(),
+            long_count: FxHashMap::default(),
             ncpus: aya::util::nr_cpus().map_err(|(m, e)| anyhow!("{m}: {e}"))?,
             link: None,
             pins: pins.map(Path::to_path_buf),
@@ -271,11 +290,16 @@ impl Datapath {
     pub fn apply_rule(&mut self, change: &Change) -> Result<()> {
         let (rule, removed) = match change {
             Change::Added(r) => {
-                self.reset_hits(r.id)?;
+                if self.used_ids.remove(&r.id) {
+                    self.reset_hits(r.id)?;
+                }
                 (r, false)
             }
             Change::Updated(r, _) => (r, false),
-            Change::Removed(r) => (r, true),
+            Change::Removed(r) => {
+                self.used_ids.insert(r.id);
+                (r, true)
+            }
         };
         let rref = rule_ref(rule.id, rule.action == Action::Deny);
         match rule.matches {
@@ -355,8 +379,7 @@ impl Datapath {
             self.paint(addr, len, rref, len + 1, |d| d <= len + 1);
             return Ok(());
         }
-        let key = LongV4Key { addr, len: len as u32 };
-        self.long_v4.insert(key, rref, 0).context("IPv4 long-prefix map")?;
+        self.long_v4_set(addr, len, Some(rref))?;
         if !existed {
             let slash24 = addr >> 8;
             let counts = self.long_count.entry(slash24).or_default();
@@ -391,8 +414,44 @@ impl Datapath {
         if last {
             self.set_long_bit(slash24, len, false);
         }
-        let key = LongV4Key { addr, len: len as u32 };
-        self.long_v4.remove(&key).context("IPv4 long-prefix map")
+        self.long_v4_set(addr, len, None)
+    }
+
+    /// Writes (Some) or removes (None) `addr/len` in the long-prefix table: the slot
+    /// holding the key, else for a write the first free one on its probe path.
+    fn long_v4_set(&self, addr: u32, len: u8, rref: Option<u32>) -> Result<()> {
+        let key = long_v4_key(addr, len as u32);
+        let home = long_v4_hash(addr, len as u32);
+        let slots = self.long_v4.words64();
+        let mut free = None;
+        'probe: for probe in 0..LONG_V4_PROBE {
+            let bucket = ((home + probe) & (LONG_V4_BUCKETS - 1)) as usize;
+            for i in bucket * LONG_V4_SLOTS..(bucket + 1) * LONG_V4_SLOTS {
+                let slot = slots[i].load(Ordering::Relaxed);
+                if slot & !(RULE_REF_MASK as u64) == key {
+                    let new = rref.map_or(LONG_V4_TOMBSTONE, |r| key | r as u64);
+                    slots[i].store(new, Ordering::Release);
+                    return Ok(());
+                }
+                if slot == LONG_V4_TOMBSTONE || slot == 0 {
+                    free.get_or_insert(i);
+                }
+                if slot == 0 {
+                    break 'probe;
+                }
+            }
+        }
+        match (rref, free) {
+            (None, _) => Ok(()),
+            (Some(r), Some(i)) => {
+                slots[i].store(key | r as u64, Ordering::Release);
+                Ok(())
+            }
+            (Some(_), None) => bail!(
+                "the IPv4 long-prefix table has no free slot near {}/{len}",
+                std::net::Ipv4Addr::from(addr)
+            ),
+        }
     }
 
     /// Sets the rule part of every /24 entry covered by `addr/len` whose depth passes
@@ -408,6 +467,30 @@ impl Datapath {
                 self.depth[i] = depth;
             }
         }
+        let first = start / DIR24_BLOCK;
+        let last = (start + n - 1) / DIR24_BLOCK;
+        for block in first..=last {
+            self.update_summary(block);
+        }
+    }
+
+    /// Sets the summary bit of a block iff any of its entries is non-zero. A bit is set
+    /// after the entries are written and cleared after they are, so a reader that sees
+    /// a clear bit can trust that the block is empty (or about to be).
+    fn update_summary(&self, block: usize) {
+        let words = self.dir24.words();
+        let busy = words[block * DIR24_BLOCK..(block + 1) * DIR24_BLOCK]
+            .iter()
+            .any(|w| w.load(Ordering::Relaxed) != 0);
+        // u64 elements in little-endian memory: bit b of the bitmap is bit b % 32 of
+        // 32-bit word b / 32.
+        let w = &self.summary.words()[block / 32];
+        let bit = 1u32 << (block % 32);
+        let old = w.load(Ordering::Relaxed);
+        let new = if busy { old | bit } else { old & !bit };
+        if new != old {
+            w.store(new, Ordering::Release);
+        }
     }
 
     fn set_long_bit(&self, slash24: u32, len: u8, on: bool) {
@@ -415,6 +498,7 @@ impl Datapath {
         let w = &self.dir24.words()[slash24 as usize];
         let old = w.load(Ordering::Relaxed);
         w.store(if on { old | bit } else { old & !bit }, Ordering::Relaxed);
+        self.update_summary(slash24 as usize / DIR24_BLOCK);
     }
 
     /// Packets and bytes per (reason, verdict), summed over CPUs.

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+mod fxhash;
 pub mod object;
 pub mod rules;
 pub mod state;

@@ -1,8 +1,9 @@
 //! Firewall rules: what an operator writes (prefixes, port specs, policies), how it is
 //! parsed and validated, and the rule set with stable ids that the datapath projects.
 
+use crate::fxhash::FxHashMap;
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     fmt,
     net::IpAddr,
     str::FromStr,
@@ -264,11 +265,18 @@ pub struct Rule {
 impl Rule {
     /// One line of the state file and of `xlb fw list`.
     pub fn line(&self) -> String {
+        let mut s = String::new();
+        let _ = self.write_line(&mut s);
+        s
+    }
+
+    /// Writes `line()` without allocating.
+    pub fn write_line(&self, w: &mut impl fmt::Write) -> fmt::Result {
         match self.matches {
-            Match::Prefix(p) => format!("{} {p}", self.action),
-            Match::Port(p) => format!("port {} {p}", self.action),
-            Match::ExceptPrefix(p) => format!("except {p}"),
-            Match::ExceptPort(p) => format!("except {p}"),
+            Match::Prefix(p) => write!(w, "{} {p}", self.action),
+            Match::Port(p) => write!(w, "port {} {p}", self.action),
+            Match::ExceptPrefix(p) => write!(w, "except {p}"),
+            Match::ExceptPort(p) => write!(w, "except {p}"),
         }
     }
 
@@ -305,7 +313,7 @@ pub struct RuleSet {
     pub default_policy: Action,
     pub malformed_policy: Action,
     rules: BTreeMap<u32, Rule>,
-    by_match: HashMap<Match, u32>,
+    by_match: FxHashMap<Match, u32>,
     next_id: u32,
     free: Vec<u32>,
 }
@@ -316,7 +324,7 @@ impl Default for RuleSet {
             default_policy: Action::Allow,
             malformed_policy: Action::Deny,
             rules: BTreeMap::new(),
-            by_match: HashMap::new(),
+            by_match: FxHashMap::default(),
             next_id: 1,
             free: Vec::new(),
         }

@@ -22,7 +22,9 @@ pub fn render(rules: &RuleSet) -> String {
     let _ = writeln!(s, "default {}", rules.default_policy);
     let _ = writeln!(s, "malformed {}", rules.malformed_policy);
     for r in rules.rules() {
-        let _ = writeln!(s, "rule {} {}", r.id, r.line());
+        let _ = write!(s, "rule {} ", r.id);
+        let _ = r.write_line(&mut s);
+        s.push('\n');
     }
     s
 }

@@ -1,0 +1,256 @@
+//! `cargo xtask bench`: the datapath measured beside its baselines in one run, through
+//! BPF_PROG_TEST_RUN. Every row runs `bench_entry`, which writes the source address
+//! (fixed, or random per packet) and tail-calls the program under test, so the entry's
+//! own cost is the same in every row and cancels in the differences.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, anyhow};
+use aya::{
+    Ebpf,
+    maps::{Array, LpmTrie, ProgramArray, lpm_trie::Key},
+    programs::{ProgramFd, TestRun, TestRunOptions, Xdp},
+};
+use clap::Parser;
+use serde_json::json;
+use xlb::{control::Request, rules::Action};
+use xlb_tests::{fixture::Fixture, packet::Pkt};
+
+#[derive(Parser)]
+struct Args {
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "target/bench.json")]
+    out: PathBuf,
+    /// Fewer repeats and smaller prefix sets.
+    #[arg(long)]
+    quick: bool,
+}
+
+/// Deterministic prefix sets: the same on every run and machine.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// `n` distinct IPv4 prefixes shaped like a blocklist: 40% /32, 30% /24, 30% /16../31.
+fn prefixes(n: usize, seed: u64) -> Vec<(u32, u8)> {
+    let mut rng = Rng(seed);
+    let mut seen = std::collections::HashSet::with_capacity(n);
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let r = rng.next();
+        let len = match r % 10 {
+            0..=3 => 32,
+            4..=6 => 24,
+            _ => 16 + ((r >> 8) % 16) as u8,
+        };
+        let addr = ((r >> 32) as u32) & (u32::MAX << (32 - len));
+        if seen.insert((addr, len)) {
+            out.push((addr, len));
+        }
+    }
+    out
+}
+
+struct Bench {
+    ebpf: Ebpf,
+    frame: Vec<u8>,
+    repeat: u32,
+}
+
+impl Bench {
+    fn load(repeat: u32) -> Result<Self> {
+        let mut ebpf = Ebpf::load(xlb::object::BENCH).context("loading the bench object")?;
+        for name in ["bench_floor", "bench_lpm", "bench_entry"] {
+            let p: &mut Xdp = ebpf.program_mut(name).ok_or_else(|| anyhow!("{name}"))?.try_into()?;
+            p.load()?;
+        }
+        let frame = Pkt::tcp("192.0.2.10", "198.51.100.1", 40000, 80).payload(&[]).build();
+        Ok(Bench { ebpf, frame, repeat })
+    }
+
+    fn fd(&self, name: &str) -> Result<ProgramFd> {
+        let p: &Xdp = self.ebpf.program(name).unwrap().try_into()?;
+        Ok(p.fd()?.try_clone()?)
+    }
+
+    /// Mean ns per packet of `target` (median of 5 runs), with the source fixed at
+    /// `base` or randomised (`random`).
+    fn ns(&mut self, target: &ProgramFd, base: u32, random: bool) -> Result<f64> {
+        let mut jump: ProgramArray<_> = self.ebpf.map_mut("BENCH_TARGET").unwrap().try_into()?;
+        jump.set(0, target, 0)?;
+        let mut src: Array<_, u32> = self.ebpf.map_mut("BENCH_SRC").unwrap().try_into()?;
+        src.set(0, base.to_be(), 0)?;
+        src.set(1, if random { u32::MAX } else { 0 }, 0)?;
+        let entry: &Xdp = self.ebpf.program("bench_entry").unwrap().try_into()?;
+        let mut runs = Vec::new();
+        for _ in 0..5 {
+            let mut out = vec![0u8; self.frame.len() + 64];
+            let r = entry.test_run(TestRunOptions {
+                data_in: Some(&self.frame),
+                data_out: Some(&mut out),
+                repeat: self.repeat,
+                ..Default::default()
+            })?;
+            runs.push(r.duration.as_nanos() as f64);
+        }
+        runs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        Ok(runs[2])
+    }
+
+    fn lpm_load(&mut self, set: &[(u32, u8)]) -> Result<Duration> {
+        let mut lpm: LpmTrie<_, [u8; 4], u32> = self.ebpf.map_mut("BENCH_LPM").unwrap().try_into()?;
+        let keys: Vec<_> = lpm.keys().collect::<Result<_, _>>()?;
+        for k in keys {
+            lpm.remove(&k)?;
+        }
+        let t = Instant::now();
+        for (i, (a, l)) in set.iter().enumerate() {
+            lpm.insert(&Key::new(*l as u32, a.to_be_bytes()), i as u32 + 1, 0)?;
+        }
+        Ok(t.elapsed())
+    }
+}
+
+/// Memory the kernel accounts to this process's BPF maps, by map name prefix.
+fn map_memory(name_prefix: &str) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir("/proc/self/fd").into_iter().flatten().flatten() {
+        let Ok(link) = std::fs::read_link(e.path()) else { continue };
+        if link.to_string_lossy() != "anon_inode:bpf-map" {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", e.file_name().to_string_lossy()))
+            .unwrap_or_default();
+        let field = |k: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(k).map(|v| v.trim().parse::<u64>().unwrap_or(0)))
+                .unwrap_or(0)
+        };
+        let id = field("map_id:") as u32;
+        let name = aya::maps::MapInfo::from_id(id)
+            .ok()
+            .and_then(|m| m.name_as_str().map(str::to_string))
+            .unwrap_or_default();
+        if name.starts_with(name_prefix) {
+            total += field("memlock:");
+        }
+    }
+    total
+}
+
+fn bulk_text(set: &[(u32, u8)]) -> String {
+    let mut s = String::with_capacity(set.len() * 20);
+    for (a, l) in set {
+        s.push_str(&format!("{}/{l}\n", std::net::Ipv4Addr::from(*a)));
+    }
+    s
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let repeat = if args.quick { 100_000 } else { 1_000_000 };
+    let sizes: &[usize] = if args.quick { &[100_000] } else { &[100_000, 1_000_000] };
+    let mut bench = Bench::load(repeat)?;
+    let mut rows: Vec<(String, f64)> = Vec::new();
+    let mut notes = serde_json::Map::new();
+    let fixed = u32::from(std::net::Ipv4Addr::new(192, 0, 2, 10));
+
+    let floor_fd = bench.fd("bench_floor")?;
+    let floor = bench.ns(&floor_fd, fixed, false)?;
+    rows.push(("floor: empty XDP program".into(), floor));
+    let mut fx = Fixture::new();
+    let xlb_fd = fx.fw.dp.program().fd()?.try_clone()?;
+    let lpm_fd = bench.fd("bench_lpm")?;
+    let pass = bench.ns(&xlb_fd, fixed, false)?;
+    rows.push(("xlb, no rules, pass".into(), pass));
+    let pass_random = bench.ns(&xlb_fd, fixed, true)?;
+    rows.push(("xlb, no rules, random sources".into(), pass_random));
+    notes.insert("mem_xlb_no_rules_bytes".into(), json!(map_memory("XLB_")));
+
+    let mut ratios = Vec::new();
+    for &n in sizes {
+        let set = prefixes(n, 0x5eed + n as u64);
+        let hot = set[0].0 | 1;
+        let text = bulk_text(&set);
+        let state = std::env::temp_dir().join(format!("xlb-bench-state-{}", std::process::id()));
+        fx.fw.state_path = Some(state.clone());
+        let t = Instant::now();
+        fx.req(Request::Load { action: Action::Deny, text });
+        let load = t.elapsed();
+        let _ = std::fs::remove_file(&state);
+        fx.fw.state_path = None;
+        let lpm_load = bench.lpm_load(&set)?;
+        let x_rand = bench.ns(&xlb_fd, fixed, true)?;
+        let x_hot = bench.ns(&xlb_fd, hot, false)?;
+        let l_rand = bench.ns(&lpm_fd, fixed, true)?;
+        let l_hot = bench.ns(&lpm_fd, hot, false)?;
+        let k = n / 1000;
+        rows.push((format!("xlb, {k}k prefixes, random sources"), x_rand));
+        rows.push((format!("xlb, {k}k prefixes, fixed source"), x_hot));
+        rows.push((format!("lpm trie, {k}k prefixes, random sources"), l_rand));
+        rows.push((format!("lpm trie, {k}k prefixes, fixed source"), l_hot));
+        ratios.push((k, (x_rand - floor) / (l_rand - floor)));
+        notes.insert(format!("load_{k}k_xlb_s"), json!(load.as_secs_f64()));
+        notes.insert(format!("load_{k}k_lpm_s"), json!(lpm_load.as_secs_f64()));
+        notes.insert(format!("mem_{k}k_xlb_bytes"), json!(map_memory("XLB_")));
+        notes.insert(format!("mem_{k}k_lpm_bytes"), json!(map_memory("BENCH_LPM")));
+        fx.req(Request::Flush);
+    }
+
+    println!("\nxlb bench: BPF_PROG_TEST_RUN, {repeat} repeats, median of 5 (ns per packet)\n");
+    println!("| {:<44} | {:>9} | {:>12} |", "case", "ns/pkt", "above floor");
+    println!("|{:-<46}|{:->11}|{:->14}|", "", "", "");
+    for (name, ns) in &rows {
+        println!("| {:<44} | {:>9.1} | {:>12.1} |", name, ns, ns - floor);
+    }
+    println!();
+    println!("targets (same run):");
+    let pass_ratio = pass / floor;
+    println!(
+        "  no-rule pass / floor           = {pass_ratio:.2}x  (target <= 3x)  {}",
+        if pass_ratio <= 3.0 { "met" } else { "NOT met" }
+    );
+    for (k, r) in &ratios {
+        println!(
+            "  {k}k random: xlb / lpm above floor = {r:.3}  (target <= 0.2)  {}",
+            if *r <= 0.2 { "met" } else { "NOT met" }
+        );
+    }
+    for (k, v) in &notes {
+        if k.starts_with("load_") {
+            println!("  {k:<28} {:.3} s", v.as_f64().unwrap());
+        }
+    }
+    if let Some(v) = notes.get("load_1000k_xlb_s") {
+        let s = v.as_f64().unwrap();
+        println!("  1M-prefix bulk load = {s:.2} s (target < 2 s)  {}", if s < 2.0 { "met" } else { "NOT met" });
+    }
+    println!("\nmap memory (kernel memlock accounting):");
+    for (k, v) in &notes {
+        if k.starts_with("mem_") {
+            println!("  {k:<28} {:>8.1} MiB", v.as_u64().unwrap() as f64 / (1 << 20) as f64);
+        }
+    }
+    let json = json!({
+        "repeat": repeat,
+        "rows": rows.iter().map(|(n, v)| json!({"case": n, "ns_per_packet": v})).collect::<Vec<_>>(),
+        "pass_over_floor": pass_ratio,
+        "xlb_over_lpm_random": ratios.iter().map(|(k, r)| json!({"prefixes_k": k, "ratio": r})).collect::<Vec<_>>(),
+        "notes": notes,
+    });
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir).ok();
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&json)?)?;
+    println!("\nwritten to {}", args.out.display());
+    Ok(())
+}
