@@ -17,18 +17,30 @@ fn main() {
     for dir in ["lb-ebpf/src", "lb-common/src"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
-    println!("cargo:rerun-if-changed={}", ebpf.join("Cargo.toml").display());
-    println!("cargo:rerun-if-changed={}", root.join("lb-common/Cargo.toml").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        ebpf.join("Cargo.toml").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("lb-common/Cargo.toml").display()
+    );
 
     if !PathBuf::from(BPF_RUSTC).exists() {
-        panic!("{BPF_RUSTC} is missing: run `cargo xtask setup` (installs rustc-web and the BPF core library)");
+        panic!(
+            "{BPF_RUSTC} is missing: run `cargo xtask setup` (installs rustc-web and the BPF core library)"
+        );
     }
     let target_dir = root.join("target").join("bpf");
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let home = env::var("CARGO_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env::var("HOME").unwrap_or_default()).join(".cargo"));
-    let path = format!("{}:{}", home.join("bin").display(), env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        home.join("bin").display(),
+        env::var("PATH").unwrap_or_default()
+    );
 
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&ebpf)
@@ -39,8 +51,11 @@ fn main() {
         .env("PATH", path);
     // The outer build's settings are for the host; keep them away from the BPF build.
     for (key, _) in env::vars() {
-        if key.starts_with("CARGO_") && key != "CARGO_HOME" || key.starts_with("RUSTC_WRAPPER")
-            || key == "RUSTC_WORKSPACE_WRAPPER" || key == "RUSTFLAGS" || key == "RUSTDOCFLAGS"
+        if key.starts_with("CARGO_") && key != "CARGO_HOME"
+            || key.starts_with("RUSTC_WRAPPER")
+            || key == "RUSTC_WORKSPACE_WRAPPER"
+            || key == "RUSTFLAGS"
+            || key == "RUSTDOCFLAGS"
         {
             cmd.env_remove(&key);
         }

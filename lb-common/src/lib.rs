@@ -76,6 +76,11 @@ pub const RULE_DENY: u32 = 1 << 23;
 pub const RULE_ID_MASK: u32 = RULE_DENY - 1;
 pub const RULE_REF_MASK: u32 = 0x00ff_ffff;
 
+const _: () = assert!(
+    MAX_RULES - 1 <= RULE_ID_MASK,
+    "rule ids must fit a rule reference"
+);
+
 /// Encode a rule id and its action as stored in the lookup tables.
 pub const fn rule_ref(id: u32, deny: bool) -> u32 {
     id | if deny { RULE_DENY } else { 0 }
@@ -333,7 +338,6 @@ mod tests {
 
     #[test]
     fn rule_ids_fit_the_reference() {
-        assert!(MAX_RULES - 1 <= RULE_ID_MASK);
         assert_eq!(rule_ref(5, true) & RULE_ID_MASK, 5);
         assert_eq!(rule_ref(5, true) & !RULE_REF_MASK, 0);
     }

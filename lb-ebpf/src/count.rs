@@ -11,9 +11,9 @@ pub fn packet(reason: Reason, verdict: Verdict, bytes: usize, rule: u32) {
         c.packets += 1;
         c.bytes += bytes as u64;
     }
-    if rule != 0 {
-        if let Some(hits) = XLB_RULE_HITS.get_ptr_mut(rule) {
-            unsafe { *hits += 1 };
-        }
+    if rule != 0
+        && let Some(hits) = XLB_RULE_HITS.get_ptr_mut(rule)
+    {
+        unsafe { *hits += 1 };
     }
 }

@@ -116,10 +116,7 @@ fn source_prefix(pkt: &Packet, cfg: &Config) -> u32 {
             if cfg.prefixes_v6 == 0 {
                 return 0;
             }
-            XLB_PREFIX_V6
-                .get(Key::new(128, a))
-                .copied()
-                .unwrap_or(0)
+            XLB_PREFIX_V6.get(Key::new(128, a)).copied().unwrap_or(0)
         }
     }
 }

@@ -127,7 +127,9 @@ impl From<ActionArg> for Action {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("XLB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -138,10 +140,22 @@ pub fn main(cli: Cli) -> Result<()> {
     let socket = cli.socket;
     let call = |req: Request| control::call(&socket, &req);
     match cli.command {
-        Command::Run { iface, mode, bpffs, state, log_format } => {
+        Command::Run {
+            iface,
+            mode,
+            bpffs,
+            state,
+            log_format,
+        } => {
             init_logging(log_format);
             let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
-            rt.block_on(daemon::run(RunOptions { iface, mode, bpffs, state, socket: socket.clone() }))
+            rt.block_on(daemon::run(RunOptions {
+                iface,
+                mode,
+                bpffs,
+                state,
+                socket: socket.clone(),
+            }))
         }
         Command::Stats { json } => {
             let v = call(Request::Stats)?;
@@ -154,19 +168,50 @@ pub fn main(cli: Cli) -> Result<()> {
         }
         Command::Fw(fw) => {
             let (req, listing) = match fw {
-                Fw::Deny { prefixes } => (Request::Prefix { action: Action::Deny, targets: prefixes }, None),
-                Fw::Allow { prefixes } => (Request::Prefix { action: Action::Allow, targets: prefixes }, None),
-                Fw::Port { action, ports } => (Request::Port { action: action.into(), targets: ports }, None),
+                Fw::Deny { prefixes } => (
+                    Request::Prefix {
+                        action: Action::Deny,
+                        targets: prefixes,
+                    },
+                    None,
+                ),
+                Fw::Allow { prefixes } => (
+                    Request::Prefix {
+                        action: Action::Allow,
+                        targets: prefixes,
+                    },
+                    None,
+                ),
+                Fw::Port { action, ports } => (
+                    Request::Port {
+                        action: action.into(),
+                        targets: ports,
+                    },
+                    None,
+                ),
                 Fw::Except { targets } => (Request::Except { targets }, None),
                 Fw::Del { except, targets } => (Request::Del { except, targets }, None),
                 Fw::Flush => (Request::Flush, None),
-                Fw::Default { action } => (Request::Default { action: action.into() }, None),
-                Fw::Malformed { action } => (Request::Malformed { action: action.into() }, None),
+                Fw::Default { action } => (
+                    Request::Default {
+                        action: action.into(),
+                    },
+                    None,
+                ),
+                Fw::Malformed { action } => (
+                    Request::Malformed {
+                        action: action.into(),
+                    },
+                    None,
+                ),
                 Fw::List { json } => (Request::List, Some(json)),
                 Fw::Load { file, action } => {
                     let text = std::fs::read_to_string(&file)
                         .with_context(|| format!("reading {}", file.display()))?;
-                    let req = Request::Load { action: action.into(), text };
+                    let req = Request::Load {
+                        action: action.into(),
+                        text,
+                    };
                     let v = call(req).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
                     print_change(&v);
                     return Ok(());
@@ -183,6 +228,14 @@ pub fn main(cli: Cli) -> Result<()> {
     }
 }
 
+/// A JSON value as plain text (strings unquoted), so width specifiers apply.
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 fn print_change(v: &Value) {
     if v.get("policy").is_some() {
         println!("policy set to {}", v["policy"].as_str().unwrap_or("?"));
@@ -196,21 +249,27 @@ fn print_change(v: &Value) {
 
 fn print_list(v: &Value) {
     println!("default policy:   {}", v["default"].as_str().unwrap_or("?"));
-    println!("malformed policy: {}", v["malformed"].as_str().unwrap_or("?"));
+    println!(
+        "malformed policy: {}",
+        v["malformed"].as_str().unwrap_or("?")
+    );
     let rules = v["rules"].as_array().cloned().unwrap_or_default();
     if rules.is_empty() {
         println!("no rules");
         return;
     }
-    println!("{:>8}  {:<14} {:<44} {:<6} {:>12}", "id", "kind", "match", "action", "hits");
+    println!(
+        "{:>8}  {:<14} {:<44} {:<6} {:>12}",
+        "id", "kind", "match", "action", "hits"
+    );
     for r in rules {
         println!(
             "{:>8}  {:<14} {:<44} {:<6} {:>12}",
-            r["id"],
-            r["kind"].as_str().unwrap_or(""),
-            r["match"].as_str().unwrap_or(""),
-            r["action"].as_str().unwrap_or(""),
-            r["hits"]
+            text(&r["id"]),
+            text(&r["kind"]),
+            text(&r["match"]),
+            text(&r["action"]),
+            text(&r["hits"])
         );
     }
 }
@@ -218,21 +277,28 @@ fn print_list(v: &Value) {
 fn print_stats(v: &Value) {
     for verdict in ["pass", "drop"] {
         let t = &v["verdicts"][verdict];
-        println!("{verdict:<5} {:>14} packets {:>16} bytes", t["packets"], t["bytes"]);
+        println!(
+            "{verdict:<5} {:>14} packets {:>16} bytes",
+            text(&t["packets"]),
+            text(&t["bytes"])
+        );
     }
     println!();
-    println!("{:<16} {:<5} {:>14} {:>16}", "reason", "verdict", "packets", "bytes");
+    println!(
+        "{:<16} {:<7} {:>14} {:>16}",
+        "reason", "verdict", "packets", "bytes"
+    );
     for r in v["reasons"].as_array().into_iter().flatten() {
         if r["packets"].as_u64().unwrap_or(0) == 0 {
             continue;
         }
         println!(
-            "{:<16} {:<5} {:>14} {:>16}",
-            r["reason"].as_str().unwrap_or(""),
-            r["verdict"].as_str().unwrap_or(""),
-            r["packets"],
-            r["bytes"]
+            "{:<16} {:<7} {:>14} {:>16}",
+            text(&r["reason"]),
+            text(&r["verdict"]),
+            text(&r["packets"]),
+            text(&r["bytes"])
         );
     }
-    println!("\n{} rules loaded", v["rules"]);
+    println!("\n{} rules loaded", text(&v["rules"]));
 }

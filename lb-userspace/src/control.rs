@@ -19,17 +19,35 @@ pub const DEFAULT_SOCKET: &str = "/run/xlb/xlb.sock";
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     /// Source prefixes with an action.
-    Prefix { action: Action, targets: Vec<String> },
+    Prefix {
+        action: Action,
+        targets: Vec<String>,
+    },
     /// Port specs with an action.
-    Port { action: Action, targets: Vec<String> },
+    Port {
+        action: Action,
+        targets: Vec<String>,
+    },
     /// Always-allow prefixes or port specs.
-    Except { targets: Vec<String> },
+    Except {
+        targets: Vec<String>,
+    },
     /// Removes rules: prefixes or port specs (`except` for the always-allow list).
-    Del { except: bool, targets: Vec<String> },
-    Default { action: Action },
-    Malformed { action: Action },
+    Del {
+        except: bool,
+        targets: Vec<String>,
+    },
+    Default {
+        action: Action,
+    },
+    Malformed {
+        action: Action,
+    },
     /// Bulk prefixes, one a line (see rules::parse_bulk).
-    Load { action: Action, text: String },
+    Load {
+        action: Action,
+        text: String,
+    },
     /// Removes every rule (the policies stay).
     Flush,
     List,
@@ -47,7 +65,11 @@ pub struct Response {
 
 impl Response {
     pub fn ok(data: serde_json::Value) -> Self {
-        Response { ok: true, error: None, data }
+        Response {
+            ok: true,
+            error: None,
+            data,
+        }
     }
     pub fn err(e: impl std::fmt::Display) -> Self {
         Response {
@@ -74,7 +96,10 @@ pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value> {
             )
         }
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            bail!("permission denied on {}: the control socket is root-only, use sudo", socket.display())
+            bail!(
+                "permission denied on {}: the control socket is root-only, use sudo",
+                socket.display()
+            )
         }
         Err(e) => return Err(e).with_context(|| format!("connecting to {}", socket.display())),
     };
@@ -82,7 +107,9 @@ pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value> {
     line.push(b'\n');
     stream.write_all(&line).context("sending the request")?;
     let mut reply = String::new();
-    BufReader::new(stream).read_line(&mut reply).context("reading the reply")?;
+    BufReader::new(stream)
+        .read_line(&mut reply)
+        .context("reading the reply")?;
     if reply.is_empty() {
         bail!("the daemon closed the connection without a reply");
     }
@@ -90,6 +117,8 @@ pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value> {
     if resp.ok {
         Ok(resp.data)
     } else {
-        Err(anyhow!(resp.error.unwrap_or_else(|| "unknown error".into())))
+        Err(anyhow!(
+            resp.error.unwrap_or_else(|| "unknown error".into())
+        ))
     }
 }

@@ -37,11 +37,17 @@ pub struct Firewall {
     pub state_path: Option<PathBuf>,
 }
 
-fn parse_all<T>(targets: &[String], f: impl Fn(&str) -> Result<T, rules::RuleError>) -> Result<Vec<T>> {
+fn parse_all<T>(
+    targets: &[String],
+    f: impl Fn(&str) -> Result<T, rules::RuleError>,
+) -> Result<Vec<T>> {
     if targets.is_empty() {
         bail!("nothing given: name at least one prefix or port");
     }
-    targets.iter().map(|t| f(t).map_err(|e| anyhow!(e))).collect()
+    targets
+        .iter()
+        .map(|t| f(t).map_err(|e| anyhow!(e)))
+        .collect()
 }
 
 fn prefix_only(s: &str) -> Result<Prefix, rules::RuleError> {
@@ -56,7 +62,11 @@ fn prefix_only(s: &str) -> Result<Prefix, rules::RuleError> {
 
 impl Firewall {
     pub fn new(dp: Datapath, rules: RuleSet, state_path: Option<PathBuf>) -> Result<Self> {
-        let mut fw = Firewall { dp, rules, state_path };
+        let mut fw = Firewall {
+            dp,
+            rules,
+            state_path,
+        };
         fw.dp.load_rules(&fw.rules)?;
         Ok(fw)
     }
@@ -72,11 +82,19 @@ impl Firewall {
         match req {
             Request::Prefix { action, targets } => {
                 let ps = parse_all(&targets, prefix_only)?;
-                self.change(|r| ps.iter().map(|p| r.upsert(Match::Prefix(*p), action)).collect())
+                self.change(|r| {
+                    ps.iter()
+                        .map(|p| r.upsert(Match::Prefix(*p), action))
+                        .collect()
+                })
             }
             Request::Port { action, targets } => {
                 let ps = parse_all(&targets, |s| s.parse::<PortSpec>())?;
-                self.change(|r| ps.iter().map(|p| r.upsert(Match::Port(*p), action)).collect())
+                self.change(|r| {
+                    ps.iter()
+                        .map(|p| r.upsert(Match::Port(*p), action))
+                        .collect()
+                })
             }
             Request::Except { targets } => {
                 let ts = parse_all(&targets, rules::parse_target)?;
@@ -112,7 +130,12 @@ impl Firewall {
             Request::Load { action, text } => {
                 let entries = rules::parse_bulk(&text, action)
                     .map_err(|(line, e)| anyhow!("line {line}: {e}; nothing was loaded"))?;
-                self.change(|r| entries.iter().map(|(p, a)| r.upsert(Match::Prefix(*p), *a)).collect())
+                self.change(|r| {
+                    entries
+                        .iter()
+                        .map(|(p, a)| r.upsert(Match::Prefix(*p), *a))
+                        .collect()
+                })
             }
             Request::Flush => {
                 let all: Vec<Match> = self.rules.rules().map(|r| r.matches).collect();
@@ -170,7 +193,9 @@ impl Firewall {
             .rev()
             .map(|c| match *c {
                 Change::Added(r) => Change::Removed(r),
-                Change::Updated(r, old) => Change::Updated(rules::Rule { action: old, ..r }, r.action),
+                Change::Updated(r, old) => {
+                    Change::Updated(rules::Rule { action: old, ..r }, r.action)
+                }
                 Change::Removed(r) => Change::Added(r),
             })
             .collect();
@@ -245,7 +270,8 @@ async fn bind(socket: &std::path::Path) -> Result<UnixListener> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let listener = UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
+    let listener =
+        UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
@@ -256,7 +282,10 @@ async fn serve_one(stream: UnixStream, fw: Arc<Mutex<Firewall>>) -> Result<()> {
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
     let resp = match serde_json::from_str::<Request>(&line) {
-        Ok(req) => tokio::task::spawn_blocking(move || fw.lock().expect("not poisoned").handle(req)).await?,
+        Ok(req) => {
+            tokio::task::spawn_blocking(move || fw.lock().expect("not poisoned").handle(req))
+                .await?
+        }
         Err(e) => Response::err(format!("bad request: {e}")),
     };
     let mut out = serde_json::to_vec(&resp)?;

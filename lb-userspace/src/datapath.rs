@@ -82,7 +82,9 @@ impl Drop for MmapTable {
 }
 
 /// How to attach.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AttachMode {
     /// The driver's own XDP hook (veth, most 10G+ NICs).
@@ -132,14 +134,20 @@ fn v6_bytes(p: &Prefix) -> [u8; 16] {
 }
 
 fn mask(addr: u32, len: u8) -> u32 {
-    if len == 0 { 0 } else { addr & (u32::MAX << (32 - len)) }
+    if len == 0 {
+        0
+    } else {
+        addr & (u32::MAX << (32 - len))
+    }
 }
 
 fn take<T>(bpf: &mut Ebpf, name: &str) -> Result<T>
 where
     T: TryFrom<Map, Error = aya::maps::MapError>,
 {
-    let map = bpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the object"))?;
+    let map = bpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the object"))?;
     T::try_from(map).with_context(|| format!("map {name}"))
 }
 
@@ -237,7 +245,11 @@ impl Datapath {
             AttachMode::Native => XdpMode::Driver,
             AttachMode::Generic => XdpMode::Skb,
         };
-        let prog: &mut Xdp = self.bpf.program_mut(PROG_NAME).expect("loaded").try_into()?;
+        let prog: &mut Xdp = self
+            .bpf
+            .program_mut(PROG_NAME)
+            .expect("loaded")
+            .try_into()?;
         let link = prog.attach(iface, flags).map_err(|e| {
             anyhow!("interface '{iface}' refused XDP in {mode:?} mode: {e} (try --mode generic)")
         })?;
@@ -248,7 +260,11 @@ impl Datapath {
     /// Detaches from the interface (if attached).
     pub fn detach(&mut self) -> Result<()> {
         if let Some(link) = self.link.take() {
-            let prog: &mut Xdp = self.bpf.program_mut(PROG_NAME).expect("loaded").try_into()?;
+            let prog: &mut Xdp = self
+                .bpf
+                .program_mut(PROG_NAME)
+                .expect("loaded")
+                .try_into()?;
             prog.detach(link).context("detaching XDP")?;
         }
         Ok(())
@@ -266,7 +282,13 @@ impl Datapath {
 
     /// The policies and list sizes.
     pub fn set_config(&mut self, rules: &RuleSet) -> Result<()> {
-        let action = |a: Action| if a == Action::Deny { ACTION_DROP } else { ACTION_PASS };
+        let action = |a: Action| {
+            if a == Action::Deny {
+                ACTION_DROP
+            } else {
+                ACTION_PASS
+            }
+        };
         let cfg = Config {
             default_action: action(rules.default_policy),
             malformed_action: action(rules.malformed_policy),
@@ -315,7 +337,9 @@ impl Datapath {
                 if removed {
                     self.prefix_v6.remove(&key).context("IPv6 prefix trie")
                 } else {
-                    self.prefix_v6.insert(&key, rref, 0).context("IPv6 prefix trie")
+                    self.prefix_v6
+                        .insert(&key, rref, 0)
+                        .context("IPv6 prefix trie")
                 }
             }
             Match::ExceptPrefix(p) if p.is_v4() => {
@@ -323,7 +347,9 @@ impl Datapath {
                 if removed {
                     self.except_v4.remove(&key).context("except trie")
                 } else {
-                    self.except_v4.insert(&key, rule.id, 0).context("except trie")
+                    self.except_v4
+                        .insert(&key, rule.id, 0)
+                        .context("except trie")
                 }
             }
             Match::ExceptPrefix(p) => {
@@ -331,7 +357,9 @@ impl Datapath {
                 if removed {
                     self.except_v6.remove(&key).context("except trie")
                 } else {
-                    self.except_v6.insert(&key, rule.id, 0).context("except trie")
+                    self.except_v6
+                        .insert(&key, rule.id, 0)
+                        .context("except trie")
                 }
             }
             // The port table is rewritten as a whole by set_ports.
@@ -370,7 +398,9 @@ impl Datapath {
 
     fn reset_hits(&mut self, id: u32) -> Result<()> {
         let zeros = PerCpuValues::try_from(vec![0u64; self.ncpus])?;
-        self.hits.set(id, zeros, 0).context("resetting a rule's hit counter")
+        self.hits
+            .set(id, zeros, 0)
+            .context("resetting a rule's hit counter")
     }
 
     fn v4_insert(&mut self, addr: u32, len: u8, rref: u32) -> Result<()> {
@@ -426,11 +456,12 @@ impl Datapath {
         let mut free = None;
         'probe: for probe in 0..LONG_V4_PROBE {
             let bucket = ((home + probe) & (LONG_V4_BUCKETS - 1)) as usize;
-            for i in bucket * LONG_V4_SLOTS..(bucket + 1) * LONG_V4_SLOTS {
-                let slot = slots[i].load(Ordering::Relaxed);
+            let first = bucket * LONG_V4_SLOTS;
+            for (i, cell) in slots.iter().enumerate().skip(first).take(LONG_V4_SLOTS) {
+                let slot = cell.load(Ordering::Relaxed);
                 if slot & !(RULE_REF_MASK as u64) == key {
                     let new = rref.map_or(LONG_V4_TOMBSTONE, |r| key | r as u64);
-                    slots[i].store(new, Ordering::Release);
+                    cell.store(new, Ordering::Release);
                     return Ok(());
                 }
                 if slot == LONG_V4_TOMBSTONE || slot == 0 {
@@ -459,12 +490,12 @@ impl Datapath {
     fn paint(&mut self, addr: u32, len: u8, rref: u32, depth: u8, overwrite: impl Fn(u8) -> bool) {
         let start = (addr >> 8) as usize;
         let n = 1usize << (24 - len);
-        let words = self.dir24.words();
-        for i in start..start + n {
-            if overwrite(self.depth[i]) {
-                let old = words[i].load(Ordering::Relaxed);
-                words[i].store((old & !RULE_REF_MASK) | rref, Ordering::Relaxed);
-                self.depth[i] = depth;
+        let words = &self.dir24.words()[start..start + n];
+        for (word, d) in words.iter().zip(&mut self.depth[start..start + n]) {
+            if overwrite(*d) {
+                let old = word.load(Ordering::Relaxed);
+                word.store((old & !RULE_REF_MASK) | rref, Ordering::Relaxed);
+                *d = depth;
             }
         }
         let first = start / DIR24_BLOCK;
@@ -540,7 +571,11 @@ impl Datapath {
 
     /// The program, for the benchmark's tail calls and for `xlb status`.
     pub fn program(&self) -> &Xdp {
-        self.bpf.program(PROG_NAME).expect("loaded").try_into().expect("an XDP program")
+        self.bpf
+            .program(PROG_NAME)
+            .expect("loaded")
+            .try_into()
+            .expect("an XDP program")
     }
 }
 

@@ -2,12 +2,7 @@
 //! parsed and validated, and the rule set with stable ids that the datapath projects.
 
 use crate::fxhash::FxHashMap;
-use std::{
-    collections::BTreeMap,
-    fmt,
-    net::IpAddr,
-    str::FromStr,
-};
+use std::{collections::BTreeMap, fmt, net::IpAddr, str::FromStr};
 
 use lb_common::MAX_RULES;
 use serde::{Deserialize, Serialize};
@@ -18,7 +13,9 @@ pub enum RuleError {
     BadPrefix { input: String, why: String },
     #[error("'{input}' has host bits set: did you mean {suggest}?")]
     HostBits { input: String, suggest: String },
-    #[error("'{input}' is not a port spec: {why} (expected PORT/PROTO or LOW-HIGH/PROTO, e.g. 80/tcp, 1000-2000/udp)")]
+    #[error(
+        "'{input}' is not a port spec: {why} (expected PORT/PROTO or LOW-HIGH/PROTO, e.g. 80/tcp, 1000-2000/udp)"
+    )]
     BadPort { input: String, why: String },
     #[error("'{input}' is not a policy: expected allow or deny")]
     BadAction { input: String },
@@ -70,11 +67,19 @@ impl Prefix {
 }
 
 fn mask_v4(addr: u32, len: u8) -> u32 {
-    if len == 0 { 0 } else { addr & (u32::MAX << (32 - len)) }
+    if len == 0 {
+        0
+    } else {
+        addr & (u32::MAX << (32 - len))
+    }
 }
 
 fn mask_v6(addr: u128, len: u8) -> u128 {
-    if len == 0 { 0 } else { addr & (u128::MAX << (128 - len)) }
+    if len == 0 {
+        0
+    } else {
+        addr & (u128::MAX << (128 - len))
+    }
 }
 
 impl FromStr for Prefix {
@@ -89,7 +94,9 @@ impl FromStr for Prefix {
             Some((a, l)) => (a, Some(l)),
             None => (s, None),
         };
-        let addr: IpAddr = addr.parse().map_err(|_| bad("not an IPv4 or IPv6 address"))?;
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| bad("not an IPv4 or IPv6 address"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let len = match len {
             None => max,
@@ -168,14 +175,18 @@ impl FromStr for PortSpec {
             input: s.into(),
             why: why.into(),
         };
-        let (ports, proto) = s.split_once('/').ok_or_else(|| bad("the protocol is missing"))?;
+        let (ports, proto) = s
+            .split_once('/')
+            .ok_or_else(|| bad("the protocol is missing"))?;
         let proto = match proto {
             "tcp" => Proto::Tcp,
             "udp" => Proto::Udp,
             _ => return Err(bad("the protocol is not tcp or udp")),
         };
         let port = |p: &str| -> Result<u16, RuleError> {
-            let n: u32 = p.parse().map_err(|_| bad(&format!("'{p}' is not a number")))?;
+            let n: u32 = p
+                .parse()
+                .map_err(|_| bad(&format!("'{p}' is not a number")))?;
             if n == 0 || n > 65535 {
                 return Err(bad(&format!("port {n} is outside 1-65535")));
             }
@@ -372,8 +383,16 @@ impl RuleSet {
             return Ok(Some(Change::Updated(*rule, old)));
         }
         let id = self.alloc_id()?;
-        self.insert_with_id(Rule { id, matches, action });
-        Ok(Some(Change::Added(Rule { id, matches, action })))
+        self.insert_with_id(Rule {
+            id,
+            matches,
+            action,
+        });
+        Ok(Some(Change::Added(Rule {
+            id,
+            matches,
+            action,
+        })))
     }
 
     /// Restores a stored rule with its id.
@@ -384,9 +403,12 @@ impl RuleSet {
     }
 
     pub fn remove(&mut self, matches: &Match) -> Result<Change, RuleError> {
-        let id = self.by_match.remove(matches).ok_or_else(|| RuleError::NotFound {
-            what: format!("{} {matches}", matches.kind()),
-        })?;
+        let id = self
+            .by_match
+            .remove(matches)
+            .ok_or_else(|| RuleError::NotFound {
+                what: format!("{} {matches}", matches.kind()),
+            })?;
         let rule = self.rules.remove(&id).expect("index and rules agree");
         self.free.push(id);
         Ok(Change::Removed(rule))
@@ -394,7 +416,10 @@ impl RuleSet {
 
     /// Recomputes the free list after a restore (ids below next_id not in use).
     pub fn compact_free(&mut self) {
-        self.free = (1..self.next_id).rev().filter(|id| !self.rules.contains_key(id)).collect();
+        self.free = (1..self.next_id)
+            .rev()
+            .filter(|id| !self.rules.contains_key(id))
+            .collect();
     }
 
     /// The port table as the kernel sees it: for each (protocol, port) the narrowest port
@@ -481,21 +506,55 @@ mod tests {
         assert_eq!("2001:db8::1".parse::<Prefix>().unwrap().len, 128);
         assert_eq!("0.0.0.0/0".parse::<Prefix>().unwrap().len, 0);
         let e = "192.0.2.1/24".parse::<Prefix>().unwrap_err();
-        assert_eq!(e.to_string(), "'192.0.2.1/24' has host bits set: did you mean 192.0.2.0/24?");
-        assert!(matches!("192.0.2.0/33".parse::<Prefix>(), Err(RuleError::BadPrefix { .. })));
-        assert!(matches!("2001:db8::1/64".parse::<Prefix>(), Err(RuleError::HostBits { .. })));
-        assert!(matches!("300.1.1.1".parse::<Prefix>(), Err(RuleError::BadPrefix { .. })));
-        assert!(matches!("192.0.2.0/x".parse::<Prefix>(), Err(RuleError::BadPrefix { .. })));
+        assert_eq!(
+            e.to_string(),
+            "'192.0.2.1/24' has host bits set: did you mean 192.0.2.0/24?"
+        );
+        assert!(matches!(
+            "192.0.2.0/33".parse::<Prefix>(),
+            Err(RuleError::BadPrefix { .. })
+        ));
+        assert!(matches!(
+            "2001:db8::1/64".parse::<Prefix>(),
+            Err(RuleError::HostBits { .. })
+        ));
+        assert!(matches!(
+            "300.1.1.1".parse::<Prefix>(),
+            Err(RuleError::BadPrefix { .. })
+        ));
+        assert!(matches!(
+            "192.0.2.0/x".parse::<Prefix>(),
+            Err(RuleError::BadPrefix { .. })
+        ));
     }
 
     #[test]
     fn port_specs_parse_and_reject_nonsense() {
-        assert_eq!("80/tcp".parse::<PortSpec>().unwrap(), PortSpec { proto: Proto::Tcp, lo: 80, hi: 80 });
+        assert_eq!(
+            "80/tcp".parse::<PortSpec>().unwrap(),
+            PortSpec {
+                proto: Proto::Tcp,
+                lo: 80,
+                hi: 80
+            }
+        );
         assert_eq!(
             "1000-2000/udp".parse::<PortSpec>().unwrap(),
-            PortSpec { proto: Proto::Udp, lo: 1000, hi: 2000 }
+            PortSpec {
+                proto: Proto::Udp,
+                lo: 1000,
+                hi: 2000
+            }
         );
-        for bad in ["80", "80/icmp", "0/tcp", "65536/tcp", "2000-1000/udp", "a/tcp", "-5/tcp"] {
+        for bad in [
+            "80",
+            "80/icmp",
+            "0/tcp",
+            "65536/tcp",
+            "2000-1000/udp",
+            "a/tcp",
+            "-5/tcp",
+        ] {
             assert!(bad.parse::<PortSpec>().is_err(), "{bad} should fail");
         }
     }
@@ -503,7 +562,13 @@ mod tests {
     #[test]
     fn rule_lines_round_trip() {
         let mut set = RuleSet::default();
-        for line in ["deny 192.0.2.0/24", "allow 2001:db8::/48", "port deny 1000-2000/udp", "except 22/tcp", "except 198.51.100.0/24"] {
+        for line in [
+            "deny 192.0.2.0/24",
+            "allow 2001:db8::/48",
+            "port deny 1000-2000/udp",
+            "except 22/tcp",
+            "except 198.51.100.0/24",
+        ] {
             let (m, a) = Rule::parse_line(line).unwrap();
             set.upsert(m, a).unwrap();
         }
@@ -517,23 +582,32 @@ mod tests {
     fn upsert_updates_in_place_and_ids_are_reused() {
         let mut set = RuleSet::default();
         let p = Match::Prefix("192.0.2.0/24".parse().unwrap());
-        let Some(Change::Added(r)) = set.upsert(p, Action::Deny).unwrap() else { panic!() };
+        let Some(Change::Added(r)) = set.upsert(p, Action::Deny).unwrap() else {
+            panic!()
+        };
         assert_eq!(set.upsert(p, Action::Deny).unwrap(), None);
-        let Some(Change::Updated(u, _)) = set.upsert(p, Action::Allow).unwrap() else { panic!() };
+        let Some(Change::Updated(u, _)) = set.upsert(p, Action::Allow).unwrap() else {
+            panic!()
+        };
         assert_eq!(r.id, u.id);
         set.remove(&p).unwrap();
         assert!(set.remove(&p).is_err());
         let q = Match::Prefix("198.51.100.0/24".parse().unwrap());
-        let Some(Change::Added(r2)) = set.upsert(q, Action::Deny).unwrap() else { panic!() };
+        let Some(Change::Added(r2)) = set.upsert(q, Action::Deny).unwrap() else {
+            panic!()
+        };
         assert_eq!(r2.id, r.id);
     }
 
     #[test]
     fn port_table_narrowest_range_wins() {
         let mut set = RuleSet::default();
-        set.upsert(Match::Port("1-1000/tcp".parse().unwrap()), Action::Deny).unwrap();
-        set.upsert(Match::Port("80/tcp".parse().unwrap()), Action::Allow).unwrap();
-        set.upsert(Match::ExceptPort("22/tcp".parse().unwrap()), Action::Allow).unwrap();
+        set.upsert(Match::Port("1-1000/tcp".parse().unwrap()), Action::Deny)
+            .unwrap();
+        set.upsert(Match::Port("80/tcp".parse().unwrap()), Action::Allow)
+            .unwrap();
+        set.upsert(Match::ExceptPort("22/tcp".parse().unwrap()), Action::Allow)
+            .unwrap();
         let t = set.port_table();
         let at = |p| t[lb_common::port_index(0, p) as usize];
         assert_eq!(at(79).rule, lb_common::rule_ref(1, true));
@@ -545,7 +619,11 @@ mod tests {
 
     #[test]
     fn bulk_files_name_the_bad_line() {
-        let ok = parse_bulk("# blocklist\n192.0.2.0/24\n\nallow 198.51.100.7 # friend\n", Action::Deny).unwrap();
+        let ok = parse_bulk(
+            "# blocklist\n192.0.2.0/24\n\nallow 198.51.100.7 # friend\n",
+            Action::Deny,
+        )
+        .unwrap();
         assert_eq!(ok.len(), 2);
         assert_eq!(ok[1].1, Action::Allow);
         let (line, e) = parse_bulk("192.0.2.0/24\n192.0.2.1/24\n", Action::Deny).unwrap_err();

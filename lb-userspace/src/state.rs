@@ -42,8 +42,12 @@ pub fn parse(text: &str) -> Result<RuleSet> {
             "default" => rules.default_policy = rest.trim().parse().map_err(|e| fail(&e))?,
             "malformed" => rules.malformed_policy = rest.trim().parse().map_err(|e| fail(&e))?,
             "rule" => {
-                let (id, rule) = rest.split_once(' ').ok_or_else(|| fail(&"a rule needs an id"))?;
-                let id: u32 = id.parse().map_err(|_| fail(&format!("'{id}' is not a rule id")))?;
+                let (id, rule) = rest
+                    .split_once(' ')
+                    .ok_or_else(|| fail(&"a rule needs an id"))?;
+                let id: u32 = id
+                    .parse()
+                    .map_err(|_| fail(&format!("'{id}' is not a rule id")))?;
                 if id == 0 || id >= lb_common::MAX_RULES {
                     return Err(fail(&format!("rule id {id} is out of range")));
                 }
@@ -51,7 +55,11 @@ pub fn parse(text: &str) -> Result<RuleSet> {
                 if rules.get(&matches).is_some() {
                     return Err(fail(&format!("duplicate rule '{rule}'")));
                 }
-                rules.insert_with_id(Rule { id, matches, action });
+                rules.insert_with_id(Rule {
+                    id,
+                    matches,
+                    action,
+                });
             }
             _ => return Err(fail(&format!("unknown keyword '{word}'"))),
         }
@@ -70,7 +78,10 @@ pub fn load(path: &Path) -> Result<RuleSet> {
 }
 
 pub fn save(path: &Path, rules: &RuleSet) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let Some(name) = path.file_name() else {
         bail!("state path {} has no file name", path.display());
@@ -99,7 +110,9 @@ mod tests {
             let (m, a) = Rule::parse_line(line).unwrap();
             rules.upsert(m, a).unwrap();
         }
-        rules.remove(&Match::ExceptPort("22/tcp".parse().unwrap())).unwrap();
+        rules
+            .remove(&Match::ExceptPort("22/tcp".parse().unwrap()))
+            .unwrap();
         let back = parse(&render(&rules)).unwrap();
         assert_eq!(render(&back), render(&rules));
         assert_eq!(back.default_policy, Action::Deny);

@@ -21,7 +21,9 @@ impl Fixture {
     /// Loads a fresh copy of the program (its own maps).
     pub fn new() -> Self {
         let dp = Datapath::load(None).expect("loading the XDP program (are you root?)");
-        Fixture { fw: Firewall::new(dp, RuleSet::default(), None).expect("empty rule set") }
+        Fixture {
+            fw: Firewall::new(dp, RuleSet::default(), None).expect("empty rule set"),
+        }
     }
 
     /// Sends a control request as the CLI would; panics on an error reply.
@@ -37,14 +39,25 @@ impl Fixture {
         for line in lines {
             let words: Vec<&str> = line.split_whitespace().collect();
             let req = match words.as_slice() {
-                ["default", a] => Request::Default { action: a.parse().unwrap() },
-                ["malformed", a] => Request::Malformed { action: a.parse().unwrap() },
+                ["default", a] => Request::Default {
+                    action: a.parse().unwrap(),
+                },
+                ["malformed", a] => Request::Malformed {
+                    action: a.parse().unwrap(),
+                },
                 _ => {
-                    let (m, action) = Rule::parse_line(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+                    let (m, action) =
+                        Rule::parse_line(line).unwrap_or_else(|e| panic!("{line}: {e}"));
                     let target = vec![m.to_string()];
                     match m {
-                        xlb::rules::Match::Prefix(_) => Request::Prefix { action, targets: target },
-                        xlb::rules::Match::Port(_) => Request::Port { action, targets: target },
+                        xlb::rules::Match::Prefix(_) => Request::Prefix {
+                            action,
+                            targets: target,
+                        },
+                        xlb::rules::Match::Port(_) => Request::Port {
+                            action,
+                            targets: target,
+                        },
                         _ => Request::Except { targets: target },
                     }
                 }
@@ -56,8 +69,12 @@ impl Fixture {
     /// Back to no rules, default allow, malformed deny.
     pub fn reset(&mut self) {
         self.req(Request::Flush);
-        self.req(Request::Default { action: Action::Allow });
-        self.req(Request::Malformed { action: Action::Deny });
+        self.req(Request::Default {
+            action: Action::Allow,
+        });
+        self.req(Request::Malformed {
+            action: Action::Deny,
+        });
     }
 
     pub fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
@@ -76,7 +93,11 @@ impl Fixture {
 
     /// Sum of every rule's hit counter.
     pub fn total_hits(&self) -> u64 {
-        self.fw.rules.rules().map(|r| self.fw.dp.rule_hits(r.id).unwrap()).sum()
+        self.fw
+            .rules
+            .rules()
+            .map(|r| self.fw.dp.rule_hits(r.id).unwrap())
+            .sum()
     }
 }
 

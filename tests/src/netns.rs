@@ -26,7 +26,11 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 static CLEANUP: Once = Once::new();
 
 fn unique(tag: &str) -> String {
-    format!("{PREFIX}-{}-{}-{tag}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{PREFIX}-{}-{}-{tag}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -35,7 +39,11 @@ fn pid_alive(pid: u32) -> bool {
 
 /// The pid in a harness-made name, if it is one.
 fn owner(name: &str) -> Option<u32> {
-    name.strip_prefix(&format!("{PREFIX}-"))?.split('-').next()?.parse().ok()
+    name.strip_prefix(&format!("{PREFIX}-"))?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Removes namespaces and directories left by harness runs whose process is gone.
@@ -52,7 +60,10 @@ pub fn cleanup_stale() {
         for e in dir.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
             if owner(&name).is_some_and(|p| !pid_alive(p)) {
-                let _ = Command::new("umount").arg(e.path().join("bpffs")).stderr(Stdio::null()).status();
+                let _ = Command::new("umount")
+                    .arg(e.path().join("bpffs"))
+                    .stderr(Stdio::null())
+                    .status();
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
@@ -63,7 +74,10 @@ pub fn cleanup_stale() {
 pub fn sh(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -97,7 +111,11 @@ impl Netns {
 
     /// Whether the command succeeds (for probes like ping and curl).
     pub fn ok(&self, args: &[&str]) -> bool {
-        self.cmd(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+        self.cmd(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
     }
 
     /// `curl` in this namespace: the body on success.
@@ -112,14 +130,24 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
 /// A veth pair `a_if` in `a` and `b_if` in `b`, up, with the given addresses (CIDR).
-pub fn veth(a: &Netns, a_if: &str, a_addrs: &[&str], b: &Netns, b_if: &str, b_addrs: &[&str]) -> Result<()> {
+pub fn veth(
+    a: &Netns,
+    a_if: &str,
+    a_addrs: &[&str],
+    b: &Netns,
+    b_if: &str,
+    b_addrs: &[&str],
+) -> Result<()> {
     sh(Command::new("ip").args([
-        "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns", &b.name,
+        "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns",
+        &b.name,
     ]))?;
     for (ns, ifname, addrs) in [(a, a_if, a_addrs), (b, b_if, b_addrs)] {
         for addr in addrs {
@@ -142,7 +170,8 @@ pub struct HttpServer {
 
 /// Moves the calling thread into a network namespace (only this thread).
 pub fn enter(ns_path: &Path) -> Result<()> {
-    let f = std::fs::File::open(ns_path).with_context(|| format!("opening {}", ns_path.display()))?;
+    let f =
+        std::fs::File::open(ns_path).with_context(|| format!("opening {}", ns_path.display()))?;
     use std::os::fd::AsRawFd;
     // SAFETY: setns on a valid namespace fd affects only the calling thread here.
     if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
@@ -198,7 +227,10 @@ impl HttpServer {
             }
         });
         rx.recv().context("server thread")??;
-        Ok(HttpServer { stop, thread: Some(thread) })
+        Ok(HttpServer {
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 
@@ -222,7 +254,9 @@ impl TestDir {
         let path = std::env::temp_dir().join(unique(tag));
         std::fs::create_dir_all(path.join("bpffs"))?;
         let dir = TestDir { path };
-        sh(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(dir.path.join("bpffs")))?;
+        sh(Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(dir.path.join("bpffs")))?;
         Ok(dir)
     }
 }
@@ -241,7 +275,10 @@ pub fn xlb_bin() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("current exe");
     // target/<profile>/deps/<test> -> target/<profile>/xlb
-    exe.parent().and_then(Path::parent).map(|d| d.join("xlb")).expect("target dir")
+    exe.parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("xlb"))
+        .expect("target dir")
 }
 
 /// `xlb run` inside a namespace, stopped (SIGTERM, then SIGKILL) on drop.
@@ -257,9 +294,19 @@ impl Daemon {
     pub fn start(ns: &Netns, iface: &str, dir: &TestDir, extra: &[&str]) -> Result<Self> {
         let socket = dir.path.join("xlb.sock");
         let log = dir.path.join("xlb.log");
-        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let bin = xlb_bin();
-        let mut cmd = ns.cmd(&[bin.to_str().unwrap(), "--socket", socket.to_str().unwrap(), "run", "--iface", iface]);
+        let mut cmd = ns.cmd(&[
+            bin.to_str().unwrap(),
+            "--socket",
+            socket.to_str().unwrap(),
+            "run",
+            "--iface",
+            iface,
+        ]);
         cmd.arg("--bpffs")
             .arg(dir.path.join("bpffs/xlb"))
             .arg("--state")
@@ -268,7 +315,11 @@ impl Daemon {
             .stdout(Stdio::null())
             .stderr(logf);
         let child = cmd.spawn().context("spawning xlb run")?;
-        let mut d = Daemon { child: Some(child), socket, log };
+        let mut d = Daemon {
+            child: Some(child),
+            socket,
+            log,
+        };
         d.wait_ready()?;
         Ok(d)
     }
@@ -280,10 +331,16 @@ impl Daemon {
                 return Ok(());
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait()? {
-                bail!("xlb run exited with {status}: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+                bail!(
+                    "xlb run exited with {status}: {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
             }
             if Instant::now() > deadline {
-                bail!("xlb run did not answer on {} within 60 s", self.socket.display());
+                bail!(
+                    "xlb run did not answer on {} within 60 s",
+                    self.socket.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -302,7 +359,11 @@ impl Daemon {
     /// Runs the CLI and parses its `--json` output; panics on failure.
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let out = self.cli(args);
-        assert!(out.status.success(), "xlb {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "xlb {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("JSON output")
     }
 

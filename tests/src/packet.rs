@@ -15,17 +15,33 @@ pub const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 
 #[derive(Clone, Debug)]
 pub enum Ip {
-    V4 { src: Ipv4Addr, dst: Ipv4Addr },
-    V6 { src: Ipv6Addr, dst: Ipv6Addr },
+    V4 {
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+    },
+    V6 {
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+    },
     /// Not IP: this EtherType and the payload as is.
     Other(u16),
 }
 
 #[derive(Clone, Debug)]
 pub enum L4 {
-    Tcp { sport: u16, dport: u16, flags: u8 },
-    Udp { sport: u16, dport: u16 },
-    Icmp { ty: u8, code: u8 },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
+    Icmp {
+        ty: u8,
+        code: u8,
+    },
     /// Another protocol number with the payload as its body.
     Raw(u8),
 }
@@ -79,20 +95,37 @@ impl Pkt {
     }
 
     fn v4(src: &str, dst: &str) -> Ip {
-        Ip::V4 { src: src.parse().unwrap(), dst: dst.parse().unwrap() }
+        Ip::V4 {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+        }
     }
 
     fn v6(src: &str, dst: &str) -> Ip {
-        Ip::V6 { src: src.parse().unwrap(), dst: dst.parse().unwrap() }
+        Ip::V6 {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+        }
     }
 
     /// Addresses are v4 or v6 by their text.
     fn ip(src: &str, dst: &str) -> Ip {
-        if src.contains(':') { Self::v6(src, dst) } else { Self::v4(src, dst) }
+        if src.contains(':') {
+            Self::v6(src, dst)
+        } else {
+            Self::v4(src, dst)
+        }
     }
 
     pub fn tcp(src: &str, dst: &str, sport: u16, dport: u16) -> Self {
-        Self::new(Self::ip(src, dst), L4::Tcp { sport, dport, flags: 0x02 })
+        Self::new(
+            Self::ip(src, dst),
+            L4::Tcp {
+                sport,
+                dport,
+                flags: 0x02,
+            },
+        )
     }
 
     pub fn udp(src: &str, dst: &str, sport: u16, dport: u16) -> Self {
@@ -112,7 +145,10 @@ impl Pkt {
 
     pub fn arp() -> Self {
         let mut p = Self::new(Ip::Other(ETH_P_ARP), L4::Raw(0));
-        p.payload = vec![0, 1, 8, 0, 6, 4, 0, 1].into_iter().chain([0u8; 20]).collect();
+        p.payload = vec![0, 1, 8, 0, 6, 4, 0, 1]
+            .into_iter()
+            .chain([0u8; 20])
+            .collect();
         p
     }
 
@@ -182,7 +218,11 @@ impl Pkt {
 
     fn l4_bytes(&self) -> Vec<u8> {
         let mut b = match self.l4 {
-            L4::Tcp { sport, dport, flags } => {
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            } => {
                 let mut h = vec![0u8; 20];
                 h[0..2].copy_from_slice(&sport.to_be_bytes());
                 h[2..4].copy_from_slice(&dport.to_be_bytes());
@@ -243,7 +283,10 @@ impl Pkt {
             Ip::V4 { src, dst } => {
                 f.extend_from_slice(&ETH_P_IP.to_be_bytes());
                 let hl = 20 + self.ipv4_options.len();
-                assert!(hl % 4 == 0 && hl <= 60, "IPv4 options must pad to 4 bytes");
+                assert!(
+                    hl.is_multiple_of(4) && hl <= 60,
+                    "IPv4 options must pad to 4 bytes"
+                );
                 let mut h = vec![0u8; 20];
                 h[0] = 0x40 | (hl / 4) as u8;
                 h[2..4].copy_from_slice(&((hl + l4.len()) as u16).to_be_bytes());
@@ -308,7 +351,10 @@ mod tests {
 
     #[test]
     fn ipv6_extension_chain_links_up() {
-        let f = Pkt::udp("2001:db8::1", "2001:db8::2", 1, 53).ext(0, 0).ipv6_fragment(0, true).build();
+        let f = Pkt::udp("2001:db8::1", "2001:db8::2", 1, 53)
+            .ext(0, 0)
+            .ipv6_fragment(0, true)
+            .build();
         assert_eq!(f[14 + 6], 0); // hop-by-hop first
         assert_eq!(f[14 + 40], 44); // then fragment
         assert_eq!(f[14 + 48], 17); // then UDP

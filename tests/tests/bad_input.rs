@@ -10,14 +10,24 @@ fn refused(xlb: &Daemon, args: &[&str], expect: &str) {
     let out = xlb.cli(args);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "xlb {args:?} must fail");
-    assert!(err.contains(expect), "xlb {args:?}: {err:?} should say {expect:?}");
+    assert!(
+        err.contains(expect),
+        "xlb {args:?}: {err:?} should say {expect:?}"
+    );
     // Our errors are one line; clap's usage errors add a hint after their first line.
     let first = err.lines().next().unwrap_or("");
-    assert!(first.contains(expect) || !err.starts_with("xlb:"), "first line: {err:?}");
+    assert!(
+        first.contains(expect) || !err.starts_with("xlb:"),
+        "first line: {err:?}"
+    );
     if err.starts_with("xlb:") {
         assert_eq!(err.trim().lines().count(), 1, "one line: {err:?}");
     }
-    assert_eq!(xlb.json(&["fw", "list", "--json"]), before, "xlb {args:?} changed the rules");
+    assert_eq!(
+        xlb.json(&["fw", "list", "--json"]),
+        before,
+        "xlb {args:?} changed the rules"
+    );
 }
 
 #[test]
@@ -25,37 +35,100 @@ fn cli_refuses_bad_input_and_changes_nothing() {
     let dir = TestDir::new("bad").unwrap();
     let a = Netns::new("a").unwrap();
     let edge = Netns::new("edge").unwrap();
-    veth(&a, "a0", &["203.0.113.2/24"], &edge, "x0", &["203.0.113.1/24"]).unwrap();
+    veth(
+        &a,
+        "a0",
+        &["203.0.113.2/24"],
+        &edge,
+        "x0",
+        &["203.0.113.1/24"],
+    )
+    .unwrap();
     let xlb = Daemon::start(&edge, "x0", &dir, &[]).unwrap();
     assert!(xlb.cli(&["fw", "deny", "203.0.113.0/25"]).status.success());
 
-    refused(&xlb, &["fw", "deny", "192.0.2.1/24"], "host bits set: did you mean 192.0.2.0/24");
-    refused(&xlb, &["fw", "deny", "192.0.2.0/24", "192.0.2.300"], "'192.0.2.300' is not a prefix");
-    refused(&xlb, &["fw", "allow", "2001:db8::1/129"], "the length is over 128");
+    refused(
+        &xlb,
+        &["fw", "deny", "192.0.2.1/24"],
+        "host bits set: did you mean 192.0.2.0/24",
+    );
+    refused(
+        &xlb,
+        &["fw", "deny", "192.0.2.0/24", "192.0.2.300"],
+        "'192.0.2.300' is not a prefix",
+    );
+    refused(
+        &xlb,
+        &["fw", "allow", "2001:db8::1/129"],
+        "the length is over 128",
+    );
     refused(&xlb, &["fw", "deny", "80/tcp"], "port spec");
-    refused(&xlb, &["fw", "port", "deny", "70000/tcp"], "outside 1-65535");
+    refused(
+        &xlb,
+        &["fw", "port", "deny", "70000/tcp"],
+        "outside 1-65535",
+    );
     refused(&xlb, &["fw", "port", "deny", "2000-1000/udp"], "backwards");
     refused(&xlb, &["fw", "port", "deny", "80/sctp"], "not tcp or udp");
     refused(&xlb, &["fw", "except", "10.0.0.1/8"], "host bits");
-    refused(&xlb, &["fw", "del", "198.51.100.0/24"], "is not in the rule set");
-    refused(&xlb, &["fw", "del", "203.0.113.0/25", "198.51.100.0/24"], "is not in the rule set");
+    refused(
+        &xlb,
+        &["fw", "del", "198.51.100.0/24"],
+        "is not in the rule set",
+    );
+    refused(
+        &xlb,
+        &["fw", "del", "203.0.113.0/25", "198.51.100.0/24"],
+        "is not in the rule set",
+    );
     refused(&xlb, &["fw", "default", "maybe"], "invalid value 'maybe'");
     refused(&xlb, &["fw", "frobnicate"], "unrecognized subcommand");
     let file = dir.path.join("list.txt");
-    std::fs::write(&file, "# blocklist\n192.0.2.0/24\n198.51.100.7/24\n203.0.113.9\n").unwrap();
+    std::fs::write(
+        &file,
+        "# blocklist\n192.0.2.0/24\n198.51.100.7/24\n203.0.113.9\n",
+    )
+    .unwrap();
     refused(&xlb, &["fw", "load", file.to_str().unwrap()], "line 3");
-    refused(&xlb, &["fw", "load", "/nonexistent/list"], "reading /nonexistent/list");
+    refused(
+        &xlb,
+        &["fw", "load", "/nonexistent/list"],
+        "reading /nonexistent/list",
+    );
 
     // A good file loads whole.
-    std::fs::write(&file, "# blocklist\n192.0.2.0/24\nallow 198.51.100.7\n\n2001:db8:5::/48 # v6\n").unwrap();
-    assert!(xlb.cli(&["fw", "load", file.to_str().unwrap()]).status.success());
-    assert_eq!(xlb.json(&["fw", "list", "--json"])["rules"].as_array().unwrap().len(), 4);
+    std::fs::write(
+        &file,
+        "# blocklist\n192.0.2.0/24\nallow 198.51.100.7\n\n2001:db8:5::/48 # v6\n",
+    )
+    .unwrap();
+    assert!(
+        xlb.cli(&["fw", "load", file.to_str().unwrap()])
+            .status
+            .success()
+    );
+    assert_eq!(
+        xlb.json(&["fw", "list", "--json"])["rules"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
 
     // `xlb run` failures: unknown interface, a second daemon, bpffs missing, XDP refused.
     let run = |iface: &str, bpffs: &str, socket: &str| {
         let bin = xlb_bin();
         let out = edge
-            .cmd(&[bin.to_str().unwrap(), "--socket", socket, "run", "--iface", iface, "--bpffs", bpffs])
+            .cmd(&[
+                bin.to_str().unwrap(),
+                "--socket",
+                socket,
+                "run",
+                "--iface",
+                iface,
+                "--bpffs",
+                bpffs,
+            ])
             .arg("--state")
             .arg(dir.path.join("state2"))
             .output()
@@ -70,7 +143,8 @@ fn cli_refuses_bad_input_and_changes_nothing() {
     assert!(run("x0", pins, xlb.socket.to_str().unwrap()).contains("another xlb daemon"));
     let plain = dir.path.join("plain/xlb");
     assert!(run("x0", plain.to_str().unwrap(), sock2).contains("bpffs is not mounted"));
-    edge.run(&["ip", "link", "add", "br0", "type", "bridge"]).unwrap();
+    edge.run(&["ip", "link", "add", "br0", "type", "bridge"])
+        .unwrap();
     let err = run("br0", pins, sock2);
     assert!(err.contains("interface 'br0' refused XDP"), "{err}");
     // Not root.
@@ -82,9 +156,18 @@ fn cli_refuses_bad_input_and_changes_nothing() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs root"));
     // No daemon.
-    let out = Command::new(xlb_bin()).args(["--socket", sock2, "stats"]).output().unwrap();
+    let out = Command::new(xlb_bin())
+        .args(["--socket", sock2, "stats"])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("no xlb daemon is running"));
     // The first daemon is untouched by all of this.
-    assert_eq!(xlb.json(&["fw", "list", "--json"])["rules"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        xlb.json(&["fw", "list", "--json"])["rules"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
     let _ = sh(&mut Command::new("true"));
 }

@@ -20,8 +20,20 @@ struct Case {
     reason: Reason,
 }
 
-fn case(what: &'static str, rules: &'static [&'static str], pkt: Pkt, verdict: Verdict, reason: Reason) -> Case {
-    Case { what, rules, frame: pkt.build(), verdict, reason }
+fn case(
+    what: &'static str,
+    rules: &'static [&'static str],
+    pkt: Pkt,
+    verdict: Verdict,
+    reason: Reason,
+) -> Case {
+    Case {
+        what,
+        rules,
+        frame: pkt.build(),
+        verdict,
+        reason,
+    }
 }
 
 fn check_all(cases: Vec<Case>) {
@@ -45,16 +57,30 @@ fn check_all(cases: Vec<Case>) {
             let b = before[key];
             let (dp, db) = (a.packets - b.packets, a.bytes - b.bytes);
             if *key == (c.reason, c.verdict) {
-                assert_eq!((dp, db), (1, c.frame.len() as u64), "{}: counter {key:?}", c.what);
+                assert_eq!(
+                    (dp, db),
+                    (1, c.frame.len() as u64),
+                    "{}: counter {key:?}",
+                    c.what
+                );
             } else {
                 assert_eq!(dp, 0, "{}: counter {key:?} moved", c.what);
             }
         }
         let by_rule = matches!(
             c.reason,
-            Reason::PrefixAllow | Reason::PrefixDeny | Reason::PortAllow | Reason::PortDeny | Reason::Except
+            Reason::PrefixAllow
+                | Reason::PrefixDeny
+                | Reason::PortAllow
+                | Reason::PortDeny
+                | Reason::Except
         );
-        assert_eq!(fx.total_hits() - hits_before, by_rule as u64, "{}: rule hits", c.what);
+        assert_eq!(
+            fx.total_hits() - hits_before,
+            by_rule as u64,
+            "{}: rule hits",
+            c.what
+        );
     }
 }
 
@@ -69,19 +95,51 @@ const S6: &str = "2001:db8:2::1";
 #[test]
 fn parse_paths_pass_with_no_rules() {
     check_all(vec![
-        case("tcp over ipv4", &[], Pkt::tcp(C4, S4, 40000, 80), Pass, Default),
-        case("udp over ipv4", &[], Pkt::udp(C4, S4, 40000, 53), Pass, Default),
+        case(
+            "tcp over ipv4",
+            &[],
+            Pkt::tcp(C4, S4, 40000, 80),
+            Pass,
+            Default,
+        ),
+        case(
+            "udp over ipv4",
+            &[],
+            Pkt::udp(C4, S4, 40000, 53),
+            Pass,
+            Default,
+        ),
         case("icmp echo", &[], Pkt::ping(C4, S4), Pass, Default),
         case("gre (no ports)", &[], Pkt::raw(C4, S4, 47), Pass, Default),
-        case("tcp over ipv6", &[], Pkt::tcp(C6, S6, 40000, 443), Pass, Default),
-        case("udp over ipv6", &[], Pkt::udp(C6, S6, 40000, 53), Pass, Default),
+        case(
+            "tcp over ipv6",
+            &[],
+            Pkt::tcp(C6, S6, 40000, 443),
+            Pass,
+            Default,
+        ),
+        case(
+            "udp over ipv6",
+            &[],
+            Pkt::udp(C6, S6, 40000, 53),
+            Pass,
+            Default,
+        ),
         case("icmpv6 echo", &[], Pkt::ping(C6, S6), Pass, Default),
         case("arp is not ip", &["default deny"], Pkt::arp(), Pass, NonIp),
-        case("802.1q tag", &[], Pkt::tcp(C4, S4, 1, 80).vlan(ETH_P_8021Q, 10), Pass, Default),
+        case(
+            "802.1q tag",
+            &[],
+            Pkt::tcp(C4, S4, 1, 80).vlan(ETH_P_8021Q, 10),
+            Pass,
+            Default,
+        ),
         case(
             "qinq (802.1ad + 802.1q)",
             &[],
-            Pkt::udp(C6, S6, 1, 53).vlan(ETH_P_8021AD, 100).vlan(ETH_P_8021Q, 10),
+            Pkt::udp(C6, S6, 1, 53)
+                .vlan(ETH_P_8021AD, 100)
+                .vlan(ETH_P_8021Q, 10),
             Pass,
             Default,
         ),
@@ -99,7 +157,13 @@ fn parse_paths_pass_with_no_rules() {
             Pass,
             Default,
         ),
-        case("ipv6 ah", &[], Pkt::tcp(C6, S6, 1, 80).ext(51, 1), Pass, Default),
+        case(
+            "ipv6 ah",
+            &[],
+            Pkt::tcp(C6, S6, 1, 80).ext(51, 1),
+            Pass,
+            Default,
+        ),
     ]);
 }
 
@@ -120,15 +184,57 @@ fn malformed_frames_are_counted_by_reason_and_follow_policy() {
     bad_v6[14] = 0x40;
     let mut bad_doff = Pkt::tcp(C4, S4, 1, 80).build();
     bad_doff[14 + 20 + 12] = 4 << 4;
-    let raw = |what, frame: Vec<u8>, reason| Case { what, rules: &[], frame, verdict: Drop, reason };
+    let raw = |what, frame: Vec<u8>, reason| Case {
+        what,
+        rules: &[],
+        frame,
+        verdict: Drop,
+        reason,
+    };
     check_all(vec![
         case("three vlan tags", &[], three_tags.clone(), Drop, BadVlan),
-        case("three vlan tags, malformed allow", &["malformed allow"], three_tags, Pass, BadVlan),
-        case("nine ipv6 extension headers", &[], nine_ext, Drop, BadIpv6Ext),
-        case("tcp header cut to 19 bytes", &[], Pkt::tcp(C4, S4, 1, 80).l4_cut(19), Drop, BadL4),
-        case("udp header cut to 7 bytes", &[], Pkt::udp(C6, S6, 1, 53).l4_cut(7), Drop, BadL4),
-        case("icmp header cut to 7 bytes", &[], Pkt::ping(C4, S4).l4_cut(7), Drop, BadL4),
-        case("icmpv6 header cut to 4 bytes", &[], Pkt::ping(C6, S6).l4_cut(4), Drop, BadL4),
+        case(
+            "three vlan tags, malformed allow",
+            &["malformed allow"],
+            three_tags,
+            Pass,
+            BadVlan,
+        ),
+        case(
+            "nine ipv6 extension headers",
+            &[],
+            nine_ext,
+            Drop,
+            BadIpv6Ext,
+        ),
+        case(
+            "tcp header cut to 19 bytes",
+            &[],
+            Pkt::tcp(C4, S4, 1, 80).l4_cut(19),
+            Drop,
+            BadL4,
+        ),
+        case(
+            "udp header cut to 7 bytes",
+            &[],
+            Pkt::udp(C6, S6, 1, 53).l4_cut(7),
+            Drop,
+            BadL4,
+        ),
+        case(
+            "icmp header cut to 7 bytes",
+            &[],
+            Pkt::ping(C4, S4).l4_cut(7),
+            Drop,
+            BadL4,
+        ),
+        case(
+            "icmpv6 header cut to 4 bytes",
+            &[],
+            Pkt::ping(C6, S6).l4_cut(4),
+            Drop,
+            BadL4,
+        ),
         raw("ipv4 version 5", bad_version, BadIpv4),
         raw("ipv4 ihl 4", bad_ihl, BadIpv4),
         raw("ipv4 total length past the frame", long_total, BadIpv4),
@@ -142,8 +248,14 @@ fn malformed_frames_are_counted_by_reason_and_follow_policy() {
 /// the frame, so the IP layer notices first).
 #[test]
 fn truncation_at_every_header_boundary() {
-    let v4 = Pkt::tcp(C4, S4, 1, 80).vlan(ETH_P_8021Q, 7).options(&[1; 4]).build();
-    let v6 = Pkt::udp(C6, S6, 1, 53).ext(0, 0).ipv6_fragment(0, true).build();
+    let v4 = Pkt::tcp(C4, S4, 1, 80)
+        .vlan(ETH_P_8021Q, 7)
+        .options(&[1; 4])
+        .build();
+    let v6 = Pkt::udp(C6, S6, 1, 53)
+        .ext(0, 0)
+        .ipv6_fragment(0, true)
+        .build();
     let mut cases = Vec::new();
     // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header (EINVAL), so
     // TruncEth cannot be reached from here; cuts start at 14 bytes.
@@ -152,28 +264,64 @@ fn truncation_at_every_header_boundary() {
             14..18 => BadVlan,
             _ => BadIpv4,
         };
-        cases.push(Case { what: "ipv4 cut", rules: &[], frame: v4[..n].to_vec(), verdict: Drop, reason });
+        cases.push(Case {
+            what: "ipv4 cut",
+            rules: &[],
+            frame: v4[..n].to_vec(),
+            verdict: Drop,
+            reason,
+        });
     }
     for n in 14..(14 + 40 + 16 + 8) {
-        cases.push(Case { what: "ipv6 cut", rules: &[], frame: v6[..n].to_vec(), verdict: Drop, reason: BadIpv6 });
+        cases.push(Case {
+            what: "ipv6 cut",
+            rules: &[],
+            frame: v6[..n].to_vec(),
+            verdict: Drop,
+            reason: BadIpv6,
+        });
     }
     // Lengths kept consistent: the extension or layer-4 header itself is short.
     for n in 0..20 {
-        cases.push(case("tcp cut", &[], Pkt::tcp(C4, S4, 1, 80).payload(&[]).l4_cut(n), Drop, BadL4));
+        cases.push(case(
+            "tcp cut",
+            &[],
+            Pkt::tcp(C4, S4, 1, 80).payload(&[]).l4_cut(n),
+            Drop,
+            BadL4,
+        ));
     }
     for n in 0..8 {
-        cases.push(case("udp cut", &[], Pkt::udp(C6, S6, 1, 53).payload(&[]).l4_cut(n), Drop, BadL4));
+        cases.push(case(
+            "udp cut",
+            &[],
+            Pkt::udp(C6, S6, 1, 53).payload(&[]).l4_cut(n),
+            Drop,
+            BadL4,
+        ));
     }
     let mut ext = Pkt::raw(C6, S6, 59).payload(&[]).build();
     ext[14 + 6] = 60; // next header: destination options, but nothing follows
-    cases.push(Case { what: "ipv6 ext header missing", rules: &[], frame: ext, verdict: Drop, reason: BadIpv6Ext });
+    cases.push(Case {
+        what: "ipv6 ext header missing",
+        rules: &[],
+        frame: ext,
+        verdict: Drop,
+        reason: BadIpv6Ext,
+    });
     check_all(cases);
 }
 
 #[test]
 fn fragments() {
     check_all(vec![
-        case("first ipv4 fragment has ports", &["port deny 53/udp"], Pkt::udp(C4, S4, 1, 53).fragment(0, true), Drop, PortDeny),
+        case(
+            "first ipv4 fragment has ports",
+            &["port deny 53/udp"],
+            Pkt::udp(C4, S4, 1, 53).fragment(0, true),
+            Drop,
+            PortDeny,
+        ),
         case(
             "later ipv4 fragment: no ports, default",
             &["port deny 53/udp"],
@@ -215,23 +363,125 @@ fn fragments() {
 #[test]
 fn every_rule_kind_ipv4_and_ipv6() {
     check_all(vec![
-        case("deny /24", &["deny 192.0.2.0/24"], Pkt::tcp(C4, S4, 1, 80), Drop, PrefixDeny),
-        case("deny /32", &["deny 192.0.2.10/32"], Pkt::tcp(C4, S4, 1, 80), Drop, PrefixDeny),
-        case("deny /32 misses a neighbour", &["deny 192.0.2.11/32"], Pkt::tcp(C4, S4, 1, 80), Pass, Default),
-        case("deny /28 (longer than /24)", &["deny 192.0.2.0/28"], Pkt::tcp(C4, S4, 1, 80), Drop, PrefixDeny),
-        case("deny /8", &["deny 192.0.0.0/8"], Pkt::tcp(C4, S4, 1, 80), Drop, PrefixDeny),
-        case("deny /0", &["deny 0.0.0.0/0"], Pkt::tcp(C4, S4, 1, 80), Drop, PrefixDeny),
-        case("allow under default deny", &["default deny", "allow 192.0.2.0/24"], Pkt::tcp(C4, S4, 1, 80), Pass, PrefixAllow),
-        case("default deny", &["default deny"], Pkt::tcp(C4, S4, 1, 80), Drop, Default),
-        case("ipv6 deny /48", &["deny 2001:db8:1::/48"], Pkt::tcp(C6, S6, 1, 80), Drop, PrefixDeny),
-        case("ipv6 deny /128", &["deny 2001:db8:1::10/128"], Pkt::tcp(C6, S6, 1, 80), Drop, PrefixDeny),
-        case("ipv6 deny /128 misses", &["deny 2001:db8:1::11/128"], Pkt::tcp(C6, S6, 1, 80), Pass, Default),
-        case("ipv4 rule ignores ipv6", &["deny 0.0.0.0/0"], Pkt::tcp(C6, S6, 1, 80), Pass, Default),
-        case("port deny tcp", &["port deny 80/tcp"], Pkt::tcp(C4, S4, 1, 80), Drop, PortDeny),
-        case("port deny is per protocol", &["port deny 80/tcp"], Pkt::udp(C4, S4, 1, 80), Pass, Default),
-        case("port range udp", &["port deny 1000-2000/udp"], Pkt::udp(C6, S6, 1, 1500), Drop, PortDeny),
-        case("port range edge", &["port deny 1000-2000/udp"], Pkt::udp(C6, S6, 1, 2001), Pass, Default),
-        case("port allow under default deny", &["default deny", "port allow 443/tcp"], Pkt::tcp(C6, S6, 1, 443), Pass, PortAllow),
+        case(
+            "deny /24",
+            &["deny 192.0.2.0/24"],
+            Pkt::tcp(C4, S4, 1, 80),
+            Drop,
+            PrefixDeny,
+        ),
+        case(
+            "deny /32",
+            &["deny 192.0.2.10/32"],
+            Pkt::tcp(C4, S4, 1, 80),
+            Drop,
+            PrefixDeny,
+        ),
+        case(
+            "deny /32 misses a neighbour",
+            &["deny 192.0.2.11/32"],
+            Pkt::tcp(C4, S4, 1, 80),
+            Pass,
+            Default,
+        ),
+        case(
+            "deny /28 (longer than /24)",
+            &["deny 192.0.2.0/28"],
+            Pkt::tcp(C4, S4, 1, 80),
+            Drop,
+            PrefixDeny,
+        ),
+        case(
+            "deny /8",
+            &["deny 192.0.0.0/8"],
+            Pkt::tcp(C4, S4, 1, 80),
+            Drop,
+            PrefixDeny,
+        ),
+        case(
+            "deny /0",
+            &["deny 0.0.0.0/0"],
+            Pkt::tcp(C4, S4, 1, 80),
+            Drop,
+            PrefixDeny,
+        ),
+        case(
+            "allow under default deny",
+            &["default deny", "allow 192.0.2.0/24"],
+            Pkt::tcp(C4, S4, 1, 80),
+            Pass,
+            PrefixAllow,
+        ),
+        case(
+            "default deny",
+            &["default deny"],
+            Pkt::tcp(C4, S4, 1, 80),
+            Drop,
+            Default,
+        ),
+        case(
+            "ipv6 deny /48",
+            &["deny 2001:db8:1::/48"],
+            Pkt::tcp(C6, S6, 1, 80),
+            Drop,
+            PrefixDeny,
+        ),
+        case(
+            "ipv6 deny /128",
+            &["deny 2001:db8:1::10/128"],
+            Pkt::tcp(C6, S6, 1, 80),
+            Drop,
+            PrefixDeny,
+        ),
+        case(
+            "ipv6 deny /128 misses",
+            &["deny 2001:db8:1::11/128"],
+            Pkt::tcp(C6, S6, 1, 80),
+            Pass,
+            Default,
+        ),
+        case(
+            "ipv4 rule ignores ipv6",
+            &["deny 0.0.0.0/0"],
+            Pkt::tcp(C6, S6, 1, 80),
+            Pass,
+            Default,
+        ),
+        case(
+            "port deny tcp",
+            &["port deny 80/tcp"],
+            Pkt::tcp(C4, S4, 1, 80),
+            Drop,
+            PortDeny,
+        ),
+        case(
+            "port deny is per protocol",
+            &["port deny 80/tcp"],
+            Pkt::udp(C4, S4, 1, 80),
+            Pass,
+            Default,
+        ),
+        case(
+            "port range udp",
+            &["port deny 1000-2000/udp"],
+            Pkt::udp(C6, S6, 1, 1500),
+            Drop,
+            PortDeny,
+        ),
+        case(
+            "port range edge",
+            &["port deny 1000-2000/udp"],
+            Pkt::udp(C6, S6, 1, 2001),
+            Pass,
+            Default,
+        ),
+        case(
+            "port allow under default deny",
+            &["default deny", "port allow 443/tcp"],
+            Pkt::tcp(C6, S6, 1, 443),
+            Pass,
+            PortAllow,
+        ),
         case(
             "narrowest port range wins",
             &["port deny 1-1024/tcp", "port allow 80/tcp"],
@@ -239,10 +489,34 @@ fn every_rule_kind_ipv4_and_ipv6() {
             Pass,
             PortAllow,
         ),
-        case("icmp has no port", &["default deny", "port allow 80/tcp"], Pkt::ping(C4, S4), Drop, Default),
-        case("except prefix", &["default deny", "except 192.0.2.0/24"], Pkt::tcp(C4, S4, 1, 80), Pass, Except),
-        case("except port", &["default deny", "except 22/tcp"], Pkt::tcp(C6, S6, 1, 22), Pass, Except),
-        case("except ipv6 prefix", &["deny 2001:db8::/32", "except 2001:db8:1::/64"], Pkt::udp(C6, S6, 1, 53), Pass, Except),
+        case(
+            "icmp has no port",
+            &["default deny", "port allow 80/tcp"],
+            Pkt::ping(C4, S4),
+            Drop,
+            Default,
+        ),
+        case(
+            "except prefix",
+            &["default deny", "except 192.0.2.0/24"],
+            Pkt::tcp(C4, S4, 1, 80),
+            Pass,
+            Except,
+        ),
+        case(
+            "except port",
+            &["default deny", "except 22/tcp"],
+            Pkt::tcp(C6, S6, 1, 22),
+            Pass,
+            Except,
+        ),
+        case(
+            "except ipv6 prefix",
+            &["deny 2001:db8::/32", "except 2001:db8:1::/64"],
+            Pkt::udp(C6, S6, 1, 53),
+            Pass,
+            Except,
+        ),
     ]);
 }
 
@@ -257,12 +531,48 @@ fn precedence() {
             Pass,
             Except,
         ),
-        case("except port beats a prefix deny", &["deny 192.0.2.0/24", "except 22/tcp"], Pkt::tcp(C4, S4, 1, 22), Pass, Except),
-        case("except port beats a port deny", &["port deny 1-1024/tcp", "except 22/tcp"], Pkt::tcp(C4, S4, 1, 22), Pass, Except),
-        case("prefix deny beats port allow", &["deny 192.0.2.0/24", "port allow 80/tcp"], Pkt::tcp(C4, S4, 1, 80), Drop, PrefixDeny),
-        case("prefix allow beats port deny", &["allow 192.0.2.0/24", "port deny 80/tcp"], Pkt::tcp(C4, S4, 1, 80), Pass, PrefixAllow),
-        case("port deny beats default allow", &["port deny 80/tcp"], Pkt::tcp(C4, S4, 1, 80), Drop, PortDeny),
-        case("port allow beats default deny", &["default deny", "port allow 80/tcp"], Pkt::tcp(C4, S4, 1, 80), Pass, PortAllow),
+        case(
+            "except port beats a prefix deny",
+            &["deny 192.0.2.0/24", "except 22/tcp"],
+            Pkt::tcp(C4, S4, 1, 22),
+            Pass,
+            Except,
+        ),
+        case(
+            "except port beats a port deny",
+            &["port deny 1-1024/tcp", "except 22/tcp"],
+            Pkt::tcp(C4, S4, 1, 22),
+            Pass,
+            Except,
+        ),
+        case(
+            "prefix deny beats port allow",
+            &["deny 192.0.2.0/24", "port allow 80/tcp"],
+            Pkt::tcp(C4, S4, 1, 80),
+            Drop,
+            PrefixDeny,
+        ),
+        case(
+            "prefix allow beats port deny",
+            &["allow 192.0.2.0/24", "port deny 80/tcp"],
+            Pkt::tcp(C4, S4, 1, 80),
+            Pass,
+            PrefixAllow,
+        ),
+        case(
+            "port deny beats default allow",
+            &["port deny 80/tcp"],
+            Pkt::tcp(C4, S4, 1, 80),
+            Drop,
+            PortDeny,
+        ),
+        case(
+            "port allow beats default deny",
+            &["default deny", "port allow 80/tcp"],
+            Pkt::tcp(C4, S4, 1, 80),
+            Pass,
+            PortAllow,
+        ),
         case(
             "longest prefix wins: allow /28 inside deny /16",
             &["deny 192.0.0.0/16", "allow 192.0.2.0/28"],
@@ -284,7 +594,13 @@ fn precedence() {
             Pass,
             PrefixAllow,
         ),
-        case("except does not turn a pass into anything else", &["except 192.0.2.0/24"], Pkt::tcp(C4, S4, 1, 80), Pass, Default),
+        case(
+            "except does not turn a pass into anything else",
+            &["except 192.0.2.0/24"],
+            Pkt::tcp(C4, S4, 1, 80),
+            Pass,
+            Default,
+        ),
     ]);
 }
 
@@ -295,9 +611,19 @@ fn ipv4_table_repaints_on_removal() {
     let mut fx = Fixture::new();
     let frame = Pkt::tcp(C4, S4, 1, 80).build();
     let verdict = |fx: &Fixture| fx.run(&frame).0;
-    fx.rules(&["deny 192.0.0.0/8", "allow 192.0.2.0/24", "deny 192.0.2.8/29", "allow 192.0.2.10/32"]);
+    fx.rules(&[
+        "deny 192.0.0.0/8",
+        "allow 192.0.2.0/24",
+        "deny 192.0.2.8/29",
+        "allow 192.0.2.10/32",
+    ]);
     assert_eq!(verdict(&fx), XDP_PASS, "/32 allow");
-    let del = |fx: &mut Fixture, p: &str| fx.req(Request::Del { except: false, targets: vec![p.into()] });
+    let del = |fx: &mut Fixture, p: &str| {
+        fx.req(Request::Del {
+            except: false,
+            targets: vec![p.into()],
+        })
+    };
     del(&mut fx, "192.0.2.10/32");
     assert_eq!(verdict(&fx), XDP_DROP, "/29 deny after /32 removed");
     del(&mut fx, "192.0.2.8/29");
@@ -309,5 +635,8 @@ fn ipv4_table_repaints_on_removal() {
     // A /16 added after a /24 must not overwrite the /24.
     fx.rules(&["allow 192.0.2.0/24", "deny 192.0.0.0/16"]);
     assert_eq!(verdict(&fx), XDP_PASS);
-    assert_eq!(fx.run(&Pkt::tcp("192.0.3.1", S4, 1, 80).build()).0, XDP_DROP);
+    assert_eq!(
+        fx.run(&Pkt::tcp("192.0.3.1", S4, 1, 80).build()).0,
+        XDP_DROP
+    );
 }

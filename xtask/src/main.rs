@@ -13,7 +13,12 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 /// Debian packages the build needs (see TOOLCHAIN notes in the README).
-const BUILD_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf", "llvm-22-dev"];
+const BUILD_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+];
 /// Commands the tests and the demo run, and the Debian package that brings each.
 const TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
@@ -22,6 +27,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("setpriv", "util-linux"),
     ("mount", "mount"),
 ];
+const CLIPPY_DRIVER: &str = "/usr/bin/clippy-driver";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPFFS: &str = "/sys/fs/bpf";
@@ -71,7 +77,10 @@ enum Task {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn is_root() -> bool {
@@ -103,14 +112,18 @@ fn have(cmd: &str) -> bool {
 fn cargo_home() -> PathBuf {
     std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo")
+        })
 }
 
 fn bpf_linker_ok() -> bool {
     Command::new(cargo_home().join("bin/bpf-linker"))
         .arg("--version")
         .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+        })
 }
 
 fn is_bpffs(path: &str) -> bool {
@@ -123,7 +136,9 @@ fn is_bpffs(path: &str) -> bool {
 fn setup() -> Result<()> {
     let t = Instant::now();
     let mut missing: Vec<&str> = Vec::new();
-    if !Path::new("/usr/bin/rustc").exists() || !Path::new("/usr/lib/rustlib/bpfel-unknown-none").exists() {
+    if !Path::new("/usr/bin/rustc").exists()
+        || !Path::new("/usr/lib/rustlib/bpfel-unknown-none").exists()
+    {
         missing.extend(BUILD_PACKAGES);
     } else if !Path::new(LLVM_PREFIX).join("lib").exists() {
         missing.push("llvm-22-dev");
@@ -135,14 +150,12 @@ fn setup() -> Result<()> {
     }
     let linker = bpf_linker_ok();
     let bpffs = is_bpffs(BPFFS);
-    if !missing.is_empty() || !bpffs {
-        if !is_root() {
-            bail!(
-                "setup needs root to install {:?}{}: run `sudo -E cargo xtask setup`",
-                missing,
-                if bpffs { "" } else { " and mount bpffs" }
-            );
-        }
+    if (!missing.is_empty() || !bpffs) && !is_root() {
+        bail!(
+            "setup needs root to install {:?}{}: run `sudo -E cargo xtask setup`",
+            missing,
+            if bpffs { "" } else { " and mount bpffs" }
+        );
     }
     if !missing.is_empty() {
         eprintln!("xtask setup: installing {}", missing.join(" "));
@@ -155,7 +168,13 @@ fn setup() -> Result<()> {
     if !linker {
         eprintln!("xtask setup: installing bpf-linker {BPF_LINKER_VERSION} against LLVM 22");
         run(Command::new("cargo")
-            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--force"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--force",
+            ])
             .args(["--no-default-features", "--features", "llvm-22"])
             .env("LLVM_PREFIX", LLVM_PREFIX))?;
     }
@@ -183,7 +202,9 @@ fn cargo() -> Command {
 
 fn need_root(what: &str) -> Result<()> {
     if !is_root() {
-        bail!("{what} needs root (BPF, network namespaces): run it with `sudo -E cargo xtask {what}`");
+        bail!(
+            "{what} needs root (BPF, network namespaces): run it with `sudo -E cargo xtask {what}`"
+        );
     }
     Ok(())
 }
@@ -219,22 +240,45 @@ fn main() -> Result<()> {
             need_root("test")?;
             run(cargo().args(["build", "--workspace", "--bins"]))?;
             let bin = root().join("target/debug/xlb");
-            let res = run(cargo().args(["test", "--workspace"]).args(&args).env("XLB_BIN", &bin));
+            let res = run(cargo()
+                .args(["test", "--workspace"])
+                .args(&args)
+                .env("XLB_BIN", &bin));
             cleanup_leftovers();
             res
         }
         Task::Lint => {
             setup()?;
             run(cargo().args(["fmt", "--all", "--", "--check"]))?;
-            run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+            run(cargo().args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))?;
+            // The kernel crate: Debian's clippy matches Debian's rustc (rustup's clippy
+            // has no `core` for the BPF target).
+            if !Path::new(CLIPPY_DRIVER).exists() {
+                need_root("lint")?;
+                run(Command::new("apt-get")
+                    .args(["install", "-y", "-q", "rust-web-clippy"])
+                    .env("DEBIAN_FRONTEND", "noninteractive"))?;
+            }
             let ebpf = root().join("lb-ebpf");
             run(cargo().current_dir(&ebpf).args(["fmt", "--", "--check"]))?;
             run(cargo()
                 .current_dir(&ebpf)
-                .args(["clippy", "--release", "--target", "bpfel-unknown-none", "--", "-D", "warnings"])
+                .args(["check", "--release", "--target", "bpfel-unknown-none"])
                 .env("RUSTC", "/usr/bin/rustc")
                 .env("RUSTC_BOOTSTRAP", "1")
-                .env("CARGO_TARGET_DIR", root().join("target/bpf")))
+                .env("RUSTC_WORKSPACE_WRAPPER", CLIPPY_DRIVER)
+                .env(
+                    "CLIPPY_ARGS",
+                    "-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__",
+                )
+                .env("CARGO_TARGET_DIR", root().join("target/bpf-clippy")))
         }
         Task::Demo { duration } => {
             setup()?;
@@ -264,7 +308,9 @@ fn main() -> Result<()> {
             setup()?;
             need_root("run")?;
             run(cargo().args(["build", "--release", "--bin", "xlb"]))?;
-            run(Command::new(root().join("target/release/xlb")).arg("run").args(&args))
+            run(Command::new(root().join("target/release/xlb"))
+                .arg("run")
+                .args(&args))
         }
     }
 }

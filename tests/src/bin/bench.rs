@@ -70,11 +70,20 @@ impl Bench {
     fn load(repeat: u32) -> Result<Self> {
         let mut ebpf = Ebpf::load(xlb::object::BENCH).context("loading the bench object")?;
         for name in ["bench_floor", "bench_lpm", "bench_entry"] {
-            let p: &mut Xdp = ebpf.program_mut(name).ok_or_else(|| anyhow!("{name}"))?.try_into()?;
+            let p: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("{name}"))?
+                .try_into()?;
             p.load()?;
         }
-        let frame = Pkt::tcp("192.0.2.10", "198.51.100.1", 40000, 80).payload(&[]).build();
-        Ok(Bench { ebpf, frame, repeat })
+        let frame = Pkt::tcp("192.0.2.10", "198.51.100.1", 40000, 80)
+            .payload(&[])
+            .build();
+        Ok(Bench {
+            ebpf,
+            frame,
+            repeat,
+        })
     }
 
     fn fd(&self, name: &str) -> Result<ProgramFd> {
@@ -107,7 +116,8 @@ impl Bench {
     }
 
     fn lpm_load(&mut self, set: &[(u32, u8)]) -> Result<Duration> {
-        let mut lpm: LpmTrie<_, [u8; 4], u32> = self.ebpf.map_mut("BENCH_LPM").unwrap().try_into()?;
+        let mut lpm: LpmTrie<_, [u8; 4], u32> =
+            self.ebpf.map_mut("BENCH_LPM").unwrap().try_into()?;
         let keys: Vec<_> = lpm.keys().collect::<Result<_, _>>()?;
         for k in keys {
             lpm.remove(&k)?;
@@ -123,16 +133,28 @@ impl Bench {
 /// Memory the kernel accounts to this process's BPF maps, by map name prefix.
 fn map_memory(name_prefix: &str) -> u64 {
     let mut total = 0;
-    for e in std::fs::read_dir("/proc/self/fd").into_iter().flatten().flatten() {
-        let Ok(link) = std::fs::read_link(e.path()) else { continue };
+    for e in std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(link) = std::fs::read_link(e.path()) else {
+            continue;
+        };
         if link.to_string_lossy() != "anon_inode:bpf-map" {
             continue;
         }
-        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", e.file_name().to_string_lossy()))
-            .unwrap_or_default();
+        let info = std::fs::read_to_string(format!(
+            "/proc/self/fdinfo/{}",
+            e.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
         let field = |k: &str| {
             info.lines()
-                .find_map(|l| l.strip_prefix(k).map(|v| v.trim().parse::<u64>().unwrap_or(0)))
+                .find_map(|l| {
+                    l.strip_prefix(k)
+                        .map(|v| v.trim().parse::<u64>().unwrap_or(0))
+                })
                 .unwrap_or(0)
         };
         let id = field("map_id:") as u32;
@@ -158,7 +180,11 @@ fn bulk_text(set: &[(u32, u8)]) -> String {
 fn main() -> Result<()> {
     let args = Args::parse();
     let repeat = if args.quick { 100_000 } else { 1_000_000 };
-    let sizes: &[usize] = if args.quick { &[100_000] } else { &[100_000, 1_000_000] };
+    let sizes: &[usize] = if args.quick {
+        &[100_000]
+    } else {
+        &[100_000, 1_000_000]
+    };
     let mut bench = Bench::load(repeat)?;
     let mut rows: Vec<(String, f64)> = Vec::new();
     let mut notes = serde_json::Map::new();
@@ -184,7 +210,10 @@ fn main() -> Result<()> {
         let state = std::env::temp_dir().join(format!("xlb-bench-state-{}", std::process::id()));
         fx.fw.state_path = Some(state.clone());
         let t = Instant::now();
-        fx.req(Request::Load { action: Action::Deny, text });
+        fx.req(Request::Load {
+            action: Action::Deny,
+            text,
+        });
         let load = t.elapsed();
         let _ = std::fs::remove_file(&state);
         fx.fw.state_path = None;
@@ -202,12 +231,18 @@ fn main() -> Result<()> {
         notes.insert(format!("load_{k}k_xlb_s"), json!(load.as_secs_f64()));
         notes.insert(format!("load_{k}k_lpm_s"), json!(lpm_load.as_secs_f64()));
         notes.insert(format!("mem_{k}k_xlb_bytes"), json!(map_memory("XLB_")));
-        notes.insert(format!("mem_{k}k_lpm_bytes"), json!(map_memory("BENCH_LPM")));
+        notes.insert(
+            format!("mem_{k}k_lpm_bytes"),
+            json!(map_memory("BENCH_LPM")),
+        );
         fx.req(Request::Flush);
     }
 
     println!("\nxlb bench: BPF_PROG_TEST_RUN, {repeat} repeats, median of 5 (ns per packet)\n");
-    println!("| {:<44} | {:>9} | {:>12} |", "case", "ns/pkt", "above floor");
+    println!(
+        "| {:<44} | {:>9} | {:>12} |",
+        "case", "ns/pkt", "above floor"
+    );
     println!("|{:-<46}|{:->11}|{:->14}|", "", "", "");
     for (name, ns) in &rows {
         println!("| {:<44} | {:>9.1} | {:>12.1} |", name, ns, ns - floor);
@@ -232,12 +267,18 @@ fn main() -> Result<()> {
     }
     if let Some(v) = notes.get("load_1000k_xlb_s") {
         let s = v.as_f64().unwrap();
-        println!("  1M-prefix bulk load = {s:.2} s (target < 2 s)  {}", if s < 2.0 { "met" } else { "NOT met" });
+        println!(
+            "  1M-prefix bulk load = {s:.2} s (target < 2 s)  {}",
+            if s < 2.0 { "met" } else { "NOT met" }
+        );
     }
     println!("\nmap memory (kernel memlock accounting):");
     for (k, v) in &notes {
         if k.starts_with("mem_") {
-            println!("  {k:<28} {:>8.1} MiB", v.as_u64().unwrap() as f64 / (1 << 20) as f64);
+            println!(
+                "  {k:<28} {:>8.1} MiB",
+                v.as_u64().unwrap() as f64 / (1 << 20) as f64
+            );
         }
     }
     let json = json!({

@@ -65,8 +65,14 @@ fn main() -> Result<()> {
     let args = Args::parse();
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {
-        libc::signal(libc::SIGINT, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
+        libc::signal(
+            libc::SIGINT,
+            on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
     }
 
     step("building the topology in network namespaces");
@@ -79,14 +85,24 @@ fn main() -> Result<()> {
     switch.run(&["ip", "link", "set", "br0", "up"])?;
     veth(&client, "c0", &["192.0.2.2/24"], &switch, "sw-c", &[])?;
     veth(&attacker, "a0", &["203.0.113.66/24"], &switch, "sw-a", &[])?;
-    veth(&edge, "x0", &["192.0.2.1/24", "203.0.113.1/24"], &switch, "sw-x", &[])?;
+    veth(
+        &edge,
+        "x0",
+        &["192.0.2.1/24", "203.0.113.1/24"],
+        &switch,
+        "sw-x",
+        &[],
+    )?;
     for port in ["sw-c", "sw-a", "sw-x"] {
         switch.run(&["ip", "link", "set", port, "master", "br0"])?;
     }
     let _web = HttpServer::start(&edge, "0.0.0.0:80", "hello from the edge's web server")?;
     println!("  client   192.0.2.2     ({})", client.name);
     println!("  attacker 203.0.113.66  ({})", attacker.name);
-    println!("  edge     192.0.2.1, 203.0.113.1, web server on :80, xlb on x0 ({})", edge.name);
+    println!(
+        "  edge     192.0.2.1, 203.0.113.1, web server on :80, xlb on x0 ({})",
+        edge.name
+    );
 
     step("starting xlb on the edge's x0 (native XDP)");
     let xlb = Daemon::start(&edge, "x0", &dir, &[])?;
@@ -105,8 +121,18 @@ fn main() -> Result<()> {
     step("traffic: the client is served, the attacker is dropped in XDP");
     probe("client", &client, "http://192.0.2.1/");
     probe("attacker", &attacker, "http://203.0.113.1/");
-    println!("  attacker ping flood, 2000 packets:");
-    let _ = attacker.run(&["ping", "-q", "-f", "-c", "2000", "-w", "5", "203.0.113.1"]);
+    println!("  attacker ping flood: 2000 echo requests, 1 ms apart (bounded to 5 s)");
+    let _ = attacker.run(&[
+        "ping",
+        "-q",
+        "-i",
+        "0.001",
+        "-c",
+        "2000",
+        "-w",
+        "5",
+        "203.0.113.1",
+    ]);
     show(&xlb, &["stats"])?;
 
     step("a live change: deny the client, then remove the rule (no restart)");
@@ -115,7 +141,9 @@ fn main() -> Result<()> {
     show(&xlb, &["fw", "del", "192.0.2.2/32"])?;
     probe("client", &client, "http://192.0.2.1/");
 
-    let until = args.duration.map(|d| Instant::now() + Duration::from_secs(d));
+    let until = args
+        .duration
+        .map(|d| Instant::now() + Duration::from_secs(d));
     step(match until {
         Some(_) => "steady traffic for the requested duration",
         None => "steady traffic until Ctrl-C",
