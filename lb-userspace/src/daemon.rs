@@ -130,6 +130,7 @@ impl Firewall {
             Request::Load { action, text } => {
                 let entries = rules::parse_bulk(&text, action)
                     .map_err(|(line, e)| anyhow!("line {line}: {e}; nothing was loaded"))?;
+                self.rules.reserve(entries.len());
                 self.change(|r| {
                     entries
                         .iter()

@@ -110,8 +110,6 @@ pub struct Datapath {
     used_ids: FxHashSet<u32>,
     /// Per /24: 1 + the length of the prefix painted there, 0 if none.
     depth: Vec<u8>,
-    /// Every IPv4 prefix loaded, by (address, length), with its rule reference.
-    v4: FxHashMap<(u32, u8), u32>,
     /// Per /24 holding longer prefixes: how many of each length 25..=32.
     long_count: FxHashMap<u32, [u32; 8]>,
     ncpus: usize,
@@ -226,7 +224,6 @@ impl Datapath {
             ports,
             used_ids: Default::default(),
             depth: vec![0; 1 << 24],
-            v4: FxHashMap::default(),
             long_count: FxHashMap::default(),
             ncpus: aya::util::nr_cpus().map_err(|(m, e)| anyhow!("{m}: {e}"))?,
             link: None,
@@ -301,7 +298,7 @@ impl Datapath {
     /// Applies the whole rule set to empty tables (at start).
     pub fn load_rules(&mut self, rules: &RuleSet) -> Result<()> {
         for rule in rules.rules() {
-            self.apply_rule(&Change::Added(*rule))?;
+            self.apply_rule(rules, &Change::Added(*rule))?;
         }
         self.set_ports(rules);
         self.set_config(rules)
@@ -309,7 +306,11 @@ impl Datapath {
 
     /// Applies one change of the rule set. Port changes need `set_ports` and list-size
     /// changes `set_config` afterwards (`apply` does both).
-    pub fn apply_rule(&mut self, change: &Change) -> Result<()> {
+    ///
+    /// `rules` is the rule set with the change (and any others of its batch) made: a
+    /// removed IPv4 prefix is repainted with its longest covering prefix found there.
+    pub fn apply_rule(&mut self, rules: &RuleSet, change: &Change) -> Result<()> {
+        let new = matches!(change, Change::Added(_));
         let (rule, removed) = match change {
             Change::Added(r) => {
                 if self.used_ids.remove(&r.id) {
@@ -327,9 +328,9 @@ impl Datapath {
         match rule.matches {
             Match::Prefix(p) if p.is_v4() => {
                 if removed {
-                    self.v4_remove(v4_bits(&p), p.len)
+                    self.v4_remove(rules, v4_bits(&p), p.len)
                 } else {
-                    self.v4_insert(v4_bits(&p), p.len, rref)
+                    self.v4_insert(v4_bits(&p), p.len, rref, new)
                 }
             }
             Match::Prefix(p) => {
@@ -370,7 +371,7 @@ impl Datapath {
     /// Applies changes, then the port table and the config.
     pub fn apply(&mut self, rules: &RuleSet, changes: &[Change]) -> Result<()> {
         for c in changes {
-            self.apply_rule(c)?;
+            self.apply_rule(rules, c)?;
         }
         let ports = changes.iter().any(|c| {
             let r: &Rule = match c {
@@ -403,14 +404,13 @@ impl Datapath {
             .context("resetting a rule's hit counter")
     }
 
-    fn v4_insert(&mut self, addr: u32, len: u8, rref: u32) -> Result<()> {
-        let existed = self.v4.insert((addr, len), rref).is_some();
+    fn v4_insert(&mut self, addr: u32, len: u8, rref: u32, new: bool) -> Result<()> {
         if len <= 24 {
             self.paint(addr, len, rref, len + 1, |d| d <= len + 1);
             return Ok(());
         }
         self.long_v4_set(addr, len, Some(rref))?;
-        if !existed {
+        if new {
             let slash24 = addr >> 8;
             let counts = self.long_count.entry(slash24).or_default();
             counts[len as usize - 25] += 1;
@@ -419,15 +419,19 @@ impl Datapath {
         Ok(())
     }
 
-    fn v4_remove(&mut self, addr: u32, len: u8) -> Result<()> {
-        if self.v4.remove(&(addr, len)).is_none() {
-            return Ok(());
-        }
+    fn v4_remove(&mut self, rules: &RuleSet, addr: u32, len: u8) -> Result<()> {
         if len <= 24 {
             // Repaint with the longest shorter prefix covering this one.
             let (parent, depth) = (0..len)
                 .rev()
-                .find_map(|l| self.v4.get(&(mask(addr, l), l)).map(|r| (*r, l + 1)))
+                .find_map(|l| {
+                    let p = Prefix {
+                        addr: IpAddr::from(mask(addr, l).to_be_bytes()),
+                        len: l,
+                    };
+                    let r = rules.get(&Match::Prefix(p))?;
+                    Some((rule_ref(r.id, r.action == Action::Deny), l + 1))
+                })
                 .unwrap_or((0, 0));
             let own = len + 1;
             self.paint(addr, len, parent, depth, |d| d == own);

@@ -1,11 +1,12 @@
 //! Firewall rules: what an operator writes (prefixes, port specs, policies), how it is
 //! parsed and validated, and the rule set with stable ids that the datapath projects.
 
-use crate::fxhash::FxHashMap;
-use std::{collections::BTreeMap, fmt, net::IpAddr, str::FromStr};
+use std::{fmt, net::IpAddr, str::FromStr};
 
 use lb_common::MAX_RULES;
 use serde::{Deserialize, Serialize};
+
+use crate::fxhash::FxHashMap;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RuleError {
@@ -323,7 +324,9 @@ pub enum Change {
 pub struct RuleSet {
     pub default_policy: Action,
     pub malformed_policy: Action,
-    rules: BTreeMap<u32, Rule>,
+    /// Rules by id (ids are dense: a slab, not a tree, keeps bulk loads fast).
+    rules: Vec<Option<Rule>>,
+    count: usize,
     by_match: FxHashMap<Match, u32>,
     next_id: u32,
     free: Vec<u32>,
@@ -334,7 +337,8 @@ impl Default for RuleSet {
         RuleSet {
             default_policy: Action::Allow,
             malformed_policy: Action::Deny,
-            rules: BTreeMap::new(),
+            rules: Vec::new(),
+            count: 0,
             by_match: FxHashMap::default(),
             next_id: 1,
             free: Vec::new(),
@@ -344,19 +348,27 @@ impl Default for RuleSet {
 
 impl RuleSet {
     pub fn len(&self) -> usize {
-        self.rules.len()
+        self.count
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+        self.count == 0
+    }
+
+    /// Makes room for `n` more rules (bulk loads).
+    pub fn reserve(&mut self, n: usize) {
+        self.by_match.reserve(n);
+        self.rules.reserve(n);
     }
 
     pub fn rules(&self) -> impl Iterator<Item = &Rule> {
-        self.rules.values()
+        self.rules.iter().flatten()
     }
 
     pub fn get(&self, m: &Match) -> Option<&Rule> {
-        self.by_match.get(m).and_then(|id| self.rules.get(id))
+        self.by_match
+            .get(m)
+            .and_then(|id| self.rules[*id as usize].as_ref())
     }
 
     fn alloc_id(&mut self) -> Result<u32, RuleError> {
@@ -374,7 +386,9 @@ impl RuleSet {
     /// nothing changes.
     pub fn upsert(&mut self, matches: Match, action: Action) -> Result<Option<Change>, RuleError> {
         if let Some(&id) = self.by_match.get(&matches) {
-            let rule = self.rules.get_mut(&id).expect("index and rules agree");
+            let rule = self.rules[id as usize]
+                .as_mut()
+                .expect("index and rules agree");
             if rule.action == action {
                 return Ok(None);
             }
@@ -399,7 +413,13 @@ impl RuleSet {
     pub fn insert_with_id(&mut self, rule: Rule) {
         self.next_id = self.next_id.max(rule.id + 1);
         self.by_match.insert(rule.matches, rule.id);
-        self.rules.insert(rule.id, rule);
+        let i = rule.id as usize;
+        if self.rules.len() <= i {
+            self.rules.resize(i + 1, None);
+        }
+        if self.rules[i].replace(rule).is_none() {
+            self.count += 1;
+        }
     }
 
     pub fn remove(&mut self, matches: &Match) -> Result<Change, RuleError> {
@@ -409,7 +429,10 @@ impl RuleSet {
             .ok_or_else(|| RuleError::NotFound {
                 what: format!("{} {matches}", matches.kind()),
             })?;
-        let rule = self.rules.remove(&id).expect("index and rules agree");
+        let rule = self.rules[id as usize]
+            .take()
+            .expect("index and rules agree");
+        self.count -= 1;
         self.free.push(id);
         Ok(Change::Removed(rule))
     }
@@ -418,7 +441,7 @@ impl RuleSet {
     pub fn compact_free(&mut self) {
         self.free = (1..self.next_id)
             .rev()
-            .filter(|id| !self.rules.contains_key(id))
+            .filter(|id| self.rules.get(*id as usize).is_none_or(Option::is_none))
             .collect();
     }
 
@@ -427,7 +450,7 @@ impl RuleSet {
     pub fn port_table(&self) -> Vec<lb_common::PortEntry> {
         let mut table = vec![lb_common::PortEntry::default(); lb_common::PORT_TABLE_SIZE as usize];
         let mut width = vec![[u32::MAX; 2]; table.len()];
-        for rule in self.rules.values() {
+        for rule in self.rules() {
             let (spec, slot) = match rule.matches {
                 Match::Port(s) => (s, 0),
                 Match::ExceptPort(s) => (s, 1),
@@ -467,7 +490,7 @@ impl RuleSet {
     }
 
     pub fn count(&self, pred: impl Fn(&Match) -> bool) -> usize {
-        self.rules.values().filter(|r| pred(&r.matches)).count()
+        self.rules().filter(|r| pred(&r.matches)).count()
     }
 }
 
@@ -480,9 +503,10 @@ pub fn parse_bulk(text: &str, action: Action) -> Result<Vec<(Prefix, Action)>, (
         if line.is_empty() {
             continue;
         }
-        let parsed = match line.split_whitespace().collect::<Vec<_>>().as_slice() {
-            [p] => p.parse().map(|p| (p, action)),
-            [a, p] => a.parse().and_then(|a| p.parse().map(|p| (p, a))),
+        let mut words = line.split_whitespace();
+        let parsed = match (words.next(), words.next(), words.next()) {
+            (Some(p), None, _) => p.parse().map(|p| (p, action)),
+            (Some(a), Some(p), None) => a.parse().and_then(|a| p.parse().map(|p| (p, a))),
             _ => Err(RuleError::BadPrefix {
                 input: line.into(),
                 why: "expected one prefix, optionally after allow or deny".into(),

@@ -640,3 +640,122 @@ fn ipv4_table_repaints_on_removal() {
         XDP_DROP
     );
 }
+
+/// The long-prefix table (/25../32): many entries, removal leaves the others, a removed
+/// slot is reused, and every length is found (longest first).
+#[test]
+fn long_ipv4_prefixes_add_remove_reuse() {
+    use xlb::control::Request;
+    let mut fx = Fixture::new();
+    // 4096 hosts in 16 /24s, plus one prefix of every length 25..=32 in 192.0.2.0/24.
+    let hosts: Vec<String> = (0..4096u32)
+        .map(|i| format!("203.0.{}.{}", 100 + i / 256, i % 256))
+        .collect();
+    fx.req(Request::Load {
+        action: lb_common_deny(),
+        text: hosts.join("\n"),
+    });
+    let probe = |fx: &Fixture, ip: &str| fx.run(&Pkt::tcp(ip, S4, 1, 80).build()).0;
+    for ip in hosts.iter().step_by(97) {
+        assert_eq!(probe(&fx, ip), XDP_DROP, "{ip}");
+    }
+    let removed: Vec<String> = hosts.iter().step_by(2).cloned().collect();
+    fx.req(Request::Del {
+        except: false,
+        targets: removed.iter().map(|h| format!("{h}/32")).collect(),
+    });
+    for (i, ip) in hosts.iter().enumerate().step_by(31) {
+        let want = if i % 2 == 0 { XDP_PASS } else { XDP_DROP };
+        assert_eq!(probe(&fx, ip), want, "{ip} after removing every other host");
+    }
+    fx.req(Request::Load {
+        action: lb_common_deny(),
+        text: removed.join("\n"),
+    });
+    for ip in hosts.iter().step_by(13) {
+        assert_eq!(probe(&fx, ip), XDP_DROP, "{ip} re-added");
+    }
+    // Nested lengths: the longest match decides, whatever the order of lengths.
+    fx.req(Request::Flush);
+    fx.rules(&[
+        "deny 192.0.2.0/25",
+        "allow 192.0.2.0/26",
+        "deny 192.0.2.0/27",
+        "allow 192.0.2.0/28",
+    ]);
+    fx.rules(&[
+        "deny 192.0.2.0/29",
+        "allow 192.0.2.0/30",
+        "deny 192.0.2.0/31",
+        "allow 192.0.2.0/32",
+    ]);
+    for (ip, want) in [
+        ("192.0.2.0", XDP_PASS),
+        ("192.0.2.1", XDP_DROP),
+        ("192.0.2.2", XDP_PASS),
+        ("192.0.2.4", XDP_DROP),
+        ("192.0.2.8", XDP_PASS),
+        ("192.0.2.16", XDP_DROP),
+        ("192.0.2.32", XDP_PASS),
+        ("192.0.2.64", XDP_DROP),
+        ("192.0.2.128", XDP_PASS),
+    ] {
+        assert_eq!(probe(&fx, ip), want, "{ip}");
+    }
+}
+
+fn lb_common_deny() -> xlb::rules::Action {
+    xlb::rules::Action::Deny
+}
+
+/// Scale: a million IPv4 and a million IPv6 prefixes load, and are looked up.
+#[test]
+fn a_million_ipv4_and_a_million_ipv6_prefixes_load() {
+    use xlb::control::Request;
+    let mut fx = Fixture::new();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut v4 = std::collections::HashSet::new();
+    while v4.len() < 1_000_000 {
+        v4.insert(next() as u32);
+    }
+    let text: String = v4
+        .iter()
+        .map(|a| format!("{}\n", std::net::Ipv4Addr::from(*a)))
+        .collect();
+    let r = fx.req(Request::Load {
+        action: lb_common_deny(),
+        text,
+    });
+    assert_eq!(r["added"], 1_000_000);
+    let v6: String = (0..1_000_000u64)
+        .map(|i| format!("2001:db8:{:x}:{:x}::/64\n", (i >> 16) & 0xffff, i & 0xffff))
+        .collect();
+    let r = fx.req(Request::Load {
+        action: lb_common_deny(),
+        text: v6,
+    });
+    assert_eq!(r["added"], 1_000_000);
+    assert_eq!(r["rules"], 2_000_000);
+    for a in v4.iter().take(50) {
+        let ip = std::net::Ipv4Addr::from(*a).to_string();
+        assert_eq!(
+            fx.run(&Pkt::tcp(&ip, S4, 1, 80).build()).0,
+            XDP_DROP,
+            "{ip}"
+        );
+    }
+    assert_eq!(
+        fx.run(&Pkt::tcp("2001:db8:f:423f::1", S6, 1, 80).build()).0,
+        XDP_DROP
+    );
+    assert_eq!(
+        fx.run(&Pkt::tcp("2001:db8:f:4240::1", S6, 1, 80).build()).0,
+        XDP_PASS
+    );
+}

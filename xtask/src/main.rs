@@ -26,6 +26,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("ping", "iputils-ping"),
     ("setpriv", "util-linux"),
     ("mount", "mount"),
+    ("sysctl", "procps"),
 ];
 const CLIPPY_DRIVER: &str = "/usr/bin/clippy-driver";
 const BPF_LINKER_VERSION: &str = "0.13.0";
