@@ -18,6 +18,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use std::os::unix::process::CommandExt;
 
 /// Every name the harness makes starts with this.
 pub const PREFIX: &str = "xlbt";
@@ -314,6 +315,15 @@ impl Daemon {
             .args(extra)
             .stdout(Stdio::null())
             .stderr(logf);
+        // If the test process dies without dropping us (SIGKILL, abort), the daemon gets
+        // SIGTERM and detaches; `ip netns exec` execs xlb, which keeps this setting.
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
         let child = cmd.spawn().context("spawning xlb run")?;
         let mut d = Daemon {
             child: Some(child),
