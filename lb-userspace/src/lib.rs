@@ -5,12 +5,14 @@
 //! - `state`: the stored desired state (atomic writes);
 //! - `control`: the control socket's protocol and client;
 //! - `daemon`: `xlb run`, serving the control socket;
+//! - `maglev`: weighted Maglev tables for the load balancer (built in user space);
 //! - `cli`: the command line and its human and JSON output.
 pub mod cli;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
 mod fxhash;
+pub mod maglev;
 pub mod object;
 pub mod rules;
 pub mod state;

@@ -279,10 +279,12 @@ fn main() -> Result<()> {
             need_root("test")?;
             run(cargo().args(["build", "--workspace", "--bins"]))?;
             let bin = root().join("target/debug/xlb");
-            let res = run_tests(cargo()
-                .args(["test", "--workspace"])
-                .args(&args)
-                .env("XLB_BIN", &bin));
+            let res = run_tests(
+                cargo()
+                    .args(["test", "--workspace"])
+                    .args(&args)
+                    .env("XLB_BIN", &bin),
+            );
             cleanup_leftovers();
             res
         }

@@ -169,6 +169,28 @@ fn map_memory(name_prefix: &str) -> u64 {
     total
 }
 
+/// (build ms, max/mean slots, disruption multiple) for M slots and N equal backends.
+fn maglev_row(m: u32, n: usize) -> (f64, f64, f64) {
+    use xlb::maglev::{Member, build, shares};
+    let members: Vec<Member> = (0..n)
+        .map(|i| Member {
+            key: format!("203.0.113.{}:{}", i % 250, 8000 + i / 250),
+            weight: 1,
+        })
+        .collect();
+    let t = Instant::now();
+    let before = build(&members, m);
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    let s = shares(&before, n);
+    let max_mean = *s.iter().max().unwrap() as f64 / (m as f64 / n as f64);
+    let gone = n / 3;
+    let mut rest = members.clone();
+    rest[gone].weight = 0;
+    let after = build(&rest, m);
+    let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count() as f64;
+    (ms, max_mean, moved / s[gone] as f64)
+}
+
 fn bulk_text(set: &[(u32, u8)]) -> String {
     let mut s = String::with_capacity(set.len() * 20);
     for (a, l) in set {
@@ -272,9 +294,34 @@ fn main() -> Result<()> {
             if s < 2.0 { "met" } else { "NOT met" }
         );
     }
+    println!("\nMaglev (user space): build time, balance (max/mean slots), disruption when one");
+    println!("backend is removed (slots moved / slots it held; 1.0 is the minimum):\n");
+    println!(
+        "| {:>9} | {:>5} | {:>10} | {:>8} | {:>10} |",
+        "M", "N", "build ms", "max/mean", "disruption"
+    );
+    println!(
+        "|{:->11}|{:->7}|{:->12}|{:->10}|{:->12}|",
+        "", "", "", "", ""
+    );
+    let mut maglev_rows = Vec::new();
+    for m in [65_537u32, 655_373] {
+        for n in [10usize, 100, 1000] {
+            let r = maglev_row(m, n);
+            println!(
+                "| {:>9} | {:>5} | {:>10.1} | {:>8.3} | {:>10.2} |",
+                m, n, r.0, r.1, r.2
+            );
+            maglev_rows.push(
+                json!({"m": m, "n": n, "build_ms": r.0, "max_over_mean": r.1, "disruption": r.2}),
+            );
+        }
+    }
+    notes.insert("maglev".into(), json!(maglev_rows));
+
     println!("\nmap memory (kernel memlock accounting):");
     for (k, v) in &notes {
-        if k.starts_with("mem_") {
+        if k.starts_with("mem_") && v.is_u64() {
             println!(
                 "  {k:<28} {:>8.1} MiB",
                 v.as_u64().unwrap() as f64 / (1 << 20) as f64
