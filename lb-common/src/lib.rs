@@ -35,8 +35,26 @@ pub const MAP_EXCEPT_V6: &str = "XLB_EXCEPT_V6";
 /// Mmapable `Array<PortEntry>`, indexed by [`port_index`].
 pub const MAP_PORTS: &str = "XLB_PORTS";
 
+/// `HashMap<ServiceKey, Service>`: the services (VIPs). A hash map, so replacing a
+/// service's value (a new Maglev table) is atomic for the program.
+pub const MAP_SERVICES: &str = "XLB_SERVICES";
+/// `Array<Backend>`, indexed by backend id.
+pub const MAP_BACKENDS: &str = "XLB_BACKENDS";
+/// Mmapable `Array<[u32; 2]>`: the pool holding every service's Maglev table
+/// (backend ids), two entries per element.
+pub const MAP_MAGLEV: &str = "XLB_MAGLEV";
+/// `LruHashMap<FlowKey, Flow>`: established flows, both directions for nat.
+pub const MAP_FLOWS: &str = "XLB_FLOWS";
+/// `Array<ServiceKey>`, indexed by service id: a reply's service address and port.
+pub const MAP_SERVICE_KEYS: &str = "XLB_SERVICE_KEYS";
+
 /// Every map of the program, for pinning and for `xlb status`.
-pub const ALL_MAPS: [&str; 10] = [
+pub const ALL_MAPS: [&str; 15] = [
+    MAP_SERVICES,
+    MAP_SERVICE_KEYS,
+    MAP_BACKENDS,
+    MAP_MAGLEV,
+    MAP_FLOWS,
     MAP_CONFIG,
     MAP_COUNTERS,
     MAP_RULE_HITS,
@@ -62,6 +80,15 @@ pub const MAX_PREFIX_V6: u32 = 1 << 21;
 /// Entries of each always-allow prefix list (kept small on purpose: it is an operator's
 /// own management networks, looked up only for packets that would otherwise drop).
 pub const MAX_EXCEPT: u32 = 4096;
+/// Services (VIP, port, protocol).
+pub const MAX_SERVICES: u32 = 1024;
+/// Backends over all services; id 0 is never used.
+pub const MAX_BACKENDS: u32 = 65536;
+/// Maglev table entries over all services (two tables of 65537 per service for
+/// 64 services: a new table is written beside the old one, then switched to).
+pub const MAGLEV_POOL: u32 = 1 << 23;
+/// Default flow-table size (LRU, shared by all CPUs; `xlb run --flows` changes it).
+pub const DEFAULT_FLOWS: u32 = 1 << 18;
 /// IPv6 extension headers walked before the packet is called malformed.
 pub const MAX_IPV6_EXT_HEADERS: usize = 8;
 /// VLAN tags parsed (802.1Q and 802.1ad, QinQ).
@@ -179,6 +206,118 @@ pub struct PortEntry {
 }
 
 // ---------------------------------------------------------------------------------------
+// Load balancing.
+// ---------------------------------------------------------------------------------------
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// Forwarding modes.
+pub const MODE_DSR: u8 = 1;
+pub const MODE_NAT: u8 = 2;
+/// Not a service: the entry (address, port 0, ICMP or ICMPv6) that makes xlb answer
+/// echo requests to a service address.
+pub const MODE_ECHO: u8 = 3;
+
+/// Service flags.
+pub const SVC_AFFINITY_SOURCE: u8 = 1;
+/// Do not answer echo requests to the service address.
+pub const SVC_NO_ECHO: u8 = 2;
+
+/// Backend flags.
+pub const BACKEND_UP: u8 = 1;
+
+/// An address in 16 bytes: IPv4 in the first four (network order), the rest zero.
+pub type Addr16 = [u8; 16];
+
+pub const fn addr16_v4(a: [u8; 4]) -> Addr16 {
+    [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+}
+
+/// (address, destination port, protocol). Port 0: every port of the address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct ServiceKey {
+    pub addr: Addr16,
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Service {
+    pub id: u32,
+    pub mode: u8,
+    pub flags: u8,
+    pub _pad: u16,
+    /// The service's Maglev table: entries [table_offset, table_offset + table_size) of
+    /// the pool; each entry a backend id (0: no backend).
+    pub table_offset: u32,
+    pub table_size: u32,
+    /// Idle timeouts after which a flow is rescheduled.
+    pub tcp_idle_secs: u32,
+    pub udp_idle_secs: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Backend {
+    pub addr: Addr16,
+    pub port: u16,
+    pub family: u8,
+    pub flags: u8,
+    /// The owning service's id.
+    pub service: u32,
+    /// Bumped whenever the id is given to another backend: flows remember it, so a flow
+    /// to a removed backend is rescheduled even if its id was reused.
+    pub generation: u32,
+}
+
+/// A flow as seen on the wire: the forward direction (client -> service) or, for nat,
+/// the reply direction (backend -> client).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FlowKey {
+    pub src: Addr16,
+    pub dst: Addr16,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+pub const FLOW_FORWARD: u8 = 0;
+pub const FLOW_REPLY: u8 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Flow {
+    pub backend: u32,
+    pub generation: u32,
+    pub service: u32,
+    pub direction: u8,
+    pub _pad: [u8; 3],
+    /// bpf_ktime_get_ns of the last packet (refreshed at most once a second).
+    pub seen_ns: u64,
+    /// Reply direction: the client's (or its router's) MAC, from the forward packet.
+    pub mac: [u8; 6],
+    /// Reply direction: the service port the client used.
+    pub vport: u16,
+}
+
+/// The flow hash, the same on every host (xlb nodes behind ECMP must agree).
+pub const fn mix32(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
+}
+
+// ---------------------------------------------------------------------------------------
 // Configuration.
 // ---------------------------------------------------------------------------------------
 
@@ -196,6 +335,10 @@ pub struct Config {
     pub except_prefixes: u32,
     /// Entries in the IPv6 allow/deny trie: 0 skips its lookup.
     pub prefixes_v6: u32,
+    /// Services in nat mode: 0 skips the reply-direction flow lookup.
+    pub nat_services: u32,
+    /// Services of any mode: 0 skips the service lookup.
+    pub services: u32,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -215,18 +358,24 @@ pub struct Counter {
 pub enum Verdict {
     Pass = 0,
     Drop = 1,
+    /// Sent back out of the interface it came in on (balanced or answered).
+    Tx = 2,
+    /// Sent out of another interface.
+    Redirect = 3,
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 2] = [Verdict::Pass, Verdict::Drop];
+    pub const ALL: [Verdict; 4] = [Verdict::Pass, Verdict::Drop, Verdict::Tx, Verdict::Redirect];
     pub const fn name(self) -> &'static str {
         match self {
             Verdict::Pass => "pass",
             Verdict::Drop => "drop",
+            Verdict::Tx => "tx",
+            Verdict::Redirect => "redirect",
         }
     }
 }
-pub const VERDICTS: u32 = 2;
+pub const VERDICTS: u32 = 4;
 
 /// Why a packet got its verdict. Malformed reasons take the configured malformed policy.
 #[repr(u32)]
@@ -258,9 +407,19 @@ pub enum Reason {
     BadIpv6Ext = 11,
     /// TCP, UDP, ICMP or ICMPv6 header truncated (or TCP data offset < 5).
     BadL4 = 12,
+    /// Forwarded to a backend (a new flow, or one in the flow table).
+    Balanced = 13,
+    /// A nat reply rewritten back to the service address.
+    NatReply = 14,
+    /// An echo request to a service address, answered by xlb.
+    EchoReply = 15,
+    /// A service has no backend: dropped.
+    NoBackend = 16,
+    /// No route or neighbour to the backend yet: passed to the kernel to resolve.
+    NoRoute = 17,
 }
 
-pub const REASONS: u32 = 13;
+pub const REASONS: u32 = 18;
 
 impl Reason {
     pub const ALL: [Reason; REASONS as usize] = [
@@ -277,6 +436,11 @@ impl Reason {
         Reason::BadIpv6,
         Reason::BadIpv6Ext,
         Reason::BadL4,
+        Reason::Balanced,
+        Reason::NatReply,
+        Reason::EchoReply,
+        Reason::NoBackend,
+        Reason::NoRoute,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -294,11 +458,16 @@ impl Reason {
             Reason::BadIpv6 => "bad_ipv6",
             Reason::BadIpv6Ext => "bad_ipv6_ext",
             Reason::BadL4 => "bad_l4",
+            Reason::Balanced => "balanced",
+            Reason::NatReply => "nat_reply",
+            Reason::EchoReply => "echo_reply",
+            Reason::NoBackend => "no_backend",
+            Reason::NoRoute => "no_route",
         }
     }
 
     pub const fn is_malformed(self) -> bool {
-        self as u32 >= Reason::TruncEth as u32
+        self as u32 >= Reason::TruncEth as u32 && self as u32 <= Reason::BadL4 as u32
     }
 }
 
@@ -317,6 +486,11 @@ mod user {
     unsafe impl aya::Pod for PortEntry {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for Service {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for Flow {}
 }
 
 #[cfg(test)]

@@ -5,12 +5,15 @@
 //! `bounds::ptr_at`).
 #![no_std]
 #![no_main]
+#![feature(asm_experimental_arch)]
 
+mod balance;
 mod bounds;
 mod count;
 mod filter;
 mod maps;
 mod parse;
+mod rewrite;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{Config, Reason, Verdict};
@@ -19,19 +22,35 @@ use crate::filter::{Decision, action_verdict};
 
 #[xdp]
 pub fn xlb(ctx: XdpContext) -> u32 {
+    let len = bounds::frame_len(&ctx);
     let d = decide(&ctx);
-    count::packet(d.reason, d.verdict, bounds::frame_len(&ctx), d.rule);
+    count::packet(d.reason, d.verdict, len, d.rule);
     match d.verdict {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
+        Verdict::Tx => xdp_action::XDP_TX,
+        Verdict::Redirect => xdp_action::XDP_REDIRECT,
     }
 }
 
+/// parse -> filter -> balance (which rewrites and picks the way out).
 #[inline(always)]
 fn decide(ctx: &XdpContext) -> Decision {
     let cfg = maps::XLB_CONFIG.get(0).copied().unwrap_or_default();
     match parse::packet(ctx) {
-        Ok(Some(pkt)) => filter::decide(&pkt, &cfg),
+        Ok(Some(pkt)) => {
+            let d = filter::decide(&pkt, &cfg);
+            if d.verdict == Verdict::Pass
+                && let Some((verdict, reason)) = balance::balance(ctx, &pkt, &cfg)
+            {
+                return Decision {
+                    verdict,
+                    reason,
+                    rule: d.rule,
+                };
+            }
+            d
+        }
         Ok(None) => Decision {
             verdict: Verdict::Pass,
             reason: Reason::NonIp,
@@ -52,4 +71,4 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 }
 
 // Config is read by value: keep the type used so a layout change shows up here.
-const _: () = assert!(core::mem::size_of::<Config>() == 16);
+const _: () = assert!(core::mem::size_of::<Config>() == 24);

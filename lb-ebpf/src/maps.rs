@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, LpmTrie, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::*;
 
@@ -42,3 +42,21 @@ pub static XLB_EXCEPT_V6: LpmTrie<[u8; 16], u32> =
 
 #[map]
 pub static XLB_PORTS: Array<PortEntry> = Array::with_max_entries(PORT_TABLE_SIZE, BPF_F_MMAPABLE);
+
+#[map]
+pub static XLB_SERVICES: HashMap<ServiceKey, Service> =
+    HashMap::with_max_entries(MAX_SERVICES * 2, 0);
+
+#[map]
+pub static XLB_SERVICE_KEYS: Array<ServiceKey> = Array::with_max_entries(MAX_SERVICES, 0);
+
+#[map]
+pub static XLB_BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+#[map]
+pub static XLB_MAGLEV: Array<[u32; 2]> = Array::with_max_entries(MAGLEV_POOL / 2, BPF_F_MMAPABLE);
+
+// Shared by every CPU: a flow's packets may arrive on any queue (no IRQ pinning needed),
+// and a full table evicts the least recently used flows.
+#[map]
+pub static XLB_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_FLOWS, 0);

@@ -111,6 +111,15 @@ pub enum Addr {
 /// What the later stages need to know about an IP packet.
 pub struct Packet {
     pub src: Addr,
+    pub dst: Addr,
+    /// Offsets of the IP header and of the layer-4 header (valid when `has_ports` or for
+    /// ICMP).
+    pub l3_off: usize,
+    pub l4_off: usize,
+    /// Part of a fragmented datagram (first or later fragment).
+    pub fragment: bool,
+    /// ICMP or ICMPv6 type (0 otherwise).
+    pub icmp_type: u8,
     pub proto: u8,
     pub src_port: u16,
     pub dst_port: u16,
@@ -144,13 +153,14 @@ pub fn packet(ctx: &XdpContext) -> Result<Option<Packet>, Reason> {
 #[inline(always)]
 fn ipv4(ctx: &XdpContext, off: usize) -> Result<Packet, Reason> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, off).ok_or(Reason::BadIpv4)?;
-    let (version_ihl, tot_len, frag_off, proto, src) = unsafe {
+    let (version_ihl, tot_len, frag_off, proto, src, dst) = unsafe {
         (
             (*ip).version_ihl,
             u16::from_be((*ip).tot_len) as usize,
             u16::from_be((*ip).frag_off),
             (*ip).proto,
             u32::from_be((*ip).src),
+            u32::from_be((*ip).dst),
         )
     };
     let ihl = (version_ihl & 0x0f) as usize * 4;
@@ -164,6 +174,11 @@ fn ipv4(ctx: &XdpContext, off: usize) -> Result<Packet, Reason> {
     }
     let mut pkt = Packet {
         src: Addr::V4(src),
+        dst: Addr::V4(dst),
+        l3_off: off,
+        l4_off: off + ihl,
+        fragment: frag_off & 0x3fff != 0,
+        icmp_type: 0,
         proto,
         src_port: 0,
         dst_port: 0,
@@ -180,12 +195,13 @@ fn ipv4(ctx: &XdpContext, off: usize) -> Result<Packet, Reason> {
 #[inline(always)]
 fn ipv6(ctx: &XdpContext, off: usize) -> Result<Packet, Reason> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, off).ok_or(Reason::BadIpv6)?;
-    let (version, payload_len, mut next, src) = unsafe {
+    let (version, payload_len, mut next, src, dst) = unsafe {
         (
             (*ip).version_tc_flow[0] >> 4,
             u16::from_be((*ip).payload_len) as usize,
             (*ip).next_header,
             (*ip).src,
+            (*ip).dst,
         )
     };
     if version != 6 || off + IPV6_HLEN + payload_len > frame_len(ctx) {
@@ -193,6 +209,11 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Result<Packet, Reason> {
     }
     let mut pkt = Packet {
         src: Addr::V6(src),
+        dst: Addr::V6(dst),
+        l3_off: off,
+        l4_off: 0,
+        fragment: false,
+        icmp_type: 0,
         proto: next,
         src_port: 0,
         dst_port: 0,
@@ -221,6 +242,7 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Result<Packet, Reason> {
                     unsafe { ((*frag).next_header, u16::from_be((*frag).offset_flags) & !7) };
                 next = n;
                 off += core::mem::size_of::<Ipv6FragHdr>();
+                pkt.fragment = true;
                 if offset != 0 {
                     pkt.proto = next;
                     return Ok(pkt);
@@ -228,6 +250,7 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Result<Packet, Reason> {
             }
             _ => {
                 pkt.proto = next;
+                pkt.l4_off = off;
                 l4(ctx, off, &mut pkt)?;
                 return Ok(pkt);
             }
@@ -266,7 +289,8 @@ fn l4(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
             pkt.has_ports = true;
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            ptr_at::<[u8; ICMP_HLEN]>(ctx, off).ok_or(Reason::BadL4)?;
+            let icmp: *const [u8; ICMP_HLEN] = ptr_at(ctx, off).ok_or(Reason::BadL4)?;
+            pkt.icmp_type = unsafe { (*icmp)[0] };
         }
         _ => {}
     }

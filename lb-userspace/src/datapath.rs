@@ -113,6 +113,9 @@ pub struct Datapath {
     /// Per /24 holding longer prefixes: how many of each length 25..=32.
     long_count: FxHashMap<u32, [u32; 8]>,
     ncpus: usize,
+    /// Service counts, kept by the balancer: they gate the program's lookups.
+    pub services: u32,
+    pub nat_services: u32,
     link: Option<XdpLinkId>,
     pins: Option<PathBuf>,
 }
@@ -225,6 +228,8 @@ impl Datapath {
             used_ids: Default::default(),
             depth: vec![0; 1 << 24],
             long_count: FxHashMap::default(),
+            services: 0,
+            nat_services: 0,
             ncpus: aya::util::nr_cpus().map_err(|(m, e)| anyhow!("{m}: {e}"))?,
             link: None,
             pins: pins.map(Path::to_path_buf),
@@ -291,6 +296,8 @@ impl Datapath {
             malformed_action: action(rules.malformed_policy),
             except_prefixes: rules.count(|m| matches!(m, Match::ExceptPrefix(_))) as u32,
             prefixes_v6: rules.count(|m| matches!(m, Match::Prefix(p) if !p.is_v4())) as u32,
+            nat_services: self.nat_services,
+            services: self.services,
         };
         self.config.set(0, cfg, 0).context("writing the config map")
     }

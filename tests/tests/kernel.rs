@@ -47,6 +47,7 @@ fn check_all(cases: Vec<Case>) {
         let want = match c.verdict {
             Verdict::Pass => XDP_PASS,
             Verdict::Drop => XDP_DROP,
+            v => panic!("{}: firewall cases pass or drop, not {v:?}", c.what),
         };
         assert_eq!(action, want, "{}: verdict", c.what);
         if action == XDP_PASS {
