@@ -47,9 +47,19 @@ pub const MAP_MAGLEV: &str = "XLB_MAGLEV";
 pub const MAP_FLOWS: &str = "XLB_FLOWS";
 /// `Array<ServiceKey>`, indexed by service id: a reply's service address and port.
 pub const MAP_SERVICE_KEYS: &str = "XLB_SERVICE_KEYS";
+/// `ProgramArray`: slot JUMP_BALANCE holds the balancer program.
+pub const MAP_JUMP: &str = "XLB_JUMP";
+/// Per-CPU `Array<u32>`: the firewall's reason for a packet handed to the balancer.
+pub const MAP_HANDOFF: &str = "XLB_HANDOFF";
+/// The balancer program's name and its slot in MAP_JUMP.
+pub const PROG_BALANCE: &str = "xlb_balance";
+pub const JUMP_BALANCE: u32 = 0;
+pub const JUMP_SLOTS: u32 = 1;
 
 /// Every map of the program, for pinning and for `xlb status`.
-pub const ALL_MAPS: [&str; 15] = [
+pub const ALL_MAPS: [&str; 17] = [
+    MAP_JUMP,
+    MAP_HANDOFF,
     MAP_SERVICES,
     MAP_SERVICE_KEYS,
     MAP_BACKENDS,

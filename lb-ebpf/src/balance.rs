@@ -7,7 +7,7 @@ use lb_common::*;
 
 use crate::{
     bounds::load,
-    maps::{XLB_BACKENDS, XLB_FLOWS, XLB_MAGLEV, XLB_SERVICE_KEYS, XLB_SERVICES},
+    maps::{XLB_BACKENDS, XLB_FLOWS, XLB_MAGLEV, XLB_SCRATCH, XLB_SERVICE_KEYS, XLB_SERVICES},
     parse::{Addr, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, Packet},
     rewrite::{self, End},
 };
@@ -81,7 +81,7 @@ pub fn balance(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Option<(Verdict,
 }
 
 /// Not inlined: a BPF function of its own keeps each stack frame under 512 bytes.
-#[inline(never)]
+#[inline(always)]
 fn balance_packed(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> u32 {
     pack(balance_inner(ctx, pkt, cfg))
 }
@@ -98,7 +98,8 @@ fn balance_inner(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Option<(Verdic
     if !pkt.has_ports {
         return None;
     }
-    let key = FlowKey {
+    let scratch = unsafe { &mut *XLB_SCRATCH.get_ptr_mut(0)? };
+    scratch.key = FlowKey {
         src,
         dst,
         src_port: pkt.src_port,
@@ -107,10 +108,11 @@ fn balance_inner(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Option<(Verdic
         family,
         _pad: [0; 2],
     };
+    let key = &scratch.key;
     let now = unsafe { bpf_ktime_get_ns() };
     match service(&dst, pkt.dst_port, pkt.proto, family) {
-        Some(svc) => Some(forward(ctx, pkt, &svc, &key, now)),
-        None if cfg.nat_services != 0 => unpack(nat_reply(ctx, pkt, &key, now)),
+        Some(svc) => Some(forward(ctx, pkt, &svc, key, now)),
+        None if cfg.nat_services != 0 => unpack(nat_reply(ctx, pkt, key, now)),
         None => None,
     }
 }
@@ -230,7 +232,7 @@ fn forward(
 
 /// A new flow: the Maglev table picks the backend, and the flow (both directions for
 /// nat) goes into the flow table. Returns the backend id, 0 if there is none.
-#[inline(never)]
+#[inline(always)]
 fn schedule(ctx: &XdpContext, svc: &Service, key: &FlowKey) -> u32 {
     schedule_inner(ctx, svc, key).unwrap_or(0)
 }
@@ -252,7 +254,8 @@ fn schedule_inner(ctx: &XdpContext, svc: &Service, key: &FlowKey) -> Option<u32>
     if b.flags & BACKEND_UP == 0 {
         return None;
     }
-    let flow = Flow {
+    let scratch = unsafe { &mut *XLB_SCRATCH.get_ptr_mut(0)? };
+    scratch.flow = Flow {
         backend: id,
         generation: b.generation,
         service: svc.id,
@@ -262,9 +265,9 @@ fn schedule_inner(ctx: &XdpContext, svc: &Service, key: &FlowKey) -> Option<u32>
         mac: [0; 6],
         vport: 0,
     };
-    let _ = XLB_FLOWS.insert(key, &flow, 0);
+    let _ = XLB_FLOWS.insert(key, &scratch.flow, 0);
     if svc.mode == MODE_NAT {
-        let reply = FlowKey {
+        scratch.reply = FlowKey {
             src: b.addr,
             dst: key.src,
             src_port: if b.port != 0 { b.port } else { key.dst_port },
@@ -273,19 +276,19 @@ fn schedule_inner(ctx: &XdpContext, svc: &Service, key: &FlowKey) -> Option<u32>
             family: key.family,
             _pad: [0; 2],
         };
-        let back = Flow {
+        scratch.back = Flow {
             direction: FLOW_REPLY,
             mac: load::<[u8; 6]>(ctx, 6).unwrap_or([0; 6]),
             vport: key.dst_port,
-            ..flow
+            ..scratch.flow
         };
-        let _ = XLB_FLOWS.insert(&reply, &back, 0);
+        let _ = XLB_FLOWS.insert(&scratch.reply, &scratch.back, 0);
     }
     Some(id)
 }
 
 /// A backend's reply in nat mode: the source becomes the service address and port.
-#[inline(never)]
+#[inline(always)]
 fn nat_reply(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, now: u64) -> u32 {
     pack(nat_reply_inner(ctx, pkt, key, now))
 }

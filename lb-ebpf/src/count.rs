@@ -11,6 +11,12 @@ pub fn packet(reason: Reason, verdict: Verdict, bytes: usize, rule: u32) {
         c.packets += 1;
         c.bytes += bytes as u64;
     }
+    rule_hit(rule);
+}
+
+/// One more packet for a rule (0: none).
+#[inline(always)]
+pub fn rule_hit(rule: u32) {
     if rule != 0
         && let Some(hits) = XLB_RULE_HITS.get_ptr_mut(rule)
     {

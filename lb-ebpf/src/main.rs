@@ -1,4 +1,4 @@
-//! xlb's XDP program: parse -> filter -> count -> verdict.
+//! xlb's XDP programs: parse -> filter -> (balance -> rewrite) -> count -> verdict.
 //!
 //! Every stage is a function with one job in its own module. The program never returns
 //! XDP_ABORTED and never reads past `data_end` (all packet reads go through
@@ -16,16 +16,13 @@ mod parse;
 mod rewrite;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{Config, Reason, Verdict};
+use lb_common::{Config, JUMP_BALANCE, Reason, Verdict};
 
 use crate::filter::{Decision, action_verdict};
 
-#[xdp]
-pub fn xlb(ctx: XdpContext) -> u32 {
-    let len = bounds::frame_len(&ctx);
-    let d = decide(&ctx);
-    count::packet(d.reason, d.verdict, len, d.rule);
-    match d.verdict {
+#[inline(always)]
+fn action(v: Verdict) -> u32 {
+    match v {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
         Verdict::Tx => xdp_action::XDP_TX,
@@ -33,34 +30,72 @@ pub fn xlb(ctx: XdpContext) -> u32 {
     }
 }
 
-/// parse -> filter -> balance (which rewrites and picks the way out).
 #[inline(always)]
-fn decide(ctx: &XdpContext) -> Decision {
-    let cfg = maps::XLB_CONFIG.get(0).copied().unwrap_or_default();
-    match parse::packet(ctx) {
-        Ok(Some(pkt)) => {
-            let d = filter::decide(&pkt, &cfg);
-            if d.verdict == Verdict::Pass
-                && let Some((verdict, reason)) = balance::balance(ctx, &pkt, &cfg)
-            {
-                return Decision {
-                    verdict,
-                    reason,
-                    rule: d.rule,
-                };
-            }
-            d
+fn config() -> Config {
+    maps::XLB_CONFIG.get(0).copied().unwrap_or_default()
+}
+
+/// The firewall. A packet it passes while services exist continues in `xlb_balance`
+/// (a tail call: the verifier checks each program on its own, which keeps the balancer's
+/// paths from multiplying with the firewall's).
+#[xdp]
+pub fn xlb(ctx: XdpContext) -> u32 {
+    let len = bounds::frame_len(&ctx);
+    let cfg = config();
+    let (d, ip) = firewall(&ctx, &cfg);
+    if ip && d.verdict == Verdict::Pass && cfg.services != 0 {
+        count::rule_hit(d.rule);
+        if let Some(slot) = maps::XLB_HANDOFF.get_ptr_mut(0) {
+            unsafe { *slot = d.reason as u32 };
         }
-        Ok(None) => Decision {
-            verdict: Verdict::Pass,
-            reason: Reason::NonIp,
-            rule: 0,
-        },
-        Err(reason) => Decision {
-            verdict: action_verdict(cfg.malformed_action),
-            reason,
-            rule: 0,
-        },
+        unsafe { maps::XLB_JUMP.tail_call(&ctx, JUMP_BALANCE) };
+        // Only reached if the balancer is not loaded: count the pass here.
+        count::packet(d.reason, d.verdict, len, 0);
+        return xdp_action::XDP_PASS;
+    }
+    count::packet(d.reason, d.verdict, len, d.rule);
+    action(d.verdict)
+}
+
+/// The load balancer, entered from `xlb` for packets the firewall passed.
+#[xdp]
+pub fn xlb_balance(ctx: XdpContext) -> u32 {
+    let len = bounds::frame_len(&ctx);
+    let cfg = config();
+    let passed = maps::XLB_HANDOFF
+        .get(0)
+        .and_then(|r| Reason::ALL.get(*r as usize).copied())
+        .unwrap_or(Reason::Default);
+    let out = match parse::packet(&ctx) {
+        Ok(Some(pkt)) => balance::balance(&ctx, &pkt, &cfg),
+        _ => None,
+    };
+    let (verdict, reason) = out.unwrap_or((Verdict::Pass, passed));
+    count::packet(reason, verdict, len, 0);
+    action(verdict)
+}
+
+/// parse -> filter. The flag says whether the packet is IP.
+#[inline(always)]
+fn firewall(ctx: &XdpContext, cfg: &Config) -> (Decision, bool) {
+    match parse::packet(ctx) {
+        Ok(Some(pkt)) => (filter::decide(&pkt, cfg), true),
+        Ok(None) => (
+            Decision {
+                verdict: Verdict::Pass,
+                reason: Reason::NonIp,
+                rule: 0,
+            },
+            false,
+        ),
+        Err(reason) => (
+            Decision {
+                verdict: action_verdict(cfg.malformed_action),
+                reason,
+                rule: 0,
+            },
+            false,
+        ),
     }
 }
 

@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::*;
 
@@ -60,3 +60,25 @@ pub static XLB_MAGLEV: Array<[u32; 2]> = Array::with_max_entries(MAGLEV_POOL / 2
 // and a full table evicts the least recently used flows.
 #[map]
 pub static XLB_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_FLOWS, 0);
+
+/// The balancer program, entered by tail call from the firewall.
+#[map]
+pub static XLB_JUMP: ProgramArray = ProgramArray::with_max_entries(JUMP_SLOTS, 0);
+
+/// The firewall's reason for a packet handed to the balancer (per CPU: a tail call
+/// stays on its CPU).
+#[map]
+pub static XLB_HANDOFF: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU scratch space for the balancer's larger values: the BPF stack is 512 bytes.
+#[repr(C)]
+pub struct Scratch {
+    pub key: FlowKey,
+    pub reply: FlowKey,
+    pub flow: Flow,
+    pub back: Flow,
+    pub fib: [u64; 8],
+}
+
+#[map]
+pub static XLB_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);

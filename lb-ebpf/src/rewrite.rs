@@ -11,6 +11,7 @@ use lb_common::{Addr16, Verdict};
 
 use crate::{
     bounds::{load, store},
+    maps::XLB_SCRATCH,
     parse::{Addr, IPPROTO_TCP, IPPROTO_UDP, Packet},
 };
 
@@ -215,12 +216,14 @@ pub struct Hop {
 
 /// The next hop towards `dst` from the kernel's FIB, into `hop`. False if there is no
 /// route or no resolved neighbour.
-#[inline(never)]
+#[inline(always)]
 pub fn route(ctx: &XdpContext, v6: bool, dst: &Addr16, hop: &mut Hop) -> bool {
-    // Zeroed with eight 8-byte stores (core::mem::zeroed becomes a byte-wise memset loop
-    // that the verifier walks once per path).
-    let mut raw = [0u64; 8];
-    let raw_ptr = raw.as_mut_ptr();
+    // The parameters live in per-CPU scratch space (the stack is small), zeroed with
+    // eight 8-byte stores (core::mem::zeroed becomes a byte-wise memset loop).
+    let Some(scratch) = XLB_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    let raw_ptr = unsafe { (*scratch).fib.as_mut_ptr() };
     let mut i = 0;
     while i < 8 {
         unsafe { core::ptr::write_volatile(raw_ptr.add(i), 0) };

@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    maps::{Array, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues, ProgramArray, lpm_trie::Key},
     programs::{TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::*;
@@ -95,6 +95,9 @@ pub enum AttachMode {
 
 pub struct Datapath {
     bpf: Ebpf,
+    /// Holds the balancer program in its slot (the firewall tail-calls it).
+    #[allow(dead_code)]
+    jump: ProgramArray<MapData>,
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, Counter>,
     hits: PerCpuArray<MapData, u64>,
@@ -186,6 +189,14 @@ impl Datapath {
             .ok_or_else(|| anyhow!("program {PROG_NAME} missing from the object"))?
             .try_into()?;
         prog.load().context("the kernel refused the XDP program")?;
+        let balancer: &mut Xdp = bpf
+            .program_mut(PROG_BALANCE)
+            .ok_or_else(|| anyhow!("program {PROG_BALANCE} missing from the object"))?
+            .try_into()?;
+        balancer
+            .load()
+            .context("the kernel refused the balancer program")?;
+        let balancer_fd = balancer.fd()?.try_clone()?;
         if let Some(dir) = pins {
             check_bpffs(dir)?;
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -213,7 +224,11 @@ impl Datapath {
             bpf.map(MAP_PORTS).context("ports map")?,
             PORT_TABLE_SIZE as usize * std::mem::size_of::<PortEntry>(),
         )?;
+        let mut jump: ProgramArray<MapData> = take(&mut bpf, MAP_JUMP)?;
+        jump.set(JUMP_BALANCE, &balancer_fd, 0)
+            .context("installing the balancer")?;
         Ok(Datapath {
+            jump,
             config: take(&mut bpf, MAP_CONFIG)?,
             counters: take(&mut bpf, MAP_COUNTERS)?,
             hits: take(&mut bpf, MAP_RULE_HITS)?,

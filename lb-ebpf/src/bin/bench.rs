@@ -6,7 +6,6 @@
 //!   source every packet. Every measured program goes through it, so its cost cancels.
 #![no_std]
 #![no_main]
-#![feature(asm_experimental_arch)]
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, xdp_action},
