@@ -11,6 +11,7 @@ use crate::{
     daemon::{self, RunOptions},
     datapath::AttachMode,
     rules::Action,
+    services::Mode,
 };
 
 #[derive(Parser, Debug)]
@@ -45,8 +46,62 @@ pub enum Command {
     /// Firewall rules.
     #[command(subcommand)]
     Fw(Fw),
+    /// Layer-4 services (service addresses).
+    #[command(subcommand)]
+    Vip(VipCmd),
+    /// The backends of a service.
+    #[command(subcommand)]
+    Backend(BackendCmd),
     /// Packet and byte counters by verdict and reason.
     Stats {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VipCmd {
+    /// Add a service: `xlb vip add 192.0.2.10:80/tcp --mode nat` (`ADDR:*/PROTO` for
+    /// every port).
+    Add {
+        vip: String,
+        #[arg(long, value_enum)]
+        mode: Mode,
+        /// `source`: every flow of a client goes to the same backend.
+        #[arg(long, value_enum)]
+        affinity: Option<Affinity>,
+        /// Do not answer echo requests to the service address.
+        #[arg(long)]
+        no_echo: bool,
+    },
+    /// Remove a service and its backends.
+    Del { vip: String },
+    /// List the services.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Affinity {
+    Source,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BackendCmd {
+    /// Add a backend: `xlb backend add 192.0.2.10:80/tcp 203.0.113.11:8080 --weight 2`.
+    Add {
+        vip: String,
+        backend: String,
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+    },
+    /// Remove a backend (its established flows move at their next packet).
+    Del { vip: String, backend: String },
+    /// List backends (of one service, or of all).
+    List {
+        vip: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -156,6 +211,72 @@ pub fn main(cli: Cli) -> Result<()> {
                 state,
                 socket: socket.clone(),
             }))
+        }
+        Command::Vip(cmd) => {
+            let req = match cmd {
+                VipCmd::Add {
+                    vip,
+                    mode,
+                    affinity,
+                    no_echo,
+                } => Request::VipAdd {
+                    vip,
+                    mode,
+                    affinity_source: affinity.is_some(),
+                    echo: !no_echo,
+                },
+                VipCmd::Del { vip } => Request::VipDel { vip },
+                VipCmd::List { json } => {
+                    let v = call(Request::VipList)?;
+                    if json {
+                        println!("{v}");
+                    } else {
+                        print_services(&v, None);
+                    }
+                    return Ok(());
+                }
+            };
+            call(req)?;
+            println!("ok");
+            Ok(())
+        }
+        Command::Backend(cmd) => {
+            let req = match cmd {
+                BackendCmd::Add {
+                    vip,
+                    backend,
+                    weight,
+                } => Request::BackendAdd {
+                    vip,
+                    backend,
+                    weight,
+                },
+                BackendCmd::Del { vip, backend } => Request::BackendDel { vip, backend },
+                BackendCmd::List { vip, json } => {
+                    let mut v = call(Request::VipList)?;
+                    if let Some(want) = &vip {
+                        let want: crate::services::Vip = want.parse()?;
+                        let list = v["services"].as_array().cloned().unwrap_or_default();
+                        let found: Vec<Value> = list
+                            .into_iter()
+                            .filter(|s| s["service"] == want.to_string())
+                            .collect();
+                        if found.is_empty() {
+                            anyhow::bail!("no service {want}: add it with `xlb vip add`");
+                        }
+                        v = serde_json::json!({ "services": found });
+                    }
+                    if json {
+                        println!("{v}");
+                    } else {
+                        print_services(&v, Some(()));
+                    }
+                    return Ok(());
+                }
+            };
+            call(req)?;
+            println!("ok");
+            Ok(())
         }
         Command::Stats { json } => {
             let v = call(Request::Stats)?;
@@ -271,6 +392,34 @@ fn print_list(v: &Value) {
             text(&r["action"]),
             text(&r["hits"])
         );
+    }
+}
+
+fn print_services(v: &Value, backends_only: Option<()>) {
+    let list = v["services"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("no services");
+        return;
+    }
+    for s in list {
+        if backends_only.is_none() {
+            println!(
+                "{:<32} mode {:<4} affinity {:<6} echo {}",
+                text(&s["service"]),
+                text(&s["mode"]),
+                text(&s["affinity"]),
+                text(&s["echo"])
+            );
+        } else {
+            println!("{}", text(&s["service"]));
+        }
+        for b in s["backends"].as_array().into_iter().flatten() {
+            println!(
+                "    {:<40} weight {}",
+                text(&b["backend"]),
+                text(&b["weight"])
+            );
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::rules::Action;
+use crate::{rules::Action, services::Mode};
 
 pub const DEFAULT_SOCKET: &str = "/run/xlb/xlb.sock";
 
@@ -50,6 +50,25 @@ pub enum Request {
     },
     /// Removes every rule (the policies stay).
     Flush,
+    VipAdd {
+        vip: String,
+        mode: Mode,
+        affinity_source: bool,
+        echo: bool,
+    },
+    VipDel {
+        vip: String,
+    },
+    VipList,
+    BackendAdd {
+        vip: String,
+        backend: String,
+        weight: u32,
+    },
+    BackendDel {
+        vip: String,
+        backend: String,
+    },
     List,
     Stats,
 }

@@ -18,6 +18,7 @@ use crate::{
     control::{Request, Response},
     datapath::{AttachMode, Datapath, check_bpffs},
     rules::{self, Action, Change, Match, PortSpec, Prefix, RuleSet, Target},
+    services::{BackendAddr, ServiceError, Services, Vip},
     state,
 };
 
@@ -30,9 +31,12 @@ pub struct RunOptions {
 }
 
 /// The firewall's desired state and its projection, changed as one.
-pub struct Firewall {
+pub struct Edge {
     pub dp: Datapath,
     pub rules: RuleSet,
+    pub services: Services,
+    /// The interface xlb runs on (None in tests): services need forwarding on it.
+    pub iface: Option<String>,
     /// Where the desired state is stored; `None` keeps it in memory (tests, bench).
     pub state_path: Option<PathBuf>,
 }
@@ -60,14 +64,18 @@ fn prefix_only(s: &str) -> Result<Prefix, rules::RuleError> {
     s.parse()
 }
 
-impl Firewall {
-    pub fn new(dp: Datapath, rules: RuleSet, state_path: Option<PathBuf>) -> Result<Self> {
-        let mut fw = Firewall {
+impl Edge {
+    pub fn new(dp: Datapath, stored: state::Stored, state_path: Option<PathBuf>) -> Result<Self> {
+        let mut fw = Edge {
             dp,
-            rules,
+            rules: stored.rules,
+            services: stored.services,
+            iface: None,
             state_path,
         };
         fw.dp.load_rules(&fw.rules)?;
+        fw.dp.lb.sync(&fw.services)?;
+        fw.dp.set_config(&fw.rules)?;
         Ok(fw)
     }
 
@@ -142,6 +150,33 @@ impl Firewall {
                 let all: Vec<Match> = self.rules.rules().map(|r| r.matches).collect();
                 self.change(|r| all.iter().map(|m| r.remove(m).map(Some)).collect())
             }
+            Request::VipAdd {
+                vip,
+                mode,
+                affinity_source,
+                echo,
+            } => {
+                let vip: Vip = vip.parse()?;
+                self.check_forwarding(&vip)?;
+                self.services_change(|s| s.add_service(vip, mode, affinity_source, echo))
+            }
+            Request::VipDel { vip } => {
+                let vip: Vip = vip.parse()?;
+                self.services_change(|s| s.del_service(&vip).map(|_| ()))
+            }
+            Request::BackendAdd {
+                vip,
+                backend,
+                weight,
+            } => {
+                let (vip, b): (Vip, BackendAddr) = (vip.parse()?, backend.parse()?);
+                self.services_change(|s| s.add_backend(&vip, b, weight).map(|_| ()))
+            }
+            Request::BackendDel { vip, backend } => {
+                let (vip, b): (Vip, BackendAddr) = (vip.parse()?, backend.parse()?);
+                self.services_change(|s| s.del_backend(&vip, b))
+            }
+            Request::VipList => Ok(self.vip_list()),
             Request::List => self.list(),
             Request::Stats => self.stats(),
         }
@@ -205,6 +240,73 @@ impl Firewall {
         }
     }
 
+    /// Applies a services edit to the desired state, the maps and the state file, or to
+    /// none of them.
+    fn services_change(
+        &mut self,
+        edit: impl FnOnce(&mut Services) -> Result<(), ServiceError>,
+    ) -> Result<Value> {
+        let mut next = self.services.clone();
+        edit(&mut next)?;
+        if let Err(e) = self.dp.lb.sync(&next) {
+            let _ = self.dp.lb.sync(&self.services);
+            return Err(e.context("updating the kernel maps; nothing was changed"));
+        }
+        let old = std::mem::replace(&mut self.services, next);
+        if let Err(e) = self.dp.set_config(&self.rules).and_then(|_| self.save()) {
+            self.services = old;
+            let _ = self.dp.lb.sync(&self.services);
+            let _ = self.dp.set_config(&self.rules);
+            return Err(e.context("nothing was changed"));
+        }
+        Ok(json!({ "services": self.services.by_vip.len() }))
+    }
+
+    /// Services forward packets: the kernel's FIB lookup from XDP needs forwarding on.
+    fn check_forwarding(&self, vip: &Vip) -> Result<()> {
+        let Some(iface) = &self.iface else {
+            return Ok(());
+        };
+        let path = if vip.addr.is_ipv4() {
+            format!("/proc/sys/net/ipv4/conf/{iface}/forwarding")
+        } else {
+            "/proc/sys/net/ipv6/conf/all/forwarding".to_string()
+        };
+        let on = std::fs::read_to_string(&path)
+            .map(|v| v.trim() == "1")
+            .unwrap_or(false);
+        if !on {
+            let key = path.trim_start_matches("/proc/sys/").replace('/', ".");
+            bail!(
+                "forwarding is off ({path}): xlb forwards service traffic, enable it with `sysctl -w {key}=1`"
+            );
+        }
+        Ok(())
+    }
+
+    fn vip_list(&self) -> Value {
+        let services: Vec<Value> = self
+            .services
+            .by_vip
+            .values()
+            .map(|s| {
+                let backends: Vec<Value> = s
+                    .backends
+                    .iter()
+                    .map(|(b, w)| json!({ "backend": b.to_string(), "weight": w }))
+                    .collect();
+                json!({
+                    "service": s.vip.to_string(),
+                    "mode": s.mode,
+                    "affinity": if s.affinity_source { "source" } else { "none" },
+                    "echo": s.echo,
+                    "backends": backends,
+                })
+            })
+            .collect();
+        json!({ "services": services })
+    }
+
     fn policy(&mut self, field: fn(&mut RuleSet) -> &mut Action, action: Action) -> Result<Value> {
         let old = std::mem::replace(field(&mut self.rules), action);
         let res = self.dp.set_config(&self.rules).and_then(|_| self.save());
@@ -218,7 +320,7 @@ impl Firewall {
 
     fn save(&self) -> Result<()> {
         match &self.state_path {
-            Some(p) => state::save(p, &self.rules),
+            Some(p) => state::save(p, &self.rules, &self.services),
             None => Ok(()),
         }
     }
@@ -278,7 +380,7 @@ async fn bind(socket: &std::path::Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-async fn serve_one(stream: UnixStream, fw: Arc<Mutex<Firewall>>) -> Result<()> {
+async fn serve_one(stream: UnixStream, fw: Arc<Mutex<Edge>>) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
@@ -301,12 +403,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         bail!("xlb run needs root (CAP_BPF, CAP_NET_ADMIN): run it with sudo");
     }
     check_bpffs(&opts.bpffs)?;
-    let rules = state::load(&opts.state)?;
+    let stored = state::load(&opts.state)?;
     let listener = bind(&opts.socket).await?;
     let guard = SocketGuard(opts.socket.clone());
     let dp = Datapath::load(Some(&opts.bpffs))?;
     // Rules go in before the program is attached: the first packet already sees them.
-    let mut fw = Firewall::new(dp, rules, Some(opts.state.clone()))?;
+    let mut fw = Edge::new(dp, stored, Some(opts.state.clone()))?;
+    fw.iface = Some(opts.iface.clone());
     fw.dp.attach(&opts.iface, opts.mode)?;
     info!(
         iface = %opts.iface, mode = ?opts.mode, rules = fw.rules.len(),

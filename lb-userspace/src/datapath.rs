@@ -17,6 +17,7 @@ use aya::{
 use lb_common::*;
 
 use crate::{
+    balancer::Balancer,
     fxhash::{FxHashMap, FxHashSet},
     object,
     rules::{Action, Change, Match, Prefix, Rule, RuleSet},
@@ -27,7 +28,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// A shared memory view of an mmapable BPF array, written with atomic 32-bit stores so
 /// the program always reads either the old or the new value of an entry.
-struct MmapTable {
+pub(crate) struct MmapTable {
     ptr: *mut AtomicU32,
     words: usize,
 }
@@ -37,7 +38,7 @@ unsafe impl Send for MmapTable {}
 unsafe impl Sync for MmapTable {}
 
 impl MmapTable {
-    fn new(map: &Map, bytes: usize) -> Result<Self> {
+    pub(crate) fn new(map: &Map, bytes: usize) -> Result<Self> {
         let data: &MapData = match map {
             Map::Array(d) => d,
             _ => bail!("expected an array map"),
@@ -63,7 +64,7 @@ impl MmapTable {
         })
     }
 
-    fn words(&self) -> &[AtomicU32] {
+    pub(crate) fn words(&self) -> &[AtomicU32] {
         // SAFETY: ptr maps `words` u32s for the lifetime of self.
         unsafe { std::slice::from_raw_parts(self.ptr, self.words) }
     }
@@ -116,9 +117,8 @@ pub struct Datapath {
     /// Per /24 holding longer prefixes: how many of each length 25..=32.
     long_count: FxHashMap<u32, [u32; 8]>,
     ncpus: usize,
-    /// Service counts, kept by the balancer: they gate the program's lookups.
-    pub services: u32,
-    pub nat_services: u32,
+    /// The services' maps.
+    pub lb: Balancer,
     link: Option<XdpLinkId>,
     pins: Option<PathBuf>,
 }
@@ -224,10 +224,21 @@ impl Datapath {
             bpf.map(MAP_PORTS).context("ports map")?,
             PORT_TABLE_SIZE as usize * std::mem::size_of::<PortEntry>(),
         )?;
+        let pool = MmapTable::new(
+            bpf.map(MAP_MAGLEV).context("maglev pool")?,
+            MAGLEV_POOL as usize * 4,
+        )?;
+        let lb = Balancer::new(
+            take(&mut bpf, MAP_SERVICES)?,
+            take(&mut bpf, MAP_SERVICE_KEYS)?,
+            take(&mut bpf, MAP_BACKENDS)?,
+            pool,
+        );
         let mut jump: ProgramArray<MapData> = take(&mut bpf, MAP_JUMP)?;
         jump.set(JUMP_BALANCE, &balancer_fd, 0)
             .context("installing the balancer")?;
         Ok(Datapath {
+            lb,
             jump,
             config: take(&mut bpf, MAP_CONFIG)?,
             counters: take(&mut bpf, MAP_COUNTERS)?,
@@ -243,8 +254,6 @@ impl Datapath {
             used_ids: Default::default(),
             depth: vec![0; 1 << 24],
             long_count: FxHashMap::default(),
-            services: 0,
-            nat_services: 0,
             ncpus: aya::util::nr_cpus().map_err(|(m, e)| anyhow!("{m}: {e}"))?,
             link: None,
             pins: pins.map(Path::to_path_buf),
@@ -311,8 +320,8 @@ impl Datapath {
             malformed_action: action(rules.malformed_policy),
             except_prefixes: rules.count(|m| matches!(m, Match::ExceptPrefix(_))) as u32,
             prefixes_v6: rules.count(|m| matches!(m, Match::Prefix(p) if !p.is_v4())) as u32,
-            nat_services: self.nat_services,
-            services: self.services,
+            nat_services: self.lb.counts().1,
+            services: self.lb.counts().0,
         };
         self.config.set(0, cfg, 0).context("writing the config map")
     }
@@ -582,12 +591,22 @@ impl Datapath {
 
     /// Runs the program on one frame through BPF_PROG_TEST_RUN: (XDP action, output frame).
     pub fn test_run(&self, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        self.test_run_on(frame, 0)
+    }
+
+    /// `test_run` as if the frame arrived on interface `ifindex` (0: loopback) of the
+    /// caller's network namespace, which the FIB lookups then use.
+    pub fn test_run_on(&self, frame: &[u8], ifindex: u32) -> Result<(u32, Vec<u8>)> {
         let prog: &Xdp = self.bpf.program(PROG_NAME).expect("loaded").try_into()?;
         let mut out = vec![0u8; frame.len() + 512];
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue, egress.
+        let md: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
+        let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
         let r = prog
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
+                ctx_in: if ifindex != 0 { Some(&ctx) } else { None },
                 ..Default::default()
             })
             .context("BPF_PROG_TEST_RUN")?;

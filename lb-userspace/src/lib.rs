@@ -6,7 +6,9 @@
 //! - `control`: the control socket's protocol and client;
 //! - `daemon`: `xlb run`, serving the control socket;
 //! - `maglev`: weighted Maglev tables for the load balancer (built in user space);
+//! - `services`, `balancer`: layer-4 services and their projection on the maps;
 //! - `cli`: the command line and its human and JSON output.
+pub mod balancer;
 pub mod cli;
 pub mod control;
 pub mod daemon;
@@ -15,4 +17,5 @@ mod fxhash;
 pub mod maglev;
 pub mod object;
 pub mod rules;
+pub mod services;
 pub mod state;

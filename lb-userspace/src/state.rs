@@ -14,9 +14,30 @@ use std::{fmt::Write as _, io::Write, path::Path};
 
 use anyhow::{Context, Result, bail};
 
-use crate::rules::{Rule, RuleSet};
+use crate::{
+    rules::{Rule, RuleSet},
+    services::Services,
+};
 
-pub fn render(rules: &RuleSet) -> String {
+/// Everything the daemon stores: firewall rules and services.
+#[derive(Clone, Debug, Default)]
+pub struct Stored {
+    pub rules: RuleSet,
+    pub services: Services,
+}
+
+pub fn render(rules: &RuleSet, services: &Services) -> String {
+    let mut s = render_rules(rules);
+    for svc in services.by_vip.values() {
+        for line in svc.lines() {
+            s.push_str(&line);
+            s.push('\n');
+        }
+    }
+    s
+}
+
+fn render_rules(rules: &RuleSet) -> String {
     let mut s = String::with_capacity(32 * rules.len() + 64);
     s.push_str("# xlb state: written by `xlb run`; change it with the xlb CLI\n");
     let _ = writeln!(s, "default {}", rules.default_policy);
@@ -29,8 +50,9 @@ pub fn render(rules: &RuleSet) -> String {
     s
 }
 
-pub fn parse(text: &str) -> Result<RuleSet> {
+pub fn parse(text: &str) -> Result<Stored> {
     let mut rules = RuleSet::default();
+    let mut services = Services::default();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -61,23 +83,24 @@ pub fn parse(text: &str) -> Result<RuleSet> {
                     action,
                 });
             }
+            "service" | "backend" => services.parse_line(line).map_err(|e| fail(&e))?,
             _ => return Err(fail(&format!("unknown keyword '{word}'"))),
         }
     }
     rules.compact_free();
-    Ok(rules)
+    Ok(Stored { rules, services })
 }
 
-/// Reads the state file; a missing file is an empty rule set.
-pub fn load(path: &Path) -> Result<RuleSet> {
+/// Reads the state file; a missing file is an empty state.
+pub fn load(path: &Path) -> Result<Stored> {
     match std::fs::read_to_string(path) {
         Ok(text) => parse(&text).with_context(|| format!("state file {}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RuleSet::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Stored::default()),
         Err(e) => Err(e).with_context(|| format!("reading state file {}", path.display())),
     }
 }
 
-pub fn save(path: &Path, rules: &RuleSet) -> Result<()> {
+pub fn save(path: &Path, rules: &RuleSet, services: &Services) -> Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -89,7 +112,7 @@ pub fn save(path: &Path, rules: &RuleSet) -> Result<()> {
     let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(render(rules).as_bytes())?;
+        f.write_all(render(rules, services).as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
         std::fs::File::open(dir)?.sync_all()
@@ -134,8 +157,8 @@ mod tests {
         let mut rules = RuleSet::default();
         let (m, a) = Rule::parse_line("deny 2001:db8::/32").unwrap();
         rules.upsert(m, a).unwrap();
-        save(&path, &rules).unwrap();
-        assert_eq!(load(&path).unwrap().len(), 1);
+        save(&path, &rules, &Services::default()).unwrap();
+        assert_eq!(load(&path).unwrap().rules.len(), 1);
         assert!(!dir.join(".state.tmp").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -6,13 +6,13 @@ use std::collections::HashMap;
 use lb_common::{Counter, Reason, Verdict};
 use xlb::{
     control::Request,
-    daemon::Firewall,
+    daemon::Edge,
     datapath::Datapath,
-    rules::{Action, Rule, RuleSet},
+    rules::{Action, Rule},
 };
 
 pub struct Fixture {
-    pub fw: Firewall,
+    pub fw: Edge,
 }
 
 pub type Counters = HashMap<(Reason, Verdict), Counter>;
@@ -22,7 +22,7 @@ impl Fixture {
     pub fn new() -> Self {
         let dp = Datapath::load(None).expect("loading the XDP program (are you root?)");
         Fixture {
-            fw: Firewall::new(dp, RuleSet::default(), None).expect("empty rule set"),
+            fw: Edge::new(dp, Default::default(), None).expect("empty state"),
         }
     }
 

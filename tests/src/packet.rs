@@ -360,3 +360,39 @@ mod tests {
         assert_eq!(f[14 + 48], 17); // then UDP
     }
 }
+
+/// Checks a frame's IPv4 header checksum (if IPv4) and its TCP/UDP/ICMP checksum.
+/// Untagged frames only. Panics with what is wrong.
+pub fn assert_checksums(f: &[u8]) {
+    let et = u16::from_be_bytes([f[12], f[13]]);
+    let (l4, proto, pseudo) = match et {
+        ETH_P_IP => {
+            let hl = (f[14] & 0xf) as usize * 4;
+            assert_eq!(checksum(&f[14..14 + hl], 0), 0, "IPv4 header checksum");
+            let total = u16::from_be_bytes([f[16], f[17]]) as usize;
+            let l4 = &f[14 + hl..14 + total];
+            let proto = f[23];
+            let pseudo = sum16(&f[26..34], 0) + proto as u32 + l4.len() as u32;
+            (l4, proto, if proto == 1 { 0 } else { pseudo })
+        }
+        ETH_P_IPV6 => {
+            let plen = u16::from_be_bytes([f[18], f[19]]) as usize;
+            let l4 = &f[54..54 + plen];
+            let proto = f[20];
+            (
+                l4,
+                proto,
+                sum16(&f[22..54], 0) + proto as u32 + l4.len() as u32,
+            )
+        }
+        _ => panic!("not IP"),
+    };
+    if proto == 17 && et == ETH_P_IP && l4[6] == 0 && l4[7] == 0 {
+        return;
+    }
+    assert_eq!(
+        checksum(l4, pseudo),
+        0,
+        "layer-4 checksum (protocol {proto})"
+    );
+}

@@ -1,0 +1,359 @@
+//! The services' projection onto the kernel maps: service entries, backend slots with
+//! generations, Maglev tables in the shared pool, echo entries. `sync` reconciles the
+//! maps with the desired `Services` and is idempotent.
+//!
+//! A service's new Maglev table is written into a free range of the pool while the old
+//! one stays in use; then the service entry (a hash-map value, replaced atomically)
+//! switches to it, and the old range is freed. Flows keep their backend through the flow
+//! table; a removed backend's slot is marked down, and its id gets a new generation
+//! when reused, so its flows are rescheduled at their next packet.
+
+use std::{
+    collections::{BTreeMap, HashMap as StdHashMap},
+    net::{IpAddr, SocketAddr, UdpSocket},
+    sync::atomic::Ordering,
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::maps::{Array, HashMap, MapData};
+use lb_common::*;
+
+use crate::{
+    datapath::MmapTable,
+    maglev::{self, Member},
+    rules::Proto,
+    services::{BackendAddr, Mode, ServiceConf, Services, Vip},
+};
+
+fn addr16(a: &IpAddr) -> (Addr16, u8) {
+    match a {
+        IpAddr::V4(v) => (addr16_v4(v.octets()), FAMILY_V4),
+        IpAddr::V6(v) => (v.octets(), FAMILY_V6),
+    }
+}
+
+fn proto_number(p: Proto) -> u8 {
+    match p {
+        Proto::Tcp => 6,
+        Proto::Udp => 17,
+    }
+}
+
+pub fn service_key(vip: &Vip) -> ServiceKey {
+    let (addr, family) = addr16(&vip.addr);
+    ServiceKey {
+        addr,
+        port: vip.port.unwrap_or(0),
+        proto: proto_number(vip.proto),
+        family,
+    }
+}
+
+fn echo_key(addr: &IpAddr) -> ServiceKey {
+    let (a, family) = addr16(addr);
+    ServiceKey {
+        addr: a,
+        port: 0,
+        proto: if family == FAMILY_V4 { 1 } else { 58 },
+        family,
+    }
+}
+
+/// What the kernel holds for one service.
+struct Installed {
+    id: u32,
+    conf: ServiceConf,
+    backend_ids: BTreeMap<BackendAddr, u32>,
+    table: (u32, u32),
+}
+
+pub struct Balancer {
+    services: HashMap<MapData, ServiceKey, Service>,
+    service_keys: Array<MapData, ServiceKey>,
+    backends: Array<MapData, Backend>,
+    pool: MmapTable,
+    /// Free ranges of the pool (offset, length), first fit.
+    free: Vec<(u32, u32)>,
+    installed: BTreeMap<Vip, Installed>,
+    generations: Vec<u32>,
+    free_backend_ids: Vec<u32>,
+    next_backend_id: u32,
+    free_service_ids: Vec<u32>,
+    next_service_id: u32,
+    echo: StdHashMap<IpAddr, u32>,
+}
+
+impl Balancer {
+    pub(crate) fn new(
+        services: HashMap<MapData, ServiceKey, Service>,
+        service_keys: Array<MapData, ServiceKey>,
+        backends: Array<MapData, Backend>,
+        pool: MmapTable,
+    ) -> Self {
+        Balancer {
+            services,
+            service_keys,
+            backends,
+            pool,
+            free: vec![(0, MAGLEV_POOL)],
+            installed: BTreeMap::new(),
+            generations: vec![0; MAX_BACKENDS as usize],
+            free_backend_ids: Vec::new(),
+            next_backend_id: 1,
+            free_service_ids: Vec::new(),
+            next_service_id: 1,
+            echo: StdHashMap::new(),
+        }
+    }
+
+    /// (services, nat services) for the program's config.
+    pub fn counts(&self) -> (u32, u32) {
+        let nat = self
+            .installed
+            .values()
+            .filter(|i| i.conf.mode == Mode::Nat)
+            .count();
+        (self.installed.len() as u32, nat as u32)
+    }
+
+    /// Backend id of a service's backend (for tests and `xlb backend list`).
+    pub fn backend_id(&self, vip: &Vip, b: &BackendAddr) -> Option<u32> {
+        self.installed.get(vip)?.backend_ids.get(b).copied()
+    }
+
+    fn alloc(&mut self, len: u32) -> Result<u32> {
+        let i = self
+            .free
+            .iter()
+            .position(|(_, l)| *l >= len)
+            .ok_or_else(|| anyhow!("the Maglev pool is full ({MAGLEV_POOL} entries)"))?;
+        let (off, l) = self.free[i];
+        if l == len {
+            self.free.remove(i);
+        } else {
+            self.free[i] = (off + len, l - len);
+        }
+        Ok(off)
+    }
+
+    fn release(&mut self, off: u32, len: u32) {
+        self.free.push((off, len));
+        self.free.sort_unstable();
+        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(self.free.len());
+        for (o, l) in self.free.drain(..) {
+            match merged.last_mut() {
+                Some((mo, ml)) if *mo + *ml == o => *ml += l,
+                _ => merged.push((o, l)),
+            }
+        }
+        self.free = merged;
+    }
+
+    fn new_backend_id(&mut self) -> Result<u32> {
+        let id = match self.free_backend_ids.pop() {
+            Some(id) => id,
+            None if self.next_backend_id < MAX_BACKENDS => {
+                self.next_backend_id += 1;
+                self.next_backend_id - 1
+            }
+            None => bail!("too many backends (at most {})", MAX_BACKENDS - 1),
+        };
+        self.generations[id as usize] = self.generations[id as usize].wrapping_add(1);
+        Ok(id)
+    }
+
+    fn new_service_id(&mut self) -> Result<u32> {
+        match self.free_service_ids.pop() {
+            Some(id) => Ok(id),
+            None if self.next_service_id < MAX_SERVICES => {
+                self.next_service_id += 1;
+                Ok(self.next_service_id - 1)
+            }
+            None => bail!("too many services (at most {})", MAX_SERVICES - 1),
+        }
+    }
+
+    fn write_backend(&mut self, id: u32, b: &BackendAddr, service: u32, up: bool) -> Result<()> {
+        let (addr, family) = addr16(&b.addr);
+        let entry = Backend {
+            addr,
+            port: b.port.unwrap_or(0),
+            family,
+            flags: if up { BACKEND_UP } else { 0 },
+            service,
+            generation: self.generations[id as usize],
+        };
+        self.backends.set(id, entry, 0).context("writing a backend")
+    }
+
+    /// Brings the maps to `desired`.
+    pub fn sync(&mut self, desired: &Services) -> Result<()> {
+        let gone: Vec<Vip> = self
+            .installed
+            .keys()
+            .filter(|v| !desired.by_vip.contains_key(v))
+            .copied()
+            .collect();
+        for vip in gone {
+            self.remove(&vip)?;
+        }
+        for conf in desired.by_vip.values() {
+            if self
+                .installed
+                .get(&conf.vip)
+                .is_some_and(|i| i.conf == *conf)
+            {
+                continue;
+            }
+            self.install(conf)?;
+        }
+        self.sync_echo(desired)
+    }
+
+    fn remove(&mut self, vip: &Vip) -> Result<()> {
+        let Some(inst) = self.installed.remove(vip) else {
+            return Ok(());
+        };
+        self.services
+            .remove(&service_key(vip))
+            .context("removing a service")?;
+        for (b, id) in &inst.backend_ids {
+            self.write_backend(*id, b, inst.id, false)?;
+            self.free_backend_ids.push(*id);
+        }
+        self.release(inst.table.0, inst.table.1);
+        self.free_service_ids.push(inst.id);
+        Ok(())
+    }
+
+    fn install(&mut self, conf: &ServiceConf) -> Result<()> {
+        let (id, mut ids, old_table) = match self.installed.remove(&conf.vip) {
+            Some(i) => (i.id, i.backend_ids, Some(i.table)),
+            None => (self.new_service_id()?, BTreeMap::new(), None),
+        };
+        // Backends that left: down (their flows move at the next packet).
+        let left: Vec<BackendAddr> = ids
+            .keys()
+            .filter(|b| !conf.backends.contains_key(b))
+            .copied()
+            .collect();
+        for b in left {
+            let bid = ids.remove(&b).expect("listed");
+            self.write_backend(bid, &b, id, false)?;
+            self.free_backend_ids.push(bid);
+        }
+        for b in conf.backends.keys() {
+            if !ids.contains_key(b) {
+                let bid = self.new_backend_id()?;
+                ids.insert(*b, bid);
+                poke_neighbour(b);
+            }
+            self.write_backend(ids[b], b, id, true)?;
+        }
+        // The Maglev table, in a fresh range of the pool.
+        let members: Vec<Member> = conf
+            .backends
+            .iter()
+            .map(|(b, w)| Member {
+                key: b.to_string(),
+                weight: *w,
+            })
+            .collect();
+        let size = maglev::table_size_for(members.len().max(1))
+            .ok_or_else(|| anyhow!("too many backends for one service ({})", members.len()))?;
+        let offset = self.alloc(size)?;
+        let table = maglev::build(&members, size);
+        let order: Vec<u32> = conf.backends.keys().map(|b| ids[b]).collect();
+        let words = self.pool.words();
+        for (slot, member) in table.iter().enumerate() {
+            let v = member.map_or(0, |m| order[m as usize]);
+            words[offset as usize + slot].store(v, Ordering::Relaxed);
+        }
+        let key = service_key(&conf.vip);
+        self.service_keys
+            .set(id, key, 0)
+            .context("writing a service key")?;
+        let svc = Service {
+            id,
+            mode: match conf.mode {
+                Mode::Dsr => MODE_DSR,
+                Mode::Nat => MODE_NAT,
+            },
+            flags: if conf.affinity_source {
+                SVC_AFFINITY_SOURCE
+            } else {
+                0
+            },
+            _pad: 0,
+            table_offset: offset,
+            table_size: size,
+            tcp_idle_secs: TCP_IDLE_SECS,
+            udp_idle_secs: UDP_IDLE_SECS,
+        };
+        std::sync::atomic::fence(Ordering::Release);
+        self.services
+            .insert(key, svc, 0)
+            .context("writing a service")?;
+        if let Some((o, l)) = old_table {
+            self.release(o, l);
+        }
+        self.installed.insert(
+            conf.vip,
+            Installed {
+                id,
+                conf: conf.clone(),
+                backend_ids: ids,
+                table: (offset, size),
+            },
+        );
+        Ok(())
+    }
+
+    fn sync_echo(&mut self, desired: &Services) -> Result<()> {
+        let mut want: StdHashMap<IpAddr, u32> = StdHashMap::new();
+        for c in desired.by_vip.values().filter(|c| c.echo) {
+            *want.entry(c.vip.addr).or_default() += 1;
+        }
+        let old: Vec<IpAddr> = self
+            .echo
+            .keys()
+            .filter(|a| !want.contains_key(a))
+            .copied()
+            .collect();
+        for a in old {
+            self.services
+                .remove(&echo_key(&a))
+                .context("removing an echo entry")?;
+        }
+        for a in want.keys() {
+            if !self.echo.contains_key(a) {
+                let svc = Service {
+                    mode: MODE_ECHO,
+                    ..Default::default()
+                };
+                self.services
+                    .insert(echo_key(a), svc, 0)
+                    .context("writing an echo entry")?;
+            }
+        }
+        self.echo = want;
+        Ok(())
+    }
+}
+
+/// Default idle timeouts: long enough for an idle SSH session to survive an hour.
+pub const TCP_IDLE_SECS: u32 = 2 * 3600;
+pub const UDP_IDLE_SECS: u32 = 30;
+
+/// Sends an empty datagram towards a backend so the kernel resolves its neighbour entry
+/// (the program's FIB lookup needs it).
+fn poke_neighbour(b: &BackendAddr) {
+    let local: SocketAddr = if b.addr.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap()
+    } else {
+        "[::]:0".parse().unwrap()
+    };
+    if let Ok(s) = UdpSocket::bind(local) {
+        let _ = s.send_to(&[], SocketAddr::new(b.addr, 9));
+    }
+}

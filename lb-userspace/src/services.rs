@@ -1,0 +1,495 @@
+//! Layer-4 services: what an operator writes (service address, mode, backends with
+//! weights), parsed and validated, and the desired state the balancer projects onto the
+//! kernel's maps.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::rules::Proto;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ServiceError {
+    #[error(
+        "'{input}' is not a service: {why} (expected ADDR:PORT/PROTO or ADDR:*/PROTO, e.g. 192.0.2.10:80/tcp, [2001:db8::10]:443/tcp)"
+    )]
+    BadService { input: String, why: String },
+    #[error(
+        "'{input}' is not a backend: {why} (expected ADDR:PORT or ADDR, e.g. 203.0.113.11:8080)"
+    )]
+    BadBackend { input: String, why: String },
+    #[error("no service {0}: add it with `xlb vip add`")]
+    UnknownService(String),
+    #[error("service {0} already exists")]
+    DuplicateService(String),
+    #[error("backend {backend} is already in service {service}")]
+    DuplicateBackend { service: String, backend: String },
+    #[error("backend {backend} is not in service {service}")]
+    UnknownBackend { service: String, backend: String },
+    #[error("weight {0} is out of range: use 1 to {max}", max = MAX_WEIGHT)]
+    BadWeight(u32),
+    #[error("backend {backend} is {bf} but service {service} is {sf}: the families must match")]
+    FamilyMismatch {
+        service: String,
+        backend: String,
+        sf: &'static str,
+        bf: &'static str,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub const MAX_WEIGHT: u32 = 100;
+
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Layer-2 direct server return: only the destination MAC changes; the backend holds
+    /// the service address on a loopback device and answers the client directly.
+    Dsr,
+    /// Destination rewritten to the backend; replies come back through xlb.
+    Nat,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Dsr => "dsr",
+            Mode::Nat => "nat",
+        })
+    }
+}
+
+impl FromStr for Mode {
+    type Err = ServiceError;
+    fn from_str(s: &str) -> Result<Self, ServiceError> {
+        match s {
+            "dsr" => Ok(Mode::Dsr),
+            "nat" => Ok(Mode::Nat),
+            _ => Err(ServiceError::Invalid(format!(
+                "'{s}' is not a mode: use dsr or nat"
+            ))),
+        }
+    }
+}
+
+fn family(a: &IpAddr) -> &'static str {
+    if a.is_ipv4() { "IPv4" } else { "IPv6" }
+}
+
+/// A service address: address, port (None = every port) and protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Vip {
+    pub addr: IpAddr,
+    pub port: Option<u16>,
+    pub proto: Proto,
+}
+
+fn split_host_port(s: &str) -> Option<(&str, &str)> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, rest) = rest.split_once(']')?;
+        return Some((host, rest.strip_prefix(':')?));
+    }
+    let (host, port) = s.rsplit_once(':')?;
+    if host.contains(':') {
+        return None;
+    }
+    Some((host, port))
+}
+
+impl FromStr for Vip {
+    type Err = ServiceError;
+    fn from_str(s: &str) -> Result<Self, ServiceError> {
+        let bad = |why: &str| ServiceError::BadService {
+            input: s.into(),
+            why: why.into(),
+        };
+        let (hp, proto) = s
+            .rsplit_once('/')
+            .ok_or_else(|| bad("the protocol is missing"))?;
+        let proto = match proto {
+            "tcp" => Proto::Tcp,
+            "udp" => Proto::Udp,
+            _ => return Err(bad("the protocol is not tcp or udp")),
+        };
+        let (host, port) = split_host_port(hp).ok_or_else(|| bad("the port is missing"))?;
+        let addr: IpAddr = host
+            .parse()
+            .map_err(|_| bad("not an IPv4 or IPv6 address"))?;
+        let port = match port {
+            "*" => None,
+            p => match p.parse::<u16>() {
+                Ok(0) => return Err(bad("port 0 is not a port: use * for every port")),
+                Ok(n) => Some(n),
+                Err(_) => return Err(bad(&format!("'{p}' is not a port (1-65535 or *)"))),
+            },
+        };
+        if addr.is_unspecified() || addr.is_multicast() {
+            return Err(bad("the address must be a unicast address"));
+        }
+        Ok(Vip { addr, port, proto })
+    }
+}
+
+impl fmt::Display for Vip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let port = self.port.map_or("*".to_string(), |p| p.to_string());
+        match self.addr {
+            IpAddr::V4(a) => write!(f, "{a}:{port}/{}", self.proto),
+            IpAddr::V6(a) => write!(f, "[{a}]:{port}/{}", self.proto),
+        }
+    }
+}
+
+/// A backend address with its port (None: the client's destination port is kept).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendAddr {
+    pub addr: IpAddr,
+    pub port: Option<u16>,
+}
+
+impl FromStr for BackendAddr {
+    type Err = ServiceError;
+    fn from_str(s: &str) -> Result<Self, ServiceError> {
+        let bad = |why: &str| ServiceError::BadBackend {
+            input: s.into(),
+            why: why.into(),
+        };
+        if let Ok(a) = s.parse::<IpAddr>() {
+            return Ok(BackendAddr {
+                addr: a,
+                port: None,
+            });
+        }
+        let sa: SocketAddr = s.parse().map_err(|_| bad("not ADDR or ADDR:PORT"))?;
+        if sa.port() == 0 {
+            return Err(bad("port 0 is not a port"));
+        }
+        if sa.ip().is_unspecified() || sa.ip().is_multicast() {
+            return Err(bad("the address must be a unicast address"));
+        }
+        Ok(BackendAddr {
+            addr: sa.ip(),
+            port: Some(sa.port()),
+        })
+    }
+}
+
+impl fmt::Display for BackendAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.addr, self.port) {
+            (a, None) => write!(f, "{a}"),
+            (IpAddr::V4(a), Some(p)) => write!(f, "{a}:{p}"),
+            (IpAddr::V6(a), Some(p)) => write!(f, "[{a}]:{p}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceConf {
+    pub vip: Vip,
+    pub mode: Mode,
+    /// Hash the source address only (a client always reaches the same backend).
+    pub affinity_source: bool,
+    /// Answer echo requests to the service address.
+    pub echo: bool,
+    pub backends: BTreeMap<BackendAddr, u32>,
+}
+
+impl ServiceConf {
+    /// The state-file lines of this service and its backends.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = vec![format!(
+            "service {} {}{}{}",
+            self.vip,
+            self.mode,
+            if self.affinity_source {
+                " affinity=source"
+            } else {
+                ""
+            },
+            if self.echo { "" } else { " echo=off" }
+        )];
+        for (b, w) in &self.backends {
+            out.push(format!("backend {} {b} weight={w}", self.vip));
+        }
+        out
+    }
+}
+
+/// Every service, by service address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Services {
+    pub by_vip: BTreeMap<Vip, ServiceConf>,
+}
+
+impl Services {
+    pub fn add_service(
+        &mut self,
+        vip: Vip,
+        mode: Mode,
+        affinity_source: bool,
+        echo: bool,
+    ) -> Result<(), ServiceError> {
+        if self.by_vip.contains_key(&vip) {
+            return Err(ServiceError::DuplicateService(vip.to_string()));
+        }
+        if mode == Mode::Dsr && vip.port.is_none() {
+            // Fine: DSR never rewrites ports.
+        }
+        self.by_vip.insert(
+            vip,
+            ServiceConf {
+                vip,
+                mode,
+                affinity_source,
+                echo,
+                backends: BTreeMap::new(),
+            },
+        );
+        Ok(())
+    }
+
+    pub fn del_service(&mut self, vip: &Vip) -> Result<ServiceConf, ServiceError> {
+        self.by_vip
+            .remove(vip)
+            .ok_or_else(|| ServiceError::UnknownService(vip.to_string()))
+    }
+
+    /// Checks a backend against its service; returns it with the port it will use.
+    pub fn check_backend(
+        &self,
+        vip: &Vip,
+        b: BackendAddr,
+        weight: u32,
+    ) -> Result<BackendAddr, ServiceError> {
+        let svc = self
+            .by_vip
+            .get(vip)
+            .ok_or_else(|| ServiceError::UnknownService(vip.to_string()))?;
+        if weight == 0 || weight > MAX_WEIGHT {
+            return Err(ServiceError::BadWeight(weight));
+        }
+        if b.addr.is_ipv4() != vip.addr.is_ipv4() {
+            return Err(ServiceError::FamilyMismatch {
+                service: vip.to_string(),
+                backend: b.to_string(),
+                sf: family(&vip.addr),
+                bf: family(&b.addr),
+            });
+        }
+        let b = match (svc.mode, vip.port, b.port) {
+            (_, None, Some(_)) => {
+                return Err(ServiceError::Invalid(format!(
+                    "service {vip} balances every port: give backend {} without a port",
+                    b.addr
+                )));
+            }
+            (Mode::Dsr, Some(vp), Some(bp)) if vp != bp => {
+                return Err(ServiceError::Invalid(format!(
+                    "dsr cannot change ports: backend {b} must listen on the service port {vp}"
+                )));
+            }
+            (_, Some(vp), None) => BackendAddr {
+                addr: b.addr,
+                port: Some(vp),
+            },
+            _ => b,
+        };
+        if svc.backends.contains_key(&b) {
+            return Err(ServiceError::DuplicateBackend {
+                service: vip.to_string(),
+                backend: b.to_string(),
+            });
+        }
+        Ok(b)
+    }
+
+    pub fn add_backend(
+        &mut self,
+        vip: &Vip,
+        b: BackendAddr,
+        weight: u32,
+    ) -> Result<BackendAddr, ServiceError> {
+        let b = self.check_backend(vip, b, weight)?;
+        self.by_vip
+            .get_mut(vip)
+            .expect("checked")
+            .backends
+            .insert(b, weight);
+        Ok(b)
+    }
+
+    /// Removes a backend (given as added, or without its port when the service port was
+    /// used).
+    pub fn del_backend(&mut self, vip: &Vip, b: BackendAddr) -> Result<(), ServiceError> {
+        let svc = self
+            .by_vip
+            .get_mut(vip)
+            .ok_or_else(|| ServiceError::UnknownService(vip.to_string()))?;
+        let key = match (b.port, vip.port) {
+            (None, Some(vp)) => BackendAddr {
+                addr: b.addr,
+                port: Some(vp),
+            },
+            _ => b,
+        };
+        svc.backends
+            .remove(&key)
+            .map(|_| ())
+            .ok_or_else(|| ServiceError::UnknownBackend {
+                service: vip.to_string(),
+                backend: b.to_string(),
+            })
+    }
+
+    /// Parses one state-file line (`service ...` or `backend ...`).
+    pub fn parse_line(&mut self, line: &str) -> Result<(), ServiceError> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let bad = || ServiceError::Invalid(format!("cannot read '{line}'"));
+        match words.as_slice() {
+            ["service", vip, mode, opts @ ..] => {
+                let (mut affinity, mut echo) = (false, true);
+                for o in opts {
+                    match *o {
+                        "affinity=source" => affinity = true,
+                        "echo=off" => echo = false,
+                        _ => return Err(bad()),
+                    }
+                }
+                self.add_service(vip.parse()?, mode.parse()?, affinity, echo)
+            }
+            ["backend", vip, b, w] => {
+                let w: u32 = w
+                    .strip_prefix("weight=")
+                    .and_then(|w| w.parse().ok())
+                    .ok_or_else(bad)?;
+                self.add_backend(&vip.parse()?, b.parse()?, w).map(|_| ())
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_addresses_parse() {
+        let v: Vip = "192.0.2.10:80/tcp".parse().unwrap();
+        assert_eq!(v.port, Some(80));
+        let v: Vip = "[2001:db8::10]:443/tcp".parse().unwrap();
+        assert!(v.addr.is_ipv6());
+        assert_eq!("192.0.2.10:*/udp".parse::<Vip>().unwrap().port, None);
+        assert_eq!(v.to_string(), "[2001:db8::10]:443/tcp");
+        for bad in [
+            "192.0.2.10:0/tcp",
+            "192.0.2.10/tcp",
+            "192.0.2.10:80",
+            "192.0.2.10:80/icmp",
+            "0.0.0.0:80/tcp",
+            "x:80/tcp",
+        ] {
+            assert!(bad.parse::<Vip>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn backends_are_validated_against_their_service() {
+        let mut s = Services::default();
+        let vip: Vip = "192.0.2.10:80/tcp".parse().unwrap();
+        s.add_service(vip, Mode::Nat, false, true).unwrap();
+        assert!(matches!(
+            s.add_service(vip, Mode::Nat, false, true),
+            Err(ServiceError::DuplicateService(_))
+        ));
+        s.add_backend(&vip, "203.0.113.11:8080".parse().unwrap(), 1)
+            .unwrap();
+        assert!(matches!(
+            s.add_backend(&vip, "203.0.113.11:8080".parse().unwrap(), 1),
+            Err(ServiceError::DuplicateBackend { .. })
+        ));
+        assert!(matches!(
+            s.add_backend(&vip, "203.0.113.12:8080".parse().unwrap(), 0),
+            Err(ServiceError::BadWeight(0))
+        ));
+        assert!(matches!(
+            s.add_backend(&vip, "203.0.113.12:8080".parse().unwrap(), 101),
+            Err(ServiceError::BadWeight(101))
+        ));
+        assert!(matches!(
+            s.add_backend(&vip, "[2001:db8::11]:8080".parse().unwrap(), 1),
+            Err(ServiceError::FamilyMismatch { .. })
+        ));
+        assert!("203.0.113.12:0".parse::<BackendAddr>().is_err());
+        let other: Vip = "192.0.2.11:80/tcp".parse().unwrap();
+        assert!(matches!(
+            s.add_backend(&other, "203.0.113.12:8080".parse().unwrap(), 1),
+            Err(ServiceError::UnknownService(_))
+        ));
+        // Without a port, the service port is used.
+        let b = s
+            .add_backend(&vip, "203.0.113.13".parse().unwrap(), 2)
+            .unwrap();
+        assert_eq!(b.port, Some(80));
+        s.del_backend(&vip, "203.0.113.13".parse().unwrap())
+            .unwrap();
+        assert!(
+            s.del_backend(&vip, "203.0.113.13".parse().unwrap())
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn dsr_keeps_ports() {
+        let mut s = Services::default();
+        let vip: Vip = "192.0.2.10:80/tcp".parse().unwrap();
+        s.add_service(vip, Mode::Dsr, false, true).unwrap();
+        assert!(
+            s.add_backend(&vip, "203.0.113.11:8080".parse().unwrap(), 1)
+                .is_err()
+        );
+        assert!(
+            s.add_backend(&vip, "203.0.113.11:80".parse().unwrap(), 1)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn state_lines_round_trip() {
+        let mut s = Services::default();
+        for l in [
+            "service [2001:db8::10]:80/tcp nat affinity=source",
+            "backend [2001:db8::10]:80/tcp [2001:db8::11]:8080 weight=2",
+            "service 192.0.2.10:*/udp dsr echo=off",
+            "backend 192.0.2.10:*/udp 203.0.113.11 weight=1",
+        ] {
+            s.parse_line(l).unwrap();
+        }
+        let mut back = Services::default();
+        for svc in s.by_vip.values() {
+            for l in svc.lines() {
+                back.parse_line(&l).unwrap();
+            }
+        }
+        assert_eq!(back, s);
+    }
+}

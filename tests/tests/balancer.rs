@@ -1,0 +1,366 @@
+//! Kernel packet tests of the load balancer: crafted frames through BPF_PROG_TEST_RUN as
+//! if received on a veth of a private namespace, whose FIB (routes, static neighbours)
+//! the program's lookups use. Output bytes are asserted: MACs, addresses, ports,
+//! TTL / hop limit, checksums.
+
+use std::net::IpAddr;
+
+use xlb::control::Request;
+use xlb::services::Mode;
+use xlb_tests::{
+    fixture::Fixture,
+    netns::{Netns, enter},
+    packet::{Pkt, assert_checksums},
+};
+
+const XDP_TX: u32 = 3;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc2];
+const BACKEND_MACS: [[u8; 6]; 4] = [
+    [0x02, 0, 0, 0, 0, 0x11],
+    [0x02, 0, 0, 0, 0, 0x12],
+    [0x02, 0, 0, 0, 0, 0x13],
+    [0x02, 0, 0, 0, 0, 0x14],
+];
+
+struct Lb {
+    fx: Fixture,
+    ifindex: u32,
+    mac: [u8; 6],
+    _ns: Netns,
+}
+
+fn mac_str(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A namespace with one veth (v0) that reaches the client and backend networks, static
+/// neighbours for all of them, forwarding on; this thread enters it and loads xlb.
+fn setup() -> Lb {
+    let ns = Netns::new("lbk").unwrap();
+    ns.run(&[
+        "ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1",
+    ])
+    .unwrap();
+    for dev in ["v0", "v1"] {
+        ns.run(&["ip", "link", "set", dev, "up"]).unwrap();
+    }
+    for a in ["192.0.2.1/24", "203.0.113.1/24"] {
+        ns.run(&["ip", "addr", "add", a, "dev", "v0"]).unwrap();
+    }
+    for a in ["2001:db8:c::1/64", "2001:db8:b::1/64"] {
+        ns.run(&["ip", "addr", "add", a, "dev", "v0", "nodad"])
+            .unwrap();
+    }
+    let neigh = |ip: &str, mac: &[u8; 6]| {
+        ns.run(&[
+            "ip",
+            "neigh",
+            "replace",
+            ip,
+            "lladdr",
+            &mac_str(mac),
+            "dev",
+            "v0",
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+    };
+    neigh("192.0.2.2", &CLIENT_MAC);
+    neigh("2001:db8:c::2", &CLIENT_MAC);
+    for (i, mac) in BACKEND_MACS.iter().enumerate() {
+        neigh(&format!("203.0.113.{}", 11 + i), mac);
+        neigh(&format!("2001:db8:b::{}", 11 + i), mac);
+    }
+    for k in [
+        "net.ipv4.conf.all.forwarding=1",
+        "net.ipv4.conf.v0.forwarding=1",
+        "net.ipv6.conf.all.forwarding=1",
+    ] {
+        ns.run(&["sysctl", "-qw", k]).unwrap();
+    }
+    enter(&ns.path()).unwrap();
+    // This thread's /sys still shows the old namespace: ask the kernel by name.
+    let c = std::ffi::CString::new("v0").unwrap();
+    let ifindex = unsafe { libc_if_nametoindex(c.as_ptr()) };
+    assert!(ifindex != 0);
+    let mac_text = ns.run(&["cat", "/sys/class/net/v0/address"]).unwrap();
+    let mut mac = [0u8; 6];
+    for (i, p) in mac_text.trim().split(':').enumerate() {
+        mac[i] = u8::from_str_radix(p, 16).unwrap();
+    }
+    Lb {
+        fx: Fixture::new(),
+        ifindex,
+        mac,
+        _ns: ns,
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "if_nametoindex"]
+    fn libc_if_nametoindex(name: *const std::ffi::c_char) -> u32;
+}
+
+impl Lb {
+    fn vip(&mut self, vip: &str, mode: Mode, affinity: bool) {
+        self.fx.req(Request::VipAdd {
+            vip: vip.into(),
+            mode,
+            affinity_source: affinity,
+            echo: true,
+        });
+    }
+    fn backend(&mut self, vip: &str, b: &str, weight: u32) {
+        self.fx.req(Request::BackendAdd {
+            vip: vip.into(),
+            backend: b.into(),
+            weight,
+        });
+    }
+    fn del_backend(&mut self, vip: &str, b: &str) {
+        self.fx.req(Request::BackendDel {
+            vip: vip.into(),
+            backend: b.into(),
+        });
+    }
+    /// A client frame addressed to our MAC.
+    fn frame(&self, p: Pkt) -> Vec<u8> {
+        let mut f = p.build();
+        f[0..6].copy_from_slice(&self.mac);
+        f[6..12].copy_from_slice(&CLIENT_MAC);
+        f
+    }
+    fn run(&self, f: &[u8]) -> (u32, Vec<u8>) {
+        self.fx.fw.dp.test_run_on(f, self.ifindex).unwrap()
+    }
+}
+
+fn dst_ip(f: &[u8]) -> IpAddr {
+    match u16::from_be_bytes([f[12], f[13]]) {
+        0x0800 => IpAddr::from(<[u8; 4]>::try_from(&f[30..34]).unwrap()),
+        _ => IpAddr::from(<[u8; 16]>::try_from(&f[38..54]).unwrap()),
+    }
+}
+
+fn src_ip(f: &[u8]) -> IpAddr {
+    match u16::from_be_bytes([f[12], f[13]]) {
+        0x0800 => IpAddr::from(<[u8; 4]>::try_from(&f[26..30]).unwrap()),
+        _ => IpAddr::from(<[u8; 16]>::try_from(&f[22..38]).unwrap()),
+    }
+}
+
+fn l4(f: &[u8]) -> usize {
+    if u16::from_be_bytes([f[12], f[13]]) == 0x0800 {
+        14 + (f[14] & 0xf) as usize * 4
+    } else {
+        54
+    }
+}
+
+fn ports(f: &[u8]) -> (u16, u16) {
+    let o = l4(f);
+    (
+        u16::from_be_bytes([f[o], f[o + 1]]),
+        u16::from_be_bytes([f[o + 2], f[o + 3]]),
+    )
+}
+
+fn backend_index(f: &[u8]) -> usize {
+    BACKEND_MACS
+        .iter()
+        .position(|m| f[0..6] == *m)
+        .expect("a backend's MAC")
+}
+
+#[test]
+fn nat_forward_and_reply_ipv4_and_ipv6() {
+    let mut lb = setup();
+    for (vip, backends, client) in [
+        (
+            "198.51.100.10:80/tcp",
+            [
+                "203.0.113.11:8080",
+                "203.0.113.12:8080",
+                "203.0.113.13:8080",
+            ],
+            "192.0.2.2",
+        ),
+        (
+            "[2001:db8:f::10]:80/tcp",
+            [
+                "[2001:db8:b::11]:8080",
+                "[2001:db8:b::12]:8080",
+                "[2001:db8:b::13]:8080",
+            ],
+            "2001:db8:c::2",
+        ),
+    ] {
+        lb.vip(vip, Mode::Nat, false);
+        for b in backends {
+            lb.backend(vip, b, 1);
+        }
+        let vip_ip = vip
+            .rsplit_once(':')
+            .unwrap()
+            .0
+            .trim_matches(['[', ']'])
+            .to_string();
+        let input = lb.frame(Pkt::tcp(client, &vip_ip, 40000, 80));
+        let (action, out) = lb.run(&input);
+        assert_eq!(action, XDP_TX, "{vip}: forwarded back out of v0");
+        let i = backend_index(&out);
+        assert_eq!(out[6..12], lb.mac, "source MAC is ours");
+        let want: IpAddr = backends[i]
+            .rsplit_once(':')
+            .unwrap()
+            .0
+            .trim_matches(['[', ']'])
+            .parse()
+            .unwrap();
+        assert_eq!(dst_ip(&out), want, "{vip}: destination is the backend");
+        assert_eq!(ports(&out), (40000, 8080));
+        assert_eq!(src_ip(&out), client.parse::<IpAddr>().unwrap());
+        let ttl = if vip_ip.contains(':') {
+            out[21]
+        } else {
+            out[22]
+        };
+        assert_eq!(ttl, 63, "TTL / hop limit decremented");
+        assert_checksums(&out);
+        // The same flow again: the same backend.
+        assert_eq!(backend_index(&lb.run(&input).1), i);
+        // The backend's reply comes back as the service.
+        let mut reply = Pkt::tcp(&want.to_string(), client, 8080, 40000).build();
+        reply[0..6].copy_from_slice(&lb.mac);
+        reply[6..12].copy_from_slice(&BACKEND_MACS[i]);
+        let (action, back) = lb.run(&reply);
+        assert_eq!(action, XDP_TX, "{vip}: reply");
+        assert_eq!(src_ip(&back), vip_ip.parse::<IpAddr>().unwrap());
+        assert_eq!(ports(&back), (80, 40000));
+        assert_eq!(back[0..6], CLIENT_MAC);
+        assert_checksums(&back);
+    }
+}
+
+#[test]
+fn dsr_rewrites_only_the_mac_and_udp_works() {
+    let mut lb = setup();
+    lb.vip("198.51.100.20:53/udp", Mode::Dsr, false);
+    for b in ["203.0.113.11:53", "203.0.113.12:53"] {
+        lb.backend("198.51.100.20:53/udp", b, 1);
+    }
+    let input = lb.frame(Pkt::udp("192.0.2.2", "198.51.100.20", 5353, 53));
+    let (action, out) = lb.run(&input);
+    assert_eq!(action, XDP_TX);
+    backend_index(&out);
+    assert_eq!(out[6..12], lb.mac);
+    assert_eq!(
+        out[12..],
+        input[12..],
+        "nothing but the MACs changes in dsr"
+    );
+    lb.vip("[2001:db8:f::20]:443/tcp", Mode::Dsr, false);
+    lb.backend("[2001:db8:f::20]:443/tcp", "[2001:db8:b::12]:443", 1);
+    let input = lb.frame(Pkt::tcp("2001:db8:c::2", "2001:db8:f::20", 40000, 443));
+    let (action, out) = lb.run(&input);
+    assert_eq!((action, backend_index(&out)), (XDP_TX, 1));
+    assert_eq!(out[12..], input[12..]);
+}
+
+#[test]
+fn flows_stay_when_the_pool_changes_and_move_when_their_backend_goes() {
+    let mut lb = setup();
+    let vip = "198.51.100.30:80/tcp";
+    lb.vip(vip, Mode::Nat, false);
+    for b in ["203.0.113.11:80", "203.0.113.12:80", "203.0.113.13:80"] {
+        lb.backend(vip, b, 1);
+    }
+    let flows: Vec<Vec<u8>> = (0..200)
+        .map(|p| lb.frame(Pkt::tcp("192.0.2.2", "198.51.100.30", 20000 + p, 80)))
+        .collect();
+    let first: Vec<usize> = flows.iter().map(|f| backend_index(&lb.run(f).1)).collect();
+    // Adding a backend changes the table, not the established flows.
+    lb.backend(vip, "203.0.113.14:80", 1);
+    let after_add: Vec<usize> = flows.iter().map(|f| backend_index(&lb.run(f).1)).collect();
+    assert_eq!(first, after_add, "established flows keep their backend");
+    // Removing a backend moves only its flows.
+    lb.del_backend(vip, "203.0.113.12:80");
+    let after_del: Vec<usize> = flows.iter().map(|f| backend_index(&lb.run(f).1)).collect();
+    for (a, b) in first.iter().zip(&after_del) {
+        if *a == 1 {
+            assert_ne!(*b, 1, "a flow of the removed backend is rescheduled");
+        } else {
+            assert_eq!(a, b, "other flows stay");
+        }
+    }
+}
+
+#[test]
+fn new_flows_follow_the_weights() {
+    let mut lb = setup();
+    let vip = "198.51.100.40:80/tcp";
+    lb.vip(vip, Mode::Nat, false);
+    lb.backend(vip, "203.0.113.11:80", 1);
+    lb.backend(vip, "203.0.113.12:80", 1);
+    lb.backend(vip, "203.0.113.13:80", 2);
+    let mut count = [0u32; 4];
+    for p in 0..4000u16 {
+        let f = lb.frame(Pkt::tcp("192.0.2.2", "198.51.100.40", 10000 + p, 80));
+        count[backend_index(&lb.run(&f).1)] += 1;
+    }
+    for (i, share) in [(0, 0.25), (1, 0.25), (2, 0.5)] {
+        let got = count[i] as f64 / 4000.0;
+        assert!(
+            (got - share).abs() <= share * 0.15,
+            "backend {i}: {got:.3} of flows, want {share}"
+        );
+    }
+    // Source affinity: every flow of one client lands on one backend.
+    let vip = "198.51.100.41:80/tcp";
+    lb.vip(vip, Mode::Nat, true);
+    for b in ["203.0.113.11:80", "203.0.113.12:80", "203.0.113.13:80"] {
+        lb.backend(vip, b, 1);
+    }
+    let picks: std::collections::HashSet<usize> = (0..50u16)
+        .map(|p| {
+            backend_index(
+                &lb.run(&lb.frame(Pkt::tcp("192.0.2.2", "198.51.100.41", 30000 + p, 80)))
+                    .1,
+            )
+        })
+        .collect();
+    assert_eq!(picks.len(), 1);
+}
+
+#[test]
+fn echo_no_backend_and_other_traffic() {
+    let mut lb = setup();
+    lb.vip("198.51.100.50:80/tcp", Mode::Nat, false);
+    // No backend yet: dropped and counted.
+    let f = lb.frame(Pkt::tcp("192.0.2.2", "198.51.100.50", 40000, 80));
+    assert_eq!(lb.run(&f).0, XDP_DROP);
+    // Echo requests to the service address are answered.
+    let ping = lb.frame(Pkt::ping("192.0.2.2", "198.51.100.50"));
+    let (action, out) = lb.run(&ping);
+    assert_eq!(action, XDP_TX);
+    assert_eq!(out[0..6], CLIENT_MAC);
+    assert_eq!(src_ip(&out), "198.51.100.50".parse::<IpAddr>().unwrap());
+    assert_eq!(out[34], 0, "echo reply");
+    assert_checksums(&out);
+    // Another port of the address, and other addresses: not ours, passed.
+    let other = lb.frame(Pkt::tcp("192.0.2.2", "198.51.100.50", 40000, 81));
+    assert_eq!(lb.run(&other).0, XDP_PASS);
+    let other = lb.frame(Pkt::udp("192.0.2.2", "198.51.100.99", 40000, 80));
+    assert_eq!(lb.run(&other).0, XDP_PASS);
+    // The firewall still comes first.
+    lb.fx.rules(&["deny 192.0.2.0/24"]);
+    lb.backend("198.51.100.50:80/tcp", "203.0.113.11:8080", 1);
+    assert_eq!(lb.run(&f).0, XDP_DROP);
+}
