@@ -136,10 +136,24 @@ mod tests {
         rules
             .remove(&Match::ExceptPort("22/tcp".parse().unwrap()))
             .unwrap();
-        let back = parse(&render(&rules)).unwrap();
-        assert_eq!(render(&back), render(&rules));
-        assert_eq!(back.default_policy, Action::Deny);
-        assert_eq!(back.rules().map(|r| r.id).collect::<Vec<_>>(), vec![1, 3]);
+        let mut services = Services::default();
+        services
+            .parse_line("service 192.0.2.10:80/tcp nat")
+            .unwrap();
+        services
+            .parse_line("backend 192.0.2.10:80/tcp 203.0.113.11:8080 weight=3")
+            .unwrap();
+        let back = parse(&render(&rules, &services)).unwrap();
+        assert_eq!(
+            render(&back.rules, &back.services),
+            render(&rules, &services)
+        );
+        assert_eq!(back.rules.default_policy, Action::Deny);
+        assert_eq!(
+            back.rules.rules().map(|r| r.id).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
+        assert_eq!(back.services, services);
     }
 
     #[test]

@@ -181,6 +181,65 @@ pub fn enter(ns_path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Answers requests on one connection until the client closes it (keep-alive).
+fn serve_conn(mut s: std::net::TcpStream, body: &str) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut buf = [0u8; 4096];
+    let mut got = Vec::new();
+    loop {
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        let end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        got.drain(..end);
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if s.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// One GET on an open connection; the body.
+pub fn http_get(s: &mut std::net::TcpStream) -> Result<String> {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: xlb\r\n\r\n")?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            bail!("connection closed");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(h) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..h]).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .context("no Content-Length")?;
+            if buf.len() >= h + 4 + len {
+                return Ok(String::from_utf8_lossy(&buf[h + 4..h + 4 + len]).to_string());
+            }
+        }
+    }
+}
+
+/// Runs `f` on a thread inside `ns` (real sockets of that namespace) and returns its
+/// result.
+pub fn in_ns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let path = ns.path();
+    std::thread::spawn(move || enter(&path).map(|_| f()))
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread in namespace panicked"))?
+}
+
 impl HttpServer {
     pub fn start(ns: &Netns, addr: &str, body: &str) -> Result<Self> {
         let addr: SocketAddr = addr.parse().context("server address")?;
@@ -205,22 +264,9 @@ impl HttpServer {
             };
             while !flag.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((mut s, _)) => {
-                        let _ = s.set_nonblocking(false);
-                        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                        let mut buf = [0u8; 4096];
-                        let mut got = Vec::new();
-                        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match s.read(&mut buf) {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => got.extend_from_slice(&buf[..n]),
-                            }
-                        }
-                        let resp = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                            body.len()
-                        );
-                        let _ = s.write_all(resp.as_bytes());
+                    Ok((s, _)) => {
+                        let body = body.clone();
+                        std::thread::spawn(move || serve_conn(s, &body));
                     }
                     // Nothing pending: wait a little for the next connection.
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),

@@ -336,31 +336,6 @@ impl Pkt {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ipv4_tcp_frame_has_valid_checksums() {
-        let f = Pkt::tcp("192.0.2.1", "198.51.100.1", 1234, 80).build();
-        assert_eq!(f.len(), 14 + 20 + 20 + 3);
-        assert_eq!(checksum(&f[14..34], 0), 0);
-        let p = Pkt::tcp("192.0.2.1", "198.51.100.1", 1234, 80);
-        assert_eq!(checksum(&f[34..], p.pseudo_sum(23)), 0);
-    }
-
-    #[test]
-    fn ipv6_extension_chain_links_up() {
-        let f = Pkt::udp("2001:db8::1", "2001:db8::2", 1, 53)
-            .ext(0, 0)
-            .ipv6_fragment(0, true)
-            .build();
-        assert_eq!(f[14 + 6], 0); // hop-by-hop first
-        assert_eq!(f[14 + 40], 44); // then fragment
-        assert_eq!(f[14 + 48], 17); // then UDP
-    }
-}
-
 /// Checks a frame's IPv4 header checksum (if IPv4) and its TCP/UDP/ICMP checksum.
 /// Untagged frames only. Panics with what is wrong.
 pub fn assert_checksums(f: &[u8]) {
@@ -395,4 +370,29 @@ pub fn assert_checksums(f: &[u8]) {
         0,
         "layer-4 checksum (protocol {proto})"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_tcp_frame_has_valid_checksums() {
+        let f = Pkt::tcp("192.0.2.1", "198.51.100.1", 1234, 80).build();
+        assert_eq!(f.len(), 14 + 20 + 20 + 3);
+        assert_eq!(checksum(&f[14..34], 0), 0);
+        let p = Pkt::tcp("192.0.2.1", "198.51.100.1", 1234, 80);
+        assert_eq!(checksum(&f[34..], p.pseudo_sum(23)), 0);
+    }
+
+    #[test]
+    fn ipv6_extension_chain_links_up() {
+        let f = Pkt::udp("2001:db8::1", "2001:db8::2", 1, 53)
+            .ext(0, 0)
+            .ipv6_fragment(0, true)
+            .build();
+        assert_eq!(f[14 + 6], 0); // hop-by-hop first
+        assert_eq!(f[14 + 40], 44); // then fragment
+        assert_eq!(f[14 + 48], 17); // then UDP
+    }
 }

@@ -27,6 +27,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("setpriv", "util-linux"),
     ("mount", "mount"),
     ("sysctl", "procps"),
+    ("ethtool", "ethtool"),
 ];
 const CLIPPY_DRIVER: &str = "/usr/bin/clippy-driver";
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -1,0 +1,179 @@
+//! The reference topology in namespaces: a client and backends on one switch with the
+//! xlb edge (one-armed: every frame crosses the edge's one interface).
+//!
+//! ```text
+//!   client 192.0.2.2, 2001:db8:c::2 ──┐
+//!                                     ├── switch (bridge) ── edge: xlb on x0
+//!   web1..webN 203.0.113.11.., 2001:db8:b::11.. ┘   192.0.2.1, 203.0.113.1,
+//!                                                    2001:db8:c::1, 2001:db8:b::1
+//! ```
+//! Service addresses live in 198.51.100.0/24 and 2001:db8:f::/48, routed via the edge.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::netns::{HttpServer, Netns, TestDir, in_ns, veth};
+
+pub struct Topology {
+    // Drop order: servers, the peer program, namespaces, then the directory.
+    pub servers: Vec<HttpServer>,
+    _peer_xdp: aya::Ebpf,
+    pub client: Netns,
+    pub edge: Netns,
+    pub backends: Vec<Netns>,
+    pub switch: Netns,
+    pub dir: TestDir,
+}
+
+/// Backend i (0-based) addresses.
+pub fn backend_v4(i: usize) -> String {
+    format!("203.0.113.{}", 11 + i)
+}
+pub fn backend_v6(i: usize) -> String {
+    format!("2001:db8:b::{}", 11 + i)
+}
+
+impl Topology {
+    /// `n` backends, each with an HTTP server on `port` answering "web<i+1>". For dsr
+    /// the backends hold `vips` on their loopback and reach the client directly.
+    pub fn build(tag: &str, n: usize, port: u16, dsr_vips: &[&str]) -> Result<Self> {
+        let dir = TestDir::new(tag)?;
+        let switch = Netns::new("sw")?;
+        switch.run(&["ip", "link", "add", "br0", "type", "bridge"])?;
+        switch.run(&["ip", "link", "set", "br0", "up"])?;
+        let client = Netns::new("client")?;
+        veth(
+            &client,
+            "c0",
+            &["192.0.2.2/24", "2001:db8:c::2/64"],
+            &switch,
+            "sw-c",
+            &[],
+        )?;
+        // Veths offload TCP/UDP checksums to nobody: a frame leaves with only the
+        // pseudo-header sum, which XDP on the edge cannot tell from a full one. Real
+        // NICs fill them in; here the senders must.
+        client.run(&["ethtool", "-K", "c0", "tx", "off"])?;
+        client.run(&["ip", "route", "add", "198.51.100.0/24", "via", "192.0.2.1"])?;
+        client.run(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "2001:db8:f::/48",
+            "via",
+            "2001:db8:c::1",
+        ])?;
+        let edge = Netns::new("edge")?;
+        veth(
+            &edge,
+            "x0",
+            &[
+                "192.0.2.1/24",
+                "203.0.113.1/24",
+                "2001:db8:c::1/64",
+                "2001:db8:b::1/64",
+            ],
+            &switch,
+            "sw-x",
+            &[],
+        )?;
+        for k in [
+            "net.ipv4.conf.all.forwarding=1",
+            "net.ipv4.conf.x0.forwarding=1",
+            "net.ipv6.conf.all.forwarding=1",
+        ] {
+            edge.run(&["sysctl", "-qw", k])?;
+        }
+        // Frames xlb sends back out (XDP_TX) reach the veth peer as XDP frames, which it
+        // delivers only if it runs an XDP program itself: give it one that passes all.
+        let peer_xdp = in_ns(&switch, || -> Result<aya::Ebpf> {
+            let mut obj = aya::Ebpf::load(xlb::object::BENCH)?;
+            let prog: &mut aya::programs::Xdp = obj
+                .program_mut("bench_floor")
+                .context("bench_floor")?
+                .try_into()?;
+            prog.load()?;
+            prog.attach("sw-x", aya::programs::XdpMode::Driver)?;
+            Ok(obj)
+        })??;
+        let mut backends = Vec::new();
+        let mut servers = Vec::new();
+        for i in 0..n {
+            let b = Netns::new(&format!("web{}", i + 1))?;
+            let v4 = format!("{}/24", backend_v4(i));
+            let v6 = format!("{}/64", backend_v6(i));
+            veth(&b, "w0", &[&v4, &v6], &switch, &format!("sw-b{i}"), &[])?;
+            b.run(&["ethtool", "-K", "w0", "tx", "off"])?;
+            if dsr_vips.is_empty() {
+                b.run(&["ip", "route", "add", "default", "via", "203.0.113.1"])?;
+                b.run(&[
+                    "ip",
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    "2001:db8:b::1",
+                ])?;
+            } else {
+                for vip in dsr_vips {
+                    let plen = if vip.contains(':') { "128" } else { "32" };
+                    b.run(&["ip", "addr", "add", &format!("{vip}/{plen}"), "dev", "lo"])?;
+                }
+                // Answer clients directly, and never answer ARP for the service address.
+                b.run(&["ip", "route", "add", "192.0.2.0/24", "dev", "w0"])?;
+                b.run(&["ip", "-6", "route", "add", "2001:db8:c::/64", "dev", "w0"])?;
+                b.run(&["sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1"])?;
+                b.run(&["sysctl", "-qw", "net.ipv4.conf.all.arp_announce=2"])?;
+            }
+            servers.push(HttpServer::start(
+                &b,
+                &format!("[::]:{port}"),
+                &format!("web{}", i + 1),
+            )?);
+            backends.push(b);
+        }
+        for port in ["sw-c", "sw-x"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain((0..n).map(|i| format!("sw-b{i}")))
+        {
+            switch.run(&["ip", "link", "set", &port, "master", "br0"])?;
+        }
+        Ok(Topology {
+            servers,
+            _peer_xdp: peer_xdp,
+            client,
+            edge,
+            backends,
+            switch,
+            dir,
+        })
+    }
+
+    /// Waits until the edge has a resolved neighbour entry for every address given
+    /// (xlb's FIB lookups need them; adding a backend makes the kernel resolve it).
+    pub fn wait_neighbours(&self, addrs: &[String]) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let table = self.edge.run(&["ip", "neigh", "show", "dev", "x0"])?;
+            let ready = addrs.iter().all(|a| {
+                table.lines().any(|l| {
+                    l.split_whitespace().next() == Some(a.as_str())
+                        && l.contains("lladdr")
+                        && !l.contains("FAILED")
+                        && !l.contains("INCOMPLETE")
+                })
+            });
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the edge did not resolve {addrs:?}: {table}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

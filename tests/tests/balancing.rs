@@ -1,0 +1,161 @@
+//! End to end: a client, the xlb edge and backends in namespaces, real HTTP over TCP,
+//! for each forwarding mode and both address families.
+
+use std::{
+    collections::HashMap,
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use xlb_tests::{
+    netns::{Daemon, http_get, in_ns},
+    topology::{Topology, backend_v4, backend_v6},
+};
+
+/// Connections per distribution check: with random source ports, a backend's share
+/// stays within 15% of its weight's with a margin of over 3.5 standard deviations.
+const CONNECTIONS: usize = 1200;
+
+fn cli(xlb: &Daemon, args: &[&str]) {
+    let out = xlb.cli(args);
+    assert!(
+        out.status.success(),
+        "xlb {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// CONNECTIONS connections from the client, one GET each: responses per backend.
+fn spread(t: &Topology, vip: SocketAddr) -> HashMap<String, usize> {
+    in_ns(&t.client, move || {
+        let mut count = HashMap::new();
+        for _ in 0..CONNECTIONS {
+            let mut s = TcpStream::connect_timeout(&vip, Duration::from_secs(3))
+                .expect("connect to the service");
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            *count
+                .entry(http_get(&mut s).expect("a response"))
+                .or_insert(0) += 1;
+        }
+        count
+    })
+    .unwrap()
+}
+
+fn assert_even(count: &HashMap<String, usize>, backends: usize, what: &str) {
+    let share = CONNECTIONS as f64 / backends as f64;
+    for i in 1..=backends {
+        let got = *count.get(&format!("web{i}")).unwrap_or(&0) as f64;
+        assert!(
+            (got - share).abs() <= share * 0.15,
+            "{what}: web{i} got {got} of {CONNECTIONS}: {count:?}"
+        );
+    }
+}
+
+fn run_mode(mode: &str, port: u16, vip4: &str, vip6: &str) {
+    let dsr = mode == "dsr";
+    let vips: Vec<&str> = if dsr { vec![vip4, vip6] } else { vec![] };
+    let t = Topology::build(mode, 4, port, &vips).unwrap();
+    let xlb = Daemon::start(&t.edge, "x0", &t.dir, &[]).unwrap();
+    let (svc4, svc6) = (format!("{vip4}:80/tcp"), format!("[{vip6}]:80/tcp"));
+    cli(&xlb, &["vip", "add", &svc4, "--mode", mode]);
+    cli(&xlb, &["vip", "add", &svc6, "--mode", mode]);
+    let mut addrs = Vec::new();
+    for i in 0..3 {
+        cli(
+            &xlb,
+            &[
+                "backend",
+                "add",
+                &svc4,
+                &format!("{}:{port}", backend_v4(i)),
+            ],
+        );
+        cli(
+            &xlb,
+            &[
+                "backend",
+                "add",
+                &svc6,
+                &format!("[{}]:{port}", backend_v6(i)),
+            ],
+        );
+        addrs.push(backend_v4(i));
+        addrs.push(backend_v6(i));
+    }
+    t.wait_neighbours(&addrs).unwrap();
+
+    // curl, the real client, gets an answer from a backend.
+    let body = t.client.curl(&format!("http://{vip4}/")).unwrap();
+    assert!(body.starts_with("web"), "{mode}: {body}");
+    let body = t.client.curl(&format!("http://[{vip6}]/")).unwrap();
+    assert!(body.starts_with("web"), "{mode}: {body}");
+
+    let v4: SocketAddr = format!("{vip4}:80").parse().unwrap();
+    let v6: SocketAddr = format!("[{vip6}]:80").parse().unwrap();
+    assert_even(&spread(&t, v4), 3, &format!("{mode} IPv4"));
+    assert_even(&spread(&t, v6), 3, &format!("{mode} IPv6"));
+
+    // A long-lived connection keeps working while a backend is added and another one
+    // is removed.
+    let mut conn = in_ns(&t.client, move || {
+        TcpStream::connect_timeout(&v4, Duration::from_secs(3))
+    })
+    .unwrap()
+    .unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let first = http_get(&mut conn).unwrap();
+    cli(
+        &xlb,
+        &[
+            "backend",
+            "add",
+            &svc4,
+            &format!("{}:{port}", backend_v4(3)),
+        ],
+    );
+    assert_eq!(
+        http_get(&mut conn).unwrap(),
+        first,
+        "{mode}: after a backend was added"
+    );
+    let other = (0..3).find(|i| format!("web{}", i + 1) != first).unwrap();
+    cli(
+        &xlb,
+        &[
+            "backend",
+            "del",
+            &svc4,
+            &format!("{}:{port}", backend_v4(other)),
+        ],
+    );
+    assert_eq!(
+        http_get(&mut conn).unwrap(),
+        first,
+        "{mode}: after another backend was removed"
+    );
+
+    let stats = xlb.json(&["stats", "--json"]);
+    let balanced = stats["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["reason"] == "balanced")
+        .map(|r| r["packets"].as_u64().unwrap())
+        .sum::<u64>();
+    assert!(
+        balanced >= 2 * CONNECTIONS as u64,
+        "{mode}: balanced packets counted: {balanced}"
+    );
+}
+
+#[test]
+fn nat_balances_real_tcp_ipv4_and_ipv6() {
+    run_mode("nat", 8080, "198.51.100.10", "2001:db8:f::10");
+}
+
+#[test]
+fn dsr_balances_real_tcp_ipv4_and_ipv6() {
+    run_mode("dsr", 80, "198.51.100.20", "2001:db8:f::20");
+}
