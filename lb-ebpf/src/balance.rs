@@ -2,6 +2,10 @@
 //! has (flow table) or, for a new flow, to the one the service's Maglev table picks;
 //! a nat reply from a backend is rewritten back to the service address.
 
+// Map keys and values go by reference: passing them by value (as clippy suggests for
+// `impl Borrow` arguments) copies them onto the 512-byte stack, which is full.
+#![allow(clippy::needless_borrows_for_generic_args)]
+
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
 use lb_common::*;
 
