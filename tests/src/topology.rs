@@ -3,6 +3,7 @@
 //!
 //! ```text
 //!   client 192.0.2.2, 2001:db8:c::2 ──┐
+//!   attacker 192.0.2.166 ─────────────┤
 //!                                     ├── switch (bridge) ── edge: xlb on x0
 //!   web1..webN 203.0.113.11.., 2001:db8:b::11.. ┘   192.0.2.1, 203.0.113.1,
 //!                                                    2001:db8:c::1, 2001:db8:b::1
@@ -20,6 +21,8 @@ pub struct Topology {
     pub servers: Vec<HttpServer>,
     _peer_xdp: aya::Ebpf,
     pub client: Netns,
+    /// A host on the client side that the firewall is meant to stop.
+    pub attacker: Netns,
     pub edge: Netns,
     pub backends: Vec<Netns>,
     pub switch: Netns,
@@ -65,6 +68,9 @@ impl Topology {
             "via",
             "2001:db8:c::1",
         ])?;
+        let attacker = Netns::new("attacker")?;
+        veth(&attacker, "a0", &["192.0.2.166/24"], &switch, "sw-a", &[])?;
+        attacker.run(&["ip", "route", "add", "198.51.100.0/24", "via", "192.0.2.1"])?;
         let edge = Netns::new("edge")?;
         veth(
             &edge,
@@ -135,7 +141,7 @@ impl Topology {
             )?);
             backends.push(b);
         }
-        for port in ["sw-c", "sw-x"]
+        for port in ["sw-c", "sw-a", "sw-x"]
             .iter()
             .map(|s| s.to_string())
             .chain((0..n).map(|i| format!("sw-b{i}")))
@@ -146,6 +152,7 @@ impl Topology {
             servers,
             _peer_xdp: peer_xdp,
             client,
+            attacker,
             edge,
             backends,
             switch,

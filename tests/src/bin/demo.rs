@@ -1,25 +1,32 @@
-//! `cargo xtask demo`: a small edge in network namespaces, with xlb in front of a web
-//! server. A client and an attacker share a switch with the edge; xlb loads its embedded
-//! default rules, then the demo shows allowed and denied traffic, a live rule change and
-//! the counters. Everything it creates is removed when it stops (Ctrl-C or --duration).
+//! `cargo xtask demo`: the reference edge in network namespaces. A client and an
+//! attacker share a switch with the xlb edge and three web servers; xlb loads its
+//! embedded default rules, balances a service over web1..web3 (nat), drops the attacker
+//! in XDP, answers pings to the service address, and counts everything. All of it is
+//! removed when the demo stops (Ctrl-C or --duration).
 //!
 //! ```text
-//!   client 192.0.2.2 ──┐
-//!                      ├── switch (bridge) ── edge: xlb on x0, web server :80
-//!   attacker 203.0.113.66 ┘                   192.0.2.1, 203.0.113.1
+//!   client   192.0.2.2   ─┐                      ┌─ web1 203.0.113.11:8080
+//!   attacker 192.0.2.166 ─┼─ switch ─ edge (xlb) ─┼─ web2 203.0.113.12:8080
+//!                         │   service 198.51.100.10:80/tcp └─ web3 203.0.113.13:8080
 //! ```
 
 use std::{
+    collections::BTreeMap,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use xlb_tests::netns::{Daemon, HttpServer, Netns, TestDir, veth};
+use xlb_tests::{
+    netns::{Daemon, Netns},
+    topology::{Topology, backend_v4},
+};
 
 /// The rules the demo edge starts with (embedded in the binary).
 const EDGE_RULES: &str = include_str!("../../demo/edge.rules");
+const SERVICE: &str = "198.51.100.10:80/tcp";
+const URL: &str = "http://198.51.100.10/";
 
 #[derive(Parser)]
 struct Args {
@@ -48,17 +55,27 @@ fn show(xlb: &Daemon, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn probe(who: &str, ns: &Netns, url: &str) -> bool {
+fn probe(who: &str, ns: &Netns, url: &str) -> Option<String> {
     match ns.curl(url) {
         Ok(body) => {
-            println!("  {who:<9} curl {url:<22} -> 200 \"{body}\"");
-            true
+            println!("  {who:<9} curl {url:<24} -> 200 \"{body}\"");
+            Some(body)
         }
         Err(_) => {
-            println!("  {who:<9} curl {url:<22} -> no answer (dropped by xlb)");
-            false
+            println!("  {who:<9} curl {url:<24} -> no answer (dropped by xlb)");
+            None
         }
     }
+}
+
+/// `n` requests from the client: who answered how often.
+fn spread(client: &Netns, n: usize) -> BTreeMap<String, usize> {
+    let mut count = BTreeMap::new();
+    for _ in 0..n {
+        let who = client.curl(URL).unwrap_or_else(|_| "(no answer)".into());
+        *count.entry(who).or_insert(0) += 1;
+    }
+    count
 }
 
 fn main() -> Result<()> {
@@ -75,71 +92,101 @@ fn main() -> Result<()> {
         );
     }
 
-    step("building the topology in network namespaces");
-    let dir = TestDir::new("demo")?;
-    let switch = Netns::new("switch")?;
-    let client = Netns::new("client")?;
-    let attacker = Netns::new("attacker")?;
-    let edge = Netns::new("edge")?;
-    switch.run(&["ip", "link", "add", "br0", "type", "bridge"])?;
-    switch.run(&["ip", "link", "set", "br0", "up"])?;
-    veth(&client, "c0", &["192.0.2.2/24"], &switch, "sw-c", &[])?;
-    veth(&attacker, "a0", &["203.0.113.66/24"], &switch, "sw-a", &[])?;
-    veth(
-        &edge,
-        "x0",
-        &["192.0.2.1/24", "203.0.113.1/24"],
-        &switch,
-        "sw-x",
-        &[],
-    )?;
-    for port in ["sw-c", "sw-a", "sw-x"] {
-        switch.run(&["ip", "link", "set", port, "master", "br0"])?;
-    }
-    let _web = HttpServer::start(&edge, "0.0.0.0:80", "hello from the edge's web server")?;
-    println!("  client   192.0.2.2     ({})", client.name);
-    println!("  attacker 203.0.113.66  ({})", attacker.name);
+    step("building the reference topology in network namespaces");
+    let t = Topology::build("demo", 3, 8080, &[])?;
+    println!("  client   192.0.2.2     ({})", t.client.name);
+    println!("  attacker 192.0.2.166   ({})", t.attacker.name);
     println!(
-        "  edge     192.0.2.1, 203.0.113.1, web server on :80, xlb on x0 ({})",
-        edge.name
+        "  edge     xlb on x0: 192.0.2.1 (clients), 203.0.113.1 (servers)   ({})",
+        t.edge.name
     );
+    for (i, b) in t.backends.iter().enumerate() {
+        println!(
+            "  web{}     {}:8080, answers \"web{}\"   ({})",
+            i + 1,
+            backend_v4(i),
+            i + 1,
+            b.name
+        );
+    }
 
-    step("starting xlb on the edge's x0 (native XDP)");
-    let xlb = Daemon::start(&edge, "x0", &dir, &[])?;
+    step("starting xlb on the edge (native XDP on x0)");
+    let xlb = Daemon::start(&t.edge, "x0", &t.dir, &[])?;
     println!("  xlb run --iface x0   (log: {})", xlb.log.display());
-    probe("client", &client, "http://192.0.2.1/");
-    probe("attacker", &attacker, "http://203.0.113.1/");
 
-    step("loading the embedded default rules");
-    let rules = dir.path.join("edge.rules");
+    step("the firewall: embedded default rules");
+    let rules = t.dir.path.join("edge.rules");
     std::fs::write(&rules, EDGE_RULES).context("writing the rules file")?;
     show(&xlb, &["fw", "load", rules.to_str().unwrap()])?;
     show(&xlb, &["fw", "except", "22/tcp"])?;
-    show(&xlb, &["fw", "port", "deny", "23/tcp", "6000-6063/tcp"])?;
+    show(&xlb, &["fw", "port", "deny", "23/tcp"])?;
     show(&xlb, &["fw", "list"])?;
 
-    step("traffic: the client is served, the attacker is dropped in XDP");
-    probe("client", &client, "http://192.0.2.1/");
-    probe("attacker", &attacker, "http://203.0.113.1/");
-    println!("  attacker ping flood: 2000 echo requests, 1 ms apart (bounded to 5 s)");
-    let _ = attacker.run(&[
+    step("the load balancer: one service over web1..web3 (nat: replies come back through xlb)");
+    show(&xlb, &["vip", "add", SERVICE, "--mode", "nat"])?;
+    let mut addrs = Vec::new();
+    for i in 0..3 {
+        show(
+            &xlb,
+            &[
+                "backend",
+                "add",
+                SERVICE,
+                &format!("{}:8080", backend_v4(i)),
+            ],
+        )?;
+        addrs.push(backend_v4(i));
+    }
+    t.wait_neighbours(&addrs)?;
+    show(&xlb, &["vip", "list"])?;
+
+    step("traffic: requests spread over the web servers, the attacker is dropped in XDP");
+    for (who, n) in spread(&t.client, 30) {
+        println!("  client: {n:>2} of 30 requests answered by {who}");
+    }
+    probe("attacker", &t.attacker, URL);
+    println!("  attacker ping flood: 1000 echo requests, 1 ms apart (bounded to 5 s)");
+    let _ = t.attacker.run(&[
         "ping",
         "-q",
         "-i",
         "0.001",
         "-c",
-        "2000",
+        "1000",
         "-w",
         "5",
-        "203.0.113.1",
+        "198.51.100.10",
     ]);
+    let ping = t
+        .client
+        .ok(&["ping", "-c", "1", "-W", "2", "198.51.100.10"]);
+    println!(
+        "  client ping 198.51.100.10 -> {}",
+        if ping {
+            "answered by xlb itself"
+        } else {
+            "no answer"
+        }
+    );
     show(&xlb, &["stats"])?;
 
-    step("a live change: deny the client, then remove the rule (no restart)");
+    step("live changes: deny the client, remove it again, take web2 out of the pool");
     show(&xlb, &["fw", "deny", "192.0.2.2/32"])?;
-    probe("client", &client, "http://192.0.2.1/");
+    probe("client", &t.client, URL);
     show(&xlb, &["fw", "del", "192.0.2.2/32"])?;
-    probe("client", &client, "http://192.0.2.1/");
+    probe("client", &t.client, URL);
+    show(
+        &xlb,
+        &[
+            "backend",
+            "del",
+            SERVICE,
+            &format!("{}:8080", backend_v4(1)),
+        ],
+    )?;
+    for (who, n) in spread(&t.client, 20) {
+        println!("  client: {n:>2} of 20 requests answered by {who}");
+    }
 
     let until = args
         .duration
@@ -151,19 +198,21 @@ fn main() -> Result<()> {
     let started = Instant::now();
     let (mut ok, mut blocked) = (0u64, 0u64);
     while !STOP.load(Ordering::Relaxed) && until.is_none_or(|u| Instant::now() < u) {
-        ok += client.curl("http://192.0.2.1/").is_ok() as u64;
-        blocked += attacker.curl("http://203.0.113.1/").is_err() as u64;
+        ok += t.client.curl(URL).is_ok() as u64;
+        blocked += t.attacker.curl(URL).is_err() as u64;
         let v = xlb.json(&["stats", "--json"]);
         println!(
-            "  t={:>3}s client served {ok}, attacker blocked {blocked}; xlb passed {} and dropped {} packets",
+            "  t={:>3}s client served {ok}, attacker blocked {blocked}; xlb passed {}, forwarded {}, dropped {} packets",
             started.elapsed().as_secs(),
             v["verdicts"]["pass"]["packets"],
+            v["verdicts"]["tx"]["packets"],
             v["verdicts"]["drop"]["packets"]
         );
     }
 
     step("cleaning up: stopping xlb (it detaches), removing namespaces and pins");
     drop(xlb);
+    drop(t);
     println!("  done; nothing is left behind");
     Ok(())
 }
