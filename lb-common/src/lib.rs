@@ -97,7 +97,7 @@ pub const MAX_BACKENDS: u32 = 65536;
 /// Maglev table entries over all services (two tables of 65537 per service for
 /// 64 services: a new table is written beside the old one, then switched to).
 pub const MAGLEV_POOL: u32 = 1 << 23;
-/// Default flow-table size (LRU, shared by all CPUs; `xlb run --flows` changes it).
+/// Flow-table size (LRU, shared by all CPUs).
 pub const DEFAULT_FLOWS: u32 = 1 << 18;
 /// IPv6 extension headers walked before the packet is called malformed.
 pub const MAX_IPV6_EXT_HEADERS: usize = 8;
