@@ -251,9 +251,6 @@ impl Services {
         if self.by_vip.contains_key(&vip) {
             return Err(ServiceError::DuplicateService(vip.to_string()));
         }
-        if mode == Mode::Dsr && vip.port.is_none() {
-            // Fine: DSR never rewrites ports.
-        }
         self.by_vip.insert(
             vip,
             ServiceConf {
