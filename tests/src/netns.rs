@@ -290,6 +290,78 @@ impl Drop for HttpServer {
     }
 }
 
+/// A UDP server in a namespace answering every datagram with `body` (from the address
+/// it is bound to: for dsr, bind the service address so replies come from it).
+pub struct UdpServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpServer {
+    pub fn start(ns: &Netns, addr: &str, body: &str) -> Result<Self> {
+        let addr: SocketAddr = addr.parse().context("server address")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let (path, body, flag) = (ns.path(), body.to_string(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let sock = enter(&path).and_then(|_| {
+                let s =
+                    std::net::UdpSocket::bind(addr).with_context(|| format!("binding {addr}"))?;
+                s.set_read_timeout(Some(Duration::from_millis(50)))?;
+                Ok(s)
+            });
+            let sock = match sock {
+                Ok(s) => {
+                    let _ = tx.send(Ok(()));
+                    s
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            let mut buf = [0u8; 2048];
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok((_, peer)) = sock.recv_from(&mut buf) {
+                    let _ = sock.send_to(body.as_bytes(), peer);
+                }
+            }
+        });
+        rx.recv().context("server thread")??;
+        Ok(UdpServer {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for UdpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One datagram to `to` from a fresh socket in the caller's namespace; the reply.
+pub fn udp_ask(to: SocketAddr) -> Result<String> {
+    let local: SocketAddr = if to.is_ipv4() {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
+    let s = std::net::UdpSocket::bind(local)?;
+    s.connect(to)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.send(b"who")?;
+    let mut buf = [0u8; 2048];
+    let n = s
+        .recv(&mut buf)
+        .with_context(|| format!("no UDP answer from {to}"))?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
 /// A private directory with a bpffs mounted inside (`bpffs/`), removed on drop.
 pub struct TestDir {
     pub path: PathBuf,

@@ -8,7 +8,7 @@ use std::{
 };
 
 use xlb_tests::{
-    netns::{Daemon, http_get, in_ns},
+    netns::{Daemon, UdpServer, http_get, in_ns, udp_ask},
     topology::{Topology, backend_v4, backend_v6},
 };
 
@@ -136,6 +136,38 @@ fn run_mode(mode: &str, port: u16, vip4: &str, vip6: &str) {
         "{mode}: after another backend was removed"
     );
 
+    // UDP: a DNS-like service on port 53 (dsr backends answer from the service address,
+    // so they bind it).
+    let (udp4, udp6) = (format!("{vip4}:53/udp"), format!("[{vip6}]:53/udp"));
+    cli(&xlb, &["vip", "add", &udp4, "--mode", mode]);
+    cli(&xlb, &["vip", "add", &udp6, "--mode", mode]);
+    let mut udp_servers = Vec::new();
+    for (i, b) in t.backends.iter().enumerate().take(3) {
+        let name = format!("web{}", i + 1);
+        if dsr {
+            udp_servers.push(UdpServer::start(b, &format!("{vip4}:53"), &name).unwrap());
+            udp_servers.push(UdpServer::start(b, &format!("[{vip6}]:53"), &name).unwrap());
+        } else {
+            udp_servers.push(UdpServer::start(b, "[::]:53", &name).unwrap());
+        }
+        cli(&xlb, &["backend", "add", &udp4, &backend_v4(i)]);
+        cli(&xlb, &["backend", "add", &udp6, &backend_v6(i)]);
+    }
+    for to in [format!("{vip4}:53"), format!("[{vip6}]:53")] {
+        let to: SocketAddr = to.parse().unwrap();
+        let answers: std::collections::BTreeSet<String> = in_ns(&t.client, move || {
+            (0..60)
+                .map(|_| udp_ask(to).expect("a UDP answer"))
+                .collect()
+        })
+        .unwrap();
+        assert!(
+            answers.len() >= 2,
+            "{mode} UDP {to}: answers from {answers:?}"
+        );
+        assert!(answers.iter().all(|a| a.starts_with("web")), "{answers:?}");
+    }
+
     let stats = xlb.json(&["stats", "--json"]);
     let balanced = stats["reasons"]
         .as_array()
@@ -151,11 +183,11 @@ fn run_mode(mode: &str, port: u16, vip4: &str, vip6: &str) {
 }
 
 #[test]
-fn nat_balances_real_tcp_ipv4_and_ipv6() {
+fn nat_balances_real_tcp_and_udp_ipv4_and_ipv6() {
     run_mode("nat", 8080, "198.51.100.10", "2001:db8:f::10");
 }
 
 #[test]
-fn dsr_balances_real_tcp_ipv4_and_ipv6() {
+fn dsr_balances_real_tcp_and_udp_ipv4_and_ipv6() {
     run_mode("dsr", 80, "198.51.100.20", "2001:db8:f::20");
 }
