@@ -287,8 +287,8 @@ impl Balancer {
             _pad: 0,
             table_offset: offset,
             table_size: size,
-            tcp_idle_secs: TCP_IDLE_SECS,
-            udp_idle_secs: UDP_IDLE_SECS,
+            tcp_idle_secs: conf.tcp_idle,
+            udp_idle_secs: conf.udp_idle,
         };
         std::sync::atomic::fence(Ordering::Release);
         self.services
@@ -340,10 +340,6 @@ impl Balancer {
         Ok(())
     }
 }
-
-/// Default idle timeouts: long enough for an idle SSH session to survive an hour.
-pub const TCP_IDLE_SECS: u32 = 2 * 3600;
-pub const UDP_IDLE_SECS: u32 = 30;
 
 /// Sends an empty datagram towards a backend so the kernel resolves its neighbour entry
 /// (the program's FIB lookup needs it).

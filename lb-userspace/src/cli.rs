@@ -73,6 +73,12 @@ pub enum VipCmd {
         /// Do not answer echo requests to the service address.
         #[arg(long)]
         no_echo: bool,
+        /// Seconds a TCP flow may idle before it is rescheduled (default 7200).
+        #[arg(long)]
+        tcp_idle: Option<u32>,
+        /// Seconds a UDP flow may idle before it is rescheduled (default 30).
+        #[arg(long)]
+        udp_idle: Option<u32>,
     },
     /// Remove a service and its backends.
     Del { vip: String },
@@ -219,11 +225,15 @@ pub fn main(cli: Cli) -> Result<()> {
                     mode,
                     affinity,
                     no_echo,
+                    tcp_idle,
+                    udp_idle,
                 } => Request::VipAdd {
                     vip,
                     mode,
                     affinity_source: affinity.is_some(),
                     echo: !no_echo,
+                    tcp_idle,
+                    udp_idle,
                 },
                 VipCmd::Del { vip } => Request::VipDel { vip },
                 VipCmd::List { json } => {

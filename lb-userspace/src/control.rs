@@ -55,6 +55,11 @@ pub enum Request {
         mode: Mode,
         affinity_source: bool,
         echo: bool,
+        /// Idle timeouts in seconds (None: the defaults).
+        #[serde(default)]
+        tcp_idle: Option<u32>,
+        #[serde(default)]
+        udp_idle: Option<u32>,
     },
     VipDel {
         vip: String,

@@ -155,10 +155,15 @@ impl Edge {
                 mode,
                 affinity_source,
                 echo,
+                tcp_idle,
+                udp_idle,
             } => {
                 let vip: Vip = vip.parse()?;
                 self.check_forwarding(&vip)?;
-                self.services_change(|s| s.add_service(vip, mode, affinity_source, echo))
+                self.services_change(|s| {
+                    s.add_service(vip, mode, affinity_source, echo)?;
+                    s.set_idle(&vip, tcp_idle, udp_idle)
+                })
             }
             Request::VipDel { vip } => {
                 let vip: Vip = vip.parse()?;
@@ -300,6 +305,8 @@ impl Edge {
                     "mode": s.mode,
                     "affinity": if s.affinity_source { "source" } else { "none" },
                     "echo": s.echo,
+                    "tcp_idle": s.tcp_idle,
+                    "udp_idle": s.udp_idle,
                     "backends": backends,
                 })
             })

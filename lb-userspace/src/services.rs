@@ -45,6 +45,11 @@ pub enum ServiceError {
 }
 
 pub const MAX_WEIGHT: u32 = 100;
+/// Default idle timeouts: an idle SSH session survives an hour; UDP flows are short.
+pub const DEFAULT_TCP_IDLE: u32 = 2 * 3600;
+pub const DEFAULT_UDP_IDLE: u32 = 30;
+/// The longest idle timeout accepted (a week).
+pub const MAX_IDLE: u32 = 7 * 24 * 3600;
 
 #[derive(
     Clone,
@@ -210,23 +215,29 @@ pub struct ServiceConf {
     pub affinity_source: bool,
     /// Answer echo requests to the service address.
     pub echo: bool,
+    /// Idle time after which a flow is rescheduled, in seconds.
+    pub tcp_idle: u32,
+    pub udp_idle: u32,
     pub backends: BTreeMap<BackendAddr, u32>,
 }
 
 impl ServiceConf {
     /// The state-file lines of this service and its backends.
     pub fn lines(&self) -> Vec<String> {
-        let mut out = vec![format!(
-            "service {} {}{}{}",
-            self.vip,
-            self.mode,
-            if self.affinity_source {
-                " affinity=source"
-            } else {
-                ""
-            },
-            if self.echo { "" } else { " echo=off" }
-        )];
+        let mut head = format!("service {} {}", self.vip, self.mode);
+        if self.affinity_source {
+            head.push_str(" affinity=source");
+        }
+        if !self.echo {
+            head.push_str(" echo=off");
+        }
+        if self.tcp_idle != DEFAULT_TCP_IDLE {
+            head.push_str(&format!(" tcp_idle={}", self.tcp_idle));
+        }
+        if self.udp_idle != DEFAULT_UDP_IDLE {
+            head.push_str(&format!(" udp_idle={}", self.udp_idle));
+        }
+        let mut out = vec![head];
         for (b, w) in &self.backends {
             out.push(format!("backend {} {b} weight={w}", self.vip));
         }
@@ -258,9 +269,34 @@ impl Services {
                 mode,
                 affinity_source,
                 echo,
+                tcp_idle: DEFAULT_TCP_IDLE,
+                udp_idle: DEFAULT_UDP_IDLE,
                 backends: BTreeMap::new(),
             },
         );
+        Ok(())
+    }
+
+    /// Sets a service's idle timeouts (seconds, 1 to MAX_IDLE); None keeps one.
+    pub fn set_idle(
+        &mut self,
+        vip: &Vip,
+        tcp: Option<u32>,
+        udp: Option<u32>,
+    ) -> Result<(), ServiceError> {
+        for t in [tcp, udp].into_iter().flatten() {
+            if t == 0 || t > MAX_IDLE {
+                return Err(ServiceError::Invalid(format!(
+                    "idle timeout {t} s is out of range: use 1 to {MAX_IDLE} seconds"
+                )));
+            }
+        }
+        let svc = self
+            .by_vip
+            .get_mut(vip)
+            .ok_or_else(|| ServiceError::UnknownService(vip.to_string()))?;
+        svc.tcp_idle = tcp.unwrap_or(svc.tcp_idle);
+        svc.udp_idle = udp.unwrap_or(svc.udp_idle);
         Ok(())
     }
 
@@ -363,15 +399,19 @@ impl Services {
         let bad = || ServiceError::Invalid(format!("cannot read '{line}'"));
         match words.as_slice() {
             ["service", vip, mode, opts @ ..] => {
-                let (mut affinity, mut echo) = (false, true);
+                let (mut affinity, mut echo, mut tcp, mut udp) = (false, true, None, None);
                 for o in opts {
-                    match *o {
-                        "affinity=source" => affinity = true,
-                        "echo=off" => echo = false,
+                    match o.split_once('=') {
+                        Some(("affinity", "source")) => affinity = true,
+                        Some(("echo", "off")) => echo = false,
+                        Some(("tcp_idle", n)) => tcp = Some(n.parse().map_err(|_| bad())?),
+                        Some(("udp_idle", n)) => udp = Some(n.parse().map_err(|_| bad())?),
                         _ => return Err(bad()),
                     }
                 }
-                self.add_service(vip.parse()?, mode.parse()?, affinity, echo)
+                let vip: Vip = vip.parse()?;
+                self.add_service(vip, mode.parse()?, affinity, echo)?;
+                self.set_idle(&vip, tcp, udp)
             }
             ["backend", vip, b, w] => {
                 let w: u32 = w
@@ -474,7 +514,7 @@ mod tests {
     fn state_lines_round_trip() {
         let mut s = Services::default();
         for l in [
-            "service [2001:db8::10]:80/tcp nat affinity=source",
+            "service [2001:db8::10]:80/tcp nat affinity=source tcp_idle=600 udp_idle=5",
             "backend [2001:db8::10]:80/tcp [2001:db8::11]:8080 weight=2",
             "service 192.0.2.10:*/udp dsr echo=off",
             "backend 192.0.2.10:*/udp 203.0.113.11 weight=1",

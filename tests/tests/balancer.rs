@@ -115,6 +115,8 @@ impl Lb {
             mode,
             affinity_source: affinity,
             echo: true,
+            tcp_idle: None,
+            udp_idle: None,
         });
     }
     fn backend(&mut self, vip: &str, b: &str, weight: u32) {
@@ -363,4 +365,41 @@ fn echo_no_backend_and_other_traffic() {
     lb.fx.rules(&["deny 192.0.2.0/24"]);
     lb.backend("198.51.100.50:80/tcp", "203.0.113.11:8080", 1);
     assert_eq!(lb.run(&f).0, XDP_DROP);
+}
+
+/// An idle flow is rescheduled: after its idle timeout it follows the current Maglev
+/// table, not its old backend.
+#[test]
+fn idle_flows_are_rescheduled() {
+    let mut lb = setup();
+    let vip = "198.51.100.60:53/udp";
+    lb.fx.req(Request::VipAdd {
+        vip: vip.into(),
+        mode: Mode::Nat,
+        affinity_source: false,
+        echo: true,
+        tcp_idle: None,
+        udp_idle: Some(1),
+    });
+    lb.backend(vip, "203.0.113.11:53", 1);
+    let flows: Vec<Vec<u8>> = (0..40)
+        .map(|p| lb.frame(Pkt::udp("192.0.2.2", "198.51.100.60", 30000 + p, 53)))
+        .collect();
+    for f in &flows {
+        assert_eq!(backend_index(&lb.run(f).1), 0);
+    }
+    // A second backend takes about half of the table; established flows stay on web1...
+    lb.backend(vip, "203.0.113.12:53", 1);
+    assert!(flows.iter().all(|f| backend_index(&lb.run(f).1) == 0));
+    // ...until they have been idle for longer than the timeout (the thing under test is
+    // time itself, so the test waits for it).
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let moved = flows
+        .iter()
+        .filter(|f| backend_index(&lb.run(f).1) == 1)
+        .count();
+    assert!(
+        moved > 5,
+        "idle flows rescheduled over both backends: {moved} of 40 moved"
+    );
 }
