@@ -115,6 +115,145 @@ fn cli_refuses_bad_input_and_changes_nothing() {
         4
     );
 
+    // Services: every refusal leaves the services as they were.
+    let vips = |x: &Daemon| x.json(&["vip", "list", "--json"]);
+    let refused_vip = |x: &Daemon, args: &[&str], expect: &str| {
+        let before = vips(x);
+        let out = x.cli(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "xlb {args:?} must fail");
+        assert!(
+            err.contains(expect),
+            "xlb {args:?}: {err:?} should say {expect:?}"
+        );
+        assert_eq!(vips(x), before, "xlb {args:?} changed the services");
+    };
+    refused_vip(
+        &xlb,
+        &["vip", "add", "198.51.100.10:80/tcp", "--mode", "nat"],
+        "forwarding is off",
+    );
+    edge.run(&["sysctl", "-qw", "net.ipv4.conf.x0.forwarding=1"])
+        .unwrap();
+    assert!(
+        xlb.cli(&["vip", "add", "198.51.100.10:80/tcp", "--mode", "nat"])
+            .status
+            .success()
+    );
+    assert!(
+        xlb.cli(&[
+            "backend",
+            "add",
+            "198.51.100.10:80/tcp",
+            "203.0.113.11:8080"
+        ])
+        .status
+        .success()
+    );
+    refused_vip(
+        &xlb,
+        &["vip", "add", "198.51.100.10:80/tcp", "--mode", "nat"],
+        "already exists",
+    );
+    refused_vip(
+        &xlb,
+        &["vip", "add", "198.51.100.11:0/tcp", "--mode", "nat"],
+        "port 0",
+    );
+    refused_vip(
+        &xlb,
+        &["vip", "add", "198.51.100.11:80/sctp", "--mode", "nat"],
+        "not tcp or udp",
+    );
+    refused_vip(
+        &xlb,
+        &["vip", "add", "198.51.100.11:80/tcp", "--mode", "tunnel"],
+        "invalid value 'tunnel'",
+    );
+    refused_vip(
+        &xlb,
+        &[
+            "vip",
+            "add",
+            "198.51.100.11:80/tcp",
+            "--mode",
+            "nat",
+            "--udp-idle",
+            "0",
+        ],
+        "out of range",
+    );
+    refused_vip(
+        &xlb,
+        &[
+            "backend",
+            "add",
+            "198.51.100.99:80/tcp",
+            "203.0.113.12:8080",
+        ],
+        "no service 198.51.100.99:80/tcp",
+    );
+    refused_vip(
+        &xlb,
+        &[
+            "backend",
+            "add",
+            "198.51.100.10:80/tcp",
+            "203.0.113.11:8080",
+        ],
+        "already in service",
+    );
+    refused_vip(
+        &xlb,
+        &[
+            "backend",
+            "add",
+            "198.51.100.10:80/tcp",
+            "203.0.113.12:8080",
+            "--weight",
+            "0",
+        ],
+        "weight 0 is out of range",
+    );
+    refused_vip(
+        &xlb,
+        &[
+            "backend",
+            "add",
+            "198.51.100.10:80/tcp",
+            "203.0.113.12:8080",
+            "--weight",
+            "101",
+        ],
+        "weight 101",
+    );
+    refused_vip(
+        &xlb,
+        &[
+            "backend",
+            "add",
+            "198.51.100.10:80/tcp",
+            "[2001:db8::12]:8080",
+        ],
+        "families must match",
+    );
+    refused_vip(
+        &xlb,
+        &["backend", "add", "198.51.100.10:80/tcp", "203.0.113.12:0"],
+        "port 0",
+    );
+    refused_vip(
+        &xlb,
+        &[
+            "backend",
+            "del",
+            "198.51.100.10:80/tcp",
+            "203.0.113.13:8080",
+        ],
+        "is not in service",
+    );
+    refused_vip(&xlb, &["vip", "del", "198.51.100.77:80/tcp"], "no service");
+
     // `xlb run` failures: unknown interface, a second daemon, bpffs missing, XDP refused.
     let run = |iface: &str, bpffs: &str, socket: &str| {
         let bin = xlb_bin();
