@@ -106,3 +106,94 @@ impl Default for Fixture {
         Self::new()
     }
 }
+
+/// The client's MAC in `LbNet`, and the backends' (203.0.113.11.. / 2001:db8:b::11..).
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc2];
+pub const BACKEND_MACS: [[u8; 6]; 4] = [
+    [0x02, 0, 0, 0, 0, 0x11],
+    [0x02, 0, 0, 0, 0, 0x12],
+    [0x02, 0, 0, 0, 0, 0x13],
+    [0x02, 0, 0, 0, 0, 0x14],
+];
+
+/// A private namespace for balancer packet tests and benchmarks: one veth (v0) on the
+/// client (192.0.2.0/24, 2001:db8:c::/64) and backend (203.0.113.0/24, 2001:db8:b::/64)
+/// networks, static neighbours for the client and four backends, forwarding on. The
+/// program's FIB lookups during BPF_PROG_TEST_RUN see this namespace.
+pub struct LbNet {
+    pub ns: crate::netns::Netns,
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+}
+
+unsafe extern "C" {
+    #[link_name = "if_nametoindex"]
+    fn c_if_nametoindex(name: *const std::ffi::c_char) -> u32;
+}
+
+impl LbNet {
+    /// Builds the namespace and moves the calling thread into it.
+    pub fn enter() -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let ns = crate::netns::Netns::new("lbnet")?;
+        ns.run(&[
+            "ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1",
+        ])?;
+        for dev in ["v0", "v1"] {
+            ns.run(&["ip", "link", "set", dev, "up"])?;
+        }
+        for a in ["192.0.2.1/24", "203.0.113.1/24"] {
+            ns.run(&["ip", "addr", "add", a, "dev", "v0"])?;
+        }
+        for a in ["2001:db8:c::1/64", "2001:db8:b::1/64"] {
+            ns.run(&["ip", "addr", "add", a, "dev", "v0", "nodad"])?;
+        }
+        let mac_str = |m: &[u8; 6]| {
+            m.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        };
+        let mut neighbours = vec![
+            ("192.0.2.2".to_string(), CLIENT_MAC),
+            ("2001:db8:c::2".to_string(), CLIENT_MAC),
+        ];
+        for (i, mac) in BACKEND_MACS.iter().enumerate() {
+            neighbours.push((format!("203.0.113.{}", 11 + i), *mac));
+            neighbours.push((format!("2001:db8:b::{}", 11 + i), *mac));
+        }
+        for (ip, mac) in &neighbours {
+            ns.run(&[
+                "ip",
+                "neigh",
+                "replace",
+                ip,
+                "lladdr",
+                &mac_str(mac),
+                "dev",
+                "v0",
+                "nud",
+                "permanent",
+            ])?;
+        }
+        for k in [
+            "net.ipv4.conf.all.forwarding=1",
+            "net.ipv4.conf.v0.forwarding=1",
+            "net.ipv6.conf.all.forwarding=1",
+        ] {
+            ns.run(&["sysctl", "-qw", k])?;
+        }
+        let text = ns.run(&["cat", "/sys/class/net/v0/address"])?;
+        let mut mac = [0u8; 6];
+        for (i, p) in text.trim().split(':').enumerate().take(6) {
+            mac[i] = u8::from_str_radix(p, 16).context("v0's MAC")?;
+        }
+        crate::netns::enter(&ns.path())?;
+        // This thread's /sys still shows the old namespace: ask the kernel by name.
+        let name = std::ffi::CString::new("v0")?;
+        // SAFETY: a valid C string.
+        let ifindex = unsafe { c_if_nametoindex(name.as_ptr()) };
+        anyhow::ensure!(ifindex != 0, "v0 not found after entering {}", ns.name);
+        Ok(LbNet { ns, ifindex, mac })
+    }
+}

@@ -8,22 +8,14 @@ use std::net::IpAddr;
 use xlb::control::Request;
 use xlb::services::Mode;
 use xlb_tests::{
-    fixture::Fixture,
-    netns::{Netns, enter},
+    fixture::{BACKEND_MACS, CLIENT_MAC, Fixture, LbNet},
+    netns::Netns,
     packet::{Pkt, assert_checksums},
 };
 
 const XDP_TX: u32 = 3;
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
-
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc2];
-const BACKEND_MACS: [[u8; 6]; 4] = [
-    [0x02, 0, 0, 0, 0, 0x11],
-    [0x02, 0, 0, 0, 0, 0x12],
-    [0x02, 0, 0, 0, 0, 0x13],
-    [0x02, 0, 0, 0, 0, 0x14],
-];
 
 struct Lb {
     fx: Fixture,
@@ -32,80 +24,15 @@ struct Lb {
     _ns: Netns,
 }
 
-fn mac_str(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// A namespace with one veth (v0) that reaches the client and backend networks, static
-/// neighbours for all of them, forwarding on; this thread enters it and loads xlb.
+/// Loads xlb inside a fresh test network (see `fixture::LbNet`), this thread in it.
 fn setup() -> Lb {
-    let ns = Netns::new("lbk").unwrap();
-    ns.run(&[
-        "ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1",
-    ])
-    .unwrap();
-    for dev in ["v0", "v1"] {
-        ns.run(&["ip", "link", "set", dev, "up"]).unwrap();
-    }
-    for a in ["192.0.2.1/24", "203.0.113.1/24"] {
-        ns.run(&["ip", "addr", "add", a, "dev", "v0"]).unwrap();
-    }
-    for a in ["2001:db8:c::1/64", "2001:db8:b::1/64"] {
-        ns.run(&["ip", "addr", "add", a, "dev", "v0", "nodad"])
-            .unwrap();
-    }
-    let neigh = |ip: &str, mac: &[u8; 6]| {
-        ns.run(&[
-            "ip",
-            "neigh",
-            "replace",
-            ip,
-            "lladdr",
-            &mac_str(mac),
-            "dev",
-            "v0",
-            "nud",
-            "permanent",
-        ])
-        .unwrap();
-    };
-    neigh("192.0.2.2", &CLIENT_MAC);
-    neigh("2001:db8:c::2", &CLIENT_MAC);
-    for (i, mac) in BACKEND_MACS.iter().enumerate() {
-        neigh(&format!("203.0.113.{}", 11 + i), mac);
-        neigh(&format!("2001:db8:b::{}", 11 + i), mac);
-    }
-    for k in [
-        "net.ipv4.conf.all.forwarding=1",
-        "net.ipv4.conf.v0.forwarding=1",
-        "net.ipv6.conf.all.forwarding=1",
-    ] {
-        ns.run(&["sysctl", "-qw", k]).unwrap();
-    }
-    enter(&ns.path()).unwrap();
-    // This thread's /sys still shows the old namespace: ask the kernel by name.
-    let c = std::ffi::CString::new("v0").unwrap();
-    let ifindex = unsafe { libc_if_nametoindex(c.as_ptr()) };
-    assert!(ifindex != 0);
-    let mac_text = ns.run(&["cat", "/sys/class/net/v0/address"]).unwrap();
-    let mut mac = [0u8; 6];
-    for (i, p) in mac_text.trim().split(':').enumerate() {
-        mac[i] = u8::from_str_radix(p, 16).unwrap();
-    }
+    let net = LbNet::enter().unwrap();
     Lb {
         fx: Fixture::new(),
-        ifindex,
-        mac,
-        _ns: ns,
+        ifindex: net.ifindex,
+        mac: net.mac,
+        _ns: net.ns,
     }
-}
-
-unsafe extern "C" {
-    #[link_name = "if_nametoindex"]
-    fn libc_if_nametoindex(name: *const std::ffi::c_char) -> u32;
 }
 
 impl Lb {

@@ -18,6 +18,11 @@ use aya_ebpf::{
 /// [0] = fixed base address (network order), [1] = mask of random bits.
 #[map]
 static BENCH_SRC: Array<u32> = Array::with_max_entries(2, 0);
+/// The first TEMPLATE_LEN bytes every packet starts from: a test run repeats on one
+/// buffer, and programs that rewrite it (nat) must see the original each time.
+#[map]
+static BENCH_TEMPLATE: Array<[u64; TEMPLATE_WORDS]> = Array::with_max_entries(1, 0);
+const TEMPLATE_WORDS: usize = 8;
 #[map]
 static BENCH_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map]
@@ -34,8 +39,15 @@ pub fn bench_floor(_ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn bench_entry(ctx: XdpContext) -> u32 {
     let start = ctx.data();
-    if start + SRC_OFF + 4 > ctx.data_end() {
+    if start + TEMPLATE_WORDS * 8 > ctx.data_end() {
         return xdp_action::XDP_PASS;
+    }
+    if let Some(t) = BENCH_TEMPLATE.get(0) {
+        let mut i = 0;
+        while i < TEMPLATE_WORDS {
+            unsafe { *((start + 8 * i) as *mut u64) = t[i] };
+            i += 1;
+        }
     }
     let base = BENCH_SRC.get(0).copied().unwrap_or(0);
     let mask = BENCH_SRC.get(1).copied().unwrap_or(0);

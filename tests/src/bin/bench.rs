@@ -16,8 +16,11 @@ use aya::{
 };
 use clap::Parser;
 use serde_json::json;
-use xlb::{control::Request, rules::Action};
-use xlb_tests::{fixture::Fixture, packet::Pkt};
+use xlb::{control::Request, rules::Action, services::Mode};
+use xlb_tests::{
+    fixture::{CLIENT_MAC, Fixture, LbNet},
+    packet::Pkt,
+};
 
 #[derive(Parser)]
 struct Args {
@@ -64,6 +67,8 @@ struct Bench {
     ebpf: Ebpf,
     frame: Vec<u8>,
     repeat: u32,
+    /// The interface the frames arrive on (0: loopback).
+    ifindex: u32,
 }
 
 impl Bench {
@@ -76,14 +81,27 @@ impl Bench {
                 .try_into()?;
             p.load()?;
         }
-        let frame = Pkt::tcp("192.0.2.10", "198.51.100.1", 40000, 80)
-            .payload(&[])
-            .build();
-        Ok(Bench {
+        let mut b = Bench {
             ebpf,
-            frame,
+            frame: Vec::new(),
             repeat,
-        })
+            ifindex: 0,
+        };
+        b.set_frame(Pkt::tcp("192.0.2.10", "198.51.100.1", 40000, 80).build())?;
+        Ok(b)
+    }
+
+    /// The frame every run starts from (at least 64 bytes: the template).
+    fn set_frame(&mut self, mut frame: Vec<u8>) -> Result<()> {
+        frame.resize(frame.len().max(64), 0);
+        let mut words = [0u64; 8];
+        for (i, w) in words.iter_mut().enumerate() {
+            *w = u64::from_ne_bytes(frame[8 * i..8 * i + 8].try_into().unwrap());
+        }
+        let mut t: Array<_, [u64; 8]> = self.ebpf.map_mut("BENCH_TEMPLATE").unwrap().try_into()?;
+        t.set(0, words, 0)?;
+        self.frame = frame;
+        Ok(())
     }
 
     fn fd(&self, name: &str) -> Result<ProgramFd> {
@@ -100,12 +118,15 @@ impl Bench {
         src.set(0, base.to_be(), 0)?;
         src.set(1, if random { u32::MAX } else { 0 }, 0)?;
         let entry: &Xdp = self.ebpf.program("bench_entry").unwrap().try_into()?;
+        let md: [u32; 6] = [0, self.frame.len() as u32, 0, self.ifindex, 0, 0];
+        let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
         let mut runs = Vec::new();
         for _ in 0..5 {
             let mut out = vec![0u8; self.frame.len() + 64];
             let r = entry.test_run(TestRunOptions {
                 data_in: Some(&self.frame),
                 data_out: Some(&mut out),
+                ctx_in: if self.ifindex != 0 { Some(&ctx) } else { None },
                 repeat: self.repeat,
                 ..Default::default()
             })?;
@@ -201,6 +222,8 @@ fn bulk_text(set: &[(u32, u8)]) -> String {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    // Everything runs inside a private test network, whose FIB the balancer rows use.
+    let net = LbNet::enter()?;
     let repeat = if args.quick { 100_000 } else { 1_000_000 };
     let sizes: &[usize] = if args.quick {
         &[100_000]
@@ -260,6 +283,51 @@ fn main() -> Result<()> {
         fx.req(Request::Flush);
     }
 
+    // The balancer: per packet, a flow-table hit (fixed source) and a new flow every
+    // packet (random sources), per mode, arriving on v0 of the test network.
+    bench.ifindex = net.ifindex;
+    let mut lb_rows = Vec::new();
+    for (mode, m, port) in [("dsr", Mode::Dsr, "80"), ("nat", Mode::Nat, "8080")] {
+        let vip = format!("198.51.100.{}:80/tcp", if m == Mode::Dsr { 20 } else { 10 });
+        fx.req(Request::VipAdd {
+            vip: vip.clone(),
+            mode: m,
+            affinity_source: false,
+            echo: true,
+            tcp_idle: None,
+            udp_idle: None,
+        });
+        for i in 0..3 {
+            fx.req(Request::BackendAdd {
+                vip: vip.clone(),
+                backend: format!("203.0.113.{}:{port}", 11 + i),
+                weight: 1,
+            });
+        }
+        let dst = vip.split(':').next().unwrap().to_string();
+        let mut frame = Pkt::tcp("192.0.2.2", &dst, 40000, 80).build();
+        frame[0..6].copy_from_slice(&net.mac);
+        frame[6..12].copy_from_slice(&CLIENT_MAC);
+        bench.set_frame(frame)?;
+        let client = u32::from(std::net::Ipv4Addr::new(192, 0, 2, 2));
+        let hit = bench.ns(&xlb_fd, client, false)?;
+        let miss = bench.ns(&xlb_fd, client, true)?;
+        rows.push((format!("xlb {mode}, flow-table hit"), hit));
+        rows.push((format!("xlb {mode}, new flow every packet"), miss));
+        lb_rows.push((mode, hit, miss));
+        fx.req(Request::VipDel { vip });
+    }
+    let floor_again = {
+        bench.ifindex = 0;
+        bench.set_frame(Pkt::tcp("192.0.2.10", "198.51.100.1", 40000, 80).build())?;
+        bench.ns(&floor_fd, fixed, false)?
+    };
+    notes.insert("floor_at_end_ns".into(), json!(floor_again));
+    // The flow table is preallocated: its memory scaled to a million flows.
+    let flows_mem =
+        map_memory("XLB_FLOWS") as f64 * (1_000_000.0 / lb_common::DEFAULT_FLOWS as f64);
+    notes.insert("flows_per_million_bytes".into(), json!(flows_mem as u64));
+
     println!("\nxlb bench: BPF_PROG_TEST_RUN, {repeat} repeats, median of 5 (ns per packet)\n");
     println!(
         "| {:<44} | {:>9} | {:>12} |",
@@ -287,6 +355,23 @@ fn main() -> Result<()> {
             println!("  {k:<28} {:.3} s", v.as_f64().unwrap());
         }
     }
+    for (mode, hit, miss) in &lb_rows {
+        let above = hit - floor;
+        println!(
+            "  {mode} hit: {above:.1} ns above floor, {:.2}x the floor (target <= 40 ns and <= 6x)  {}; new flow {:.1} ns above floor",
+            hit / floor,
+            if above <= 40.0 && hit / floor <= 6.0 {
+                "met"
+            } else {
+                "NOT met"
+            },
+            miss - floor
+        );
+    }
+    println!(
+        "  flow table: {:.1} MiB per million flows",
+        flows_mem / (1u64 << 20) as f64
+    );
     if let Some(v) = notes.get("load_1000k_xlb_s") {
         let s = v.as_f64().unwrap();
         println!(
