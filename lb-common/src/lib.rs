@@ -47,6 +47,9 @@ pub const MAP_MAGLEV: &str = "XLB_MAGLEV";
 pub const MAP_FLOWS: &str = "XLB_FLOWS";
 /// `Array<ServiceKey>`, indexed by service id: a reply's service address and port.
 pub const MAP_SERVICE_KEYS: &str = "XLB_SERVICE_KEYS";
+/// `Array<HopCache>`, indexed by backend id: the next hop to each backend, from the
+/// kernel's FIB, reused for HOP_CACHE_NS.
+pub const MAP_HOPS: &str = "XLB_HOPS";
 /// `ProgramArray`: slot JUMP_BALANCE holds the balancer program.
 pub const MAP_JUMP: &str = "XLB_JUMP";
 /// Per-CPU `Array<u32>`: the firewall's reason for a packet handed to the balancer.
@@ -57,7 +60,8 @@ pub const JUMP_BALANCE: u32 = 0;
 pub const JUMP_SLOTS: u32 = 1;
 
 /// Every map of the program, for pinning and for `xlb status`.
-pub const ALL_MAPS: [&str; 17] = [
+pub const ALL_MAPS: [&str; 18] = [
+    MAP_HOPS,
     MAP_JUMP,
     MAP_HANDOFF,
     MAP_SERVICES,
@@ -317,6 +321,22 @@ pub struct Flow {
     pub vport: u16,
 }
 
+/// How long a backend's next hop is reused before the FIB is asked again (a FIB lookup
+/// costs more than the rest of the fast path; a MAC change is seen within this time).
+pub const HOP_CACHE_NS: u64 = 1_000_000_000;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct HopCache {
+    pub expires_ns: u64,
+    /// The backend generation the entry was resolved for.
+    pub generation: u32,
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub _pad: [u8; 4],
+}
+
 /// The flow hash, the same on every host (xlb nodes behind ECMP must agree).
 pub const fn mix32(mut h: u32) -> u32 {
     h ^= h >> 16;
@@ -501,6 +521,7 @@ mod user {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for HopCache {}
 }
 
 #[cfg(test)]

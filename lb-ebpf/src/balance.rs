@@ -11,7 +11,9 @@ use lb_common::*;
 
 use crate::{
     bounds::load,
-    maps::{XLB_BACKENDS, XLB_FLOWS, XLB_MAGLEV, XLB_SCRATCH, XLB_SERVICE_KEYS, XLB_SERVICES},
+    maps::{
+        XLB_BACKENDS, XLB_FLOWS, XLB_HOPS, XLB_MAGLEV, XLB_SCRATCH, XLB_SERVICE_KEYS, XLB_SERVICES,
+    },
     parse::{Addr, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, Packet},
     rewrite::{self, End},
 };
@@ -193,7 +195,7 @@ fn forward(
     let idle = (svc.tcp_idle_secs, svc.udp_idle_secs);
     let known = XLB_FLOWS.get_ptr_mut(key).and_then(|f| {
         let f = unsafe { &mut *f };
-        let b = still_valid(f, svc.id, key.proto, idle, now)?;
+        let b = (f.backend, still_valid(f, svc.id, key.proto, idle, now)?);
         if f.direction != FLOW_FORWARD {
             return None;
         }
@@ -203,17 +205,30 @@ fn forward(
         }
         Some(b)
     });
-    let backend = match known {
-        Some(b) => b,
-        None => match XLB_BACKENDS.get(schedule(ctx, svc, key)) {
-            Some(b) if b.flags & BACKEND_UP != 0 => *b,
-            _ => return (Verdict::Drop, Reason::NoBackend),
-        },
+    let (id, backend) = match known {
+        Some(kb) => kb,
+        None => {
+            let id = schedule(ctx, svc, key);
+            match XLB_BACKENDS.get(id) {
+                Some(b) if b.flags & BACKEND_UP != 0 => (id, *b),
+                _ => return (Verdict::Drop, Reason::NoBackend),
+            }
+        }
     };
-    let v6 = key.family == FAMILY_V6;
-    let mut hop = rewrite::Hop::default();
-    if !rewrite::route(ctx, v6, &backend.addr, &mut hop) {
+    let Some(hop) = XLB_HOPS.get_ptr_mut(id) else {
         return (Verdict::Drop, Reason::NoRoute);
+    };
+    let hop = unsafe { &mut *hop };
+    if hop.generation != backend.generation || now > hop.expires_ns {
+        let mut fresh = rewrite::Hop::default();
+        if !rewrite::route(ctx, key.family == FAMILY_V6, &backend.addr, &mut fresh) {
+            return (Verdict::Drop, Reason::NoRoute);
+        }
+        hop.ifindex = fresh.ifindex;
+        hop.smac = fresh.smac;
+        hop.dmac = fresh.dmac;
+        hop.generation = backend.generation;
+        hop.expires_ns = now + HOP_CACHE_NS;
     }
     if svc.mode == MODE_NAT {
         let port = if backend.port != 0 {
@@ -228,7 +243,7 @@ fn forward(
             return (Verdict::Pass, Reason::NoRoute);
         }
     }
-    match rewrite::emit(ctx, &hop) {
+    match rewrite::emit_to(ctx, hop.ifindex, &hop.smac, &hop.dmac) {
         Some(v) => (v, Reason::Balanced),
         None => (Verdict::Drop, Reason::BadL4),
     }

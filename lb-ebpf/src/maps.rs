@@ -61,6 +61,10 @@ pub static XLB_MAGLEV: Array<[u32; 2]> = Array::with_max_entries(MAGLEV_POOL / 2
 #[map]
 pub static XLB_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_FLOWS, 0);
 
+/// Next hops per backend (see HOP_CACHE_NS). Shared: a race only costs a lookup.
+#[map]
+pub static XLB_HOPS: Array<HopCache> = Array::with_max_entries(MAX_BACKENDS, 0);
+
 /// The balancer program, entered by tail call from the firewall.
 #[map]
 pub static XLB_JUMP: ProgramArray = ProgramArray::with_max_entries(JUMP_SLOTS, 0);

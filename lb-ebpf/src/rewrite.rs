@@ -265,11 +265,17 @@ pub fn route(ctx: &XdpContext, v6: bool, dst: &Addr16, hop: &mut Hop) -> bool {
 /// Writes the MACs and sends the frame: back out of its interface, or redirected.
 #[inline(always)]
 pub fn emit(ctx: &XdpContext, hop: &Hop) -> Option<Verdict> {
-    store(ctx, 0, hop.dmac)?;
-    store(ctx, 6, hop.smac)?;
-    if hop.ifindex == unsafe { (*ctx.ctx).ingress_ifindex } {
+    emit_to(ctx, hop.ifindex, &hop.smac, &hop.dmac)
+}
+
+/// `emit` with the hop's parts (from the hop cache).
+#[inline(always)]
+pub fn emit_to(ctx: &XdpContext, ifindex: u32, smac: &[u8; 6], dmac: &[u8; 6]) -> Option<Verdict> {
+    store(ctx, 0, *dmac)?;
+    store(ctx, 6, *smac)?;
+    if ifindex == unsafe { (*ctx.ctx).ingress_ifindex } {
         return Some(Verdict::Tx);
     }
-    unsafe { bpf_redirect(hop.ifindex, 0) };
+    unsafe { bpf_redirect(ifindex, 0) };
     Some(Verdict::Redirect)
 }
