@@ -30,7 +30,8 @@ pub struct RunOptions {
     pub socket: PathBuf,
 }
 
-/// The firewall's desired state and its projection, changed as one.
+/// The edge's desired state (firewall rules and services) and its projection on the
+/// kernel maps, changed as one.
 pub struct Edge {
     pub dp: Datapath,
     pub rules: RuleSet,
@@ -66,17 +67,17 @@ fn prefix_only(s: &str) -> Result<Prefix, rules::RuleError> {
 
 impl Edge {
     pub fn new(dp: Datapath, stored: state::Stored, state_path: Option<PathBuf>) -> Result<Self> {
-        let mut fw = Edge {
+        let mut edge = Edge {
             dp,
             rules: stored.rules,
             services: stored.services,
             iface: None,
             state_path,
         };
-        fw.dp.load_rules(&fw.rules)?;
-        fw.dp.lb.sync(&fw.services)?;
-        fw.dp.set_config(&fw.rules)?;
-        Ok(fw)
+        edge.dp.load_rules(&edge.rules)?;
+        edge.dp.lb.sync(&edge.services)?;
+        edge.dp.set_config(&edge.rules)?;
+        Ok(edge)
     }
 
     pub fn handle(&mut self, req: Request) -> Response {
