@@ -12,7 +12,7 @@ use xlb::{
 };
 
 pub struct Fixture {
-    pub fw: Edge,
+    pub edge: Edge,
 }
 
 pub type Counters = HashMap<(Reason, Verdict), Counter>;
@@ -22,13 +22,13 @@ impl Fixture {
     pub fn new() -> Self {
         let dp = Datapath::load(None).expect("loading the XDP program (are you root?)");
         Fixture {
-            fw: Edge::new(dp, Default::default(), None).expect("empty state"),
+            edge: Edge::new(dp, Default::default(), None).expect("empty state"),
         }
     }
 
     /// Sends a control request as the CLI would; panics on an error reply.
     pub fn req(&mut self, r: Request) -> serde_json::Value {
-        let resp = self.fw.handle(r);
+        let resp = self.edge.handle(r);
         assert!(resp.ok, "request refused: {:?}", resp.error);
         resp.data
     }
@@ -78,11 +78,11 @@ impl Fixture {
     }
 
     pub fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        self.fw.dp.test_run(frame).expect("BPF_PROG_TEST_RUN")
+        self.edge.dp.test_run(frame).expect("BPF_PROG_TEST_RUN")
     }
 
     pub fn counters(&self) -> Counters {
-        self.fw
+        self.edge
             .dp
             .counters()
             .expect("reading counters")
@@ -93,10 +93,10 @@ impl Fixture {
 
     /// Sum of every rule's hit counter.
     pub fn total_hits(&self) -> u64 {
-        self.fw
+        self.edge
             .rules
             .rules()
-            .map(|r| self.fw.dp.rule_hits(r.id).unwrap())
+            .map(|r| self.edge.dp.rule_hits(r.id).unwrap())
             .sum()
     }
 }

@@ -67,7 +67,7 @@ impl Lb {
         f
     }
     fn run(&self, f: &[u8]) -> (u32, Vec<u8>) {
-        self.fx.fw.dp.test_run_on(f, self.ifindex).unwrap()
+        self.fx.edge.dp.test_run_on(f, self.ifindex).unwrap()
     }
 }
 

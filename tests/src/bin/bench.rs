@@ -239,7 +239,7 @@ fn main() -> Result<()> {
     let floor = bench.ns(&floor_fd, fixed, false)?;
     rows.push(("floor: empty XDP program".into(), floor));
     let mut fx = Fixture::new();
-    let xlb_fd = fx.fw.dp.program().fd()?.try_clone()?;
+    let xlb_fd = fx.edge.dp.program().fd()?.try_clone()?;
     let lpm_fd = bench.fd("bench_lpm")?;
     let pass = bench.ns(&xlb_fd, fixed, false)?;
     rows.push(("xlb, no rules, pass".into(), pass));
@@ -253,7 +253,7 @@ fn main() -> Result<()> {
         let hot = set[0].0 | 1;
         let text = bulk_text(&set);
         let state = std::env::temp_dir().join(format!("xlb-bench-state-{}", std::process::id()));
-        fx.fw.state_path = Some(state.clone());
+        fx.edge.state_path = Some(state.clone());
         let t = Instant::now();
         fx.req(Request::Load {
             action: Action::Deny,
@@ -261,7 +261,7 @@ fn main() -> Result<()> {
         });
         let load = t.elapsed();
         let _ = std::fs::remove_file(&state);
-        fx.fw.state_path = None;
+        fx.edge.state_path = None;
         let lpm_load = bench.lpm_load(&set)?;
         let x_rand = bench.ns(&xlb_fd, fixed, true)?;
         let x_hot = bench.ns(&xlb_fd, hot, false)?;
