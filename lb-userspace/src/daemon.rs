@@ -334,6 +334,8 @@ impl Edge {
     }
 
     fn list(&self) -> Result<Value> {
+        let end = self.rules.rules().map(|r| r.id + 1).max().unwrap_or(0);
+        let hits = self.dp.all_rule_hits(end)?;
         let mut rules = Vec::with_capacity(self.rules.len());
         for r in self.rules.rules() {
             rules.push(json!({
@@ -341,7 +343,7 @@ impl Edge {
                 "kind": r.matches.kind(),
                 "match": r.matches.to_string(),
                 "action": r.action,
-                "hits": self.dp.rule_hits(r.id)?,
+                "hits": hits[r.id as usize],
             }));
         }
         Ok(json!({

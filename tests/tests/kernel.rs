@@ -760,3 +760,38 @@ fn a_million_ipv4_and_a_million_ipv6_prefixes_load() {
         XDP_PASS
     );
 }
+
+/// Hit counters read in batches (`xlb fw list`) agree with one-by-one reads, beyond the
+/// first batch of 65536 ids too.
+#[test]
+fn batched_hit_counters_match() {
+    use xlb::control::Request;
+    let mut fx = Fixture::new();
+    let text: String = (0..70_000u32)
+        .map(|i| format!("{}\n", std::net::Ipv4Addr::from(0x0a00_0000 + i * 256)))
+        .collect();
+    fx.req(Request::Load {
+        action: lb_common_deny(),
+        text,
+    });
+    fx.rules(&["deny 192.0.2.0/24"]);
+    for _ in 0..3 {
+        assert_eq!(fx.run(&Pkt::tcp(C4, S4, 1, 80).build()).0, XDP_DROP);
+    }
+    assert_eq!(fx.run(&Pkt::tcp("10.0.0.0", S4, 1, 80).build()).0, XDP_DROP);
+    let last = fx.edge.rules.rules().map(|r| r.id).max().unwrap();
+    let all = fx.edge.dp.all_rule_hits(last + 1).unwrap();
+    for r in fx.edge.rules.rules() {
+        assert_eq!(
+            all[r.id as usize],
+            fx.edge.dp.rule_hits(r.id).unwrap(),
+            "rule {}",
+            r.id
+        );
+    }
+    assert_eq!(
+        all[last as usize], 3,
+        "the /24 rule, beyond the first batch"
+    );
+    assert_eq!(all.iter().sum::<u64>(), 4);
+}
