@@ -124,6 +124,15 @@ pub fn set_addr_port(
     Some(())
 }
 
+/// Rewrites the 16-bit word at `off` and the checksum at `check` that covers it.
+#[inline(always)]
+fn set_word(ctx: &XdpContext, off: usize, check: usize, new: [u8; 2]) -> Option<()> {
+    let old: [u8; 2] = load(ctx, off)?;
+    let c = csum_replace::<1>(load::<u16>(ctx, check)?, &words(&old), &words(&new));
+    store(ctx, check, c)?;
+    store(ctx, off, new)
+}
+
 /// Decrements the TTL (IPv4, checksum fixed) or hop limit (IPv6). None when it would
 /// reach zero: the kernel then sends the time-exceeded error.
 #[inline(always)]
@@ -131,15 +140,11 @@ pub fn dec_ttl(ctx: &XdpContext, pkt: &Packet) -> Option<()> {
     match pkt.src {
         Addr::V4(_) => {
             let off = pkt.l3_off + 8;
-            let old: [u8; 2] = load(ctx, off)?;
-            if old[0] <= 1 {
+            let [ttl, proto]: [u8; 2] = load(ctx, off)?;
+            if ttl <= 1 {
                 return None;
             }
-            let new = [old[0] - 1, old[1]];
-            let hc = pkt.l3_off + 10;
-            let c = csum_replace::<1>(load::<u16>(ctx, hc)?, &words(&old), &words(&new));
-            store(ctx, hc, c)?;
-            store(ctx, off, new)
+            set_word(ctx, off, pkt.l3_off + 10, [ttl - 1, proto])
         }
         Addr::V6(_) => {
             // Next header and hop limit as one 2-byte access: a 1-byte bounds check
@@ -169,15 +174,8 @@ pub fn echo_reply(ctx: &XdpContext, pkt: &Packet) -> Option<()> {
             store(ctx, dst_off, s)?;
             // Swapping addresses keeps every checksum; the TTL word changes.
             let off = pkt.l3_off + 8;
-            let old: [u8; 2] = load(ctx, off)?;
-            let new = [64u8, old[1]];
-            let hc = pkt.l3_off + 10;
-            store(
-                ctx,
-                hc,
-                csum_replace::<1>(load::<u16>(ctx, hc)?, &words(&old), &words(&new)),
-            )?;
-            store(ctx, off, new)?;
+            let [_, proto]: [u8; 2] = load(ctx, off)?;
+            set_word(ctx, off, pkt.l3_off + 10, [64, proto])?;
         }
         Addr::V6(_) => {
             let (s, d): ([u8; 16], [u8; 16]) = (load(ctx, src_off)?, load(ctx, dst_off)?);
@@ -187,15 +185,8 @@ pub fn echo_reply(ctx: &XdpContext, pkt: &Packet) -> Option<()> {
             store(ctx, pkt.l3_off + 6, [next, 64u8])?;
         }
     }
-    let old: [u8; 2] = load(ctx, pkt.l4_off)?;
-    let new = [reply, old[1]];
-    let co = pkt.l4_off + 2;
-    store(
-        ctx,
-        co,
-        csum_replace::<1>(load::<u16>(ctx, co)?, &words(&old), &words(&new)),
-    )?;
-    store(ctx, pkt.l4_off, new)
+    let [_, code]: [u8; 2] = load(ctx, pkt.l4_off)?;
+    set_word(ctx, pkt.l4_off, pkt.l4_off + 2, [reply, code])
 }
 
 /// Swaps the Ethernet addresses (for a reply sent back where the request came from).
