@@ -193,33 +193,33 @@ impl Edge {
         &mut self,
         edit: impl FnOnce(&mut RuleSet) -> Vec<Result<Option<Change>, rules::RuleError>>,
     ) -> Result<Value> {
-        let mut scratch = Vec::new();
+        let mut changes = Vec::new();
         let mut failed = None;
         let t = std::time::Instant::now();
         for r in edit(&mut self.rules) {
             match r {
-                Ok(c) => scratch.extend(c),
+                Ok(c) => changes.extend(c),
                 Err(e) => {
                     failed.get_or_insert(e);
                 }
             }
         }
         if let Some(e) = failed {
-            self.rules.undo(&scratch);
+            self.rules.undo(&changes);
             return Err(anyhow!(e).context("nothing was changed"));
         }
         let t_edit = t.elapsed();
-        if let Err(e) = self.dp.apply(&self.rules, &scratch) {
-            self.rollback(&scratch);
+        if let Err(e) = self.dp.apply(&self.rules, &changes) {
+            self.rollback(&changes);
             return Err(e.context("updating the kernel maps; nothing was changed"));
         }
         let t_maps = t.elapsed();
         if let Err(e) = self.save() {
-            self.rollback(&scratch);
+            self.rollback(&changes);
             return Err(e.context("nothing was changed"));
         }
-        tracing::debug!(?t_edit, ?t_maps, total = ?t.elapsed(), changes = scratch.len(), "rule change applied");
-        let count = |f: fn(&Change) -> bool| scratch.iter().filter(|c| f(c)).count();
+        tracing::debug!(?t_edit, ?t_maps, total = ?t.elapsed(), changes = changes.len(), "rule change applied");
+        let count = |f: fn(&Change) -> bool| changes.iter().filter(|c| f(c)).count();
         Ok(json!({
             "added": count(|c| matches!(c, Change::Added(_))),
             "updated": count(|c| matches!(c, Change::Updated(..))),

@@ -324,13 +324,14 @@ impl Datapath {
                 ACTION_PASS
             }
         };
+        let (services, nat_services) = self.lb.counts();
         let cfg = Config {
             default_action: action(rules.default_policy),
             malformed_action: action(rules.malformed_policy),
             except_prefixes: rules.count(|m| matches!(m, Match::ExceptPrefix(_))) as u32,
             prefixes_v6: rules.count(|m| matches!(m, Match::Prefix(p) if !p.is_v4())) as u32,
-            nat_services: self.lb.counts().1,
-            services: self.lb.counts().0,
+            nat_services,
+            services,
         };
         self.config.set(0, cfg, 0).context("writing the config map")
     }
