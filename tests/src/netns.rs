@@ -163,10 +163,53 @@ pub fn veth(
     Ok(())
 }
 
-/// A plain HTTP/1.1 server in a namespace answering every request with `body`.
-pub struct HttpServer {
+/// A server thread inside a namespace: binds there, reports whether binding worked,
+/// then calls `step` until the guard drops (each step waits briefly for work, so the
+/// thread notices the stop flag).
+pub struct NsServer {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+}
+
+impl NsServer {
+    fn start<S: 'static>(
+        ns: &Netns,
+        bind: impl FnOnce() -> Result<S> + Send + 'static,
+        mut step: impl FnMut(&S) + Send + 'static,
+    ) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let (path, flag) = (ns.path(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let server = match enter(&path).and_then(|_| bind()) {
+                Ok(s) => {
+                    let _ = tx.send(Ok(()));
+                    s
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            while !flag.load(Ordering::Relaxed) {
+                step(&server);
+            }
+        });
+        rx.recv().context("server thread")??;
+        Ok(NsServer {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for NsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Moves the calling thread into a network namespace (only this thread).
@@ -240,107 +283,45 @@ pub fn in_ns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'stat
         .map_err(|_| anyhow::anyhow!("thread in namespace panicked"))?
 }
 
-impl HttpServer {
-    pub fn start(ns: &Netns, addr: &str, body: &str) -> Result<Self> {
+impl NsServer {
+    /// A plain HTTP/1.1 server answering every request with `body` (keep-alive: a
+    /// connection gets as many answers as it asks for).
+    pub fn http(ns: &Netns, addr: &str, body: &str) -> Result<Self> {
         let addr: SocketAddr = addr.parse().context("server address")?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = mpsc::channel();
-        let (path, body, flag) = (ns.path(), body.to_string(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let listener = enter(&path).and_then(|_| {
-                let l = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
-                l.set_nonblocking(true)?;
-                Ok(l)
-            });
-            let listener = match listener {
-                Ok(l) => {
-                    let _ = tx.send(Ok(()));
-                    l
+        let body = body.to_string();
+        let bind = move || -> Result<TcpListener> {
+            let l = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        };
+        NsServer::start(ns, bind, move |listener: &TcpListener| {
+            match listener.accept() {
+                Ok((s, _)) => {
+                    let body = body.clone();
+                    std::thread::spawn(move || serve_conn(s, &body));
                 }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            };
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((s, _)) => {
-                        let body = body.clone();
-                        std::thread::spawn(move || serve_conn(s, &body));
-                    }
-                    // Nothing pending: wait a little for the next connection.
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
+                // Nothing pending: wait a little for the next connection.
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
             }
-        });
-        rx.recv().context("server thread")??;
-        Ok(HttpServer {
-            stop,
-            thread: Some(thread),
         })
     }
-}
 
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// A UDP server in a namespace answering every datagram with `body` (from the address
-/// it is bound to: for dsr, bind the service address so replies come from it).
-pub struct UdpServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl UdpServer {
-    pub fn start(ns: &Netns, addr: &str, body: &str) -> Result<Self> {
+    /// A UDP server answering every datagram with `body`, from the address it is bound
+    /// to (for dsr, bind the service address so replies come from it).
+    pub fn udp(ns: &Netns, addr: &str, body: &str) -> Result<Self> {
         let addr: SocketAddr = addr.parse().context("server address")?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = mpsc::channel();
-        let (path, body, flag) = (ns.path(), body.to_string(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let sock = enter(&path).and_then(|_| {
-                let s =
-                    std::net::UdpSocket::bind(addr).with_context(|| format!("binding {addr}"))?;
-                s.set_read_timeout(Some(Duration::from_millis(50)))?;
-                Ok(s)
-            });
-            let sock = match sock {
-                Ok(s) => {
-                    let _ = tx.send(Ok(()));
-                    s
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            };
-            let mut buf = [0u8; 2048];
-            while !flag.load(Ordering::Relaxed) {
-                if let Ok((_, peer)) = sock.recv_from(&mut buf) {
-                    let _ = sock.send_to(body.as_bytes(), peer);
-                }
+        let body = body.to_string();
+        let bind = move || -> Result<std::net::UdpSocket> {
+            let s = std::net::UdpSocket::bind(addr).with_context(|| format!("binding {addr}"))?;
+            s.set_read_timeout(Some(Duration::from_millis(50)))?;
+            Ok(s)
+        };
+        let mut buf = [0u8; 2048];
+        NsServer::start(ns, bind, move |sock: &std::net::UdpSocket| {
+            if let Ok((_, peer)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(body.as_bytes(), peer);
             }
-        });
-        rx.recv().context("server thread")??;
-        Ok(UdpServer {
-            stop,
-            thread: Some(thread),
         })
-    }
-}
-
-impl Drop for UdpServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::netns::{HttpServer, Netns, TestDir, in_ns, veth};
+use crate::netns::{Netns, NsServer, TestDir, in_ns, veth};
 
 pub struct Topology {
     // Drop order: servers, the peer program, namespaces, then the directory.
-    pub servers: Vec<HttpServer>,
+    pub servers: Vec<NsServer>,
     _peer_xdp: aya::Ebpf,
     pub client: Netns,
     /// A host on the client side that the firewall is meant to stop.
@@ -134,7 +134,7 @@ impl Topology {
                 b.run(&["sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1"])?;
                 b.run(&["sysctl", "-qw", "net.ipv4.conf.all.arp_announce=2"])?;
             }
-            servers.push(HttpServer::start(
+            servers.push(NsServer::http(
                 &b,
                 &format!("[::]:{port}"),
                 &format!("web{}", i + 1),

@@ -8,7 +8,7 @@ use std::{
 };
 
 use xlb_tests::{
-    netns::{Daemon, UdpServer, http_get, in_ns, udp_ask},
+    netns::{Daemon, NsServer, http_get, in_ns, udp_ask},
     topology::{Topology, backend_v4, backend_v6},
 };
 
@@ -145,10 +145,10 @@ fn run_mode(mode: &str, port: u16, vip4: &str, vip6: &str) {
     for (i, b) in t.backends.iter().enumerate().take(3) {
         let name = format!("web{}", i + 1);
         if dsr {
-            udp_servers.push(UdpServer::start(b, &format!("{vip4}:53"), &name).unwrap());
-            udp_servers.push(UdpServer::start(b, &format!("[{vip6}]:53"), &name).unwrap());
+            udp_servers.push(NsServer::udp(b, &format!("{vip4}:53"), &name).unwrap());
+            udp_servers.push(NsServer::udp(b, &format!("[{vip6}]:53"), &name).unwrap());
         } else {
-            udp_servers.push(UdpServer::start(b, "[::]:53", &name).unwrap());
+            udp_servers.push(NsServer::udp(b, "[::]:53", &name).unwrap());
         }
         cli(&xlb, &["backend", "add", &udp4, &backend_v4(i)]);
         cli(&xlb, &["backend", "add", &udp6, &backend_v6(i)]);

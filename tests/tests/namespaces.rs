@@ -1,7 +1,7 @@
 //! End to end: a client namespace and an xlb namespace joined by veth, real TCP (HTTP)
 //! and ping, rules changed live through the CLI, a daemon restart keeping them.
 
-use xlb_tests::netns::{Daemon, HttpServer, Netns, TestDir, veth};
+use xlb_tests::netns::{Daemon, Netns, NsServer, TestDir, veth};
 
 fn stat(v: &serde_json::Value, reason: &str, verdict: &str) -> u64 {
     v["reasons"]
@@ -27,8 +27,8 @@ fn deny_is_live_counted_removable_and_survives_restart() {
         &["192.0.2.1/24", "2001:db8::1/64"],
     )
     .unwrap();
-    let _web4 = HttpServer::start(&edge, "192.0.2.1:80", "edge").unwrap();
-    let _web6 = HttpServer::start(&edge, "[2001:db8::1]:80", "edge6").unwrap();
+    let _web4 = NsServer::http(&edge, "192.0.2.1:80", "edge").unwrap();
+    let _web6 = NsServer::http(&edge, "[2001:db8::1]:80", "edge6").unwrap();
     let mut xlb = Daemon::start(&edge, "x0", &dir, &[]).unwrap();
 
     assert_eq!(client.curl("http://192.0.2.1/").unwrap(), "edge");
@@ -106,8 +106,8 @@ fn port_rules_and_default_deny_with_ssh_exception() {
         &["198.51.100.1/24"],
     )
     .unwrap();
-    let _web = HttpServer::start(&edge, "198.51.100.1:80", "web").unwrap();
-    let _ssh = HttpServer::start(&edge, "198.51.100.1:22", "ssh").unwrap();
+    let _web = NsServer::http(&edge, "198.51.100.1:80", "web").unwrap();
+    let _ssh = NsServer::http(&edge, "198.51.100.1:22", "ssh").unwrap();
     let xlb = Daemon::start(&edge, "x0", &dir, &[]).unwrap();
 
     assert!(xlb.cli(&["fw", "port", "deny", "80/tcp"]).status.success());
