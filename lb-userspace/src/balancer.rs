@@ -28,7 +28,7 @@ use crate::{
 fn addr16(a: &IpAddr) -> (Addr16, u8) {
     match a {
         IpAddr::V4(v) => (addr16_v4(v.octets()), FAMILY_V4),
-        IpAddr::V6(v) => (v.octets(), FAMILY_V6),
+        IpAddr::V6(v) => (Addr16::from_bytes(v.octets()), FAMILY_V6),
     }
 }
 
