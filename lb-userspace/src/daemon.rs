@@ -7,6 +7,7 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
+use std::net::IpAddr;
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
@@ -158,11 +159,24 @@ impl Edge {
                 echo,
                 tcp_idle,
                 udp_idle,
+                snat,
             } => {
                 let vip: Vip = vip.parse()?;
+                let snat: Option<IpAddr> = match snat {
+                    Some(a) => Some(a.parse().map_err(|_| {
+                        anyhow!(
+                            "'{a}' is not an address (expected e.g. 203.0.113.1 or 2001:db8::1)"
+                        )
+                    })?),
+                    None => None,
+                };
+                if let Some(a) = snat {
+                    self.check_local_address(a)?;
+                }
                 self.check_forwarding(&vip)?;
                 self.services_change(|s| {
                     s.add_service(vip, mode, affinity_source, echo)?;
+                    s.set_snat(&vip, snat)?;
                     s.set_idle(&vip, tcp_idle, udp_idle)
                 })
             }
@@ -269,6 +283,20 @@ impl Edge {
     }
 
     /// Services forward packets: the kernel's FIB lookup from XDP needs forwarding on.
+    /// A fullnat source address must be this host's: the backends' replies are sent to
+    /// it, and the kernel answers ARP / neighbour solicitations for it.
+    fn check_local_address(&self, a: IpAddr) -> Result<()> {
+        if self.iface.is_none() {
+            return Ok(());
+        }
+        if !local_addresses()?.contains(&a) {
+            bail!(
+                "{a} is not an address of this host: add it to the interface towards the backends (ip addr add {a}/PREFIX dev IFACE) before using it as --snat"
+            );
+        }
+        Ok(())
+    }
+
     fn check_forwarding(&self, vip: &Vip) -> Result<()> {
         let Some(iface) = &self.iface else {
             return Ok(());
@@ -308,6 +336,7 @@ impl Edge {
                     "echo": s.echo,
                     "tcp_idle": s.tcp_idle,
                     "udp_idle": s.udp_idle,
+                    "snat": s.snat.map(|a| a.to_string()),
                     "backends": backends,
                 })
             })
@@ -458,4 +487,35 @@ impl Drop for SocketGuard {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// Every address configured on this host's interfaces (getifaddrs).
+fn local_addresses() -> Result<Vec<IpAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("listing this host's addresses");
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            match unsafe { (*ifa.ifa_addr).sa_family } as i32 {
+                libc::AF_INET => {
+                    let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                    out.push(IpAddr::from(
+                        u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                    ));
+                }
+                libc::AF_INET6 => {
+                    let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                    out.push(IpAddr::from(sin6.sin6_addr.s6_addr));
+                }
+                _ => {}
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
 }

@@ -296,6 +296,7 @@ fn main() -> Result<()> {
             echo: true,
             tcp_idle: None,
             udp_idle: None,
+            snat: None,
         });
         for i in 0..3 {
             fx.req(Request::BackendAdd {
