@@ -170,13 +170,15 @@ impl Edge {
                     })?),
                     None => None,
                 };
-                if let Some(a) = snat {
-                    self.check_local_address(a)?;
-                }
                 self.check_forwarding(&vip)?;
+                // In tests (no interface) the program runs on crafted frames only.
+                let must_be_local = self.iface.is_some();
                 self.services_change(|s| {
                     s.add_service(vip, mode, affinity_source, echo)?;
                     s.set_snat(&vip, snat)?;
+                    if let (Some(a), true) = (snat, must_be_local) {
+                        ensure_local(a)?;
+                    }
                     s.set_idle(&vip, tcp_idle, udp_idle)
                 })
             }
@@ -283,20 +285,6 @@ impl Edge {
     }
 
     /// Services forward packets: the kernel's FIB lookup from XDP needs forwarding on.
-    /// A fullnat source address must be this host's: the backends' replies are sent to
-    /// it, and the kernel answers ARP / neighbour solicitations for it.
-    fn check_local_address(&self, a: IpAddr) -> Result<()> {
-        if self.iface.is_none() {
-            return Ok(());
-        }
-        if !local_addresses()?.contains(&a) {
-            bail!(
-                "{a} is not an address of this host: add it to the interface towards the backends (ip addr add {a}/PREFIX dev IFACE) before using it as --snat"
-            );
-        }
-        Ok(())
-    }
-
     fn check_forwarding(&self, vip: &Vip) -> Result<()> {
         let Some(iface) = &self.iface else {
             return Ok(());
@@ -487,6 +475,18 @@ impl Drop for SocketGuard {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// A fullnat source address must be this host's: the backends' replies are sent to it,
+/// and the kernel answers ARP / neighbour solicitations for it.
+fn ensure_local(a: IpAddr) -> Result<(), ServiceError> {
+    let local = local_addresses().map_err(|e| ServiceError::Invalid(format!("{e:#}")))?;
+    if !local.contains(&a) {
+        return Err(ServiceError::Invalid(format!(
+            "{a} is not an address of this host: add it to the interface towards the backends (ip addr add {a}/PREFIX dev IFACE) before using it as --snat"
+        )));
+    }
+    Ok(())
 }
 
 /// Every address configured on this host's interfaces (getifaddrs).
