@@ -234,11 +234,11 @@ fn ksoftirqd_ns() -> u64 {
         let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
             continue;
         };
-        if let Some((_, rest)) = stat.split_once(") ") {
-            if stat.contains("(ksoftirqd/") {
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                ticks += f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
-            }
+        if let Some((_, rest)) = stat.split_once(") ")
+            && stat.contains("(ksoftirqd/")
+        {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            ticks += f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
         }
     }
     ticks * 1_000_000_000 / hz
