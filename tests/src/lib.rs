@@ -3,4 +3,5 @@
 pub mod fixture;
 pub mod netns;
 pub mod packet;
+pub mod tls;
 pub mod topology;
