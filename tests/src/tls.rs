@@ -48,6 +48,30 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// The civil date (year, month, day) `days` days after 1970-01-01.
+pub fn civil_date(days: i64) -> (i32, u8, u8) {
+    // Howard Hinnant's days_from_civil, inverted.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let y = (yoe + era * 400 + i64::from(m <= 2)) as i32;
+    (y, m, d)
+}
+
+/// Today's date offset by `days` (UTC).
+pub fn date_in(days: i64) -> (i32, u8, u8) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    civil_date(now / 86_400 + days)
+}
+
 /// A certificate and key written to files, and the leaf's DER.
 #[derive(Clone)]
 pub struct Issued {
@@ -109,15 +133,25 @@ impl Pki {
         names: &[&str],
         years: Option<(i32, i32)>,
     ) -> Result<Issued> {
+        self.issue_dates(stem, names, years.map(|(a, b)| ((a, 1, 1), (b, 1, 1))))
+    }
+
+    /// Like `issue`, valid between two dates (year, month, day).
+    pub fn issue_dates(
+        &self,
+        stem: &str,
+        names: &[&str],
+        window: Option<((i32, u8, u8), (i32, u8, u8))>,
+    ) -> Result<Issued> {
         let key = KeyPair::generate()?;
         let mut params =
             CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
         params
             .distinguished_name
             .push(DnType::CommonName, names.first().copied().unwrap_or("xlb"));
-        if let Some((from, to)) = years {
-            params.not_before = rcgen::date_time_ymd(from, 1, 1);
-            params.not_after = rcgen::date_time_ymd(to, 1, 1);
+        if let Some((from, to)) = window {
+            params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+            params.not_after = rcgen::date_time_ymd(to.0, to.1, to.2);
         }
         let cert = params.signed_by(&key, &self.issuer)?;
         let issued = Issued {

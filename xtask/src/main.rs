@@ -28,6 +28,11 @@ const TOOLS: &[(&str, &str)] = &[
     ("mount", "mount"),
     ("sysctl", "procps"),
     ("ethtool", "ethtool"),
+    // The https bench: nginx beside xlb's proxy, h2load as the client, testssl.sh.
+    ("taskset", "util-linux"),
+    ("nginx", "nginx"),
+    ("h2load", "nghttp2-client"),
+    ("testssl", "testssl.sh"),
 ];
 const CLIPPY_DRIVER: &str = "/usr/bin/clippy-driver";
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -65,11 +70,15 @@ enum Task {
         #[arg(long)]
         duration: Option<u64>,
     },
-    /// Measure the datapath (BPF_PROG_TEST_RUN) beside its baselines; writes target/bench.json.
+    /// Measure the datapath (BPF_PROG_TEST_RUN) and the https service (beside nginx,
+    /// plus testssl.sh) against their baselines; writes target/bench.json.
     Bench {
-        /// Fewer repeats and smaller prefix sets, for a quick look.
+        /// Fewer repeats and smaller prefix sets, short https runs, no testssl.sh.
         #[arg(long)]
         quick: bool,
+        /// Only one part: `xdp` or `https`.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Set up, build and run `xlb run` with these arguments.
     Run {
@@ -335,7 +344,7 @@ fn main() -> Result<()> {
             cleanup_leftovers();
             res
         }
-        Task::Bench { quick } => {
+        Task::Bench { quick, only } => {
             setup()?;
             need_root("bench")?;
             run(cargo().args(["build", "--release", "--bins"]))?;
@@ -343,6 +352,9 @@ fn main() -> Result<()> {
             c.arg("--out").arg(root().join("target/bench.json"));
             if quick {
                 c.arg("--quick");
+            }
+            if let Some(part) = only {
+                c.args(["--only", &part]);
             }
             run(&mut c)
         }
