@@ -48,6 +48,9 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// (year, month, day).
+pub type Date = (i32, u8, u8);
+
 /// The civil date (year, month, day) `days` days after 1970-01-01.
 pub fn civil_date(days: i64) -> (i32, u8, u8) {
     // Howard Hinnant's days_from_civil, inverted.
@@ -141,7 +144,7 @@ impl Pki {
         &self,
         stem: &str,
         names: &[&str],
-        window: Option<((i32, u8, u8), (i32, u8, u8))>,
+        window: Option<(Date, Date)>,
     ) -> Result<Issued> {
         let key = KeyPair::generate()?;
         let mut params =
