@@ -245,7 +245,16 @@ pub fn main(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             init_logging(log_format);
-            let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            // One CPU (e.g. pinned with taskset): one thread, no work-stealing machinery.
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let rt = if cpus == 1 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+            } else {
+                tokio::runtime::Runtime::new()
+            }
+            .context("starting the runtime")?;
             rt.block_on(crate::tls::run_proxy(config))
         }
         Command::Vip(cmd) => {

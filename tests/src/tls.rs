@@ -152,6 +152,10 @@ impl Pki {
         params
             .distinguished_name
             .push(DnType::CommonName, names.first().copied().unwrap_or("xlb"));
+        // Where a real CA would publish revocations (testssl.sh asks for one).
+        params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+            uris: vec!["http://ca.example/xlb-test.crl".into()],
+        }];
         if let Some((from, to)) = window {
             params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
             params.not_after = rcgen::date_time_ymd(to.0, to.1, to.2);
