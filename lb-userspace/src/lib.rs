@@ -7,6 +7,7 @@
 //! - `daemon`: `xlb run`, serving the control socket;
 //! - `maglev`: weighted Maglev tables for the load balancer (built in user space);
 //! - `services`, `balancer`: layer-4 services and their projection on the maps;
+//! - `tls`: TLS termination and the HTTP proxy of https (layer-7) services;
 //! - `cli`: the command line and its human and JSON output.
 pub mod balancer;
 pub mod cli;
@@ -19,3 +20,4 @@ pub mod object;
 pub mod rules;
 pub mod services;
 pub mod state;
+pub mod tls;

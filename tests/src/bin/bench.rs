@@ -32,9 +32,21 @@ struct Args {
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/bench.json")]
     out: PathBuf,
-    /// Fewer repeats and smaller prefix sets.
+    /// Fewer repeats and smaller prefix sets, shorter https runs, no testssl.sh.
     #[arg(long)]
     quick: bool,
+    /// Which part to run.
+    #[arg(long, value_enum, default_value = "all")]
+    only: Part,
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum Part {
+    All,
+    /// The XDP datapath and Maglev.
+    Xdp,
+    /// The https service beside nginx, and testssl.sh.
+    Https,
 }
 
 /// Deterministic prefix sets: the same on every run and machine.
@@ -257,6 +269,27 @@ fn bulk_text(set: &[(u32, u8)]) -> String {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    let mut out = serde_json::Map::new();
+    if args.only != Part::Https {
+        out.insert("xdp".into(), xdp(&args)?);
+    }
+    if args.only != Part::Xdp {
+        let https = xlb_tests::https_bench::run(&xlb_tests::https_bench::Options {
+            quick: args.quick,
+            testssl: !args.quick,
+        })?;
+        out.insert("https".into(), https);
+    }
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir).ok();
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&out)?)?;
+    println!("\nwritten to {}", args.out.display());
+    Ok(())
+}
+
+/// The datapath rows, the balancer and Maglev.
+fn xdp(args: &Args) -> Result<serde_json::Value> {
     // Everything runs inside a private test network, whose FIB the balancer rows use.
     let net = LbNet::enter()?;
     let repeat = if args.quick { 100_000 } else { 1_000_000 };
@@ -492,10 +525,5 @@ fn main() -> Result<()> {
         "xlb_over_lpm_random": ratios.iter().map(|(k, r)| json!({"prefixes_k": k, "ratio": r})).collect::<Vec<_>>(),
         "notes": notes,
     });
-    if let Some(dir) = args.out.parent() {
-        std::fs::create_dir_all(dir).ok();
-    }
-    std::fs::write(&args.out, serde_json::to_string_pretty(&json)?)?;
-    println!("\nwritten to {}", args.out.display());
-    Ok(())
+    Ok(json)
 }
