@@ -28,6 +28,9 @@ const TOOLS: &[(&str, &str)] = &[
     ("mount", "mount"),
     ("sysctl", "procps"),
     ("ethtool", "ethtool"),
+    // The monitoring test scrapes xlb with a real Prometheus and checks the exposition.
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
 ];
 const CLIPPY_DRIVER: &str = "/usr/bin/clippy-driver";
 const BPF_LINKER_VERSION: &str = "0.13.0";
