@@ -268,10 +268,10 @@ fn icmp_error(ctx: &XdpContext, pkt: &Packet, family: u8, now: u64) -> u32 {
     } else {
         scratch.key.dst_port
     };
-    if f.mode == MODE_NAT || f.mode == MODE_FULLNAT {
-        if icmp::set_quoted(ctx, pkt, &inner, End::Src, &b.addr, port).is_none() {
-            return NONE;
-        }
+    if (f.mode == MODE_NAT || f.mode == MODE_FULLNAT)
+        && icmp::set_quoted(ctx, pkt, &inner, End::Src, &b.addr, port).is_none()
+    {
+        return NONE;
     }
     if f.mode == MODE_FULLNAT {
         let Some(snat) = XLB_SNAT.get(f.service) else {

@@ -13,13 +13,16 @@ mod count;
 mod events;
 mod filter;
 mod icmp;
+#[cfg(feature = "klog")]
 mod klog;
 mod maps;
 mod parse;
 mod rewrite;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{Config, JUMP_BALANCE, LOG_DEBUG, Reason, Verdict};
+#[cfg(feature = "klog")]
+use lb_common::LOG_DEBUG;
+use lb_common::{Config, JUMP_BALANCE, Reason, Verdict};
 
 use crate::filter::{Decision, action_verdict};
 
@@ -46,10 +49,12 @@ pub fn xlb(ctx: XdpContext) -> u32 {
     let len = bounds::frame_len(&ctx);
     let cfg = config();
     // Off by default: one comparison of a value already loaded, the log calls skipped.
+    #[cfg(feature = "klog")]
     if cfg.log_level >= LOG_DEBUG {
         klog::packet(&ctx);
     }
     let (d, ip) = firewall(&ctx, &cfg);
+    #[cfg(feature = "klog")]
     if cfg.log_level >= LOG_DEBUG {
         klog::decision(&ctx, 0, d.reason as u32, d.verdict as u32);
     }
@@ -85,6 +90,7 @@ pub fn xlb_balance(ctx: XdpContext) -> u32 {
     if verdict == Verdict::Drop {
         events::dropped(&ctx, reason, len, &cfg);
     }
+    #[cfg(feature = "klog")]
     if cfg.log_level >= LOG_DEBUG {
         klog::decision(&ctx, 1, reason as u32, verdict as u32);
     }

@@ -192,8 +192,13 @@ impl Datapath {
     /// Loads the program into the kernel (the verifier runs here) with empty tables, and
     /// pins every map under `pins` if given (replacing pins a crashed run left behind).
     pub fn load(pins: Option<&Path>) -> Result<Self> {
+        Self::load_object(object::XLB, pins)
+    }
+
+    /// `load` of another build of the program (the bench's copy without logging).
+    pub fn load_object(obj: &[u8], pins: Option<&Path>) -> Result<Self> {
         let mut bpf = EbpfLoader::new()
-            .load(object::XLB)
+            .load(obj)
             .context("loading the XDP object")?;
         let prog: &mut Xdp = bpf
             .program_mut(PROG_NAME)

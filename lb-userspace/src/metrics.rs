@@ -698,6 +698,49 @@ pub fn map_update_failed(kind: MapKind) {
     global().map_update_error(kind);
 }
 
+/// Per-service and per-backend numbers and the flow table, for `xlb stats --json` and
+/// `xlb top` (the same numbers as the metrics).
+pub fn traffic_json(edge: &Edge) -> Result<serde_json::Value> {
+    use serde_json::json;
+    let services = edge.dp.lb.traffic(edge.dp.ncpus())?;
+    let flows = count_flows(edge)?;
+    let m = global();
+    let list: Vec<serde_json::Value> = services
+        .iter()
+        .map(|s| {
+            let backends: Vec<serde_json::Value> = s
+                .backends
+                .iter()
+                .map(|b| {
+                    json!({
+                        "backend": b.backend.to_string(),
+                        "packets": b.stats.packets,
+                        "bytes": b.stats.bytes,
+                        "new_flows": b.stats.new_flows,
+                        "health": m.health_of(&s.vip, &b.backend).name(),
+                    })
+                })
+                .collect();
+            json!({
+                "service": s.vip.to_string(),
+                "mode": s.mode,
+                "packets": s.total.packets,
+                "bytes": s.total.bytes,
+                "new_flows": s.total.new_flows,
+                "backends": backends,
+            })
+        })
+        .collect();
+    Ok(json!({
+        "services": list,
+        "flows": {
+            "forward": flows.forward,
+            "reply": flows.reply,
+            "capacity": DEFAULT_FLOWS,
+        },
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -834,47 +877,4 @@ mod tests {
             "# HELP xlb_packets_total Packets.\n# TYPE xlb_packets_total counter\nxlb_packets_total{a=\"b\"} 1\n# HELP xlb_rules Rules.\n# TYPE xlb_rules gauge\nxlb_rules 2\n"
         );
     }
-}
-
-/// Per-service and per-backend numbers and the flow table, for `xlb stats --json` and
-/// `xlb top` (the same numbers as the metrics).
-pub fn traffic_json(edge: &Edge) -> Result<serde_json::Value> {
-    use serde_json::json;
-    let services = edge.dp.lb.traffic(edge.dp.ncpus())?;
-    let flows = count_flows(edge)?;
-    let m = global();
-    let list: Vec<serde_json::Value> = services
-        .iter()
-        .map(|s| {
-            let backends: Vec<serde_json::Value> = s
-                .backends
-                .iter()
-                .map(|b| {
-                    json!({
-                        "backend": b.backend.to_string(),
-                        "packets": b.stats.packets,
-                        "bytes": b.stats.bytes,
-                        "new_flows": b.stats.new_flows,
-                        "health": m.health_of(&s.vip, &b.backend).name(),
-                    })
-                })
-                .collect();
-            json!({
-                "service": s.vip.to_string(),
-                "mode": s.mode,
-                "packets": s.total.packets,
-                "bytes": s.total.bytes,
-                "new_flows": s.total.new_flows,
-                "backends": backends,
-            })
-        })
-        .collect();
-    Ok(json!({
-        "services": list,
-        "flows": {
-            "forward": flows.forward,
-            "reply": flows.reply,
-            "capacity": DEFAULT_FLOWS,
-        },
-    }))
 }

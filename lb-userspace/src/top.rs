@@ -27,7 +27,7 @@ fn terminal_size() -> Option<(usize, usize)> {
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
     // SAFETY: TIOCGWINSZ fills a winsize.
     let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) };
-    (rc == 0 && ws.ws_col > 0 && ws.ws_row > 0).then(|| (ws.ws_col as usize, ws.ws_row as usize))
+    (rc == 0 && ws.ws_col > 0 && ws.ws_row > 0).then_some((ws.ws_col as usize, ws.ws_row as usize))
 }
 
 /// 1234567 -> "1.2M" (SI, for rates and totals in narrow columns).

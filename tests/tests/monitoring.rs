@@ -119,6 +119,47 @@ impl Prometheus {
     }
 }
 
+impl Prometheus {
+    /// Whether Prometheus accepts a query (status "success").
+    fn valid(&self, edge: &Netns, q: &str) -> bool {
+        let out = edge.run(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "2",
+            "-G",
+            "http://127.0.0.1:9090/api/v1/query",
+            "--data-urlencode",
+            &format!("query={q}"),
+        ]);
+        out.ok()
+            .and_then(|o| serde_json::from_str::<Value>(&o).ok())
+            .is_some_and(|v| v["status"] == "success")
+    }
+}
+
+fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+#[test]
+fn example_scrape_config_is_valid() {
+    let out = Command::new("promtool")
+        .args(["check", "config"])
+        .arg(repo().join("monitoring/prometheus.yml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 impl Drop for Prometheus {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -397,6 +438,25 @@ fn counters_are_exact_in_metrics_stats_prometheus_and_top() {
         poll(q, Duration::from_secs(30), || prom.query(&t.edge, q)),
         1.0
     );
+    // Every query of the Grafana dashboard in the repository is valid PromQL.
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("monitoring/grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut exprs = 0;
+    for p in dash["panels"].as_array().unwrap() {
+        for target in p["targets"].as_array().into_iter().flatten() {
+            let e = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$instance", ".*")
+                .replace("$service", ".*")
+                .replace("$__rate_interval", "1m");
+            assert!(prom.valid(&t.edge, &e), "dashboard query refused: {e}");
+            exprs += 1;
+        }
+    }
+    assert!(exprs > 20);
     drop(prom);
 
     // xlb top, fixed size: two frames of exactly 30 lines of at most 100 columns.

@@ -74,6 +74,12 @@ impl Balancer {
         Ok(out)
     }
 
+    /// The counters of backend ids `0..end`, summed over CPUs (one batch read).
+    pub fn backend_counters(&self, end: u32, ncpus: usize) -> Result<Vec<BackendStats>> {
+        kstats::per_cpu_array_sums(self.backend_stats_fd, end, ncpus, add)
+            .context("reading the backend counters")
+    }
+
     /// A backend leaves its service: its counters go to the service's retired total.
     pub(super) fn retire(&mut self, vip: &Vip, id: u32) {
         match self.backend_stats.get(&id, 0) {
