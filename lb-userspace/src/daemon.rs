@@ -29,6 +29,8 @@ pub struct RunOptions {
     pub bpffs: PathBuf,
     pub state: PathBuf,
     pub socket: PathBuf,
+    /// Monitoring: `/metrics`, drop events, kernel log (see `monitor`).
+    pub monitor: crate::monitor::MonitorOptions,
 }
 
 /// The edge's desired state (firewall rules and services) and its projection on the
@@ -226,6 +228,7 @@ impl Edge {
         }
         let t_edit = t.elapsed();
         if let Err(e) = self.dp.apply(&self.rules, &changes) {
+            crate::metrics::map_update_failed(crate::metrics::MapKind::Rules);
             self.rollback(&changes);
             return Err(e.context("updating the kernel maps; nothing was changed"));
         }
@@ -271,6 +274,7 @@ impl Edge {
         let mut next = self.services.clone();
         edit(&mut next)?;
         if let Err(e) = self.dp.lb.sync(&next) {
+            crate::metrics::map_update_failed(crate::metrics::MapKind::Services);
             let _ = self.dp.lb.sync(&self.services);
             return Err(e.context("updating the kernel maps; nothing was changed"));
         }
@@ -387,7 +391,14 @@ impl Edge {
                 "bytes": c.bytes,
             }));
         }
-        Ok(json!({ "verdicts": totals, "reasons": rows, "rules": self.rules.len() }))
+        let traffic = crate::metrics::traffic_json(self)?;
+        Ok(json!({
+            "verdicts": totals,
+            "reasons": rows,
+            "rules": self.rules.len(),
+            "services": traffic["services"],
+            "flows": traffic["flows"],
+        }))
     }
 }
 
@@ -433,17 +444,20 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let stored = state::load(&opts.state)?;
     let listener = bind(&opts.socket).await?;
     let guard = SocketGuard(opts.socket.clone());
-    let dp = Datapath::load(Some(&opts.bpffs))?;
+    let mut dp = Datapath::load(Some(&opts.bpffs))?;
+    opts.monitor.configure(&mut dp);
     // Rules go in before the program is attached: the first packet already sees them.
     let mut fw = Edge::new(dp, stored, Some(opts.state.clone()))?;
     fw.iface = Some(opts.iface.clone());
     fw.dp.attach(&opts.iface, opts.mode)?;
+    let monitor = crate::monitor::Monitor::prepare(&opts.monitor, &mut fw.dp).await?;
     info!(
         iface = %opts.iface, mode = ?opts.mode, rules = fw.rules.len(),
         socket = %opts.socket.display(), pins = %opts.bpffs.display(),
         "xlb attached and ready"
     );
     let fw = Arc::new(Mutex::new(fw));
+    let _monitor = monitor.start(fw.clone());
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     loop {
