@@ -504,7 +504,7 @@ backends = [{}]
     )
 }
 
-/// testssl.sh against xlb's listener: every finding of severity MEDIUM or higher.
+/// testssl.sh against xlb's listener: (findings, those of severity LOW or higher).
 fn testssl(ns: &Netns, dir: &Path, ca: &Path) -> Result<(usize, Vec<String>)> {
     let json = dir.join("testssl.json");
     let _ = std::fs::remove_file(&json);
@@ -536,7 +536,12 @@ fn testssl(ns: &Netns, dir: &Path, ca: &Path) -> Result<(usize, Vec<String>)> {
     let findings: Vec<Value> = serde_json::from_str(&text).context("testssl JSON")?;
     let bad: Vec<String> = findings
         .iter()
-        .filter(|f| matches!(f["severity"].as_str(), Some("MEDIUM" | "HIGH" | "CRITICAL")))
+        .filter(|f| {
+            matches!(
+                f["severity"].as_str(),
+                Some("LOW" | "MEDIUM" | "HIGH" | "CRITICAL")
+            )
+        })
         .map(|f| {
             format!(
                 "{} {}: {}",
@@ -781,16 +786,19 @@ pub fn run(opts: &Options) -> Result<Value> {
     if opts.testssl {
         println!("\ntestssl.sh against xlb's listener (takes a few minutes) ...");
         let t = Instant::now();
-        let (n, bad) = testssl(&ns, &dir.path, &pki.ca)?;
+        let (n, flagged) = testssl(&ns, &dir.path, &pki.ca)?;
+        let (low, bad): (Vec<String>, Vec<String>) =
+            flagged.into_iter().partition(|f| f.starts_with("LOW "));
         println!(
             "testssl.sh: {n} findings, {} of severity MEDIUM or higher ({:.0} s){}",
             bad.len(),
             t.elapsed().as_secs_f64(),
             if bad.is_empty() { ": none" } else { ":" }
         );
-        for b in &bad {
+        for b in bad.iter().chain(&low) {
             println!("  {b}");
         }
+        results.insert("testssl_low".into(), json!(low));
         results.insert("testssl_findings".into(), json!(n));
         results.insert("testssl_medium_or_higher".into(), json!(bad));
     }
