@@ -1,6 +1,6 @@
 //! The control API: one JSON request and one JSON response per connection, over a Unix
-//! socket that only root can open (mode 0600). Every CLI verb other than `run` is a
-//! client of it.
+//! socket that only root can open (mode 0600; 0660 with a group). Every CLI verb other
+//! than `run` and `check-config` is a client of it.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -76,6 +76,10 @@ pub enum Request {
     },
     List,
     Stats,
+    /// The daemon: interfaces, program, configuration, rules and services.
+    Status,
+    /// Re-reads the configuration file and applies what changed in it.
+    Reload,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -115,7 +119,7 @@ pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value> {
             ) =>
         {
             bail!(
-                "no xlb daemon is running (nothing listens on {}): start one with `xlb run --iface IF`",
+                "no xlb daemon is running (nothing listens on {}): start one with `xlb run --config FILE` or `xlb run --iface IF`",
                 socket.display()
             )
         }

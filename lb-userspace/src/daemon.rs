@@ -1,8 +1,14 @@
 //! `xlb run`: owns the datapath and the desired state, serves the control socket.
+//!
+//! `Edge` is the desired state (rules, services, the configuration's projection they
+//! were built from) and its projection on the maps, changed as one; `Running` adds what
+//! only the daemon has: the configuration file, its generation and last reload, the
+//! interfaces, the socket, the uptime.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -15,16 +21,22 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
+    config::{self, Config, Interface, Plan, Projection, RuleOp},
     control::{Request, Response},
     datapath::{AttachMode, Datapath, check_bpffs},
+    drain::{self, Draining},
     rules::{self, Action, Change, Match, PortSpec, Prefix, RuleSet, Target},
     services::{BackendAddr, ServiceError, Services, Vip},
     state,
 };
 
 pub struct RunOptions {
-    pub iface: String,
+    /// An interface given on the command line (replaces the file's list).
+    pub iface: Option<String>,
     pub mode: AttachMode,
+    pub config: Option<PathBuf>,
+    /// The control socket's group from the command line (overrides the file's).
+    pub socket_group: Option<String>,
     pub bpffs: PathBuf,
     pub state: PathBuf,
     pub socket: PathBuf,
@@ -36,8 +48,14 @@ pub struct Edge {
     pub dp: Datapath,
     pub rules: RuleSet,
     pub services: Services,
-    /// The interface xlb runs on (None in tests): services need forwarding on it.
-    pub iface: Option<String>,
+    /// The configuration file's projection the state was last built from.
+    pub base: Projection,
+    /// The interfaces xlb runs on (none in tests): services need forwarding on them.
+    pub ifaces: Vec<String>,
+    /// Backends removed from a service that keep their established flows a while.
+    pub draining: Draining,
+    /// How long a removed backend drains (zero: its flows move at their next packet).
+    pub drain_timeout: Duration,
     /// Where the desired state is stored; `None` keeps it in memory (tests, bench).
     pub state_path: Option<PathBuf>,
 }
@@ -71,7 +89,10 @@ impl Edge {
             dp,
             rules: stored.rules,
             services: stored.services,
-            iface: None,
+            base: stored.base,
+            ifaces: Vec::new(),
+            draining: Draining::default(),
+            drain_timeout: Duration::ZERO,
             state_path,
         };
         edge.dp.load_rules(&edge.rules)?;
@@ -185,7 +206,73 @@ impl Edge {
             Request::VipList => Ok(self.vip_list()),
             Request::List => self.list(),
             Request::Stats => self.stats(),
+            Request::Status | Request::Reload => {
+                bail!("only a running daemon (`xlb run`) answers status and reload")
+            }
         }
+    }
+
+    /// Applies a reload's plan: rules, policies, services and the new base go to the
+    /// desired state, the maps and the state file, or to none of them.
+    pub fn apply_plan(&mut self, plan: Plan, base: Projection) -> Result<Value> {
+        let mut changes = Vec::new();
+        for op in &plan.rule_ops {
+            let r = match *op {
+                RuleOp::Upsert(m, a) => self.rules.upsert(m, a),
+                RuleOp::Remove(m) => self.rules.remove(&m).map(Some),
+            };
+            match r {
+                Ok(c) => changes.extend(c),
+                Err(e) => {
+                    self.rules.undo(&changes);
+                    return Err(anyhow!(e).context("nothing was changed"));
+                }
+            }
+        }
+        if let Err(e) = self.dp.apply(&self.rules, &changes) {
+            self.rollback(&changes);
+            return Err(e.context("updating the kernel maps; nothing was changed"));
+        }
+        let diff = config::services_diff(&self.services, &plan.services);
+        let draining = self.draining.after_change(
+            &self.services,
+            &plan.services,
+            Instant::now(),
+            self.drain_timeout,
+        );
+        let old_services = std::mem::replace(&mut self.services, plan.services);
+        let old_draining = std::mem::replace(&mut self.draining, draining);
+        let old_base = std::mem::replace(&mut self.base, base);
+        let old_policies = (self.rules.default_policy, self.rules.malformed_policy);
+        self.rules.default_policy = plan.default_policy;
+        self.rules.malformed_policy = plan.malformed_policy;
+        let res = self
+            .dp
+            .lb
+            .sync(&self.draining.view(&self.services))
+            .and_then(|_| self.dp.set_config(&self.rules))
+            .and_then(|_| self.save());
+        if let Err(e) = res {
+            self.services = old_services;
+            self.draining = old_draining;
+            self.base = old_base;
+            (self.rules.default_policy, self.rules.malformed_policy) = old_policies;
+            if let Err(e) = self.dp.lb.sync(&self.draining.view(&self.services)) {
+                warn!("rolling back the services' maps failed: {e:#}");
+            }
+            self.rollback(&changes);
+            let _ = self.dp.set_config(&self.rules);
+            return Err(e.context("nothing was changed"));
+        }
+        let count = |f: fn(&Change) -> bool| changes.iter().filter(|c| f(c)).count();
+        Ok(json!({
+            "rules_added": count(|c| matches!(c, Change::Added(_))),
+            "rules_updated": count(|c| matches!(c, Change::Updated(..))),
+            "rules_removed": count(|c| matches!(c, Change::Removed(_))),
+            "policies_changed": usize::from(old_policies.0 != self.rules.default_policy)
+                + usize::from(old_policies.1 != self.rules.malformed_policy),
+            "services": diff,
+        }))
     }
 
     /// Applies a rule-set edit to the set, the maps and the state file, or to none of them.
@@ -254,40 +341,40 @@ impl Edge {
     ) -> Result<Value> {
         let mut next = self.services.clone();
         edit(&mut next)?;
-        if let Err(e) = self.dp.lb.sync(&next) {
-            let _ = self.dp.lb.sync(&self.services);
+        let draining =
+            self.draining
+                .after_change(&self.services, &next, Instant::now(), self.drain_timeout);
+        if let Err(e) = self.dp.lb.sync(&draining.view(&next)) {
+            let _ = self.dp.lb.sync(&self.draining.view(&self.services));
             return Err(e.context("updating the kernel maps; nothing was changed"));
         }
         let old = std::mem::replace(&mut self.services, next);
+        let old_draining = std::mem::replace(&mut self.draining, draining);
         if let Err(e) = self.dp.set_config(&self.rules).and_then(|_| self.save()) {
             self.services = old;
-            let _ = self.dp.lb.sync(&self.services);
+            self.draining = old_draining;
+            let _ = self.dp.lb.sync(&self.draining.view(&self.services));
             let _ = self.dp.set_config(&self.rules);
             return Err(e.context("nothing was changed"));
         }
         Ok(json!({ "services": self.services.by_vip.len() }))
     }
 
-    /// Services forward packets: the kernel's FIB lookup from XDP needs forwarding on.
-    fn check_forwarding(&self, vip: &Vip) -> Result<()> {
-        let Some(iface) = &self.iface else {
+    /// Removes the draining backends whose time is up from the maps.
+    pub fn expire_drains(&mut self, now: Instant) -> Result<()> {
+        let Some(next) = self.draining.expired(now) else {
             return Ok(());
         };
-        let path = if vip.addr.is_ipv4() {
-            format!("/proc/sys/net/ipv4/conf/{iface}/forwarding")
-        } else {
-            "/proc/sys/net/ipv6/conf/all/forwarding".to_string()
-        };
-        let on = std::fs::read_to_string(&path)
-            .map(|v| v.trim() == "1")
-            .unwrap_or(false);
-        if !on {
-            let key = path.trim_start_matches("/proc/sys/").replace('/', ".");
-            bail!(
-                "forwarding is off ({path}): xlb forwards service traffic, enable it with `sysctl -w {key}=1`"
-            );
-        }
+        self.dp
+            .lb
+            .sync(&next.view(&self.services))
+            .context("removing drained backends")?;
+        self.draining = next;
         Ok(())
+    }
+
+    fn check_forwarding(&self, vip: &Vip) -> Result<()> {
+        check_forwarding(&self.ifaces, vip)
     }
 
     fn vip_list(&self) -> Value {
@@ -328,7 +415,7 @@ impl Edge {
 
     fn save(&self) -> Result<()> {
         match &self.state_path {
-            Some(p) => state::save(p, &self.rules, &self.services),
+            Some(p) => state::save(p, &self.rules, &self.services, &self.base),
             None => Ok(()),
         }
     }
@@ -374,8 +461,336 @@ impl Edge {
     }
 }
 
+/// Services forward packets: the kernel's FIB lookup from XDP needs forwarding on, on
+/// every interface xlb runs on.
+fn check_forwarding(ifaces: &[String], vip: &Vip) -> Result<()> {
+    for iface in ifaces {
+        let path = if vip.addr.is_ipv4() {
+            format!("/proc/sys/net/ipv4/conf/{iface}/forwarding")
+        } else {
+            "/proc/sys/net/ipv6/conf/all/forwarding".to_string()
+        };
+        let on = std::fs::read_to_string(&path)
+            .map(|v| v.trim() == "1")
+            .unwrap_or(false);
+        if !on {
+            let key = path.trim_start_matches("/proc/sys/").replace('/', ".");
+            bail!(
+                "forwarding is off ({path}): xlb forwards service traffic, enable it with `sysctl -w {key}=1`"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Applies a plan to a stored state (before anything is loaded).
+fn apply_to_stored(stored: &mut state::Stored, plan: Plan, base: Projection) -> Result<()> {
+    for op in plan.rule_ops {
+        match op {
+            RuleOp::Upsert(m, a) => {
+                stored.rules.upsert(m, a)?;
+            }
+            RuleOp::Remove(m) => {
+                stored.rules.remove(&m)?;
+            }
+        }
+    }
+    stored.rules.default_policy = plan.default_policy;
+    stored.rules.malformed_policy = plan.malformed_policy;
+    stored.services = plan.services;
+    stored.base = base;
+    Ok(())
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The outcome of the last reload.
+struct ReloadRecord {
+    at: SystemTime,
+    trigger: &'static str,
+    result: std::result::Result<Value, String>,
+}
+
+/// The daemon: the edge and what only a running daemon has.
+pub struct Running {
+    pub edge: Edge,
+    /// The configuration file (None: started without one).
+    config_path: Option<PathBuf>,
+    /// The last configuration applied.
+    config: Option<Config>,
+    /// The interfaces came from `--iface`: reloads leave them.
+    cli_iface: bool,
+    /// The group given with `--socket-group` (overrides the file's).
+    cli_group: Option<String>,
+    socket: PathBuf,
+    started: SystemTime,
+    /// 1 for the file applied at start, +1 for each successful reload.
+    generation: u64,
+    last_reload: Option<ReloadRecord>,
+}
+
+impl Running {
+    pub fn handle(&mut self, req: Request, trigger: &'static str) -> Response {
+        let res = match req {
+            Request::Status => self.status(),
+            Request::Reload => self.reload(trigger),
+            other => return self.edge.handle(other),
+        };
+        match res {
+            Ok(v) => Response::ok(v),
+            Err(e) => Response::err(format!("{e:#}")),
+        }
+    }
+
+    fn group(&self) -> Option<&str> {
+        self.cli_group
+            .as_deref()
+            .or(self.config.as_ref().and_then(|c| c.group.as_deref()))
+    }
+
+    fn status(&self) -> Result<Value> {
+        let now = Instant::now();
+        let program_id = self.edge.dp.program().info()?.id();
+        let interfaces: Vec<Value> = self
+            .edge
+            .dp
+            .attached()
+            .into_iter()
+            .map(|(name, mode)| json!({ "name": name, "mode": mode }))
+            .collect();
+        let rules = &self.edge.rules;
+        let health = |vip: &Vip| {
+            self.config
+                .as_ref()
+                .and_then(|c| c.health.get(vip))
+                .map(|h| serde_json::to_value(h).unwrap_or(Value::Null))
+        };
+        let services: Vec<Value> = self
+            .edge
+            .services
+            .by_vip
+            .values()
+            .map(|s| {
+                let mut backends: Vec<Value> = s
+                    .backends
+                    .iter()
+                    .map(|(b, w)| {
+                        json!({ "backend": b.to_string(), "weight": w, "state": "unchecked" })
+                    })
+                    .collect();
+                let draining = self.edge.draining.by_vip.get(&s.vip);
+                for b in draining.into_iter().flat_map(|d| d.keys()) {
+                    let left = self.edge.draining.left(&s.vip, b, now).unwrap_or_default();
+                    backends.push(json!({
+                        "backend": b.to_string(),
+                        "weight": 0,
+                        "state": "draining",
+                        "drain_left_secs": left.as_secs(),
+                    }));
+                }
+                json!({
+                    "service": s.vip.to_string(),
+                    "mode": s.mode,
+                    "affinity": if s.affinity_source { "source" } else { "none" },
+                    "echo": s.echo,
+                    "tcp_idle": s.tcp_idle,
+                    "udp_idle": s.udp_idle,
+                    "health_check": health(&s.vip),
+                    "backends": backends,
+                })
+            })
+            .collect();
+        let last_reload = self.last_reload.as_ref().map(|r| {
+            json!({
+                "ok": r.result.is_ok(),
+                "at_unix": unix(r.at),
+                "trigger": r.trigger,
+                "error": r.result.as_ref().err(),
+                "changes": r.result.as_ref().ok(),
+            })
+        });
+        let config = self.config_path.as_ref().map(|p| {
+            json!({
+                "file": p.display().to_string(),
+                "generation": self.generation,
+                "last_reload": last_reload,
+            })
+        });
+        Ok(json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "started_unix": unix(self.started),
+            "uptime_secs": SystemTime::now().duration_since(self.started).map_or(0, |d| d.as_secs()),
+            "drain_timeout_secs": self.edge.drain_timeout.as_secs(),
+            "program_id": program_id,
+            "interfaces": interfaces,
+            "socket": self.socket.display().to_string(),
+            "socket_group": self.group(),
+            "config": config,
+            "rules": {
+                "total": rules.len(),
+                "prefix": rules.count(|m| matches!(m, Match::Prefix(_))),
+                "port": rules.count(|m| matches!(m, Match::Port(_))),
+                "except_prefix": rules.count(|m| matches!(m, Match::ExceptPrefix(_))),
+                "except_port": rules.count(|m| matches!(m, Match::ExceptPort(_))),
+                "default": rules.default_policy,
+                "malformed": rules.malformed_policy,
+            },
+            "services": services,
+        }))
+    }
+
+    /// Re-reads the configuration file and applies diff(last file, this file); a bad
+    /// file changes nothing. Recorded for `xlb status`.
+    fn reload(&mut self, trigger: &'static str) -> Result<Value> {
+        let Some(path) = self.config_path.clone() else {
+            bail!(
+                "this daemon runs without a configuration file: start it with `xlb run --config FILE` to reload one"
+            );
+        };
+        let res = self.try_reload(&path);
+        match &res {
+            Ok(v) => {
+                info!(file = %path.display(), generation = self.generation, changes = %v, trigger, "configuration reloaded")
+            }
+            Err(e) => {
+                warn!(file = %path.display(), trigger, "reload refused, the running state is unchanged: {e:#}")
+            }
+        }
+        self.last_reload = Some(ReloadRecord {
+            at: SystemTime::now(),
+            trigger,
+            result: res.as_ref().map(Clone::clone).map_err(|e| format!("{e:#}")),
+        });
+        res.context("reload refused, the running state is unchanged")
+    }
+
+    fn try_reload(&mut self, path: &Path) -> Result<Value> {
+        let cfg = Config::load(path).map_err(|e| anyhow!("{e}"))?;
+        let plan = config::plan(
+            &self.edge.rules,
+            &self.edge.services,
+            &self.edge.base,
+            &cfg.projection,
+        )
+        .map_err(|e| anyhow!("{e}"))?;
+        let ifaces: Vec<Interface> = if self.cli_iface {
+            self.current_interfaces()
+        } else if cfg.interfaces.is_empty() {
+            bail!(
+                "{} lists no [[interface]]: xlb would detach from every interface (stop it instead)",
+                path.display()
+            );
+        } else {
+            cfg.interfaces.clone()
+        };
+        let names: Vec<String> = ifaces.iter().map(|i| i.name.clone()).collect();
+        for vip in plan.services.by_vip.keys() {
+            if !self.edge.services.by_vip.contains_key(vip) {
+                check_forwarding(&names, vip)?;
+            }
+        }
+        let new_group = self.cli_group.clone().or_else(|| cfg.group.clone());
+        let gid = new_group
+            .as_deref()
+            .map(config::group_id)
+            .transpose()
+            .map_err(|e| anyhow!(e))?;
+        // Interfaces first (new ones attached, changed modes re-attached), so a refusal
+        // there leaves the state untouched; the ones the file dropped go last.
+        let undo = self.attach_interfaces(&ifaces)?;
+        let old_drain = std::mem::replace(&mut self.edge.drain_timeout, cfg.drain_timeout);
+        let mut changes = match self.edge.apply_plan(plan, cfg.projection.clone()) {
+            Ok(v) => v,
+            Err(e) => {
+                self.edge.drain_timeout = old_drain;
+                self.undo_interfaces(undo);
+                return Err(e);
+            }
+        };
+        let mut detached = Vec::new();
+        for (name, _) in self.edge.dp.attached() {
+            if !names.contains(&name) {
+                if let Err(e) = self.edge.dp.detach_from(&name) {
+                    warn!("{e:#}");
+                }
+                detached.push(name);
+            }
+        }
+        self.edge.ifaces = names;
+        if let Err(e) = set_socket_access(&self.socket, gid) {
+            warn!("control socket permissions: {e:#}");
+        }
+        self.generation += 1;
+        changes["generation"] = json!(self.generation);
+        changes["interfaces_attached"] =
+            json!(undo.iter().map(|u| u.0.clone()).collect::<Vec<_>>());
+        changes["interfaces_detached"] = json!(detached);
+        self.config = Some(cfg);
+        Ok(changes)
+    }
+
+    fn current_interfaces(&self) -> Vec<Interface> {
+        self.edge
+            .dp
+            .attached()
+            .into_iter()
+            .map(|(name, mode)| Interface { name, mode })
+            .collect()
+    }
+
+    /// Attaches to the interfaces of `want` not attached in that mode. Returns what was
+    /// done (interface, the mode it had before), for `undo_interfaces`.
+    fn attach_interfaces(
+        &mut self,
+        want: &[Interface],
+    ) -> Result<Vec<(String, Option<AttachMode>)>> {
+        let current = self.edge.dp.attached();
+        let mut done = Vec::new();
+        for i in want {
+            let before = current.iter().find(|(n, _)| *n == i.name).map(|(_, m)| *m);
+            if before == Some(i.mode) {
+                continue;
+            }
+            if before.is_some() {
+                self.edge.dp.detach_from(&i.name)?;
+            }
+            if let Err(e) = self.edge.dp.attach(&i.name, i.mode) {
+                done.push((i.name.clone(), before));
+                self.undo_interfaces(done);
+                return Err(e);
+            }
+            done.push((i.name.clone(), before));
+        }
+        Ok(done)
+    }
+
+    fn undo_interfaces(&mut self, done: Vec<(String, Option<AttachMode>)>) {
+        for (name, before) in done.into_iter().rev() {
+            let _ = self.edge.dp.detach_from(&name);
+            if let Some(mode) = before
+                && let Err(e) = self.edge.dp.attach(&name, mode)
+            {
+                warn!("re-attaching {name}: {e:#}");
+            }
+        }
+    }
+}
+
+/// Owner root; mode 0600, or 0660 with the group `gid`.
+fn set_socket_access(socket: &Path, gid: Option<u32>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::os::unix::fs::chown(socket, Some(0), Some(gid.unwrap_or(0)))
+        .with_context(|| format!("setting the owner of {}", socket.display()))?;
+    let mode = if gid.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", socket.display()))
+}
+
 /// Refuses to start a second daemon on the same socket; removes a stale socket file.
-async fn bind(socket: &std::path::Path) -> Result<UnixListener> {
+async fn bind(socket: &Path, gid: Option<u32>) -> Result<UnixListener> {
     if UnixStream::connect(socket).await.is_ok() {
         bail!("another xlb daemon is already serving {}", socket.display());
     }
@@ -383,21 +798,28 @@ async fn bind(socket: &std::path::Path) -> Result<UnixListener> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let listener =
-        UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    // The socket is created with no access for others: nobody connects before its mode
+    // is set.
+    // SAFETY: umask has no preconditions; nothing else creates files at this point.
+    let old = unsafe { libc::umask(0o177) };
+    let listener = UnixListener::bind(socket);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener = listener.with_context(|| format!("binding {}", socket.display()))?;
+    set_socket_access(socket, gid)?;
     Ok(listener)
 }
 
-async fn serve_one(stream: UnixStream, fw: Arc<Mutex<Edge>>) -> Result<()> {
+async fn serve_one(stream: UnixStream, running: Arc<Mutex<Running>>) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
     let resp = match serde_json::from_str::<Request>(&line) {
         Ok(req) => {
-            tokio::task::spawn_blocking(move || fw.lock().expect("not poisoned").handle(req))
-                .await?
+            tokio::task::spawn_blocking(move || {
+                running.lock().expect("not poisoned").handle(req, "cli")
+            })
+            .await?
         }
         Err(e) => Response::err(format!("bad request: {e}")),
     };
@@ -413,41 +835,128 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         bail!("xlb run needs root (CAP_BPF, CAP_NET_ADMIN): run it with sudo");
     }
     check_bpffs(&opts.bpffs)?;
-    let stored = state::load(&opts.state)?;
-    let listener = bind(&opts.socket).await?;
+    // Everything is validated before anything changes.
+    let config = match &opts.config {
+        Some(p) => Some(Config::load(p).map_err(|e| anyhow!("{e}"))?),
+        None => None,
+    };
+    let ifaces: Vec<Interface> = match (&opts.iface, &config) {
+        (Some(name), _) => vec![Interface {
+            name: name.clone(),
+            mode: opts.mode,
+        }],
+        (None, Some(c)) if !c.interfaces.is_empty() => c.interfaces.clone(),
+        (None, Some(c)) => bail!(
+            "no interface to attach to: add one to {} ([[interface]] name = \"eth0\") or give --iface",
+            c.path.display()
+        ),
+        (None, None) => bail!("no interface to attach to: give --iface IF, or --config FILE"),
+    };
+    let names: Vec<String> = ifaces.iter().map(|i| i.name.clone()).collect();
+    let group = opts
+        .socket_group
+        .clone()
+        .or_else(|| config.as_ref().and_then(|c| c.group.clone()));
+    let gid = group
+        .as_deref()
+        .map(config::group_id)
+        .transpose()
+        .map_err(|e| anyhow!("--socket-group: {e}"))?;
+    let mut stored = state::load(&opts.state)?;
+    if let Some(cfg) = &config {
+        let plan = config::plan(
+            &stored.rules,
+            &stored.services,
+            &stored.base,
+            &cfg.projection,
+        )
+        .map_err(|e| anyhow!("{e}"))
+        .with_context(|| format!("applying {} to the stored state", cfg.path.display()))?;
+        for vip in plan.services.by_vip.keys() {
+            if !stored.services.by_vip.contains_key(vip) {
+                check_forwarding(&names, vip)?;
+            }
+        }
+        apply_to_stored(&mut stored, plan, cfg.projection.clone())?;
+    }
+    let listener = bind(&opts.socket, gid).await?;
     let guard = SocketGuard(opts.socket.clone());
     let dp = Datapath::load(Some(&opts.bpffs))?;
     // Rules go in before the program is attached: the first packet already sees them.
-    let mut fw = Edge::new(dp, stored, Some(opts.state.clone()))?;
-    fw.iface = Some(opts.iface.clone());
-    fw.dp.attach(&opts.iface, opts.mode)?;
+    let mut edge = Edge::new(dp, stored, Some(opts.state.clone()))?;
+    edge.ifaces = names;
+    edge.drain_timeout = config
+        .as_ref()
+        .map_or(drain::DEFAULT_DRAIN, |c| c.drain_timeout);
+    for i in &ifaces {
+        if let Err(e) = edge.dp.attach(&i.name, i.mode) {
+            let _ = edge.dp.detach();
+            return Err(e);
+        }
+    }
+    if config.is_some() {
+        // The state as the file made it, and the file's projection as its new base.
+        if let Err(e) = edge.save() {
+            let _ = edge.dp.detach();
+            return Err(e);
+        }
+    }
     info!(
-        iface = %opts.iface, mode = ?opts.mode, rules = fw.rules.len(),
+        interfaces = ?edge.dp.attached(), rules = edge.rules.len(),
+        services = edge.services.by_vip.len(), config = ?opts.config,
         socket = %opts.socket.display(), pins = %opts.bpffs.display(),
         "xlb attached and ready"
     );
-    let fw = Arc::new(Mutex::new(fw));
+    let running = Arc::new(Mutex::new(Running {
+        edge,
+        generation: u64::from(config.is_some()),
+        config_path: opts.config.clone(),
+        config,
+        cli_iface: opts.iface.is_some(),
+        cli_group: opts.socket_group.clone(),
+        socket: opts.socket.clone(),
+        started: SystemTime::now(),
+        last_reload: None,
+    }));
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
+            _ = tick.tick() => {
+                let running = running.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut r = running.lock().expect("not poisoned");
+                    if let Err(e) = r.edge.expire_drains(Instant::now()) {
+                        warn!("{e:#}");
+                    }
+                });
+            }
             conn = listener.accept() => {
                 let (stream, _) = conn?;
-                let fw = fw.clone();
+                let running = running.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_one(stream, fw).await {
+                    if let Err(e) = serve_one(stream, running).await {
                         warn!("control connection: {e:#}");
                     }
+                });
+            }
+            _ = sighup.recv() => {
+                let running = running.clone();
+                // The reload logs its own outcome and records it for `xlb status`.
+                tokio::task::spawn_blocking(move || {
+                    running.lock().expect("not poisoned").handle(Request::Reload, "sighup")
                 });
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
     }
-    info!("stopping: detaching from {}", opts.iface);
-    let mut fw = fw.lock().expect("not poisoned");
-    fw.dp.detach()?;
-    fw.dp.unpin();
+    let mut running = running.lock().expect("not poisoned");
+    info!("stopping: detaching from {:?}", running.edge.dp.attached());
+    running.edge.dp.detach()?;
+    running.edge.dp.unpin();
     drop(guard);
     Ok(())
 }

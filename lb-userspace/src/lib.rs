@@ -7,12 +7,16 @@
 //! - `daemon`: `xlb run`, serving the control socket;
 //! - `maglev`: weighted Maglev tables for the load balancer (built in user space);
 //! - `services`, `balancer`: layer-4 services and their projection on the maps;
+//! - `drain`: removed backends keep their established flows for a while;
+//! - `config`: the configuration file, validated, and the diff a reload applies;
 //! - `cli`: the command line and its human and JSON output.
 pub mod balancer;
 pub mod cli;
+pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod drain;
 mod fxhash;
 pub mod maglev;
 pub mod object;

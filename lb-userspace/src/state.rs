@@ -8,30 +8,56 @@
 //! malformed deny
 //! rule 1 deny 192.0.2.0/24
 //! rule 2 except 22/tcp
+//! base deny 192.0.2.0/24
 //! ```
+//!
+//! `base` lines are the part of the state the configuration file manages, as the last
+//! file applied wrote it (its projection: policies, rules, services, backends): the next
+//! `xlb run --config` or reload applies diff(base, new file), written in the same file so
+//! the state and its base always change together.
 
 use std::{fmt::Write as _, io::Write, path::Path};
 
 use anyhow::{Context, Result, bail};
 
 use crate::{
+    config::Projection,
     rules::{Rule, RuleSet},
     services::Services,
 };
 
-/// Everything the daemon stores: firewall rules and services.
+/// Everything the daemon stores: firewall rules and services, and the configuration
+/// file's projection they were last built from.
 #[derive(Clone, Debug, Default)]
 pub struct Stored {
     pub rules: RuleSet,
     pub services: Services,
+    pub base: Projection,
 }
 
-pub fn render(rules: &RuleSet, services: &Services) -> String {
+pub fn render(rules: &RuleSet, services: &Services, base: &Projection) -> String {
     let mut s = render_rules(rules);
     for svc in services.by_vip.values() {
         for line in svc.lines() {
             s.push_str(&line);
             s.push('\n');
+        }
+    }
+    if *base != Projection::default() {
+        let _ = writeln!(s, "base default {}", base.default_policy);
+        let _ = writeln!(s, "base malformed {}", base.malformed_policy);
+        for (m, a) in &base.rules {
+            let rule = Rule {
+                id: 0,
+                matches: *m,
+                action: *a,
+            };
+            let _ = writeln!(s, "base {}", rule.line());
+        }
+        for svc in base.services.by_vip.values() {
+            for line in svc.lines() {
+                let _ = writeln!(s, "base {line}");
+            }
         }
     }
     s
@@ -53,6 +79,7 @@ fn render_rules(rules: &RuleSet) -> String {
 pub fn parse(text: &str) -> Result<Stored> {
     let mut rules = RuleSet::default();
     let mut services = Services::default();
+    let mut base = Projection::default();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -84,11 +111,32 @@ pub fn parse(text: &str) -> Result<Stored> {
                 });
             }
             "service" | "backend" => services.parse_line(line).map_err(|e| fail(&e))?,
+            "base" => parse_base(&mut base, rest.trim()).map_err(|e| fail(&e))?,
             _ => return Err(fail(&format!("unknown keyword '{word}'"))),
         }
     }
     rules.compact_free();
-    Ok(Stored { rules, services })
+    Ok(Stored {
+        rules,
+        services,
+        base,
+    })
+}
+
+fn parse_base(base: &mut Projection, line: &str) -> Result<()> {
+    let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+    match word {
+        "default" => base.default_policy = rest.trim().parse()?,
+        "malformed" => base.malformed_policy = rest.trim().parse()?,
+        "service" | "backend" => base.services.parse_line(line)?,
+        _ => {
+            let (m, a) = Rule::parse_line(line)?;
+            if base.rules.insert(m, a).is_some() {
+                bail!("duplicate base rule '{line}'");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads the state file; a missing file is an empty state.
@@ -100,7 +148,7 @@ pub fn load(path: &Path) -> Result<Stored> {
     }
 }
 
-pub fn save(path: &Path, rules: &RuleSet, services: &Services) -> Result<()> {
+pub fn save(path: &Path, rules: &RuleSet, services: &Services, base: &Projection) -> Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -112,7 +160,7 @@ pub fn save(path: &Path, rules: &RuleSet, services: &Services) -> Result<()> {
     let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(render(rules, services).as_bytes())?;
+        f.write_all(render(rules, services, base).as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
         std::fs::File::open(dir)?.sync_all()
@@ -143,11 +191,18 @@ mod tests {
         services
             .parse_line("backend 192.0.2.10:80/tcp 203.0.113.11:8080 weight=3")
             .unwrap();
-        let back = parse(&render(&rules, &services)).unwrap();
-        assert_eq!(
-            render(&back.rules, &back.services),
-            render(&rules, &services)
-        );
+        let mut base = Projection {
+            malformed_policy: Action::Allow,
+            ..Default::default()
+        };
+        base.rules
+            .insert(Match::Port("80/tcp".parse().unwrap()), Action::Allow);
+        base.services = services.clone();
+        let text = render(&rules, &services, &base);
+        assert!(text.contains("\nbase port allow 80/tcp\n"), "{text}");
+        let back = parse(&text).unwrap();
+        assert_eq!(render(&back.rules, &back.services, &back.base), text);
+        assert_eq!(back.base, base);
         assert_eq!(back.rules.default_policy, Action::Deny);
         assert_eq!(
             back.rules.rules().map(|r| r.id).collect::<Vec<_>>(),
@@ -171,7 +226,7 @@ mod tests {
         let mut rules = RuleSet::default();
         let (m, a) = Rule::parse_line("deny 2001:db8::/32").unwrap();
         rules.upsert(m, a).unwrap();
-        save(&path, &rules, &Services::default()).unwrap();
+        save(&path, &rules, &Services::default(), &Projection::default()).unwrap();
         assert_eq!(load(&path).unwrap().rules.len(), 1);
         assert!(!dir.join(".state.tmp").exists());
         std::fs::remove_dir_all(&dir).unwrap();
