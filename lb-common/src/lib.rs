@@ -50,6 +50,12 @@ pub const MAP_SERVICE_KEYS: &str = "XLB_SERVICE_KEYS";
 /// `Array<HopCache>`, indexed by backend id: the next hop to each backend, from the
 /// kernel's FIB, reused for HOP_CACHE_NS.
 pub const MAP_HOPS: &str = "XLB_HOPS";
+/// `Array<Addr16>`, indexed by service id: a fullnat service's source address (an
+/// address of the xlb host that its backends reach).
+pub const MAP_SNAT: &str = "XLB_SNAT";
+/// `LruHashMap<FragKey, Flow>`: the flow of each fragmented datagram, learnt from its
+/// first fragment (later fragments carry no ports).
+pub const MAP_FRAGS: &str = "XLB_FRAGS";
 /// `ProgramArray`: slot JUMP_BALANCE holds the balancer program.
 pub const MAP_JUMP: &str = "XLB_JUMP";
 /// Per-CPU `Array<u32>`: the firewall's reason for a packet handed to the balancer.
@@ -60,7 +66,9 @@ pub const JUMP_BALANCE: u32 = 0;
 pub const JUMP_SLOTS: u32 = 1;
 
 /// Every map of the program, for pinning and for `xlb status`.
-pub const ALL_MAPS: [&str; 18] = [
+pub const ALL_MAPS: [&str; 20] = [
+    MAP_SNAT,
+    MAP_FRAGS,
     MAP_HOPS,
     MAP_JUMP,
     MAP_HANDOFF,
@@ -103,6 +111,13 @@ pub const MAX_BACKENDS: u32 = 65536;
 pub const MAGLEV_POOL: u32 = 1 << 23;
 /// Flow-table size (LRU, shared by all CPUs).
 pub const DEFAULT_FLOWS: u32 = 1 << 18;
+/// Fragmented datagrams in flight (LRU, shared by all CPUs).
+pub const MAX_FRAGS: u32 = 1 << 16;
+/// fullnat source ports are taken from FULLNAT_PORT_MIN..=65535.
+pub const FULLNAT_PORT_MIN: u16 = 1024;
+/// Candidate source ports tried for a new fullnat flow before it is dropped
+/// (Reason::NoPort): each try is one insert that fails only if the port is in use.
+pub const FULLNAT_PORT_TRIES: u32 = 8;
 /// IPv6 extension headers walked before the packet is called malformed.
 pub const MAX_IPV6_EXT_HEADERS: usize = 8;
 /// VLAN tags parsed (802.1Q and 802.1ad, QinQ).
@@ -229,6 +244,9 @@ pub const FAMILY_V6: u8 = 6;
 /// Forwarding modes.
 pub const MODE_DSR: u8 = 1;
 pub const MODE_NAT: u8 = 2;
+/// nat in both directions: the source becomes the service's MAP_SNAT address and a
+/// port xlb allocates, so backends need no route through xlb.
+pub const MODE_FULLNAT: u8 = 4;
 /// Not a service: the entry (address, port 0, ICMP or ICMPv6) that makes xlb answer
 /// echo requests to a service address.
 pub const MODE_ECHO: u8 = 3;
@@ -241,11 +259,38 @@ pub const SVC_NO_ECHO: u8 = 2;
 /// Backend flags.
 pub const BACKEND_UP: u8 = 1;
 
-/// An address in 16 bytes: IPv4 in the first four (network order), the rest zero.
-pub type Addr16 = [u8; 16];
+/// An address in 16 bytes, network order: IPv4 in the first four, the rest zero. Held
+/// as four 32-bit words (each the native view of four network-order bytes) so that the
+/// program copies and compares it in four moves instead of sixteen byte moves (byte
+/// moves also spill registers onto the 512-byte BPF stack).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct Addr16(pub [u32; 4]);
+
+impl Addr16 {
+    pub const fn from_bytes(b: [u8; 16]) -> Self {
+        let mut w = [0u32; 4];
+        let mut i = 0;
+        while i < 4 {
+            w[i] = u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]);
+            i += 1;
+        }
+        Addr16(w)
+    }
+
+    pub const fn bytes(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        let mut i = 0;
+        while i < 16 {
+            b[i] = self.0[i / 4].to_ne_bytes()[i % 4];
+            i += 1;
+        }
+        b
+    }
+}
 
 pub const fn addr16_v4(a: [u8; 4]) -> Addr16 {
-    [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    Addr16([u32::from_ne_bytes(a), 0, 0, 0])
 }
 
 /// (address, destination port, protocol). Port 0: every port of the address.
@@ -312,13 +357,32 @@ pub struct Flow {
     pub generation: u32,
     pub service: u32,
     pub direction: u8,
-    pub _pad: [u8; 3],
+    /// The service's mode (MODE_*), so a reply or a fragment is rewritten without the
+    /// service lookup.
+    pub mode: u8,
+    /// Reply direction: the service port the client used.
+    pub vport: u16,
     /// bpf_ktime_get_ns of the last packet (refreshed at most once a second).
     pub seen_ns: u64,
     /// Reply direction: the client's (or its router's) MAC, from the forward packet.
     pub mac: [u8; 6],
-    /// Reply direction: the service port the client used.
-    pub vport: u16,
+    /// fullnat: the forward entry's source port on the backend side (allocated by
+    /// xlb); the reply entry's client port.
+    pub nat_port: u16,
+    /// fullnat reply: the client's address.
+    pub client: Addr16,
+}
+
+/// A fragmented datagram: addresses, IP identification and protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FragKey {
+    pub src: Addr16,
+    pub dst: Addr16,
+    pub id: u32,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
 }
 
 /// How long a backend's next hop is reused before the FIB is asked again (a FIB lookup
@@ -447,9 +511,14 @@ pub enum Reason {
     NoBackend = 16,
     /// No route or neighbour to the backend yet: passed to the kernel to resolve.
     NoRoute = 17,
+    /// A new fullnat flow found no free source port in FULLNAT_PORT_TRIES tries.
+    NoPort = 18,
+    /// An ICMP error (fragmentation needed, packet too big, unreachable) about a flow,
+    /// sent to the flow's backend.
+    IcmpToBackend = 19,
 }
 
-pub const REASONS: u32 = 18;
+pub const REASONS: u32 = 20;
 
 impl Reason {
     pub const ALL: [Reason; REASONS as usize] = [
@@ -471,6 +540,8 @@ impl Reason {
         Reason::EchoReply,
         Reason::NoBackend,
         Reason::NoRoute,
+        Reason::NoPort,
+        Reason::IcmpToBackend,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -493,6 +564,8 @@ impl Reason {
             Reason::EchoReply => "echo_reply",
             Reason::NoBackend => "no_backend",
             Reason::NoRoute => "no_route",
+            Reason::NoPort => "no_port",
+            Reason::IcmpToBackend => "icmp_to_backend",
         }
     }
 
@@ -521,6 +594,8 @@ mod user {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for Addr16 {}
     unsafe impl aya::Pod for HopCache {}
 }
 

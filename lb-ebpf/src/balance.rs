@@ -1,26 +1,31 @@
 //! Stage 3: load balancing. A packet for a service goes to the backend its flow already
 //! has (flow table) or, for a new flow, to the one the service's Maglev table picks;
-//! a nat reply from a backend is rewritten back to the service address.
+//! a nat or fullnat reply from a backend is rewritten back to the service address.
+//! Fragments after the first follow the flow their first fragment took (fragment
+//! table); ICMP errors about a flow (fragmentation needed, packet too big) go to the
+//! flow's backend, rewritten like the flow, so path-MTU discovery works.
 
 // Map keys and values go by reference: passing them by value (as clippy suggests for
 // `impl Borrow` arguments) copies them onto the 512-byte stack, which is full.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use lb_common::*;
 
 use crate::{
     bounds::load,
+    icmp,
     maps::{
-        XLB_BACKENDS, XLB_FLOWS, XLB_HOPS, XLB_MAGLEV, XLB_SCRATCH, XLB_SERVICE_KEYS, XLB_SERVICES,
+        XLB_BACKENDS, XLB_FLOWS, XLB_FRAGS, XLB_HOPS, XLB_MAGLEV, XLB_SCRATCH, XLB_SERVICE_KEYS,
+        XLB_SERVICES, XLB_SNAT,
     },
-    parse::{Addr, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, Packet},
+    parse::{self, Addr, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, Packet},
     rewrite::{self, End},
 };
 
 const NS_PER_SEC: u64 = 1_000_000_000;
-const ICMP_ECHO_REQUEST: u8 = 8;
-const ICMPV6_ECHO_REQUEST: u8 = 128;
+/// bpf_map_update_elem flag: fail if the key exists.
+const BPF_NOEXIST: u64 = 1;
 
 /// The addresses in 16 bytes and the family.
 #[inline(always)]
@@ -28,8 +33,8 @@ fn addrs(pkt: &Packet) -> Option<(u8, Addr16, Addr16)> {
     match (pkt.src, pkt.dst) {
         (Addr::V4(s), Addr::V4(d)) => Some((
             FAMILY_V4,
-            addr16_v4(s.to_be_bytes()),
-            addr16_v4(d.to_be_bytes()),
+            Addr16([s.to_be(), 0, 0, 0]),
+            Addr16([d.to_be(), 0, 0, 0]),
         )),
         (Addr::V6(s), Addr::V6(d)) => Some((FAMILY_V6, s, d)),
         _ => None,
@@ -41,7 +46,7 @@ fn hash_addr(h: u32, a: &Addr16) -> u32 {
     let mut h = h;
     let mut i = 0;
     while i < 4 {
-        h = mix32(h ^ u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]]));
+        h = mix32(h ^ a.0[i]);
         i += 1;
     }
     h
@@ -58,6 +63,8 @@ fn flow_hash(k: &FlowKey, source_only: bool) -> u32 {
     mix32(h ^ ((k.src_port as u32) << 16 | k.dst_port as u32) ^ ((k.proto as u32) << 8))
 }
 
+/// Each path (forward, reply, later fragment, ICMP error) is a BPF function of its own
+/// (`inline(never)`): inlined into one body their spills overflow the 512-byte stack.
 /// BPF functions return one scalar (a struct would come back through a pointer to the
 /// caller's stack, which the verifier refuses): outcomes travel packed in a u32.
 const NONE: u32 = u32::MAX;
@@ -82,11 +89,19 @@ fn unpack(x: u32) -> Option<(Verdict, Reason)> {
 
 /// None: not for a service (or a flow) of xlb; the packet goes on to the kernel.
 #[inline(always)]
-pub fn balance(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Option<(Verdict, Reason)> {
+pub fn balance(ctx: &XdpContext, cfg: &Config) -> Option<(Verdict, Reason)> {
+    if cfg.services == 0 {
+        return None;
+    }
+    // The packet lives in scratch space: the stack holds the rest.
+    let scratch = XLB_SCRATCH.get_ptr_mut(0)?;
+    let pkt = unsafe { &mut (*scratch).pkt };
+    if parse::packet(ctx, pkt) != Ok(true) {
+        return None;
+    }
     unpack(balance_packed(ctx, pkt, cfg))
 }
 
-/// Not inlined: a BPF function of its own keeps each stack frame under 512 bytes.
 #[inline(always)]
 fn balance_packed(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> u32 {
     pack(balance_inner(ctx, pkt, cfg))
@@ -94,17 +109,33 @@ fn balance_packed(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> u32 {
 
 #[inline(always)]
 fn balance_inner(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Option<(Verdict, Reason)> {
-    if cfg.services == 0 {
-        return None;
-    }
     let (family, src, dst) = addrs(pkt)?;
+    // The coarse clock (a tick's resolution) is enough for second-scale timeouts, and
+    // costs a memory read where the precise one reads the clock source.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     if pkt.proto == IPPROTO_ICMP || pkt.proto == IPPROTO_ICMPV6 {
-        return echo(ctx, pkt, family, &dst);
-    }
-    if !pkt.has_ports {
+        if !pkt.has_l4 {
+            return None;
+        }
+        if icmp::is_echo_request(pkt) {
+            return echo(ctx, pkt, family, &dst);
+        }
+        if icmp::is_error(pkt) {
+            return unpack(icmp_error(ctx, pkt, family, now));
+        }
         return None;
     }
     let scratch = unsafe { &mut *XLB_SCRATCH.get_ptr_mut(0)? };
+    if !pkt.has_ports {
+        if !pkt.fragment {
+            return None;
+        }
+        // A later fragment: it goes where its first fragment went.
+        scratch.frag = frag_key(pkt, family, &src, &dst);
+        let f = unsafe { XLB_FRAGS.get(&scratch.frag) }?;
+        scratch.flow = *f;
+        return unpack(follow(ctx, pkt, now));
+    }
     scratch.key = FlowKey {
         src,
         dst,
@@ -115,12 +146,57 @@ fn balance_inner(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Option<(Verdic
         _pad: [0; 2],
     };
     let key = &scratch.key;
-    let now = unsafe { bpf_ktime_get_ns() };
     match service(&dst, pkt.dst_port, pkt.proto, family) {
-        Some(svc) => Some(forward(ctx, pkt, &svc, key, now)),
-        None if cfg.nat_services != 0 => unpack(nat_reply(ctx, pkt, key, now)),
+        Some(svc) => unpack(forward(ctx, pkt, &svc, key, now)),
+        None if cfg.nat_services != 0 => unpack(reply(ctx, pkt, key, now)),
         None => None,
     }
+}
+
+#[inline(always)]
+fn frag_key(pkt: &Packet, family: u8, src: &Addr16, dst: &Addr16) -> FragKey {
+    FragKey {
+        src: *src,
+        dst: *dst,
+        id: pkt.frag_id,
+        proto: pkt.proto,
+        family,
+        _pad: [0; 2],
+    }
+}
+
+/// A first fragment: later fragments of its datagram will follow `flow`.
+#[inline(always)]
+fn remember_fragment(pkt: &Packet, family: u8, flow: &Flow) {
+    let Some(scratch) = XLB_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let scratch = unsafe { &mut *scratch };
+    let Some((_, src, dst)) = addrs(pkt) else {
+        return;
+    };
+    scratch.frag = frag_key(pkt, family, &src, &dst);
+    let _ = XLB_FRAGS.insert(&scratch.frag, flow, 0);
+}
+
+/// A later fragment, with its datagram's flow in scratch: rewritten as the flow's
+/// packets are (addresses only: it has no layer-4 header).
+#[inline(never)]
+fn follow(ctx: &XdpContext, pkt: &Packet, now: u64) -> u32 {
+    let Some(scratch) = XLB_SCRATCH.get_ptr_mut(0) else {
+        return NONE;
+    };
+    let f = unsafe { &(*scratch).flow };
+    if f.direction == FLOW_REPLY {
+        return pack(send_reply(ctx, pkt, f));
+    }
+    let Some(b) = XLB_BACKENDS.get(f.backend) else {
+        return NONE;
+    };
+    if b.generation != f.generation {
+        return NONE;
+    }
+    pack(Some(send(ctx, pkt, f, b, now)))
 }
 
 #[inline(always)]
@@ -141,12 +217,7 @@ fn service(dst: &Addr16, port: u16, proto: u8, family: u8) -> Option<Service> {
 /// Echo requests to a service address are answered here.
 #[inline(always)]
 fn echo(ctx: &XdpContext, pkt: &Packet, family: u8, dst: &Addr16) -> Option<(Verdict, Reason)> {
-    let request = if family == FAMILY_V4 {
-        ICMP_ECHO_REQUEST
-    } else {
-        ICMPV6_ECHO_REQUEST
-    };
-    if pkt.icmp_type != request || pkt.fragment {
+    if pkt.fragment {
         return None;
     }
     let key = ServiceKey {
@@ -162,6 +233,54 @@ fn echo(ctx: &XdpContext, pkt: &Packet, family: u8, dst: &Addr16) -> Option<(Ver
     rewrite::echo_reply(ctx, pkt)?;
     rewrite::swap_macs(ctx)?;
     Some((Verdict::Tx, Reason::EchoReply))
+}
+
+/// An ICMP error about a packet xlb sent towards a client (its quoted header runs from
+/// the service address to the client): it goes to the flow's backend, with the outer
+/// and quoted headers rewritten as the mode rewrites that flow.
+#[inline(never)]
+fn icmp_error(ctx: &XdpContext, pkt: &Packet, family: u8, now: u64) -> u32 {
+    let Some(scratch) = XLB_SCRATCH.get_ptr_mut(0) else {
+        return NONE;
+    };
+    let scratch = unsafe { &mut *scratch };
+    let Some(inner) = icmp::quoted(ctx, pkt, family, &mut scratch.key) else {
+        return NONE;
+    };
+    let Some(f) = (unsafe { XLB_FLOWS.get(&scratch.key) }) else {
+        return NONE;
+    };
+    if f.direction != FLOW_FORWARD {
+        return NONE;
+    }
+    scratch.flow = *f;
+    let f = &scratch.flow;
+    let Some(b) = XLB_BACKENDS.get(f.backend) else {
+        return NONE;
+    };
+    if b.generation != f.generation || b.flags & BACKEND_UP == 0 {
+        return NONE;
+    }
+    // The quoted packet ran service -> client; it becomes backend -> (xlb's source
+    // address for fullnat | client).
+    let port = if b.port != 0 { b.port } else { scratch.key.dst_port };
+    if f.mode == MODE_NAT || f.mode == MODE_FULLNAT {
+        if icmp::set_quoted(ctx, pkt, &inner, End::Src, &b.addr, port).is_none() {
+            return NONE;
+        }
+    }
+    if f.mode == MODE_FULLNAT {
+        let Some(snat) = XLB_SNAT.get(f.service) else {
+            return NONE;
+        };
+        if icmp::set_quoted(ctx, pkt, &inner, End::Dst, snat, f.nat_port).is_none() {
+            return NONE;
+        }
+    }
+    match send(ctx, pkt, f, b, now) {
+        (v, Reason::Balanced) => pack(Some((v, Reason::IcmpToBackend))),
+        other => pack(Some(other)),
+    }
 }
 
 /// The backend a flow may keep: same generation, up, still in the service, not idle.
@@ -184,8 +303,48 @@ fn still_valid(
     Some(*b)
 }
 
+/// A fullnat flow's reply entry: (backend, backend port) -> (xlb's source address,
+/// the flow's allocated port).
 #[inline(always)]
-fn forward(
+fn reply_key(b: &Backend, fwd: &FlowKey, snat: &Addr16, nat_port: u16) -> FlowKey {
+    FlowKey {
+        src: b.addr,
+        dst: *snat,
+        src_port: if b.port != 0 { b.port } else { fwd.dst_port },
+        dst_port: nat_port,
+        proto: fwd.proto,
+        family: fwd.family,
+        _pad: [0; 2],
+    }
+}
+
+/// A fullnat flow keeps its port only while its reply entry still points back at it
+/// (the LRU may have evicted it and given the port to another flow).
+#[inline(always)]
+fn reply_intact(f: &Flow, b: &Backend, key: &FlowKey) -> bool {
+    let Some(scratch) = XLB_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    let Some(snat) = XLB_SNAT.get(f.service) else {
+        return false;
+    };
+    let scratch = unsafe { &mut *scratch };
+    scratch.reply = reply_key(b, key, snat, f.nat_port);
+    match unsafe { XLB_FLOWS.get(&scratch.reply) } {
+        Some(r) => {
+            r.direction == FLOW_REPLY && r.client == key.src && r.nat_port == key.src_port
+        }
+        None => false,
+    }
+}
+
+#[inline(never)]
+fn forward(ctx: &XdpContext, pkt: &Packet, svc: &Service, key: &FlowKey, now: u64) -> u32 {
+    pack(Some(forward_inner(ctx, pkt, svc, key, now)))
+}
+
+#[inline(always)]
+fn forward_inner(
     ctx: &XdpContext,
     pkt: &Packet,
     svc: &Service,
@@ -195,53 +354,74 @@ fn forward(
     let idle = (svc.tcp_idle_secs, svc.udp_idle_secs);
     let known = XLB_FLOWS.get_ptr_mut(key).and_then(|f| {
         let f = unsafe { &mut *f };
-        let b = (f.backend, still_valid(f, svc.id, key.proto, idle, now)?);
-        if f.direction != FLOW_FORWARD {
+        let b = still_valid(f, svc.id, key.proto, idle, now)?;
+        if f.direction != FLOW_FORWARD || f.mode != svc.mode {
             return None;
         }
-        // Refresh at most once a second: fewer writes to a shared cache line.
+        // Refresh at most once a second: fewer writes to a shared cache line. A fullnat
+        // flow checks its reply entry at the same pace (a lookup that also keeps the
+        // entry recent in the LRU), rather than on every packet.
         if now.wrapping_sub(f.seen_ns) > NS_PER_SEC {
+            if f.mode == MODE_FULLNAT && !reply_intact(f, &b, key) {
+                return None;
+            }
             f.seen_ns = now;
         }
-        Some(b)
+        Some((f as *const Flow, b))
     });
-    let (id, backend) = match known {
+    let (flow, backend) = match known {
         Some(kb) => kb,
-        None => {
-            let id = schedule(ctx, svc, key);
-            match XLB_BACKENDS.get(id) {
-                Some(b) if b.flags & BACKEND_UP != 0 => (id, *b),
+        None => match schedule(ctx, svc, key, now) {
+            Err(r) => return (Verdict::Drop, r),
+            Ok(id) => match (XLB_BACKENDS.get(id), XLB_SCRATCH.get_ptr(0)) {
+                (Some(b), Some(s)) => (unsafe { &(*s).flow as *const Flow }, *b),
                 _ => return (Verdict::Drop, Reason::NoBackend),
-            }
-        }
+            },
+        },
     };
-    let Some(hop) = XLB_HOPS.get_ptr_mut(id) else {
+    let flow = unsafe { &*flow };
+    if pkt.fragment {
+        remember_fragment(pkt, key.family, flow);
+    }
+    send(ctx, pkt, flow, &backend, now)
+}
+
+/// Rewrites a forward packet of `f` for its backend `b` (nat: destination; fullnat:
+/// both ends) and sends it to the backend's next hop.
+#[inline(always)]
+fn send(ctx: &XdpContext, pkt: &Packet, f: &Flow, b: &Backend, now: u64) -> (Verdict, Reason) {
+    let Some(hop) = XLB_HOPS.get_ptr_mut(f.backend) else {
         return (Verdict::Drop, Reason::NoRoute);
     };
     let hop = unsafe { &mut *hop };
-    if hop.generation != backend.generation || now > hop.expires_ns {
+    if hop.generation != b.generation || now > hop.expires_ns {
         let mut fresh = rewrite::Hop::default();
-        if !rewrite::route(ctx, key.family == FAMILY_V6, &backend.addr, &mut fresh) {
+        if !rewrite::route(ctx, b.family == FAMILY_V6, &b.addr, &mut fresh) {
             return (Verdict::Drop, Reason::NoRoute);
         }
         hop.ifindex = fresh.ifindex;
         hop.smac = fresh.smac;
         hop.dmac = fresh.dmac;
-        hop.generation = backend.generation;
+        hop.generation = b.generation;
         hop.expires_ns = now + HOP_CACHE_NS;
     }
-    if svc.mode == MODE_NAT {
-        let port = if backend.port != 0 {
-            Some(backend.port.to_be())
-        } else {
-            None
-        };
-        if rewrite::set_addr_port(ctx, pkt, End::Dst, &backend.addr, port).is_none() {
+    if f.mode == MODE_NAT || f.mode == MODE_FULLNAT {
+        let port = if b.port != 0 { Some(b.port.to_be()) } else { None };
+        if rewrite::set_addr_port(ctx, pkt, End::Dst, &b.addr, port).is_none() {
             return (Verdict::Drop, Reason::BadL4);
         }
-        if rewrite::dec_ttl(ctx, pkt).is_none() {
-            return (Verdict::Pass, Reason::NoRoute);
+    }
+    if f.mode == MODE_FULLNAT {
+        let Some(snat) = XLB_SNAT.get(f.service) else {
+            return (Verdict::Drop, Reason::NoPort);
+        };
+        let port = Some(f.nat_port.to_be());
+        if rewrite::set_addr_port(ctx, pkt, End::Src, snat, port).is_none() {
+            return (Verdict::Drop, Reason::BadL4);
         }
+    }
+    if f.mode != MODE_DSR && rewrite::dec_ttl(ctx, pkt).is_none() {
+        return (Verdict::Pass, Reason::NoRoute);
     }
     match rewrite::emit_to(ctx, hop.ifindex, &hop.smac, &hop.dmac) {
         Some(v) => (v, Reason::Balanced),
@@ -250,41 +430,45 @@ fn forward(
 }
 
 /// A new flow: the Maglev table picks the backend, and the flow (both directions for
-/// nat) goes into the flow table. Returns the backend id, 0 if there is none.
+/// nat and fullnat) goes into the flow table; its forward entry is left in scratch.
+/// Returns the backend id.
 #[inline(always)]
-fn schedule(ctx: &XdpContext, svc: &Service, key: &FlowKey) -> u32 {
-    schedule_inner(ctx, svc, key).unwrap_or(0)
-}
-
-#[inline(always)]
-fn schedule_inner(ctx: &XdpContext, svc: &Service, key: &FlowKey) -> Option<u32> {
+fn schedule(ctx: &XdpContext, svc: &Service, key: &FlowKey, now: u64) -> Result<u32, Reason> {
     if svc.table_size == 0 {
-        return None;
+        return Err(Reason::NoBackend);
     }
-    let now = unsafe { bpf_ktime_get_ns() };
     let h = flow_hash(key, svc.flags & SVC_AFFINITY_SOURCE != 0);
     let slot = svc.table_offset + h % svc.table_size;
-    let pair = XLB_MAGLEV.get(slot / 2)?;
+    let pair = XLB_MAGLEV.get(slot / 2).ok_or(Reason::NoBackend)?;
     let id = pair[(slot % 2) as usize];
     if id == 0 {
-        return None;
+        return Err(Reason::NoBackend);
     }
-    let b = *XLB_BACKENDS.get(id)?;
+    let b = XLB_BACKENDS.get(id).ok_or(Reason::NoBackend)?;
     if b.flags & BACKEND_UP == 0 {
-        return None;
+        return Err(Reason::NoBackend);
     }
-    let scratch = unsafe { &mut *XLB_SCRATCH.get_ptr_mut(0)? };
+    let scratch = unsafe { &mut *XLB_SCRATCH.get_ptr_mut(0).ok_or(Reason::NoBackend)? };
     scratch.flow = Flow {
         backend: id,
         generation: b.generation,
         service: svc.id,
         direction: FLOW_FORWARD,
-        _pad: [0; 3],
+        mode: svc.mode,
+        vport: 0,
         seen_ns: now,
         mac: [0; 6],
-        vport: 0,
+        nat_port: 0,
+        client: Addr16([0; 4]),
     };
-    let _ = XLB_FLOWS.insert(key, &scratch.flow, 0);
+    if svc.mode == MODE_NAT || svc.mode == MODE_FULLNAT {
+        scratch.back = Flow {
+            direction: FLOW_REPLY,
+            mac: load::<[u8; 6]>(ctx, 6).unwrap_or([0; 6]),
+            vport: key.dst_port,
+            ..scratch.flow
+        };
+    }
     if svc.mode == MODE_NAT {
         scratch.reply = FlowKey {
             src: b.addr,
@@ -295,25 +479,44 @@ fn schedule_inner(ctx: &XdpContext, svc: &Service, key: &FlowKey) -> Option<u32>
             family: key.family,
             _pad: [0; 2],
         };
-        scratch.back = Flow {
-            direction: FLOW_REPLY,
-            mac: load::<[u8; 6]>(ctx, 6).unwrap_or([0; 6]),
-            vport: key.dst_port,
-            ..scratch.flow
-        };
         let _ = XLB_FLOWS.insert(&scratch.reply, &scratch.back, 0);
     }
-    Some(id)
+    if svc.mode == MODE_FULLNAT {
+        scratch.flow.nat_port = claim_port(svc, b, key, h)?;
+    }
+    let _ = XLB_FLOWS.insert(key, &scratch.flow, 0);
+    Ok(id)
 }
 
-/// A backend's reply in nat mode: the source becomes the service address and port.
+/// Claims a source port for a new fullnat flow: its reply entry is inserted only if no
+/// flow holds that (backend, port) pair yet, so two flows never share a port.
 #[inline(always)]
-fn nat_reply(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, now: u64) -> u32 {
-    pack(nat_reply_inner(ctx, pkt, key, now))
+fn claim_port(svc: &Service, b: &Backend, key: &FlowKey, h: u32) -> Result<u16, Reason> {
+    let snat = XLB_SNAT.get(svc.id).ok_or(Reason::NoPort)?;
+    let scratch = unsafe { &mut *XLB_SCRATCH.get_ptr_mut(0).ok_or(Reason::NoPort)? };
+    scratch.back.nat_port = key.src_port;
+    scratch.back.client = key.src;
+    let span = 65536 - FULLNAT_PORT_MIN as u32;
+    let mut i = 0;
+    while i < FULLNAT_PORT_TRIES {
+        let port = FULLNAT_PORT_MIN + (mix32(h ^ i.wrapping_mul(0x9e37_79b9)) % span) as u16;
+        scratch.reply = reply_key(b, key, snat, port);
+        if XLB_FLOWS.insert(&scratch.reply, &scratch.back, BPF_NOEXIST).is_ok() {
+            return Ok(port);
+        }
+        i += 1;
+    }
+    Err(Reason::NoPort)
+}
+
+/// A backend's reply in nat or fullnat mode.
+#[inline(never)]
+fn reply(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, now: u64) -> u32 {
+    pack(reply_inner(ctx, pkt, key, now))
 }
 
 #[inline(always)]
-fn nat_reply_inner(
+fn reply_inner(
     ctx: &XdpContext,
     pkt: &Packet,
     key: &FlowKey,
@@ -323,7 +526,6 @@ fn nat_reply_inner(
     if f.direction != FLOW_REPLY {
         return None;
     }
-    let vip = *XLB_SERVICE_KEYS.get(f.service)?;
     // Replies use the flow's service timeouts only through its forward entry; here the
     // backend must still be the flow's.
     let b = XLB_BACKENDS.get(f.backend)?;
@@ -333,16 +535,37 @@ fn nat_reply_inner(
     if now.wrapping_sub(f.seen_ns) > NS_PER_SEC {
         f.seen_ns = now;
     }
+    if pkt.fragment {
+        remember_fragment(pkt, key.family, f);
+    }
+    send_reply(ctx, pkt, f)
+}
+
+/// Rewrites a reply of flow `f` back to the service address (and, for fullnat, to
+/// the client) and sends it towards the client.
+#[inline(always)]
+fn send_reply(ctx: &XdpContext, pkt: &Packet, f: &Flow) -> Option<(Verdict, Reason)> {
+    let vip = XLB_SERVICE_KEYS.get(f.service)?;
+    let (_, _, dst) = addrs(pkt)?;
+    let client = if f.mode == MODE_FULLNAT { f.client } else { dst };
     let mut hop = rewrite::Hop::default();
-    if !rewrite::route(ctx, key.family == FAMILY_V6, &key.dst, &mut hop) {
+    if !rewrite::route(ctx, pkt_v6(pkt), &client, &mut hop) {
         // No neighbour entry for the client: answer the MAC its packets came from.
         hop.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
         hop.smac = load::<[u8; 6]>(ctx, 0)?;
         hop.dmac = f.mac;
     }
     rewrite::set_addr_port(ctx, pkt, End::Src, &vip.addr, Some(f.vport.to_be()))?;
+    if f.mode == MODE_FULLNAT {
+        rewrite::set_addr_port(ctx, pkt, End::Dst, &client, Some(f.nat_port.to_be()))?;
+    }
     if rewrite::dec_ttl(ctx, pkt).is_none() {
         return Some((Verdict::Pass, Reason::NoRoute));
     }
     Some((rewrite::emit(ctx, &hop)?, Reason::NatReply))
+}
+
+#[inline(always)]
+fn pkt_v6(pkt: &Packet) -> bool {
+    matches!(pkt.src, Addr::V6(_))
 }

@@ -1,6 +1,7 @@
 //! The one place that turns a packet offset into a pointer.
 
 use aya_ebpf::programs::XdpContext;
+use lb_common::Addr16;
 
 /// Headers are parsed only within the first MAX_HEADER_BYTES of a frame. The bound also
 /// tells the verifier the largest offset a pointer can have.
@@ -45,6 +46,40 @@ pub fn ptr_at_mut<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
 #[inline(always)]
 pub fn load<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
     ptr_at::<T>(ctx, off).map(|p| unsafe { core::ptr::read_unaligned(p) })
+}
+
+/// Reads the 16-bit word at `off` in one load. Header fields xlb rewrites sit at even
+/// offsets (Ethernet, VLAN tags, IP options and extension headers all come in even
+/// sizes) of a frame that starts aligned, so the read is aligned.
+#[inline(always)]
+pub fn load_u16(ctx: &XdpContext, off: usize) -> Option<u16> {
+    ptr_at::<u16>(ctx, off).map(|p| unsafe { core::ptr::read(p) })
+}
+
+#[inline(always)]
+pub fn store_u16(ctx: &XdpContext, off: usize, v: u16) -> Option<()> {
+    ptr_at_mut::<u16>(ctx, off).map(|p| unsafe { core::ptr::write(p, v) })
+}
+
+/// Reads 4 bytes at an even `off` as the native view of their network-order bytes
+/// (two 16-bit loads: the offset may not be 4-aligned).
+#[inline(always)]
+pub fn load_w32(ctx: &XdpContext, off: usize) -> Option<u32> {
+    let w = ptr_at::<[u16; 2]>(ctx, off).map(|p| unsafe { core::ptr::read(p) })?;
+    Some(unsafe { core::mem::transmute::<[u16; 2], u32>(w) })
+}
+
+#[inline(always)]
+pub fn store_w32(ctx: &XdpContext, off: usize, v: u32) -> Option<()> {
+    let w = unsafe { core::mem::transmute::<u32, [u16; 2]>(v) };
+    ptr_at_mut::<[u16; 2]>(ctx, off).map(|p| unsafe { core::ptr::write(p, w) })
+}
+
+/// Reads a 16-byte address at an even `off` (eight 16-bit loads).
+#[inline(always)]
+pub fn load_addr16(ctx: &XdpContext, off: usize) -> Option<Addr16> {
+    let w = ptr_at::<[u16; 8]>(ctx, off).map(|p| unsafe { core::ptr::read(p) })?;
+    Some(Addr16(unsafe { core::mem::transmute::<[u16; 8], [u32; 4]>(w) }))
 }
 
 /// Writes a `T` at `off` (unaligned).

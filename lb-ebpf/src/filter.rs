@@ -86,7 +86,7 @@ fn excepted(pkt: &Packet, cfg: &Config, port: &PortEntry) -> u32 {
     }
     let hit = match pkt.src {
         Addr::V4(a) => XLB_EXCEPT_V4.get(Key::new(32, a.to_be_bytes())),
-        Addr::V6(a) => XLB_EXCEPT_V6.get(Key::new(128, a)),
+        Addr::V6(a) => XLB_EXCEPT_V6.get(Key::new(128, a.bytes())),
     };
     hit.copied().unwrap_or(0)
 }
@@ -116,7 +116,10 @@ fn source_prefix(pkt: &Packet, cfg: &Config) -> u32 {
             if cfg.prefixes_v6 == 0 {
                 return 0;
             }
-            XLB_PREFIX_V6.get(Key::new(128, a)).copied().unwrap_or(0)
+            XLB_PREFIX_V6
+                .get(Key::new(128, a.bytes()))
+                .copied()
+                .unwrap_or(0)
         }
     }
 }

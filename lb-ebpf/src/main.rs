@@ -11,6 +11,7 @@ mod balance;
 mod bounds;
 mod count;
 mod filter;
+mod icmp;
 mod maps;
 mod parse;
 mod rewrite;
@@ -66,10 +67,7 @@ pub fn xlb_balance(ctx: XdpContext) -> u32 {
         .get(0)
         .and_then(|r| Reason::ALL.get(*r as usize).copied())
         .unwrap_or(Reason::Default);
-    let out = match parse::packet(&ctx) {
-        Ok(Some(pkt)) => balance::balance(&ctx, &pkt, &cfg),
-        _ => None,
-    };
+    let out = balance::balance(&ctx, &cfg);
     let (verdict, reason) = out.unwrap_or((Verdict::Pass, passed));
     count::packet(reason, verdict, len, 0);
     action(verdict)
@@ -78,9 +76,10 @@ pub fn xlb_balance(ctx: XdpContext) -> u32 {
 /// parse -> filter. The flag says whether the packet is IP.
 #[inline(always)]
 fn firewall(ctx: &XdpContext, cfg: &Config) -> (Decision, bool) {
-    match parse::packet(ctx) {
-        Ok(Some(pkt)) => (filter::decide(&pkt, cfg), true),
-        Ok(None) => (
+    let mut pkt = parse::Packet::EMPTY;
+    match parse::packet(ctx, &mut pkt) {
+        Ok(true) => (filter::decide(&pkt, cfg), true),
+        Ok(false) => (
             Decision {
                 verdict: Verdict::Pass,
                 reason: Reason::NonIp,

@@ -7,6 +7,8 @@ use aya_ebpf::{
 };
 use lb_common::*;
 
+use crate::parse::Packet;
+
 #[map]
 pub static XLB_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
@@ -61,6 +63,12 @@ pub static XLB_MAGLEV: Array<[u32; 2]> = Array::with_max_entries(MAGLEV_POOL / 2
 #[map]
 pub static XLB_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_FLOWS, 0);
 
+#[map]
+pub static XLB_FRAGS: LruHashMap<FragKey, Flow> = LruHashMap::with_max_entries(MAX_FRAGS, 0);
+
+#[map]
+pub static XLB_SNAT: Array<Addr16> = Array::with_max_entries(MAX_SERVICES, 0);
+
 /// Next hops per backend (see HOP_CACHE_NS). Shared: a race only costs a lookup.
 #[map]
 pub static XLB_HOPS: Array<HopCache> = Array::with_max_entries(MAX_BACKENDS, 0);
@@ -77,6 +85,8 @@ pub static XLB_HANDOFF: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 /// Per-CPU scratch space for the balancer's larger values: the BPF stack is 512 bytes.
 #[repr(C)]
 pub struct Scratch {
+    pub pkt: Packet,
+    pub frag: FragKey,
     pub key: FlowKey,
     pub reply: FlowKey,
     pub flow: Flow,

@@ -1,9 +1,9 @@
 //! Stage 1: parse the headers into a small `Packet`, or say why the frame is malformed.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, Reason};
+use lb_common::{Addr16, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, Reason};
 
-use crate::bounds::{frame_len, ptr_at};
+use crate::bounds::{frame_len, load_addr16, ptr_at};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -61,8 +61,7 @@ struct Ipv6Hdr {
     payload_len: u16,
     next_header: u8,
     hop_limit: u8,
-    src: [u8; 16],
-    dst: [u8; 16],
+    // The addresses follow (read with load_addr16).
 }
 
 #[repr(C)]
@@ -105,7 +104,7 @@ struct Ipv6FragHdr {
 pub enum Addr {
     /// Host byte order.
     V4(u32),
-    V6([u8; 16]),
+    V6(Addr16),
 }
 
 /// What the later stages need to know about an IP packet.
@@ -118,6 +117,8 @@ pub struct Packet {
     pub l4_off: usize,
     /// Part of a fragmented datagram (first or later fragment).
     pub fragment: bool,
+    /// The fragment's identification (IPv4: 16 bits; IPv6: the fragment header's 32).
+    pub frag_id: u32,
     /// ICMP or ICMPv6 type (0 otherwise).
     pub icmp_type: u8,
     pub proto: u8,
@@ -126,11 +127,32 @@ pub struct Packet {
     /// True when the ports above were read from a TCP or UDP header; false for other
     /// protocols and for fragments after the first (which carry no layer-4 header).
     pub has_ports: bool,
+    /// True when a TCP, UDP, ICMP or ICMPv6 header was read at `l4_off`.
+    pub has_l4: bool,
 }
 
-/// `Ok(None)`: not IP. `Err(reason)`: truncated or malformed.
+impl Packet {
+    /// A blank to parse into.
+    pub const EMPTY: Packet = Packet {
+        src: Addr::V4(0),
+        dst: Addr::V4(0),
+        l3_off: 0,
+        l4_off: 0,
+        fragment: false,
+        frag_id: 0,
+        icmp_type: 0,
+        proto: 0,
+        src_port: 0,
+        dst_port: 0,
+        has_ports: false,
+        has_l4: false,
+    };
+}
+
+/// Parses into `pkt` (the caller's: the balancer keeps it in scratch space, off its
+/// small stack). `Ok(false)`: not IP. `Err(reason)`: truncated or malformed.
 #[inline(always)]
-pub fn packet(ctx: &XdpContext) -> Result<Option<Packet>, Reason> {
+pub fn packet(ctx: &XdpContext, pkt: &mut Packet) -> Result<bool, Reason> {
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Reason::TruncEth)?;
     let mut proto = u16::from_be(unsafe { (*eth).proto });
     let mut off = ETH_HLEN;
@@ -143,20 +165,21 @@ pub fn packet(ctx: &XdpContext) -> Result<Option<Packet>, Reason> {
         off += VLAN_HLEN;
     }
     match proto {
-        ETH_P_IP => ipv4(ctx, off).map(Some),
-        ETH_P_IPV6 => ipv6(ctx, off).map(Some),
+        ETH_P_IP => ipv4(ctx, off, pkt).map(|_| true),
+        ETH_P_IPV6 => ipv6(ctx, off, pkt).map(|_| true),
         ETH_P_8021Q | ETH_P_8021AD => Err(Reason::BadVlan),
-        _ => Ok(None),
+        _ => Ok(false),
     }
 }
 
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, off: usize) -> Result<Packet, Reason> {
+fn ipv4(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, off).ok_or(Reason::BadIpv4)?;
-    let (version_ihl, tot_len, frag_off, proto, src, dst) = unsafe {
+    let (version_ihl, tot_len, id, frag_off, proto, src, dst) = unsafe {
         (
             (*ip).version_ihl,
             u16::from_be((*ip).tot_len) as usize,
+            u16::from_be((*ip).id),
             u16::from_be((*ip).frag_off),
             (*ip).proto,
             u32::from_be((*ip).src),
@@ -172,52 +195,55 @@ fn ipv4(ctx: &XdpContext, off: usize) -> Result<Packet, Reason> {
     if off + tot_len > frame_len(ctx) {
         return Err(Reason::BadIpv4);
     }
-    let mut pkt = Packet {
+    *pkt = Packet {
         src: Addr::V4(src),
         dst: Addr::V4(dst),
         l3_off: off,
         l4_off: off + ihl,
         fragment: frag_off & 0x3fff != 0,
+        frag_id: id as u32,
         icmp_type: 0,
         proto,
         src_port: 0,
         dst_port: 0,
         has_ports: false,
+        has_l4: false,
     };
     // Fragments after the first carry no layer-4 header.
     if frag_off & 0x1fff != 0 {
-        return Ok(pkt);
+        return Ok(());
     }
-    l4(ctx, off + ihl, &mut pkt)?;
-    Ok(pkt)
+    l4(ctx, off + ihl, pkt)
 }
 
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, off: usize) -> Result<Packet, Reason> {
+fn ipv6(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, off).ok_or(Reason::BadIpv6)?;
-    let (version, payload_len, mut next, src, dst) = unsafe {
+    let (version, payload_len, mut next) = unsafe {
         (
             (*ip).version_tc_flow[0] >> 4,
             u16::from_be((*ip).payload_len) as usize,
             (*ip).next_header,
-            (*ip).src,
-            (*ip).dst,
         )
     };
+    let src = load_addr16(ctx, off + 8).ok_or(Reason::BadIpv6)?;
+    let dst = load_addr16(ctx, off + 24).ok_or(Reason::BadIpv6)?;
     if version != 6 || off + IPV6_HLEN + payload_len > frame_len(ctx) {
         return Err(Reason::BadIpv6);
     }
-    let mut pkt = Packet {
+    *pkt = Packet {
         src: Addr::V6(src),
         dst: Addr::V6(dst),
         l3_off: off,
         l4_off: 0,
         fragment: false,
+        frag_id: 0,
         icmp_type: 0,
         proto: next,
         src_port: 0,
         dst_port: 0,
         has_ports: false,
+        has_l4: false,
     };
     let mut off = off + IPV6_HLEN;
     // A bounded walk over the extension headers xlb knows; anything else is the upper
@@ -238,21 +264,26 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Result<Packet, Reason> {
             }
             IPPROTO_FRAGMENT => {
                 let frag: *const Ipv6FragHdr = ptr_at(ctx, off).ok_or(Reason::BadIpv6Ext)?;
-                let (n, offset) =
-                    unsafe { ((*frag).next_header, u16::from_be((*frag).offset_flags) & !7) };
+                let (n, offset, id) = unsafe {
+                    (
+                        (*frag).next_header,
+                        u16::from_be((*frag).offset_flags) & !7,
+                        u32::from_be((*frag).id),
+                    )
+                };
                 next = n;
                 off += core::mem::size_of::<Ipv6FragHdr>();
                 pkt.fragment = true;
+                pkt.frag_id = id;
                 if offset != 0 {
                     pkt.proto = next;
-                    return Ok(pkt);
+                    return Ok(());
                 }
             }
             _ => {
                 pkt.proto = next;
                 pkt.l4_off = off;
-                l4(ctx, off, &mut pkt)?;
-                return Ok(pkt);
+                return l4(ctx, off, pkt);
             }
         }
     }
@@ -292,7 +323,8 @@ fn l4(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
             let icmp: *const [u8; ICMP_HLEN] = ptr_at(ctx, off).ok_or(Reason::BadL4)?;
             pkt.icmp_type = unsafe { (*icmp)[0] };
         }
-        _ => {}
+        _ => return Ok(()),
     }
+    pkt.has_l4 = true;
     Ok(())
 }

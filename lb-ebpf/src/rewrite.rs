@@ -10,9 +10,9 @@ use aya_ebpf::{
 use lb_common::{Addr16, Verdict};
 
 use crate::{
-    bounds::{load, store},
+    bounds::{load, load_addr16, load_u16, load_w32, store, store_u16, store_w32},
     maps::XLB_SCRATCH,
-    parse::{Addr, IPPROTO_TCP, IPPROTO_UDP, Packet},
+    parse::{Addr, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Packet},
 };
 
 const AF_INET: u8 = 2;
@@ -25,40 +25,43 @@ pub enum End {
     Dst,
 }
 
-/// The checksum `check` after the 16-bit words `old` became `new` (all as stored in
-/// the packet, so byte order does not matter).
+/// RFC 1624 incremental checksum updates: `delta` sums, over each replaced word, the
+/// complement of the old value and the new value (one's complement arithmetic, so the
+/// byte order of the words does not matter as long as old and new agree); `apply`
+/// folds a delta into a checksum.
 #[inline(always)]
-fn csum_replace<const N: usize>(check: u16, old: &[u16; N], new: &[u16; N]) -> u16 {
-    let mut sum = (!check) as u32;
-    let mut i = 0;
-    while i < N {
-        sum += (!old[i]) as u32 + new[i] as u32;
-        i += 1;
-    }
+fn delta32(d: u32, old: u32, new: u32) -> u32 {
+    let o = !old;
+    d + (o & 0xffff) + (o >> 16) + (new & 0xffff) + (new >> 16)
+}
+
+#[inline(always)]
+fn delta16(d: u32, old: u16, new: u16) -> u32 {
+    d + (!old) as u32 + new as u32
+}
+
+#[inline(always)]
+fn apply(check: u16, d: u32) -> u16 {
+    let mut sum = (!check) as u32 + d;
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     !(sum as u16)
 }
 
-#[inline(always)]
-fn words<const B: usize, const N: usize>(b: &[u8; B]) -> [u16; N] {
-    let mut w = [0u16; N];
-    let mut i = 0;
-    while i < N {
-        w[i] = u16::from_ne_bytes([b[2 * i], b[2 * i + 1]]);
-        i += 1;
-    }
-    w
-}
-
-/// Offset of the TCP or UDP checksum; None for UDP over IPv4 without one.
+/// Offset of the layer-4 checksum that covers the addresses (TCP, UDP, ICMPv6's
+/// pseudo-header); None for UDP over IPv4 without one, for ICMP (its checksum does not
+/// cover the IP header) and for fragments after the first (no layer-4 header).
 #[inline(always)]
 fn l4_check_off(ctx: &XdpContext, pkt: &Packet) -> Option<Option<usize>> {
+    if !pkt.has_l4 {
+        return Some(None);
+    }
     match pkt.proto {
         IPPROTO_TCP => Some(Some(pkt.l4_off + 16)),
+        IPPROTO_ICMPV6 => Some(Some(pkt.l4_off + 2)),
         IPPROTO_UDP => {
             let off = pkt.l4_off + 6;
-            let zero = load::<u16>(ctx, off)? == 0;
+            let zero = load_u16(ctx, off)? == 0;
             Some(if zero && matches!(pkt.src, Addr::V4(_)) {
                 None
             } else {
@@ -69,25 +72,59 @@ fn l4_check_off(ctx: &XdpContext, pkt: &Packet) -> Option<Option<usize>> {
     }
 }
 
+/// Folds `d` into the checksum at `off` (UDP's "no checksum" 0 is sent as 0xffff).
 #[inline(always)]
-fn fix_l4<const N: usize>(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    old: &[u16; N],
-    new: &[u16; N],
-) -> Option<()> {
-    if let Some(off) = l4_check_off(ctx, pkt)? {
-        let mut c = csum_replace(load::<u16>(ctx, off)?, old, new);
-        if c == 0 && pkt.proto == IPPROTO_UDP {
-            c = 0xffff;
-        }
-        store(ctx, off, c)?;
+pub fn fix_check(ctx: &XdpContext, off: usize, d: u32, udp: bool) -> Option<()> {
+    let mut c = apply(load_u16(ctx, off)?, d);
+    if c == 0 && udp {
+        c = 0xffff;
     }
-    Some(())
+    store_u16(ctx, off, c)
+}
+
+#[inline(always)]
+fn fix_l4(ctx: &XdpContext, pkt: &Packet, d: u32) -> Option<()> {
+    match l4_check_off(ctx, pkt)? {
+        Some(off) => fix_check(ctx, off, d, pkt.proto == IPPROTO_UDP),
+        None => Some(()),
+    }
+}
+
+/// Writes the address at `off` (1 word for IPv4, 4 for IPv6) and returns the checksum
+/// delta.
+#[inline(always)]
+pub fn put_addr(ctx: &XdpContext, off: usize, addr: &Addr16, v4: bool) -> Option<u32> {
+    let n = if v4 { 1 } else { 4 };
+    let mut d = 0;
+    let mut i = 0;
+    while i < 4 {
+        if i == n {
+            break;
+        }
+        d = delta32(d, load_w32(ctx, off + 4 * i)?, addr.0[i]);
+        store_w32(ctx, off + 4 * i, addr.0[i])?;
+        i += 1;
+    }
+    Some(d)
+}
+
+/// Writes the 16-bit word at `off` (network order) and returns the checksum delta.
+#[inline(always)]
+pub fn put_u16(ctx: &XdpContext, off: usize, v: u16) -> Option<u32> {
+    let d = delta16(0, load_u16(ctx, off)?, v);
+    store_u16(ctx, off, v)?;
+    Some(d)
+}
+
+/// Writes the 16-bit word at `off` and fixes the checksum at `check` that covers it.
+#[inline(always)]
+pub fn set_u16(ctx: &XdpContext, off: usize, check: usize, v: u16) -> Option<()> {
+    let d = put_u16(ctx, off, v)?;
+    fix_check(ctx, check, d, false)
 }
 
 /// Rewrites the source or destination address (and port, if `port` is Some, in network
-/// order) and fixes the IPv4 header and TCP/UDP checksums.
+/// order, and the packet has ports) and fixes the IPv4 header and layer-4 checksums.
 #[inline(always)]
 pub fn set_addr_port(
     ctx: &XdpContext,
@@ -96,41 +133,23 @@ pub fn set_addr_port(
     addr: &Addr16,
     port: Option<u16>,
 ) -> Option<()> {
-    match pkt.src {
-        Addr::V4(_) => {
-            let off = pkt.l3_off + if end == End::Src { 12 } else { 16 };
-            let old: [u8; 4] = load(ctx, off)?;
-            let new = [addr[0], addr[1], addr[2], addr[3]];
-            let (ow, nw): ([u16; 2], [u16; 2]) = (words(&old), words(&new));
-            let hc = pkt.l3_off + 10;
-            store(ctx, hc, csum_replace(load::<u16>(ctx, hc)?, &ow, &nw))?;
-            fix_l4(ctx, pkt, &ow, &nw)?;
-            store(ctx, off, new)?;
-        }
-        Addr::V6(_) => {
-            let off = pkt.l3_off + if end == End::Src { 8 } else { 24 };
-            let old: [u8; 16] = load(ctx, off)?;
-            let (ow, nw): ([u16; 8], [u16; 8]) = (words(&old), words(addr));
-            fix_l4(ctx, pkt, &ow, &nw)?;
-            store(ctx, off, *addr)?;
-        }
+    let v4 = matches!(pkt.src, Addr::V4(_));
+    let off = match (v4, end) {
+        (true, End::Src) => pkt.l3_off + 12,
+        (true, End::Dst) => pkt.l3_off + 16,
+        (false, End::Src) => pkt.l3_off + 8,
+        (false, End::Dst) => pkt.l3_off + 24,
+    };
+    let d = put_addr(ctx, off, addr, v4)?;
+    if v4 {
+        fix_check(ctx, pkt.l3_off + 10, d, false)?;
     }
-    if let Some(p) = port {
+    let mut l4 = d;
+    if let (Some(p), true) = (port, pkt.has_ports) {
         let off = pkt.l4_off + if end == End::Src { 0 } else { 2 };
-        let old: u16 = load(ctx, off)?;
-        fix_l4(ctx, pkt, &[old], &[p])?;
-        store(ctx, off, p)?;
+        l4 += put_u16(ctx, off, p)?;
     }
-    Some(())
-}
-
-/// Rewrites the 16-bit word at `off` and the checksum at `check` that covers it.
-#[inline(always)]
-fn set_word(ctx: &XdpContext, off: usize, check: usize, new: [u8; 2]) -> Option<()> {
-    let old: [u8; 2] = load(ctx, off)?;
-    let c = csum_replace::<1>(load::<u16>(ctx, check)?, &words(&old), &words(&new));
-    store(ctx, check, c)?;
-    store(ctx, off, new)
+    fix_l4(ctx, pkt, l4)
 }
 
 /// Decrements the TTL (IPv4, checksum fixed) or hop limit (IPv6). None when it would
@@ -144,7 +163,7 @@ pub fn dec_ttl(ctx: &XdpContext, pkt: &Packet) -> Option<()> {
             if ttl <= 1 {
                 return None;
             }
-            set_word(ctx, off, pkt.l3_off + 10, [ttl - 1, proto])
+            set_u16(ctx, off, pkt.l3_off + 10, u16::from_ne_bytes([ttl - 1, proto]))
         }
         Addr::V6(_) => {
             // Next header and hop limit as one 2-byte access: a 1-byte bounds check
@@ -175,18 +194,23 @@ pub fn echo_reply(ctx: &XdpContext, pkt: &Packet) -> Option<()> {
             // Swapping addresses keeps every checksum; the TTL word changes.
             let off = pkt.l3_off + 8;
             let [_, proto]: [u8; 2] = load(ctx, off)?;
-            set_word(ctx, off, pkt.l3_off + 10, [64, proto])?;
+            set_u16(ctx, off, pkt.l3_off + 10, u16::from_ne_bytes([64, proto]))?;
         }
         Addr::V6(_) => {
-            let (s, d): ([u8; 16], [u8; 16]) = (load(ctx, src_off)?, load(ctx, dst_off)?);
-            store(ctx, src_off, d)?;
-            store(ctx, dst_off, s)?;
+            let (s, d) = (load_addr16(ctx, src_off)?, load_addr16(ctx, dst_off)?);
+            put_addr(ctx, src_off, &d, false)?;
+            put_addr(ctx, dst_off, &s, false)?;
             let [next, _]: [u8; 2] = load(ctx, pkt.l3_off + 6)?;
             store(ctx, pkt.l3_off + 6, [next, 64u8])?;
         }
     }
     let [_, code]: [u8; 2] = load(ctx, pkt.l4_off)?;
-    set_word(ctx, pkt.l4_off, pkt.l4_off + 2, [reply, code])
+    set_u16(
+        ctx,
+        pkt.l4_off,
+        pkt.l4_off + 2,
+        u16::from_ne_bytes([reply, code]),
+    )
 }
 
 /// Swaps the Ethernet addresses (for a reply sent back where the request came from).
@@ -225,16 +249,10 @@ pub fn route(ctx: &XdpContext, v6: bool, dst: &Addr16, hop: &mut Hop) -> bool {
     p.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     if v6 {
         p.family = AF_INET6;
-        let mut d = [0u32; 4];
-        let mut i = 0;
-        while i < 4 {
-            d[i] = u32::from_ne_bytes([dst[4 * i], dst[4 * i + 1], dst[4 * i + 2], dst[4 * i + 3]]);
-            i += 1;
-        }
-        p.__bindgen_anon_4.ipv6_dst = d;
+        p.__bindgen_anon_4.ipv6_dst = dst.0;
     } else {
         p.family = AF_INET;
-        p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]);
+        p.__bindgen_anon_4.ipv4_dst = dst.0[0];
     }
     let rc = unsafe {
         fib_lookup(

@@ -28,7 +28,7 @@ use crate::{
 fn addr16(a: &IpAddr) -> (Addr16, u8) {
     match a {
         IpAddr::V4(v) => (addr16_v4(v.octets()), FAMILY_V4),
-        IpAddr::V6(v) => (v.octets(), FAMILY_V6),
+        IpAddr::V6(v) => (Addr16::from_bytes(v.octets()), FAMILY_V6),
     }
 }
 
@@ -70,6 +70,7 @@ struct Installed {
 pub struct Balancer {
     services: HashMap<MapData, ServiceKey, Service>,
     service_keys: Array<MapData, ServiceKey>,
+    snat: Array<MapData, Addr16>,
     backends: Array<MapData, Backend>,
     pool: MmapTable,
     /// Free ranges of the pool (offset, length), first fit.
@@ -87,12 +88,14 @@ impl Balancer {
     pub(crate) fn new(
         services: HashMap<MapData, ServiceKey, Service>,
         service_keys: Array<MapData, ServiceKey>,
+        snat: Array<MapData, Addr16>,
         backends: Array<MapData, Backend>,
         pool: MmapTable,
     ) -> Self {
         Balancer {
             services,
             service_keys,
+            snat,
             backends,
             pool,
             free: vec![(0, MAGLEV_POOL)],
@@ -106,12 +109,12 @@ impl Balancer {
         }
     }
 
-    /// (services, nat services) for the program's config.
+    /// (services, services whose replies come through xlb) for the program's config.
     pub fn counts(&self) -> (u32, u32) {
         let nat = self
             .installed
             .values()
-            .filter(|i| i.conf.mode == Mode::Nat)
+            .filter(|i| i.conf.mode != Mode::Dsr)
             .count();
         (self.installed.len() as u32, nat as u32)
     }
@@ -273,11 +276,17 @@ impl Balancer {
         self.service_keys
             .set(id, key, 0)
             .context("writing a service key")?;
+        if let Some(a) = &conf.snat {
+            self.snat
+                .set(id, addr16(a).0, 0)
+                .context("writing a service's snat address")?;
+        }
         let svc = Service {
             id,
             mode: match conf.mode {
                 Mode::Dsr => MODE_DSR,
                 Mode::Nat => MODE_NAT,
+                Mode::Fullnat => MODE_FULLNAT,
             },
             flags: if conf.affinity_source {
                 SVC_AFFINITY_SOURCE

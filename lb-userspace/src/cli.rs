@@ -107,6 +107,9 @@ pub enum VipCmd {
         /// Seconds a UDP flow may idle before it is rescheduled (default 30).
         #[arg(long)]
         udp_idle: Option<u32>,
+        /// fullnat: the source address the backends see (an address of this host).
+        #[arg(long)]
+        snat: Option<String>,
     },
     /// Remove a service and its backends.
     Del { vip: String },
@@ -279,6 +282,7 @@ pub fn main(cli: Cli) -> Result<()> {
                     no_echo,
                     tcp_idle,
                     udp_idle,
+                    snat,
                 } => Request::VipAdd {
                     vip,
                     mode,
@@ -286,6 +290,7 @@ pub fn main(cli: Cli) -> Result<()> {
                     echo: !no_echo,
                     tcp_idle,
                     udp_idle,
+                    snat,
                 },
                 VipCmd::Del { vip } => Request::VipDel { vip },
                 VipCmd::List { json } => {

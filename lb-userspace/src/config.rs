@@ -264,6 +264,7 @@ struct RawService {
     echo: Option<bool>,
     tcp_idle: Option<Spanned<DurationText>>,
     udp_idle: Option<Spanned<DurationText>>,
+    snat: Option<Spanned<String>>,
     health: Option<Spanned<RawHealth>>,
     #[serde(default)]
     backend: Vec<Spanned<RawBackend>>,
@@ -822,12 +823,41 @@ impl Config {
             };
             let tcp = idle(&mut r, &s.tcp_idle, "service.tcp_idle", DEFAULT_TCP_IDLE);
             let udp = idle(&mut r, &s.udp_idle, "service.udp_idle", DEFAULT_UDP_IDLE);
+            let snat = match &s.snat {
+                None => None,
+                Some(a) => match a.get_ref().parse::<std::net::IpAddr>() {
+                    Ok(ip) => Some(ip),
+                    Err(_) => {
+                        r.at(
+                            a.span(),
+                            "service.snat",
+                            format!(
+                                "'{}' is not an address: expected e.g. \"203.0.113.1\" or \"2001:db8::1\"",
+                                a.get_ref()
+                            ),
+                        );
+                        continue;
+                    }
+                },
+            };
             let services = &mut projection.services;
             if let Err(e) = services
                 .add_service(vip, mode, affinity, s.echo.unwrap_or(true))
                 .and_then(|_| services.set_idle(&vip, Some(tcp), Some(udp)))
             {
                 r.at(s.address.span(), "service", e.to_string());
+                continue;
+            }
+            if let Err(e) = services.set_snat(&vip, snat) {
+                let span = s.snat.as_ref().map_or(s.mode.span(), |a| a.span());
+                let field = if s.snat.is_some() {
+                    "service.snat"
+                } else {
+                    "service.mode"
+                };
+                // The CLI's wording names its flag; the file's key is `snat`.
+                r.at(span, field, e.to_string().replace("--snat", "snat"));
+                services.by_vip.remove(&vip);
                 continue;
             }
             for b in &s.backend {
@@ -1600,6 +1630,23 @@ address = "203.0.113.13:8080"
             .unwrap();
         let e = plan(&rules, &services, &old, &new).unwrap_err();
         assert!(e.contains("dsr cannot change ports"), "{e}");
+    }
+
+    #[test]
+    fn fullnat_services_take_their_snat_address() {
+        let c = parse(
+            "[[service]]\naddress = \"198.51.100.10:80/tcp\"\nmode = \"fullnat\"\nsnat = \"203.0.113.1\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let vip: Vip = "198.51.100.10:80/tcp".parse().unwrap();
+        assert_eq!(
+            c.projection.services.by_vip[&vip].snat,
+            Some("203.0.113.1".parse().unwrap())
+        );
+        let e = err(
+            "[[service]]\naddress = \"198.51.100.10:80/tcp\"\nmode = \"fullnat\"\nsnat = \"x\"\n",
+        );
+        assert_eq!((e.line, e.field.as_str()), (4, "service.snat"), "{e}");
     }
 
     #[test]

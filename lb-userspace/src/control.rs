@@ -60,6 +60,9 @@ pub enum Request {
         tcp_idle: Option<u32>,
         #[serde(default)]
         udp_idle: Option<u32>,
+        /// fullnat: the source address towards the backends.
+        #[serde(default)]
+        snat: Option<String>,
     },
     VipDel {
         vip: String,

@@ -13,6 +13,7 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
+use std::net::IpAddr;
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
@@ -179,11 +180,26 @@ impl Edge {
                 echo,
                 tcp_idle,
                 udp_idle,
+                snat,
             } => {
                 let vip: Vip = vip.parse()?;
+                let snat: Option<IpAddr> = match snat {
+                    Some(a) => Some(a.parse().map_err(|_| {
+                        anyhow!(
+                            "'{a}' is not an address (expected e.g. 203.0.113.1 or 2001:db8::1)"
+                        )
+                    })?),
+                    None => None,
+                };
                 self.check_forwarding(&vip)?;
+                // In tests (no interface) the program runs on crafted frames only.
+                let must_be_local = !self.ifaces.is_empty();
                 self.services_change(|s| {
                     s.add_service(vip, mode, affinity_source, echo)?;
+                    s.set_snat(&vip, snat)?;
+                    if let (Some(a), true) = (snat, must_be_local) {
+                        ensure_local(a)?;
+                    }
                     s.set_idle(&vip, tcp_idle, udp_idle)
                 })
             }
@@ -395,6 +411,7 @@ impl Edge {
                     "echo": s.echo,
                     "tcp_idle": s.tcp_idle,
                     "udp_idle": s.udp_idle,
+                    "snat": s.snat.map(|a| a.to_string()),
                     "backends": backends,
                 })
             })
@@ -478,6 +495,23 @@ fn check_forwarding(ifaces: &[String], vip: &Vip) -> Result<()> {
             bail!(
                 "forwarding is off ({path}): xlb forwards service traffic, enable it with `sysctl -w {key}=1`"
             );
+        }
+    }
+    Ok(())
+}
+
+/// What a plan's services need of this host: forwarding for new services, and each
+/// fullnat source address that is new or changed must be this host's.
+fn check_new_services(current: &Services, next: &Services, ifaces: &[String]) -> Result<()> {
+    for (vip, conf) in &next.by_vip {
+        let cur = current.by_vip.get(vip);
+        if cur.is_none() {
+            check_forwarding(ifaces, vip)?;
+        }
+        if let Some(a) = conf.snat
+            && cur.and_then(|c| c.snat) != Some(a)
+        {
+            ensure_local(a).with_context(|| format!("service {vip}"))?;
         }
     }
     Ok(())
@@ -597,6 +631,7 @@ impl Running {
                     "echo": s.echo,
                     "tcp_idle": s.tcp_idle,
                     "udp_idle": s.udp_idle,
+                    "snat": s.snat.map(|a| a.to_string()),
                     "health_check": health(&s.vip),
                     "backends": backends,
                 })
@@ -687,11 +722,7 @@ impl Running {
             cfg.interfaces.clone()
         };
         let names: Vec<String> = ifaces.iter().map(|i| i.name.clone()).collect();
-        for vip in plan.services.by_vip.keys() {
-            if !self.edge.services.by_vip.contains_key(vip) {
-                check_forwarding(&names, vip)?;
-            }
-        }
+        check_new_services(&self.edge.services, &plan.services, &names)?;
         let new_group = self.cli_group.clone().or_else(|| cfg.group.clone());
         let gid = new_group
             .as_deref()
@@ -872,11 +903,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         )
         .map_err(|e| anyhow!("{e}"))
         .with_context(|| format!("applying {} to the stored state", cfg.path.display()))?;
-        for vip in plan.services.by_vip.keys() {
-            if !stored.services.by_vip.contains_key(vip) {
-                check_forwarding(&names, vip)?;
-            }
-        }
+        check_new_services(&stored.services, &plan.services, &names)?;
         apply_to_stored(&mut stored, plan, cfg.projection.clone())?;
     }
     let listener = bind(&opts.socket, gid).await?;
@@ -967,4 +994,47 @@ impl Drop for SocketGuard {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// A fullnat source address must be this host's: the backends' replies are sent to it,
+/// and the kernel answers ARP / neighbour solicitations for it.
+fn ensure_local(a: IpAddr) -> Result<(), ServiceError> {
+    let local = local_addresses().map_err(|e| ServiceError::Invalid(format!("{e:#}")))?;
+    if !local.contains(&a) {
+        return Err(ServiceError::Invalid(format!(
+            "{a} is not an address of this host: add it to the interface towards the backends (ip addr add {a}/PREFIX dev IFACE) before using it as --snat"
+        )));
+    }
+    Ok(())
+}
+
+/// Every address configured on this host's interfaces (getifaddrs).
+fn local_addresses() -> Result<Vec<IpAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("listing this host's addresses");
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            match unsafe { (*ifa.ifa_addr).sa_family } as i32 {
+                libc::AF_INET => {
+                    let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                    out.push(IpAddr::from(
+                        u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                    ));
+                }
+                libc::AF_INET6 => {
+                    let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                    out.push(IpAddr::from(sin6.sin6_addr.s6_addr));
+                }
+                _ => {}
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
 }

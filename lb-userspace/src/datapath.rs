@@ -234,6 +234,7 @@ impl Datapath {
         let lb = Balancer::new(
             take(&mut bpf, MAP_SERVICES)?,
             take(&mut bpf, MAP_SERVICE_KEYS)?,
+            take(&mut bpf, MAP_SNAT)?,
             take(&mut bpf, MAP_BACKENDS)?,
             pool,
         );

@@ -71,6 +71,9 @@ pub enum Mode {
     Dsr,
     /// Destination rewritten to the backend; replies come back through xlb.
     Nat,
+    /// Source rewritten too, to the service's `snat` address of this host and a port
+    /// xlb allocates: backends may sit anywhere and need no route through xlb.
+    Fullnat,
 }
 
 impl fmt::Display for Mode {
@@ -78,6 +81,7 @@ impl fmt::Display for Mode {
         f.write_str(match self {
             Mode::Dsr => "dsr",
             Mode::Nat => "nat",
+            Mode::Fullnat => "fullnat",
         })
     }
 }
@@ -88,8 +92,9 @@ impl FromStr for Mode {
         match s {
             "dsr" => Ok(Mode::Dsr),
             "nat" => Ok(Mode::Nat),
+            "fullnat" => Ok(Mode::Fullnat),
             _ => Err(ServiceError::Invalid(format!(
-                "'{s}' is not a mode: use dsr or nat"
+                "'{s}' is not a mode: use dsr, nat or fullnat"
             ))),
         }
     }
@@ -218,6 +223,8 @@ pub struct ServiceConf {
     /// Idle time after which a flow is rescheduled, in seconds.
     pub tcp_idle: u32,
     pub udp_idle: u32,
+    /// fullnat: the source address the backends see (an address of this host).
+    pub snat: Option<IpAddr>,
     pub backends: BTreeMap<BackendAddr, u32>,
 }
 
@@ -236,6 +243,9 @@ impl ServiceConf {
         }
         if self.udp_idle != DEFAULT_UDP_IDLE {
             head.push_str(&format!(" udp_idle={}", self.udp_idle));
+        }
+        if let Some(a) = self.snat {
+            head.push_str(&format!(" snat={a}"));
         }
         let mut out = vec![head];
         for (b, w) in &self.backends {
@@ -271,6 +281,7 @@ impl Services {
                 echo,
                 tcp_idle: DEFAULT_TCP_IDLE,
                 udp_idle: DEFAULT_UDP_IDLE,
+                snat: None,
                 backends: BTreeMap::new(),
             },
         );
@@ -297,6 +308,43 @@ impl Services {
             .ok_or_else(|| ServiceError::UnknownService(vip.to_string()))?;
         svc.tcp_idle = tcp.unwrap_or(svc.tcp_idle);
         svc.udp_idle = udp.unwrap_or(svc.udp_idle);
+        Ok(())
+    }
+
+    /// Sets a fullnat service's source address (same family as the service). A fullnat
+    /// service cannot be without one, and other modes take none.
+    pub fn set_snat(&mut self, vip: &Vip, snat: Option<IpAddr>) -> Result<(), ServiceError> {
+        let svc = self
+            .by_vip
+            .get_mut(vip)
+            .ok_or_else(|| ServiceError::UnknownService(vip.to_string()))?;
+        match (svc.mode, snat) {
+            (Mode::Fullnat, None) => {
+                return Err(ServiceError::Invalid(format!(
+                    "fullnat service {vip} needs --snat ADDR: an address of this host that its backends reach"
+                )));
+            }
+            (Mode::Fullnat, Some(a)) if a.is_ipv4() != vip.addr.is_ipv4() => {
+                return Err(ServiceError::Invalid(format!(
+                    "snat address {a} is {} but service {vip} is {}: the families must match",
+                    family(&a),
+                    family(&vip.addr)
+                )));
+            }
+            (Mode::Fullnat, Some(a)) if a.is_unspecified() || a.is_multicast() => {
+                return Err(ServiceError::Invalid(format!(
+                    "snat address {a} cannot be a source address"
+                )));
+            }
+            (Mode::Fullnat, _) => {}
+            (m, Some(_)) => {
+                return Err(ServiceError::Invalid(format!(
+                    "--snat is for fullnat services; {vip} is {m}"
+                )));
+            }
+            (_, None) => {}
+        }
+        svc.snat = snat;
         Ok(())
     }
 
@@ -400,9 +448,11 @@ impl Services {
         match words.as_slice() {
             ["service", vip, mode, opts @ ..] => {
                 let (mut affinity, mut echo, mut tcp, mut udp) = (false, true, None, None);
+                let mut snat = None;
                 for o in opts {
                     match o.split_once('=') {
                         Some(("affinity", "source")) => affinity = true,
+                        Some(("snat", a)) => snat = Some(a.parse().map_err(|_| bad())?),
                         Some(("echo", "off")) => echo = false,
                         Some(("tcp_idle", n)) => tcp = Some(n.parse().map_err(|_| bad())?),
                         Some(("udp_idle", n)) => udp = Some(n.parse().map_err(|_| bad())?),
@@ -411,6 +461,7 @@ impl Services {
                 }
                 let vip: Vip = vip.parse()?;
                 self.add_service(vip, mode.parse()?, affinity, echo)?;
+                self.set_snat(&vip, snat)?;
                 self.set_idle(&vip, tcp, udp)
             }
             ["backend", vip, b, w] => {

@@ -3,12 +3,17 @@
 
 use std::collections::HashMap;
 
+use std::net::IpAddr;
+
+use crate::packet::Pkt;
+
 use lb_common::{Counter, Reason, Verdict};
 use xlb::{
     control::Request,
     daemon::Edge,
     datapath::Datapath,
     rules::{Action, Rule},
+    services::Mode,
 };
 
 pub struct Fixture {
@@ -196,4 +201,114 @@ impl LbNet {
         anyhow::ensure!(ifindex != 0, "v0 not found after entering {}", ns.name);
         Ok(LbNet { ns, ifindex, mac })
     }
+}
+
+pub const XDP_TX: u32 = 3;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+/// A loaded balancer in a private test network (`LbNet`), with helpers that add
+/// services the way the CLI does and run frames as if received on v0.
+pub struct Lb {
+    pub fx: Fixture,
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    _ns: crate::netns::Netns,
+}
+
+/// Loads xlb inside a fresh test network (see `fixture::LbNet`), this thread in it.
+pub fn setup() -> Lb {
+    let net = LbNet::enter().unwrap();
+    Lb {
+        fx: Fixture::new(),
+        ifindex: net.ifindex,
+        mac: net.mac,
+        _ns: net.ns,
+    }
+}
+
+impl Lb {
+    pub fn vip(&mut self, vip: &str, mode: Mode, affinity: bool) {
+        self.fx.req(Request::VipAdd {
+            vip: vip.into(),
+            mode,
+            affinity_source: affinity,
+            echo: true,
+            tcp_idle: None,
+            udp_idle: None,
+            snat: None,
+        });
+    }
+    /// A fullnat service whose backends see `snat` as the source.
+    pub fn fullnat(&mut self, vip: &str, snat: &str) {
+        self.fx.req(Request::VipAdd {
+            vip: vip.into(),
+            mode: Mode::Fullnat,
+            affinity_source: false,
+            echo: true,
+            tcp_idle: None,
+            udp_idle: None,
+            snat: Some(snat.into()),
+        });
+    }
+    pub fn backend(&mut self, vip: &str, b: &str, weight: u32) {
+        self.fx.req(Request::BackendAdd {
+            vip: vip.into(),
+            backend: b.into(),
+            weight,
+        });
+    }
+    pub fn del_backend(&mut self, vip: &str, b: &str) {
+        self.fx.req(Request::BackendDel {
+            vip: vip.into(),
+            backend: b.into(),
+        });
+    }
+    /// A client frame addressed to our MAC.
+    pub fn frame(&self, p: Pkt) -> Vec<u8> {
+        let mut f = p.build();
+        f[0..6].copy_from_slice(&self.mac);
+        f[6..12].copy_from_slice(&CLIENT_MAC);
+        f
+    }
+    pub fn run(&self, f: &[u8]) -> (u32, Vec<u8>) {
+        self.fx.edge.dp.test_run_on(f, self.ifindex).unwrap()
+    }
+}
+
+pub fn dst_ip(f: &[u8]) -> IpAddr {
+    match u16::from_be_bytes([f[12], f[13]]) {
+        0x0800 => IpAddr::from(<[u8; 4]>::try_from(&f[30..34]).unwrap()),
+        _ => IpAddr::from(<[u8; 16]>::try_from(&f[38..54]).unwrap()),
+    }
+}
+
+pub fn src_ip(f: &[u8]) -> IpAddr {
+    match u16::from_be_bytes([f[12], f[13]]) {
+        0x0800 => IpAddr::from(<[u8; 4]>::try_from(&f[26..30]).unwrap()),
+        _ => IpAddr::from(<[u8; 16]>::try_from(&f[22..38]).unwrap()),
+    }
+}
+
+pub fn l4(f: &[u8]) -> usize {
+    if u16::from_be_bytes([f[12], f[13]]) == 0x0800 {
+        14 + (f[14] & 0xf) as usize * 4
+    } else {
+        54
+    }
+}
+
+pub fn ports(f: &[u8]) -> (u16, u16) {
+    let o = l4(f);
+    (
+        u16::from_be_bytes([f[o], f[o + 1]]),
+        u16::from_be_bytes([f[o + 2], f[o + 3]]),
+    )
+}
+
+pub fn backend_index(f: &[u8]) -> usize {
+    BACKEND_MACS
+        .iter()
+        .position(|m| f[0..6] == *m)
+        .expect("a backend's MAC")
 }

@@ -529,3 +529,58 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// A background process inside a namespace (a peer's daemon, a load generator),
+/// killed on drop; it also gets SIGKILL if the test process dies first.
+pub struct Spawned {
+    pub child: Child,
+}
+
+impl Spawned {
+    /// Starts `args` in `ns`, its output appended to `log`.
+    pub fn start(ns: &Netns, args: &[&str], log: &Path) -> Result<Self> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let mut cmd = ns.cmd(args);
+        cmd.stdout(out.try_clone()?).stderr(out);
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().with_context(|| format!("spawning {args:?}"))?;
+        Ok(Spawned { child })
+    }
+
+    /// Fails if the process has already exited (a bad config, a port in use).
+    pub fn check_running(&mut self, what: &str) -> Result<()> {
+        if let Some(s) = self.child.try_wait()? {
+            bail!("{what} exited early: {s}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `ready` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        if Instant::now() > deadline {
+            bail!("{what}: not ready within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}

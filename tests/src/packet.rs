@@ -61,6 +61,8 @@ pub struct Pkt {
     /// Cut the layer-4 header and payload to this many bytes (lengths stay consistent).
     pub l4_cut: Option<usize>,
     pub ttl: u8,
+    /// IP identification: IPv4's 16 bits, or an IPv6 fragment header's 32.
+    pub id: u32,
 }
 
 fn sum16(data: &[u8], mut acc: u32) -> u32 {
@@ -91,6 +93,7 @@ impl Pkt {
             payload: b"xlb".to_vec(),
             l4_cut: None,
             ttl: 64,
+            id: 0x1234,
         }
     }
 
@@ -137,6 +140,19 @@ impl Pkt {
         let ip = Self::ip(src, dst);
         let ty = if matches!(ip, Ip::V6 { .. }) { 128 } else { 8 };
         Self::new(ip, L4::Icmp { ty, code: 0 })
+    }
+
+    /// An ICMP (IPv4) or ICMPv6 message of any type; `quoted` becomes its body (for an
+    /// error, the start of the packet it is about).
+    pub fn icmp(src: &str, dst: &str, ty: u8, code: u8, quoted: &[u8]) -> Self {
+        let mut p = Self::new(Self::ip(src, dst), L4::Icmp { ty, code });
+        p.payload = quoted.to_vec();
+        p
+    }
+
+    pub fn frag_id(mut self, id: u32) -> Self {
+        self.id = id;
+        self
     }
 
     pub fn raw(src: &str, dst: &str, proto: u8) -> Self {
@@ -290,7 +306,7 @@ impl Pkt {
                 let mut h = vec![0u8; 20];
                 h[0] = 0x40 | (hl / 4) as u8;
                 h[2..4].copy_from_slice(&((hl + l4.len()) as u16).to_be_bytes());
-                h[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+                h[4..6].copy_from_slice(&(self.id as u16).to_be_bytes());
                 if let Some((off, more)) = self.frag {
                     h[6..8].copy_from_slice(&(off | if more { 0x2000 } else { 0 }).to_be_bytes());
                 }
@@ -319,6 +335,10 @@ impl Pkt {
                     chain.push(protos[i + 1]);
                     chain.push(len);
                     chain.extend_from_slice(body);
+                    if *proto == 44 {
+                        let n = chain.len();
+                        chain[n - 4..].copy_from_slice(&self.id.to_be_bytes());
+                    }
                 }
                 let mut h = vec![0u8; 40];
                 h[0] = 0x60;

@@ -29,6 +29,18 @@ pub struct Topology {
     pub dir: TestDir,
 }
 
+/// How the backends reach clients, per forwarding mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backends<'a> {
+    /// nat: the default route points at the edge, which rewrites the replies.
+    ViaEdge,
+    /// dsr: the backends hold these service addresses on their loopback and answer
+    /// clients directly.
+    Direct(&'a [&'a str]),
+    /// fullnat: no route beyond their own subnet (they only ever talk to the edge).
+    LocalOnly,
+}
+
 /// Backend i (0-based) addresses.
 pub fn backend_v4(i: usize) -> String {
     format!("203.0.113.{}", 11 + i)
@@ -38,9 +50,9 @@ pub fn backend_v6(i: usize) -> String {
 }
 
 impl Topology {
-    /// `n` backends, each with an HTTP server on `port` answering "web<i+1>". For dsr
-    /// the backends hold `vips` on their loopback and reach the client directly.
-    pub fn build(tag: &str, n: usize, port: u16, dsr_vips: &[&str]) -> Result<Self> {
+    /// `n` backends, each with an HTTP server on `port` answering "web<i+1>", routed as
+    /// `routing` says.
+    pub fn build(tag: &str, n: usize, port: u16, routing: Backends) -> Result<Self> {
         let dir = TestDir::new(tag)?;
         let switch = Netns::new("sw")?;
         switch.run(&["ip", "link", "add", "br0", "type", "bridge"])?;
@@ -112,7 +124,7 @@ impl Topology {
             let v6 = format!("{}/64", backend_v6(i));
             veth(&b, "w0", &[&v4, &v6], &switch, &format!("sw-b{i}"), &[])?;
             b.run(&["ethtool", "-K", "w0", "tx", "off"])?;
-            if dsr_vips.is_empty() {
+            if routing == Backends::ViaEdge {
                 b.run(&["ip", "route", "add", "default", "via", "203.0.113.1"])?;
                 b.run(&[
                     "ip",
@@ -123,8 +135,9 @@ impl Topology {
                     "via",
                     "2001:db8:b::1",
                 ])?;
-            } else {
-                for vip in dsr_vips {
+            }
+            if let Backends::Direct(vips) = routing {
+                for vip in vips {
                     let plen = if vip.contains(':') { "128" } else { "32" };
                     b.run(&["ip", "addr", "add", &format!("{vip}/{plen}"), "dev", "lo"])?;
                 }

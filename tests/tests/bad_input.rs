@@ -253,6 +253,42 @@ fn cli_refuses_bad_input_and_changes_nothing() {
         "is not in service",
     );
     refused(&xlb, &["vip", "del", "198.51.100.77:80/tcp"], "no service");
+    // fullnat's source address: required, of the service's family, this host's own,
+    // and for fullnat only.
+    let fullnat = |snat: &[&'static str]| {
+        let mut args = vec!["vip", "add", "198.51.100.60:80/tcp", "--mode", "fullnat"];
+        args.extend_from_slice(snat);
+        args
+    };
+    refused(&xlb, &fullnat(&[]), "needs --snat ADDR");
+    refused(
+        &xlb,
+        &fullnat(&["--snat", "2001:db8:b::1"]),
+        "families must match",
+    );
+    refused(
+        &xlb,
+        &fullnat(&["--snat", "203.0.113.99"]),
+        "not an address of this host",
+    );
+    refused(
+        &xlb,
+        &fullnat(&["--snat", "frob"]),
+        "'frob' is not an address",
+    );
+    refused(
+        &xlb,
+        &[
+            "vip",
+            "add",
+            "198.51.100.60:80/tcp",
+            "--mode",
+            "nat",
+            "--snat",
+            "203.0.113.1",
+        ],
+        "--snat is for fullnat services",
+    );
     refused(
         &xlb,
         &["reload"],

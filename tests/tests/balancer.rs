@@ -8,105 +8,12 @@ use std::net::IpAddr;
 use xlb::control::Request;
 use xlb::services::Mode;
 use xlb_tests::{
-    fixture::{BACKEND_MACS, CLIENT_MAC, Fixture, LbNet},
-    netns::Netns,
+    fixture::{
+        BACKEND_MACS, CLIENT_MAC, XDP_DROP, XDP_PASS, XDP_TX, backend_index, dst_ip, ports, setup,
+        src_ip,
+    },
     packet::{Pkt, assert_checksums},
 };
-
-const XDP_TX: u32 = 3;
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-
-struct Lb {
-    fx: Fixture,
-    ifindex: u32,
-    mac: [u8; 6],
-    _ns: Netns,
-}
-
-/// Loads xlb inside a fresh test network (see `fixture::LbNet`), this thread in it.
-fn setup() -> Lb {
-    let net = LbNet::enter().unwrap();
-    Lb {
-        fx: Fixture::new(),
-        ifindex: net.ifindex,
-        mac: net.mac,
-        _ns: net.ns,
-    }
-}
-
-impl Lb {
-    fn vip(&mut self, vip: &str, mode: Mode, affinity: bool) {
-        self.fx.req(Request::VipAdd {
-            vip: vip.into(),
-            mode,
-            affinity_source: affinity,
-            echo: true,
-            tcp_idle: None,
-            udp_idle: None,
-        });
-    }
-    fn backend(&mut self, vip: &str, b: &str, weight: u32) {
-        self.fx.req(Request::BackendAdd {
-            vip: vip.into(),
-            backend: b.into(),
-            weight,
-        });
-    }
-    fn del_backend(&mut self, vip: &str, b: &str) {
-        self.fx.req(Request::BackendDel {
-            vip: vip.into(),
-            backend: b.into(),
-        });
-    }
-    /// A client frame addressed to our MAC.
-    fn frame(&self, p: Pkt) -> Vec<u8> {
-        let mut f = p.build();
-        f[0..6].copy_from_slice(&self.mac);
-        f[6..12].copy_from_slice(&CLIENT_MAC);
-        f
-    }
-    fn run(&self, f: &[u8]) -> (u32, Vec<u8>) {
-        self.fx.edge.dp.test_run_on(f, self.ifindex).unwrap()
-    }
-}
-
-fn dst_ip(f: &[u8]) -> IpAddr {
-    match u16::from_be_bytes([f[12], f[13]]) {
-        0x0800 => IpAddr::from(<[u8; 4]>::try_from(&f[30..34]).unwrap()),
-        _ => IpAddr::from(<[u8; 16]>::try_from(&f[38..54]).unwrap()),
-    }
-}
-
-fn src_ip(f: &[u8]) -> IpAddr {
-    match u16::from_be_bytes([f[12], f[13]]) {
-        0x0800 => IpAddr::from(<[u8; 4]>::try_from(&f[26..30]).unwrap()),
-        _ => IpAddr::from(<[u8; 16]>::try_from(&f[22..38]).unwrap()),
-    }
-}
-
-fn l4(f: &[u8]) -> usize {
-    if u16::from_be_bytes([f[12], f[13]]) == 0x0800 {
-        14 + (f[14] & 0xf) as usize * 4
-    } else {
-        54
-    }
-}
-
-fn ports(f: &[u8]) -> (u16, u16) {
-    let o = l4(f);
-    (
-        u16::from_be_bytes([f[o], f[o + 1]]),
-        u16::from_be_bytes([f[o + 2], f[o + 3]]),
-    )
-}
-
-fn backend_index(f: &[u8]) -> usize {
-    BACKEND_MACS
-        .iter()
-        .position(|m| f[0..6] == *m)
-        .expect("a backend's MAC")
-}
 
 #[test]
 fn nat_forward_and_reply_ipv4_and_ipv6() {
@@ -307,6 +214,7 @@ fn idle_flows_are_rescheduled() {
         echo: true,
         tcp_idle: None,
         udp_idle: Some(1),
+        snat: None,
     });
     lb.backend(vip, "203.0.113.11:53", 1);
     let flows: Vec<Vec<u8>> = (0..40)

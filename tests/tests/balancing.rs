@@ -9,7 +9,7 @@ use std::{
 
 use xlb_tests::{
     netns::{Daemon, NsServer, http_get, in_ns, udp_ask},
-    topology::{Topology, backend_v4, backend_v6},
+    topology::{Backends, Topology, backend_v4, backend_v6},
 };
 
 /// Connections per distribution check: with random source ports, a backend's share
@@ -55,12 +55,30 @@ fn assert_even(count: &HashMap<String, usize>, backends: usize, what: &str) {
 
 fn run_mode(mode: &str, port: u16, vip4: &str, vip6: &str) {
     let dsr = mode == "dsr";
-    let vips: Vec<&str> = if dsr { vec![vip4, vip6] } else { vec![] };
-    let t = Topology::build(mode, 4, port, &vips).unwrap();
+    let vips = [vip4, vip6];
+    let routing = match mode {
+        "dsr" => Backends::Direct(&vips),
+        "fullnat" => Backends::LocalOnly,
+        _ => Backends::ViaEdge,
+    };
+    let t = Topology::build(mode, 4, port, routing).unwrap();
     let xlb = Daemon::start(&t.edge, "x0", &t.dir, &[]).unwrap();
     let (svc4, svc6) = (format!("{vip4}:80/tcp"), format!("[{vip6}]:80/tcp"));
-    cli(&xlb, &["vip", "add", &svc4, "--mode", mode]);
-    cli(&xlb, &["vip", "add", &svc6, "--mode", mode]);
+    // fullnat: the backends see the edge's own address on their subnet.
+    let snat = |vip: &str| -> Vec<&str> {
+        match (mode, vip.contains('[')) {
+            ("fullnat", false) => vec!["--snat", "203.0.113.1"],
+            ("fullnat", true) => vec!["--snat", "2001:db8:b::1"],
+            _ => vec![],
+        }
+    };
+    let add = |svc: &str| {
+        let mut args = vec!["vip", "add", svc, "--mode", mode];
+        args.extend(snat(svc));
+        cli(&xlb, &args);
+    };
+    add(&svc4);
+    add(&svc6);
     let mut addrs = Vec::new();
     for i in 0..3 {
         cli(
@@ -139,8 +157,8 @@ fn run_mode(mode: &str, port: u16, vip4: &str, vip6: &str) {
     // UDP: a DNS-like service on port 53 (dsr backends answer from the service address,
     // so they bind it).
     let (udp4, udp6) = (format!("{vip4}:53/udp"), format!("[{vip6}]:53/udp"));
-    cli(&xlb, &["vip", "add", &udp4, "--mode", mode]);
-    cli(&xlb, &["vip", "add", &udp6, "--mode", mode]);
+    add(&udp4);
+    add(&udp6);
     let mut udp_servers = Vec::new();
     for (i, b) in t.backends.iter().enumerate().take(3) {
         let name = format!("web{}", i + 1);
@@ -185,6 +203,11 @@ fn run_mode(mode: &str, port: u16, vip4: &str, vip6: &str) {
 #[test]
 fn nat_balances_real_tcp_and_udp_ipv4_and_ipv6() {
     run_mode("nat", 8080, "198.51.100.10", "2001:db8:f::10");
+}
+
+#[test]
+fn fullnat_balances_real_tcp_and_udp_ipv4_and_ipv6() {
+    run_mode("fullnat", 8080, "198.51.100.30", "2001:db8:f::30");
 }
 
 #[test]

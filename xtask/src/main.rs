@@ -29,6 +29,16 @@ const TOOLS: &[(&str, &str)] = &[
     ("sysctl", "procps"),
     ("ethtool", "ethtool"),
 ];
+/// What `bench --peers` compares xlb with, and drives the traffic with.
+const PEER_TOOLS: &[(&str, &str)] = &[
+    ("xdp-filter", "xdp-tools"),
+    ("nft", "nftables"),
+    ("iptables", "iptables"),
+    ("haproxy", "haproxy"),
+    ("nginx", "nginx"),
+    ("wrk", "wrk"),
+    ("bpftool", "bpftool"),
+];
 const CLIPPY_DRIVER: &str = "/usr/bin/clippy-driver";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -70,6 +80,10 @@ enum Task {
         /// Fewer repeats and smaller prefix sets, for a quick look.
         #[arg(long)]
         quick: bool,
+        /// Compare with xdp-filter, nftables, iptables and HAProxy on the namespace
+        /// topology instead (installs them); writes target/peers.json and .svg.
+        #[arg(long)]
+        peers: bool,
     },
     /// Set up, build and run `xlb run` with these arguments.
     Run {
@@ -174,6 +188,11 @@ fn is_bpffs(path: &str) -> bool {
 }
 
 fn setup() -> Result<()> {
+    setup_with(&[])
+}
+
+/// `setup`, plus the Debian packages that bring `extra` commands.
+fn setup_with(extra: &[(&str, &str)]) -> Result<()> {
     let t = Instant::now();
     let mut missing: Vec<&str> = Vec::new();
     if !Path::new("/usr/bin/rustc").exists()
@@ -183,7 +202,7 @@ fn setup() -> Result<()> {
     } else if !Path::new(LLVM_PREFIX).join("lib").exists() {
         missing.push("llvm-22-dev");
     }
-    for (cmd, pkg) in TOOLS {
+    for (cmd, pkg) in TOOLS.iter().chain(extra) {
         if !have(cmd) {
             missing.push(pkg);
         }
@@ -335,12 +354,18 @@ fn main() -> Result<()> {
             cleanup_leftovers();
             res
         }
-        Task::Bench { quick } => {
-            setup()?;
+        Task::Bench { quick, peers } => {
+            setup_with(if peers { PEER_TOOLS } else { &[] })?;
             need_root("bench")?;
             run(cargo().args(["build", "--release", "--bins"]))?;
-            let mut c = Command::new(root().join("target/release/xlb-bench"));
-            c.arg("--out").arg(root().join("target/bench.json"));
+            let (bin, out) = if peers {
+                ("xlb-peers", "target/peers.json")
+            } else {
+                ("xlb-bench", "target/bench.json")
+            };
+            let mut c = Command::new(root().join("target/release").join(bin));
+            c.env("XLB_BIN", root().join("target/release/xlb"));
+            c.arg("--out").arg(root().join(out));
             if quick {
                 c.arg("--quick");
             }

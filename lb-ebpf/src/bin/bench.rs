@@ -1,5 +1,6 @@
 //! Programs for `cargo xtask bench` only (never attached by xlb):
 //! - `bench_floor`: returns XDP_PASS, the cost of BPF_PROG_TEST_RUN itself;
+//! - `bench_drop`: returns XDP_DROP, the cheapest drop (`bench --peers`);
 //! - `bench_lpm`: the baseline, one BPF_MAP_TYPE_LPM_TRIE lookup of the IPv4 source;
 //! - `bench_entry`: writes a source address into the frame (random or fixed, chosen by
 //!   BENCH_SRC) and tail-calls the program under test, so a repeated test run sees a new
@@ -34,6 +35,12 @@ const SRC_OFF: usize = 14 + 12;
 #[xdp]
 pub fn bench_floor(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// Drops everything: the cheapest possible firewall, the floor of `bench --peers`.
+#[xdp]
+pub fn bench_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
 }
 
 #[xdp]

@@ -287,8 +287,12 @@ fn main() -> Result<()> {
     // packet (random sources), per mode, arriving on v0 of the test network.
     bench.ifindex = net.ifindex;
     let mut lb_rows = Vec::new();
-    for (mode, m, port) in [("dsr", Mode::Dsr, "80"), ("nat", Mode::Nat, "8080")] {
-        let vip = format!("198.51.100.{}:80/tcp", if m == Mode::Dsr { 20 } else { 10 });
+    for (mode, m, port, last) in [
+        ("dsr", Mode::Dsr, "80", 20),
+        ("nat", Mode::Nat, "8080", 10),
+        ("fullnat", Mode::Fullnat, "8080", 30),
+    ] {
+        let vip = format!("198.51.100.{last}:80/tcp");
         fx.req(Request::VipAdd {
             vip: vip.clone(),
             mode: m,
@@ -296,6 +300,7 @@ fn main() -> Result<()> {
             echo: true,
             tcp_idle: None,
             udp_idle: None,
+            snat: (m == Mode::Fullnat).then(|| "203.0.113.1".to_string()),
         });
         for i in 0..3 {
             fx.req(Request::BackendAdd {

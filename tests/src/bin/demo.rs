@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use xlb_tests::{
     netns::{Daemon, Netns},
-    topology::{Topology, backend_v4},
+    topology::{Backends, Topology, backend_v4},
 };
 
 /// The rules the demo edge starts with (embedded in the binary).
@@ -93,7 +93,7 @@ fn main() -> Result<()> {
     }
 
     step("building the reference topology in network namespaces");
-    let t = Topology::build("demo", 3, 8080, &[])?;
+    let t = Topology::build("demo", 3, 8080, Backends::ViaEdge)?;
     println!("  client   192.0.2.2     ({})", t.client.name);
     println!("  attacker 192.0.2.166   ({})", t.attacker.name);
     println!(
