@@ -133,7 +133,16 @@ pub enum BackendCmd {
         backend: String,
         #[arg(long, default_value_t = 1)]
         weight: u32,
+        /// A backup: takes flows only while every primary of the service is down or
+        /// drained.
+        #[arg(long)]
+        backup: bool,
     },
+    /// Take a backend out of new flows (weight 0; its established flows stay) until
+    /// `xlb backend enable`; kept across restarts and reloads.
+    Drain { vip: String, backend: String },
+    /// Give a drained backend new flows again.
+    Enable { vip: String, backend: String },
     /// Remove a backend: it takes no new flows and drains (keeps its established flows
     /// for the drain timeout, `[balancer] drain_timeout`, default 30 s).
     Del { vip: String, backend: String },
@@ -313,11 +322,15 @@ pub fn main(cli: Cli) -> Result<()> {
                     vip,
                     backend,
                     weight,
+                    backup,
                 } => Request::BackendAdd {
                     vip,
                     backend,
                     weight,
+                    backup,
                 },
+                BackendCmd::Drain { vip, backend } => Request::BackendDrain { vip, backend },
+                BackendCmd::Enable { vip, backend } => Request::BackendEnable { vip, backend },
                 BackendCmd::Del { vip, backend } => Request::BackendDel { vip, backend },
                 BackendCmd::List { vip, json } => {
                     let mut v = call(Request::VipList)?;
@@ -481,11 +494,7 @@ fn print_services(v: &Value, backends_only: Option<()>) {
             println!("{}", text(&s["service"]));
         }
         for b in s["backends"].as_array().into_iter().flatten() {
-            println!(
-                "    {:<40} weight {}",
-                text(&b["backend"]),
-                text(&b["weight"])
-            );
+            println!("    {}", backend_line(b));
         }
     }
 }
@@ -670,14 +679,29 @@ fn print_status(v: &Value) {
             check
         );
         for b in s["backends"].as_array().into_iter().flatten() {
-            println!(
-                "      {:<40} weight {:<4} {}",
-                text(&b["backend"]),
-                text(&b["weight"]),
-                text(&b["state"])
-            );
+            println!("      {}", backend_line(b));
         }
     }
+}
+
+/// `ADDR  weight W  STATE [backup] [takes no new flows] [last check]`.
+fn backend_line(b: &Value) -> String {
+    let mut line = format!(
+        "{:<40} weight {:<4} {:<9}",
+        text(&b["backend"]),
+        text(&b["weight"]),
+        text(&b["state"])
+    );
+    if b["backup"] == true {
+        line.push_str(" backup");
+    }
+    if b["effective_weight"] == 0 && b["state"] != "draining" {
+        line.push_str(" (no new flows)");
+    }
+    if let Some(last) = b["health"]["last"].as_str() {
+        line.push_str(&format!(" last check: {last}"));
+    }
+    line
 }
 
 fn print_stats(v: &Value) {

@@ -24,6 +24,7 @@ use crate::{
     services::{
         BackendAddr, DEFAULT_TCP_IDLE, DEFAULT_UDP_IDLE, MAX_IDLE, MAX_WEIGHT, Services, Vip,
     },
+    weights::{self, Flags},
 };
 
 /// One problem in a configuration file.
@@ -167,6 +168,8 @@ pub struct Projection {
     pub malformed_policy: Action,
     pub rules: BTreeMap<Match, Action>,
     pub services: Services,
+    /// Backends that take flows only while every primary of their service is out.
+    pub backups: Flags,
 }
 
 impl Default for Projection {
@@ -177,6 +180,7 @@ impl Default for Projection {
             malformed_policy: r.malformed_policy,
             rules: BTreeMap::new(),
             services: Services::default(),
+            backups: Flags::new(),
         }
     }
 }
@@ -275,6 +279,7 @@ struct RawService {
 struct RawBackend {
     address: Spanned<String>,
     weight: Option<Spanned<i64>>,
+    backup: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -882,9 +887,15 @@ impl Config {
                         None => continue,
                     },
                 };
-                if let Err(e) = services.add_backend(&vip, addr, weight) {
-                    r.at(b.address.span(), "service.backend.address", e.to_string());
-                    continue;
+                let addr = match services.add_backend(&vip, addr, weight) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        r.at(b.address.span(), "service.backend.address", e.to_string());
+                        continue;
+                    }
+                };
+                if b.backup == Some(true) {
+                    projection.backups.insert((vip, addr));
                 }
                 backends_total += 1;
                 if backends_total >= lb_common::MAX_BACKENDS as usize {
@@ -1176,8 +1187,9 @@ pub struct Plan {
     pub rule_ops: Vec<RuleOp>,
     pub default_policy: Action,
     pub malformed_policy: Action,
-    /// The services after the plan.
+    /// The services after the plan, and their backups.
     pub services: Services,
+    pub backups: Flags,
 }
 
 /// diff(`base`, `new`) applied to the running state (`rules`, `services`): what the new
@@ -1186,6 +1198,7 @@ pub struct Plan {
 pub fn plan(
     rules: &RuleSet,
     services: &Services,
+    backups: &Flags,
     base: &Projection,
     new: &Projection,
 ) -> Result<Plan, String> {
@@ -1267,11 +1280,18 @@ pub fn plan(
             lb_common::MAX_SERVICES - 1
         ));
     }
+    let mut backups = backups.clone();
+    for k in base.backups.difference(&new.backups) {
+        backups.remove(k);
+    }
+    backups.extend(new.backups.difference(&base.backups).copied());
+    weights::retain(&mut backups, &next);
     Ok(Plan {
         rule_ops,
         default_policy,
         malformed_policy,
         services: next,
+        backups,
     })
 }
 
@@ -1576,7 +1596,14 @@ address = "203.0.113.13:8080"
 "#,
         );
         let (mut rules, mut services) = (RuleSet::default(), Services::default());
-        let p = plan(&rules, &services, &Projection::default(), &old).unwrap();
+        let p = plan(
+            &rules,
+            &services,
+            &Flags::new(),
+            &Projection::default(),
+            &old,
+        )
+        .unwrap();
         apply(&mut rules, &mut services, &p);
         // CLI changes: a rule and a backend of the file's service.
         let cli_rule = Match::Prefix("2001:db8::/32".parse().unwrap());
@@ -1586,7 +1613,7 @@ address = "203.0.113.13:8080"
             .add_backend(&vip, "203.0.113.14:8080".parse().unwrap(), 1)
             .unwrap();
 
-        let p = plan(&rules, &services, &old, &new).unwrap();
+        let p = plan(&rules, &services, &Flags::new(), &old, &new).unwrap();
         apply(&mut rules, &mut services, &p);
         let lines: Vec<String> = rules.rules().map(|r| r.line()).collect();
         assert!(lines.contains(&"deny 192.0.2.0/24".to_string()));
@@ -1608,11 +1635,18 @@ address = "203.0.113.13:8080"
             ]
         );
         // The same file again changes nothing.
-        let p = plan(&rules, &services, &new, &new).unwrap();
+        let p = plan(&rules, &services, &Flags::new(), &new, &new).unwrap();
         assert!(p.rule_ops.is_empty());
         assert_eq!(p.services, services);
         // Removing the service from the file removes it, CLI backends too.
-        let p = plan(&rules, &services, &new, &Projection::default()).unwrap();
+        let p = plan(
+            &rules,
+            &services,
+            &Flags::new(),
+            &new,
+            &Projection::default(),
+        )
+        .unwrap();
         assert!(p.services.by_vip.is_empty());
         assert_eq!(p.default_policy, Action::Allow);
     }
@@ -1622,13 +1656,20 @@ address = "203.0.113.13:8080"
         let old = proj("[[service]]\naddress = \"198.51.100.10:80/tcp\"\nmode = \"nat\"\n");
         let new = proj("[[service]]\naddress = \"198.51.100.10:80/tcp\"\nmode = \"dsr\"\n");
         let (mut rules, mut services) = (RuleSet::default(), Services::default());
-        let p = plan(&rules, &services, &Projection::default(), &old).unwrap();
+        let p = plan(
+            &rules,
+            &services,
+            &Flags::new(),
+            &Projection::default(),
+            &old,
+        )
+        .unwrap();
         apply(&mut rules, &mut services, &p);
         let vip: Vip = "198.51.100.10:80/tcp".parse().unwrap();
         services
             .add_backend(&vip, "203.0.113.14:8080".parse().unwrap(), 1)
             .unwrap();
-        let e = plan(&rules, &services, &old, &new).unwrap_err();
+        let e = plan(&rules, &services, &Flags::new(), &old, &new).unwrap_err();
         assert!(e.contains("dsr cannot change ports"), "{e}");
     }
 

@@ -72,6 +72,18 @@ pub enum Request {
         vip: String,
         backend: String,
         weight: u32,
+        /// Takes flows only while every primary of the service is out.
+        #[serde(default)]
+        backup: bool,
+    },
+    /// Takes a backend out of new flows (weight 0) until `BackendEnable`.
+    BackendDrain {
+        vip: String,
+        backend: String,
+    },
+    BackendEnable {
+        vip: String,
+        backend: String,
     },
     BackendDel {
         vip: String,

@@ -6,6 +6,7 @@
 //! interfaces, the socket, the uptime.
 
 use std::{
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -22,13 +23,15 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    config::{self, Config, Interface, Plan, Projection, RuleOp},
+    config::{self, Config, HealthCheck, Interface, Plan, Projection, RuleOp},
     control::{Request, Response},
     datapath::{AttachMode, Datapath, check_bpffs},
     drain::{self, Draining},
+    health,
     rules::{self, Action, Change, Match, PortSpec, Prefix, RuleSet, Target},
     services::{BackendAddr, ServiceError, Services, Vip},
     state,
+    weights::{self, Flags},
 };
 
 pub struct RunOptions {
@@ -53,6 +56,12 @@ pub struct Edge {
     pub base: Projection,
     /// The interfaces xlb runs on (none in tests): services need forwarding on them.
     pub ifaces: Vec<String>,
+    /// Backends that take flows only while every primary of their service is out.
+    pub backups: Flags,
+    /// Backends the operator drained (`xlb backend drain`): no new flows until enabled.
+    pub drained: Flags,
+    /// Checked backends' health (others are unchecked).
+    pub health: BTreeMap<(Vip, BackendAddr), health::State>,
     /// Backends removed from a service that keep their established flows a while.
     pub draining: Draining,
     /// How long a removed backend drains (zero: its flows move at their next packet).
@@ -91,13 +100,16 @@ impl Edge {
             rules: stored.rules,
             services: stored.services,
             base: stored.base,
+            backups: stored.backups,
+            drained: stored.drained,
+            health: BTreeMap::new(),
             ifaces: Vec::new(),
             draining: Draining::default(),
             drain_timeout: Duration::ZERO,
             state_path,
         };
         edge.dp.load_rules(&edge.rules)?;
-        edge.dp.lb.sync(&edge.services)?;
+        edge.dp.lb.sync(&edge.view(&edge.pools()))?;
         edge.dp.set_config(&edge.rules)?;
         Ok(edge)
     }
@@ -110,6 +122,10 @@ impl Edge {
     }
 
     fn try_handle(&mut self, req: Request) -> Result<Value> {
+        let req_kind = match req {
+            Request::BackendDrain { .. } => ReqKind::Drain,
+            _ => ReqKind::Other,
+        };
         match req {
             Request::Prefix { action, targets } => {
                 let ps = parse_all(&targets, prefix_only)?;
@@ -211,13 +227,33 @@ impl Edge {
                 vip,
                 backend,
                 weight,
+                backup,
             } => {
                 let (vip, b): (Vip, BackendAddr) = (vip.parse()?, backend.parse()?);
-                self.services_change(|s| s.add_backend(&vip, b, weight).map(|_| ()))
+                self.pools_change(|p| {
+                    let b = p.services.add_backend(&vip, b, weight)?;
+                    if backup {
+                        p.backups.insert((vip, b));
+                    }
+                    Ok(())
+                })
             }
             Request::BackendDel { vip, backend } => {
                 let (vip, b): (Vip, BackendAddr) = (vip.parse()?, backend.parse()?);
                 self.services_change(|s| s.del_backend(&vip, b))
+            }
+            Request::BackendDrain { vip, backend } | Request::BackendEnable { vip, backend } => {
+                let drain = matches!(req_kind, ReqKind::Drain);
+                let (vip, b): (Vip, BackendAddr) = (vip.parse()?, backend.parse()?);
+                let b = self.existing_backend(&vip, b)?;
+                self.pools_change(|p| {
+                    if drain {
+                        p.drained.insert((vip, b));
+                    } else {
+                        p.drained.remove(&(vip, b));
+                    }
+                    Ok(())
+                })
             }
             Request::VipList => Ok(self.vip_list()),
             Request::List => self.list(),
@@ -250,14 +286,14 @@ impl Edge {
             return Err(e.context("updating the kernel maps; nothing was changed"));
         }
         let diff = config::services_diff(&self.services, &plan.services);
-        let draining = self.draining.after_change(
-            &self.services,
-            &plan.services,
-            Instant::now(),
-            self.drain_timeout,
-        );
-        let old_services = std::mem::replace(&mut self.services, plan.services);
-        let old_draining = std::mem::replace(&mut self.draining, draining);
+        let next = self.next_pools(Pools {
+            services: plan.services,
+            backups: plan.backups,
+            drained: self.drained.clone(),
+            draining: self.draining.clone(),
+        });
+        let view = self.view(&next);
+        let old_pools = self.set_pools(next);
         let old_base = std::mem::replace(&mut self.base, base);
         let old_policies = (self.rules.default_policy, self.rules.malformed_policy);
         self.rules.default_policy = plan.default_policy;
@@ -265,15 +301,14 @@ impl Edge {
         let res = self
             .dp
             .lb
-            .sync(&self.draining.view(&self.services))
+            .sync(&view)
             .and_then(|_| self.dp.set_config(&self.rules))
             .and_then(|_| self.save());
         if let Err(e) = res {
-            self.services = old_services;
-            self.draining = old_draining;
+            self.set_pools(old_pools);
             self.base = old_base;
             (self.rules.default_policy, self.rules.malformed_policy) = old_policies;
-            if let Err(e) = self.dp.lb.sync(&self.draining.view(&self.services)) {
+            if let Err(e) = self.dp.lb.sync(&self.view(&self.pools())) {
                 warn!("rolling back the services' maps failed: {e:#}");
             }
             self.rollback(&changes);
@@ -355,38 +390,197 @@ impl Edge {
         &mut self,
         edit: impl FnOnce(&mut Services) -> Result<(), ServiceError>,
     ) -> Result<Value> {
-        let mut next = self.services.clone();
+        self.pools_change(|p| edit(&mut p.services))
+    }
+
+    /// Applies an edit of the services and their backends' flags to the desired state,
+    /// the maps and the state file, or to none of them.
+    fn pools_change(
+        &mut self,
+        edit: impl FnOnce(&mut Pools) -> Result<(), ServiceError>,
+    ) -> Result<Value> {
+        let mut next = self.pools();
         edit(&mut next)?;
-        let draining =
-            self.draining
-                .after_change(&self.services, &next, Instant::now(), self.drain_timeout);
-        if let Err(e) = self.dp.lb.sync(&draining.view(&next)) {
-            let _ = self.dp.lb.sync(&self.draining.view(&self.services));
+        let next = self.next_pools(next);
+        if let Err(e) = self.dp.lb.sync(&self.view(&next)) {
+            let _ = self.dp.lb.sync(&self.view(&self.pools()));
             return Err(e.context("updating the kernel maps; nothing was changed"));
         }
-        let old = std::mem::replace(&mut self.services, next);
-        let old_draining = std::mem::replace(&mut self.draining, draining);
+        let old = self.set_pools(next);
         if let Err(e) = self.dp.set_config(&self.rules).and_then(|_| self.save()) {
-            self.services = old;
-            self.draining = old_draining;
-            let _ = self.dp.lb.sync(&self.draining.view(&self.services));
+            self.set_pools(old);
+            let _ = self.dp.lb.sync(&self.view(&self.pools()));
             let _ = self.dp.set_config(&self.rules);
             return Err(e.context("nothing was changed"));
         }
         Ok(json!({ "services": self.services.by_vip.len() }))
     }
 
+    /// The services with their flags and drains, as they are now.
+    fn pools(&self) -> Pools {
+        Pools {
+            services: self.services.clone(),
+            backups: self.backups.clone(),
+            drained: self.drained.clone(),
+            draining: self.draining.clone(),
+        }
+    }
+
+    /// `next` made consistent: flags only for backends that exist, removed backends
+    /// draining.
+    fn next_pools(&self, mut next: Pools) -> Pools {
+        weights::retain(&mut next.backups, &next.services);
+        weights::retain(&mut next.drained, &next.services);
+        next.draining = self.draining.after_change(
+            &self.services,
+            &next.services,
+            Instant::now(),
+            self.drain_timeout,
+        );
+        next
+    }
+
+    fn set_pools(&mut self, p: Pools) -> Pools {
+        Pools {
+            services: std::mem::replace(&mut self.services, p.services),
+            backups: std::mem::replace(&mut self.backups, p.backups),
+            drained: std::mem::replace(&mut self.drained, p.drained),
+            draining: std::mem::replace(&mut self.draining, p.draining),
+        }
+    }
+
+    /// What the kernel gets for `p`: health, drains and backups applied.
+    pub fn view(&self, p: &Pools) -> Services {
+        let down = |vip: &Vip, b: &BackendAddr| self.health.get(&(*vip, *b)).is_some_and(|h| !h.up);
+        weights::effective(&p.services, &p.backups, &p.drained, &down, &p.draining)
+    }
+
+    /// The backend as stored (the service's port when given without one), if it exists.
+    fn existing_backend(&self, vip: &Vip, b: BackendAddr) -> Result<BackendAddr> {
+        let svc = self
+            .services
+            .by_vip
+            .get(vip)
+            .ok_or_else(|| ServiceError::UnknownService(vip.to_string()))?;
+        let key = match (b.port, vip.port) {
+            (None, Some(p)) => BackendAddr {
+                addr: b.addr,
+                port: Some(p),
+            },
+            _ => b,
+        };
+        if !svc.backends.contains_key(&key) {
+            return Err(ServiceError::UnknownBackend {
+                service: vip.to_string(),
+                backend: b.to_string(),
+            }
+            .into());
+        }
+        Ok(key)
+    }
+
     /// Removes the draining backends whose time is up from the maps.
     pub fn expire_drains(&mut self, now: Instant) -> Result<()> {
-        let Some(next) = self.draining.expired(now) else {
+        let Some(draining) = self.draining.expired(now) else {
             return Ok(());
+        };
+        let next = Pools {
+            draining,
+            ..self.pools()
         };
         self.dp
             .lb
-            .sync(&next.view(&self.services))
+            .sync(&self.view(&next))
             .context("removing drained backends")?;
-        self.draining = next;
+        self.draining = next.draining;
         Ok(())
+    }
+
+    /// Sets which backends are checked (and the generation of their checks' outcomes):
+    /// states of unchanged checks stay, new checks start up, the rest are unchecked.
+    pub fn set_checked(&mut self, checked: &HashMap<(Vip, BackendAddr), (u64, HealthCheck)>) {
+        let before = self.view(&self.pools());
+        let old = std::mem::take(&mut self.health);
+        for (k, (generation, check)) in checked {
+            let state = match old.get(k) {
+                Some(s) if s.generation == *generation => s.clone(),
+                _ => health::State::new(*generation, check),
+            };
+            self.health.insert(*k, state);
+        }
+        let after = self.view(&self.pools());
+        if after != before
+            && let Err(e) = self.dp.lb.sync(&after)
+        {
+            warn!("updating the maps after a health-check change: {e:#}");
+        }
+    }
+
+    /// Records a health check's outcome; a backend that goes up or down changes the maps.
+    pub fn health_outcome(&mut self, o: health::Outcome) {
+        let Some(state) = self.health.get_mut(&(o.vip, o.backend)) else {
+            return;
+        };
+        if state.generation != o.generation {
+            return;
+        }
+        let detail = match &o.result {
+            Ok(s) | Err(s) => s.clone(),
+        };
+        if !state.record(o.result, o.at) {
+            return;
+        }
+        if state.up {
+            info!(service = %o.vip, backend = %o.backend, "backend up: {detail}");
+        } else {
+            warn!(service = %o.vip, backend = %o.backend, "backend down: {detail}");
+        }
+        if let Err(e) = self.dp.lb.sync(&self.view(&self.pools())) {
+            warn!("updating the maps after a health change: {e:#}");
+        }
+    }
+
+    /// One backend as `vip list`, `backend list` and `status` show it.
+    fn backend_json(&self, vip: &Vip, b: &BackendAddr, weight: u32, view: &Services) -> Value {
+        let k = (*vip, *b);
+        let h = self.health.get(&k);
+        let state = if self.drained.contains(&k) {
+            "drained"
+        } else {
+            match h {
+                Some(h) if h.up => "up",
+                Some(_) => "down",
+                None => "unchecked",
+            }
+        };
+        let effective = view
+            .by_vip
+            .get(vip)
+            .and_then(|s| s.backends.get(b))
+            .copied()
+            .unwrap_or(0);
+        let mut v = json!({
+            "backend": b.to_string(),
+            "weight": weight,
+            "effective_weight": effective,
+            "backup": self.backups.contains(&k),
+            "state": state,
+        });
+        if let Some(h) = h {
+            let (at, last) = match &h.last {
+                Some((t, r)) => (Some(unix(*t)), Some(r.clone().unwrap_or_else(|e| e))),
+                None => (None, None),
+            };
+            v["health"] = json!({
+                "up": h.up,
+                "checks": h.checks,
+                "since_unix": unix(h.since),
+                "last_unix": at,
+                "last": last,
+                "last_ok": h.last.as_ref().map(|(_, r)| r.is_ok()),
+            });
+        }
+        v
     }
 
     fn check_forwarding(&self, vip: &Vip) -> Result<()> {
@@ -394,6 +588,7 @@ impl Edge {
     }
 
     fn vip_list(&self) -> Value {
+        let view = self.view(&self.pools());
         let services: Vec<Value> = self
             .services
             .by_vip
@@ -402,7 +597,7 @@ impl Edge {
                 let backends: Vec<Value> = s
                     .backends
                     .iter()
-                    .map(|(b, w)| json!({ "backend": b.to_string(), "weight": w }))
+                    .map(|(b, w)| self.backend_json(&s.vip, b, *w, &view))
                     .collect();
                 json!({
                     "service": s.vip.to_string(),
@@ -432,7 +627,16 @@ impl Edge {
 
     fn save(&self) -> Result<()> {
         match &self.state_path {
-            Some(p) => state::save(p, &self.rules, &self.services, &self.base),
+            Some(p) => state::save(
+                p,
+                &state::State {
+                    rules: &self.rules,
+                    services: &self.services,
+                    backups: &self.backups,
+                    drained: &self.drained,
+                    base: &self.base,
+                },
+            ),
             None => Ok(()),
         }
     }
@@ -476,6 +680,20 @@ impl Edge {
         }
         Ok(json!({ "verdicts": totals, "reasons": rows, "rules": self.rules.len() }))
     }
+}
+
+/// The services with their backends' flags and drains: what the kernel's view is made of.
+#[derive(Clone, Debug)]
+pub struct Pools {
+    pub services: Services,
+    pub backups: Flags,
+    pub drained: Flags,
+    pub draining: Draining,
+}
+
+enum ReqKind {
+    Drain,
+    Other,
 }
 
 /// Services forward packets: the kernel's FIB lookup from XDP needs forwarding on, on
@@ -532,6 +750,8 @@ fn apply_to_stored(stored: &mut state::Stored, plan: Plan, base: Projection) -> 
     stored.rules.default_policy = plan.default_policy;
     stored.rules.malformed_policy = plan.malformed_policy;
     stored.services = plan.services;
+    stored.backups = plan.backups;
+    weights::retain(&mut stored.drained, &stored.services);
     stored.base = base;
     Ok(())
 }
@@ -563,19 +783,59 @@ pub struct Running {
     /// 1 for the file applied at start, +1 for each successful reload.
     generation: u64,
     last_reload: Option<ReloadRecord>,
+    /// The running health checks (None in tests without a runtime).
+    checker: Option<health::Checker>,
 }
 
 impl Running {
     pub fn handle(&mut self, req: Request, trigger: &'static str) -> Response {
+        let reads = matches!(
+            req,
+            Request::Status | Request::VipList | Request::List | Request::Stats
+        );
         let res = match req {
-            Request::Status => self.status(),
-            Request::Reload => self.reload(trigger),
-            other => return self.edge.handle(other),
+            Request::Status => self.status().map(Response::ok),
+            Request::Reload => self.reload(trigger).map(Response::ok),
+            other => Ok(self.edge.handle(other)),
         };
+        if !reads {
+            self.reconcile_checks();
+        }
         match res {
-            Ok(v) => Response::ok(v),
+            Ok(r) => r,
             Err(e) => Response::err(format!("{e:#}")),
         }
+    }
+
+    /// Runs the checks of the configuration's services over their current backends.
+    pub fn reconcile_checks(&mut self) {
+        let Some(checker) = self.checker.as_mut() else {
+            return;
+        };
+        let mut targets = Vec::new();
+        let checks = self.config.as_ref().map(|c| &c.health);
+        for (vip, check) in checks.into_iter().flatten() {
+            let Some(s) = self.edge.services.by_vip.get(vip) else {
+                continue;
+            };
+            for b in s.backends.keys() {
+                targets.push(health::Target {
+                    vip: *vip,
+                    backend: *b,
+                    check: check.clone(),
+                });
+            }
+        }
+        let checks: HashMap<(Vip, BackendAddr), HealthCheck> = targets
+            .iter()
+            .map(|t| ((t.vip, t.backend), t.check.clone()))
+            .collect();
+        let generations = checker.reconcile(targets);
+        let checked = generations
+            .into_iter()
+            .filter_map(|(k, g)| checks.get(&k).map(|c| (k, (g, c.clone()))))
+            .collect();
+        self.edge.set_checked(&checked);
     }
 
     fn group(&self) -> Option<&str> {
@@ -601,42 +861,29 @@ impl Running {
                 .and_then(|c| c.health.get(vip))
                 .map(|h| serde_json::to_value(h).unwrap_or(Value::Null))
         };
-        let services: Vec<Value> = self
-            .edge
-            .services
-            .by_vip
-            .values()
-            .map(|s| {
-                let mut backends: Vec<Value> = s
-                    .backends
-                    .iter()
-                    .map(|(b, w)| {
-                        json!({ "backend": b.to_string(), "weight": w, "state": "unchecked" })
-                    })
-                    .collect();
-                let draining = self.edge.draining.by_vip.get(&s.vip);
-                for b in draining.into_iter().flat_map(|d| d.keys()) {
-                    let left = self.edge.draining.left(&s.vip, b, now).unwrap_or_default();
-                    backends.push(json!({
+        let mut services = self.edge.vip_list()["services"].take();
+        for (svc, vip) in services
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+            .zip(self.edge.services.by_vip.keys())
+        {
+            svc["health_check"] = json!(health(vip));
+            let draining = self.edge.draining.by_vip.get(vip);
+            for b in draining.into_iter().flat_map(|d| d.keys()) {
+                let left = self.edge.draining.left(vip, b, now).unwrap_or_default();
+                if let Some(list) = svc["backends"].as_array_mut() {
+                    list.push(json!({
                         "backend": b.to_string(),
                         "weight": 0,
+                        "effective_weight": 0,
+                        "backup": false,
                         "state": "draining",
                         "drain_left_secs": left.as_secs(),
                     }));
                 }
-                json!({
-                    "service": s.vip.to_string(),
-                    "mode": s.mode,
-                    "affinity": if s.affinity_source { "source" } else { "none" },
-                    "echo": s.echo,
-                    "tcp_idle": s.tcp_idle,
-                    "udp_idle": s.udp_idle,
-                    "snat": s.snat.map(|a| a.to_string()),
-                    "health_check": health(&s.vip),
-                    "backends": backends,
-                })
-            })
-            .collect();
+            }
+        }
         let last_reload = self.last_reload.as_ref().map(|r| {
             json!({
                 "ok": r.result.is_ok(),
@@ -707,6 +954,7 @@ impl Running {
         let plan = config::plan(
             &self.edge.rules,
             &self.edge.services,
+            &self.edge.backups,
             &self.edge.base,
             &cfg.projection,
         )
@@ -898,6 +1146,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         let plan = config::plan(
             &stored.rules,
             &stored.services,
+            &stored.backups,
             &stored.base,
             &cfg.projection,
         )
@@ -934,6 +1183,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         socket = %opts.socket.display(), pins = %opts.bpffs.display(),
         "xlb attached and ready"
     );
+    let (checker, mut outcomes) = health::Checker::new(tokio::runtime::Handle::current());
     let running = Arc::new(Mutex::new(Running {
         edge,
         generation: u64::from(config.is_some()),
@@ -944,7 +1194,27 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         socket: opts.socket.clone(),
         started: SystemTime::now(),
         last_reload: None,
+        checker: Some(checker),
     }));
+    running.lock().expect("not poisoned").reconcile_checks();
+    // Health-check outcomes, applied in order, a batch per lock.
+    let consumer = running.clone();
+    tokio::spawn(async move {
+        while let Some(first) = outcomes.recv().await {
+            let mut batch = vec![first];
+            while let Ok(o) = outcomes.try_recv() {
+                batch.push(o);
+            }
+            let running = consumer.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                let mut r = running.lock().expect("not poisoned");
+                for o in batch {
+                    r.edge.health_outcome(o);
+                }
+            })
+            .await;
+        }
+    });
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;

@@ -8,6 +8,8 @@
 //! - `maglev`: weighted Maglev tables for the load balancer (built in user space);
 //! - `services`, `balancer`: layer-4 services and their projection on the maps;
 //! - `drain`: removed backends keep their established flows for a while;
+//! - `health`: health checks (probes, rise/fall); `weights`: what the kernel gets once
+//!   health, drains and backups are taken into account;
 //! - `config`: the configuration file, validated, and the diff a reload applies;
 //! - `cli`: the command line and its human and JSON output.
 pub mod balancer;
@@ -18,8 +20,10 @@ pub mod daemon;
 pub mod datapath;
 pub mod drain;
 mod fxhash;
+pub mod health;
 pub mod maglev;
 pub mod object;
 pub mod rules;
 pub mod services;
 pub mod state;
+pub mod weights;

@@ -291,6 +291,26 @@ fn cli_refuses_bad_input_and_changes_nothing() {
     );
     refused(
         &xlb,
+        &[
+            "backend",
+            "drain",
+            "198.51.100.10:80/tcp",
+            "203.0.113.99:8080",
+        ],
+        "is not in service",
+    );
+    refused(
+        &xlb,
+        &[
+            "backend",
+            "enable",
+            "198.51.100.99:80/tcp",
+            "203.0.113.11:8080",
+        ],
+        "no service 198.51.100.99:80/tcp",
+    );
+    refused(
+        &xlb,
         &["reload"],
         "this daemon runs without a configuration file",
     );

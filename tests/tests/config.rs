@@ -52,8 +52,8 @@ fn ok(xlb: &Daemon, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `xlb status --json` without what changes by itself (uptime, drain countdowns) and
-/// without the record of the last reload.
+/// `xlb status --json` without what changes by itself (uptime, drain countdowns, health
+/// check counts and times) and without the record of the last reload.
 fn state(xlb: &Daemon) -> Value {
     let mut v = xlb.json(&["status", "--json"]);
     v.as_object_mut().unwrap().remove("uptime_secs");
@@ -63,6 +63,7 @@ fn state(xlb: &Daemon) -> Value {
     for s in v["services"].as_array_mut().unwrap() {
         for b in s["backends"].as_array_mut().unwrap() {
             b.as_object_mut().unwrap().remove("drain_left_secs");
+            b.as_object_mut().unwrap().remove("health");
         }
     }
     v
@@ -462,6 +463,14 @@ fn a_refused_reload_keeps_the_running_state_and_restarts_apply_the_file_diff() {
         Daemon::start_with(&e.edge, &e.dir, &["--config", file.to_str().unwrap()]).unwrap();
     // A change made with the CLI: kept through everything below.
     ok(&xlb, &["fw", "deny", "198.51.100.0/24"]);
+    // The backends do not exist: their first check takes them down, for good.
+    wait_for("the first checks", || {
+        xlb.json(&["status", "--json"])["services"][0]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["health"]["checks"].as_u64().unwrap_or(0) >= 1)
+    });
     let before = state(&xlb);
     assert_eq!(before["config"]["generation"], 1);
     assert_eq!(before["rules"]["total"], 4);
@@ -626,7 +635,13 @@ fn a_refused_reload_keeps_the_running_state_and_restarts_apply_the_file_diff() {
 fn a_removed_backend_drains_then_leaves() {
     let e = edge();
     let file = e.dir.path.join("xlb.toml");
-    std::fs::write(&file, format!("{GOOD}[balancer]\ndrain_timeout = \"1s\"\n")).unwrap();
+    // Unchecked backends (no health section): only the drain changes their state.
+    let unchecked = GOOD.replace("[service.health]\nkind = \"http\"\n", "");
+    std::fs::write(
+        &file,
+        format!("{unchecked}[balancer]\ndrain_timeout = \"1s\"\n"),
+    )
+    .unwrap();
     let xlb = Daemon::start_with(&e.edge, &e.dir, &["--config", file.to_str().unwrap()]).unwrap();
     assert_eq!(xlb.json(&["status", "--json"])["drain_timeout_secs"], 1);
     ok(&xlb, &["backend", "del", SVC, "203.0.113.12:8080"]);

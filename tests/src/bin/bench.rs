@@ -307,6 +307,7 @@ fn main() -> Result<()> {
                 vip: vip.clone(),
                 backend: format!("203.0.113.{}:{port}", 11 + i),
                 weight: 1,
+                backup: false,
             });
         }
         let dst = vip.split(':').next().unwrap().to_string();
