@@ -19,7 +19,7 @@ use crate::{
         XLB_BACKENDS, XLB_FLOWS, XLB_FRAGS, XLB_HOPS, XLB_MAGLEV, XLB_SCRATCH, XLB_SERVICE_KEYS,
         XLB_SERVICES, XLB_SNAT,
     },
-    parse::{self, Addr, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, Packet},
+    parse::{Addr, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, Packet},
     rewrite::{self, End},
 };
 
@@ -93,12 +93,9 @@ pub fn balance(ctx: &XdpContext, cfg: &Config) -> Option<(Verdict, Reason)> {
     if cfg.services == 0 {
         return None;
     }
-    // The packet lives in scratch space: the stack holds the rest.
-    let scratch = XLB_SCRATCH.get_ptr_mut(0)?;
-    let pkt = unsafe { &mut (*scratch).pkt };
-    if parse::packet(ctx, pkt) != Ok(true) {
-        return None;
-    }
+    // The firewall parsed the packet into scratch space before its tail call.
+    let scratch = XLB_SCRATCH.get_ptr(0)?;
+    let pkt = unsafe { &(*scratch).pkt };
     unpack(balance_packed(ctx, pkt, cfg))
 }
 

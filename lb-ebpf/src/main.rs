@@ -76,9 +76,21 @@ pub fn xlb_balance(ctx: XdpContext) -> u32 {
 /// parse -> filter. The flag says whether the packet is IP.
 #[inline(always)]
 fn firewall(ctx: &XdpContext, cfg: &Config) -> (Decision, bool) {
-    let mut pkt = parse::Packet::EMPTY;
-    match parse::packet(ctx, &mut pkt) {
-        Ok(true) => (filter::decide(&pkt, cfg), true),
+    // Parsed into per-CPU scratch space, where the balancer finds it after the tail
+    // call (same CPU, same packet): one parse per packet.
+    let Some(scratch) = maps::XLB_SCRATCH.get_ptr_mut(0) else {
+        return (
+            Decision {
+                verdict: Verdict::Pass,
+                reason: Reason::NonIp,
+                rule: 0,
+            },
+            false,
+        );
+    };
+    let pkt = unsafe { &mut (*scratch).pkt };
+    match parse::packet(ctx, pkt) {
+        Ok(true) => (filter::decide(pkt, cfg), true),
         Ok(false) => (
             Decision {
                 verdict: Verdict::Pass,

@@ -131,26 +131,8 @@ pub struct Packet {
     pub has_l4: bool,
 }
 
-impl Packet {
-    /// A blank to parse into.
-    pub const EMPTY: Packet = Packet {
-        src: Addr::V4(0),
-        dst: Addr::V4(0),
-        l3_off: 0,
-        l4_off: 0,
-        fragment: false,
-        frag_id: 0,
-        icmp_type: 0,
-        proto: 0,
-        src_port: 0,
-        dst_port: 0,
-        has_ports: false,
-        has_l4: false,
-    };
-}
-
-/// Parses into `pkt` (the caller's: the balancer keeps it in scratch space, off its
-/// small stack). `Ok(false)`: not IP. `Err(reason)`: truncated or malformed.
+/// Parses into `pkt` (per-CPU scratch space, where the balancer finds it after the
+/// firewall's tail call). `Ok(false)`: not IP. `Err(reason)`: truncated or malformed.
 #[inline(always)]
 pub fn packet(ctx: &XdpContext, pkt: &mut Packet) -> Result<bool, Reason> {
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Reason::TruncEth)?;

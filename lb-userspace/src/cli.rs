@@ -53,6 +53,20 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
     },
+    /// Run only the https service of a configuration file (TLS termination and HTTP
+    /// proxying; no XDP, no root needed unless a port below 1024 is bound). SIGHUP
+    /// re-reads the file.
+    Proxy {
+        /// The https service's configuration (TOML, see the README).
+        #[arg(long)]
+        config: PathBuf,
+        /// Check the file and everything it names (certificates, keys, CAs), then exit.
+        #[arg(long)]
+        check: bool,
+        /// Log format.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
     /// Firewall rules.
     #[command(subcommand)]
     Fw(Fw),
@@ -231,6 +245,7 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -281,6 +296,30 @@ pub fn main(cli: Cli) -> Result<()> {
                 print_reload(&v);
             }
             Ok(())
+        }
+        Command::Proxy {
+            config,
+            check,
+            log_format,
+        } => {
+            if check {
+                let cfg = crate::tls::HttpsConfig::load(&config)?;
+                crate::tls::HttpsProxy::new(cfg)?;
+                println!("{}: ok", config.display());
+                return Ok(());
+            }
+            init_logging(log_format);
+            // One CPU (e.g. pinned with taskset): one thread, no work-stealing machinery.
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let rt = if cpus == 1 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+            } else {
+                tokio::runtime::Runtime::new()
+            }
+            .context("starting the runtime")?;
+            rt.block_on(crate::tls::run_proxy(config))
         }
         Command::Vip(cmd) => {
             let req = match cmd {

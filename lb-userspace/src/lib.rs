@@ -11,6 +11,7 @@
 //! - `health`: health checks (probes, rise/fall); `weights`: what the kernel gets once
 //!   health, drains and backups are taken into account;
 //! - `config`: the configuration file, validated, and the diff a reload applies;
+//! - `tls`: TLS termination and the HTTP proxy of https (layer-7) services;
 //! - `cli`: the command line and its human and JSON output.
 pub mod balancer;
 pub mod cli;
@@ -26,4 +27,5 @@ pub mod object;
 pub mod rules;
 pub mod services;
 pub mod state;
+pub mod tls;
 pub mod weights;

@@ -172,7 +172,7 @@ pub struct NsServer {
 }
 
 impl NsServer {
-    fn start<S: 'static>(
+    pub fn start<S: 'static>(
         ns: &Netns,
         bind: impl FnOnce() -> Result<S> + Send + 'static,
         mut step: impl FnMut(&S) + Send + 'static,

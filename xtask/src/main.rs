@@ -28,6 +28,11 @@ const TOOLS: &[(&str, &str)] = &[
     ("mount", "mount"),
     ("sysctl", "procps"),
     ("ethtool", "ethtool"),
+    // The https bench: nginx beside xlb's proxy, h2load as the client, testssl.sh.
+    ("taskset", "util-linux"),
+    ("nginx", "nginx"),
+    ("h2load", "nghttp2-client"),
+    ("testssl", "testssl.sh"),
 ];
 /// What `bench --peers` compares xlb with, and drives the traffic with.
 const PEER_TOOLS: &[(&str, &str)] = &[
@@ -75,14 +80,18 @@ enum Task {
         #[arg(long)]
         duration: Option<u64>,
     },
-    /// Measure the datapath (BPF_PROG_TEST_RUN) beside its baselines; writes target/bench.json.
+    /// Measure the datapath (BPF_PROG_TEST_RUN) and the https service (beside nginx,
+    /// plus testssl.sh) against their baselines; writes target/bench.json.
     Bench {
-        /// Fewer repeats and smaller prefix sets, for a quick look.
+        /// Fewer repeats and smaller prefix sets, short https runs, no testssl.sh.
         #[arg(long)]
         quick: bool,
+        /// Only one part: `xdp` or `https`.
+        #[arg(long)]
+        only: Option<String>,
         /// Compare with xdp-filter, nftables, iptables and HAProxy on the namespace
         /// topology instead (installs them); writes target/peers.json and .svg.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "only")]
         peers: bool,
     },
     /// Set up, build and run `xlb run` with these arguments.
@@ -354,7 +363,7 @@ fn main() -> Result<()> {
             cleanup_leftovers();
             res
         }
-        Task::Bench { quick, peers } => {
+        Task::Bench { quick, only, peers } => {
             setup_with(if peers { PEER_TOOLS } else { &[] })?;
             need_root("bench")?;
             run(cargo().args(["build", "--release", "--bins"]))?;
@@ -368,6 +377,9 @@ fn main() -> Result<()> {
             c.arg("--out").arg(root().join(out));
             if quick {
                 c.arg("--quick");
+            }
+            if let Some(part) = only {
+                c.args(["--only", &part]);
             }
             run(&mut c)
         }

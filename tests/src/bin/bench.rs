@@ -16,7 +16,12 @@ use aya::{
 };
 use clap::Parser;
 use serde_json::json;
-use xlb::{control::Request, rules::Action, services::Mode};
+use xlb::{
+    control::Request,
+    maglev::{self, Member},
+    rules::Action,
+    services::Mode,
+};
 use xlb_tests::{
     fixture::{CLIENT_MAC, Fixture, LbNet},
     packet::Pkt,
@@ -27,9 +32,21 @@ struct Args {
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/bench.json")]
     out: PathBuf,
-    /// Fewer repeats and smaller prefix sets.
+    /// Fewer repeats and smaller prefix sets, shorter https runs, no testssl.sh.
     #[arg(long)]
     quick: bool,
+    /// Which part to run.
+    #[arg(long, value_enum, default_value = "all")]
+    only: Part,
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum Part {
+    All,
+    /// The XDP datapath and Maglev.
+    Xdp,
+    /// The https service beside nginx, and testssl.sh.
+    Https,
 }
 
 /// Deterministic prefix sets: the same on every run and machine.
@@ -190,9 +207,39 @@ fn map_memory(name_prefix: &str) -> u64 {
     total
 }
 
+/// A Maglev table builder: (backends, M) -> slot -> backend index.
+type Fill = fn(&[Member], u32) -> Vec<Option<u32>>;
+
+/// Maglev's own fill rule, xlb's builder before the bounded-load one, kept as the
+/// baseline: every backend in turn takes the next free slot of its walk (the same walks
+/// as `maglev::build`; weights are only 0 or not).
+fn classic_maglev(members: &[Member], m: u32) -> Vec<Option<u32>> {
+    let mut by_key: Vec<usize> = (0..members.len())
+        .filter(|&i| members[i].weight > 0)
+        .collect();
+    by_key.sort_by(|a, b| members[*a].key.cmp(&members[*b].key));
+    let mut walks: Vec<(u64, u64)> = by_key
+        .iter()
+        .map(|&i| maglev::permutation(&members[i].key, 0, m))
+        .collect();
+    let mut table = vec![None; m as usize];
+    let mut filled = 0;
+    loop {
+        for (&i, (slot, skip)) in by_key.iter().zip(&mut walks) {
+            while table[*slot as usize].is_some() {
+                *slot = (*slot + *skip) % m as u64;
+            }
+            table[*slot as usize] = Some(i as u32);
+            filled += 1;
+            if filled == m {
+                return table;
+            }
+        }
+    }
+}
+
 /// (build ms, max/mean slots, disruption multiple) for M slots and N equal backends.
-fn maglev_row(m: u32, n: usize) -> (f64, f64, f64) {
-    use xlb::maglev::{Member, build, shares};
+fn maglev_row(fill: Fill, m: u32, n: usize) -> (f64, f64, f64) {
     let members: Vec<Member> = (0..n)
         .map(|i| Member {
             key: format!("203.0.113.{}:{}", i % 250, 8000 + i / 250),
@@ -200,14 +247,14 @@ fn maglev_row(m: u32, n: usize) -> (f64, f64, f64) {
         })
         .collect();
     let t = Instant::now();
-    let before = build(&members, m);
+    let before = fill(&members, m);
     let ms = t.elapsed().as_secs_f64() * 1e3;
-    let s = shares(&before, n);
+    let s = maglev::shares(&before, n);
     let max_mean = *s.iter().max().unwrap() as f64 / (m as f64 / n as f64);
     let gone = n / 3;
     let mut rest = members.clone();
     rest[gone].weight = 0;
-    let after = build(&rest, m);
+    let after = fill(&rest, m);
     let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count() as f64;
     (ms, max_mean, moved / s[gone] as f64)
 }
@@ -222,6 +269,27 @@ fn bulk_text(set: &[(u32, u8)]) -> String {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    let mut out = serde_json::Map::new();
+    if args.only != Part::Https {
+        out.insert("xdp".into(), xdp(&args)?);
+    }
+    if args.only != Part::Xdp {
+        let https = xlb_tests::https_bench::run(&xlb_tests::https_bench::Options {
+            quick: args.quick,
+            testssl: !args.quick,
+        })?;
+        out.insert("https".into(), https);
+    }
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir).ok();
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&out)?)?;
+    println!("\nwritten to {}", args.out.display());
+    Ok(())
+}
+
+/// The datapath rows, the balancer and Maglev.
+fn xdp(args: &Args) -> Result<serde_json::Value> {
     // Everything runs inside a private test network, whose FIB the balancer rows use.
     let net = LbNet::enter()?;
     let repeat = if args.quick { 100_000 } else { 1_000_000 };
@@ -386,27 +454,59 @@ fn main() -> Result<()> {
         );
     }
     println!("\nMaglev (user space): build time, balance (max/mean slots), disruption when one");
-    println!("backend is removed (slots moved / slots it held; 1.0 is the minimum):\n");
+    println!("backend is removed (slots moved / slots it held; 1.0 is the minimum). `bounded` is");
+    println!("xlb's fill, `classic` Maglev's own (xlb's before); * marks the M table_size_for");
     println!(
-        "| {:>9} | {:>5} | {:>10} | {:>8} | {:>10} |",
-        "M", "N", "build ms", "max/mean", "disruption"
+        "picks, the other sizes show the trade-off; pool = share of the kernel's table pool:\n"
     );
     println!(
-        "|{:->11}|{:->7}|{:->12}|{:->10}|{:->12}|",
-        "", "", "", "", ""
+        "| {:<7} | {:>8} | {:>5} | {:>13} | {:>6} | {:>8} | {:>8} | {:>10} |",
+        "fill", "M", "N", "slots/backend", "pool", "build ms", "max/mean", "disruption"
     );
+    println!(
+        "|{:-<9}|{:->10}|{:->7}|{:->15}|{:->8}|{:->10}|{:->10}|{:->12}|",
+        "", "", "", "", "", "", "", ""
+    );
+    let cases: [(usize, &[u32]); 3] = [
+        (10, &[65_537]),
+        (100, &[65_537, 131_071]),
+        (1000, &[131_071, 262_147, 524_287, 1_048_573]),
+    ];
     let mut maglev_rows = Vec::new();
-    for m in [65_537u32, 655_373] {
-        for n in [10usize, 100, 1000] {
-            let r = maglev_row(m, n);
+    let mut targets = Vec::new();
+    for (n, sizes) in cases {
+        let pick = maglev::table_size_for(n).expect("a table size");
+        let runs = sizes
+            .iter()
+            .map(|&m| ("bounded", maglev::build as Fill, m))
+            .chain([("classic", classic_maglev as Fill, pick)]);
+        for (fill, build, m) in runs {
+            let r = maglev_row(build, m, n);
             println!(
-                "| {:>9} | {:>5} | {:>10.1} | {:>8.3} | {:>10.2} |",
-                m, n, r.0, r.1, r.2
+                "| {fill:<7} | {:>8} | {n:>5} | {:>13} | {:>5.1}% | {:>8.1} | {:>8.3} | {:>10.2} |",
+                format!("{m}{}", if m == pick { "*" } else { "" }),
+                m as usize / n,
+                100.0 * m as f64 / lb_common::MAGLEV_POOL as f64,
+                r.0,
+                r.1,
+                r.2
             );
-            maglev_rows.push(
-                json!({"m": m, "n": n, "build_ms": r.0, "max_over_mean": r.1, "disruption": r.2}),
-            );
+            if fill == "bounded" && m == pick && n >= 100 {
+                targets.push((n, m, r));
+            }
+            maglev_rows.push(json!({"fill": fill, "m": m, "n": n, "picked": m == pick,
+                "build_ms": r.0, "max_over_mean": r.1, "disruption": r.2}));
         }
+    }
+    for (n, m, (ms, max_mean, disruption)) in targets {
+        println!(
+            "  N = {n}, M = {m}: max/mean {max_mean:.3} (target <= 1.05), disruption {disruption:.2}x (target <= 1.2x), build {ms:.0} ms  {}",
+            if max_mean <= 1.05 && disruption <= 1.2 {
+                "met"
+            } else {
+                "NOT met"
+            }
+        );
     }
     notes.insert("maglev".into(), json!(maglev_rows));
 
@@ -426,10 +526,5 @@ fn main() -> Result<()> {
         "xlb_over_lpm_random": ratios.iter().map(|(k, r)| json!({"prefixes_k": k, "ratio": r})).collect::<Vec<_>>(),
         "notes": notes,
     });
-    if let Some(dir) = args.out.parent() {
-        std::fs::create_dir_all(dir).ok();
-    }
-    std::fs::write(&args.out, serde_json::to_string_pretty(&json)?)?;
-    println!("\nwritten to {}", args.out.display());
-    Ok(())
+    Ok(json)
 }
