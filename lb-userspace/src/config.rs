@@ -24,6 +24,7 @@ use crate::{
     services::{
         BackendAddr, DEFAULT_TCP_IDLE, DEFAULT_UDP_IDLE, MAX_IDLE, MAX_WEIGHT, Services, Vip,
     },
+    tls::HttpsConfig,
     weights::{self, Flags},
 };
 
@@ -130,37 +131,6 @@ pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 pub const MAX_DRAIN: Duration = Duration::from_secs(86_400);
 
-/// The TLS listener's section: a plain serde struct (the TLS proxy owns its meaning).
-/// Relative paths are relative to the configuration file.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// Addresses the TLS listener binds (`"192.0.2.1:443"`, `"[2001:db8::1]:443"`).
-    pub listen: Vec<SocketAddr>,
-    /// The certificate for clients that send no SNI name or one no other certificate has.
-    pub default_cert: CertFiles,
-    /// Certificates chosen by SNI name.
-    #[serde(default)]
-    pub certs: Vec<NamedCert>,
-}
-
-/// A PEM certificate chain (leaf first) and its PEM private key.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CertFiles {
-    pub chain: PathBuf,
-    pub key: PathBuf,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NamedCert {
-    /// SNI names served with this certificate: `a.example` or `*.a.example`.
-    pub names: Vec<String>,
-    pub chain: PathBuf,
-    pub key: PathBuf,
-}
-
 /// The part of the desired state a configuration file manages.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Projection {
@@ -194,7 +164,9 @@ pub struct Config {
     pub interfaces: Vec<Interface>,
     pub projection: Projection,
     pub health: BTreeMap<Vip, HealthCheck>,
-    pub tls: Option<TlsConfig>,
+    /// The https service (TLS termination and the HTTP proxy): `crate::tls`'s own
+    /// configuration, embedded; its paths resolved against this file's directory.
+    pub tls: Option<HttpsConfig>,
     pub metrics: Option<SocketAddr>,
     /// How long a backend removed from a service keeps its established flows.
     pub drain_timeout: Duration,
@@ -213,7 +185,7 @@ struct RawConfig {
     balancer: Option<RawBalancer>,
     #[serde(default)]
     service: Vec<Spanned<RawService>>,
-    tls: Option<Spanned<TlsConfig>>,
+    tls: Option<Spanned<HttpsConfig>>,
     metrics: Option<RawMetrics>,
 }
 
@@ -530,28 +502,27 @@ fn valid_ifname(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// An SNI name: `a.example` or `*.a.example` (the wildcard is one whole left label).
-pub fn valid_sni(name: &str) -> Result<(), String> {
-    let bad = |why: &str| Err(format!("'{name}' is not a server name: {why}"));
-    let rest = name.strip_prefix("*.").unwrap_or(name);
-    if rest.is_empty() || rest.len() > 253 {
-        return bad("expected a DNS name like www.example.org or *.example.org");
+/// Where in the section starting at `from` an error message points: the first of the
+/// values it quotes (or the file names of paths it mentions) found there, else `from`.
+fn locate(src: &str, from: usize, msg: &str) -> Range<usize> {
+    let mut tokens: Vec<String> = Vec::new();
+    for q in ['\'', '"', '`'] {
+        tokens.extend(msg.split(q).skip(1).step_by(2).map(str::to_string));
     }
-    if rest.parse::<std::net::IpAddr>().is_ok() {
-        return bad("addresses are not server names (SNI carries DNS names only)");
-    }
-    for label in rest.split('.') {
-        if label.is_empty() || label.len() > 63 {
-            return bad("every label must have 1 to 63 characters");
-        }
-        if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-            || label.starts_with('-')
-            || label.ends_with('-')
-        {
-            return bad("labels are letters, digits and inner hyphens ('*' only as '*.' in front)");
+    for word in msg.split_whitespace() {
+        let word = word.trim_matches(|c: char| c == ':' || c == ',' || c == '(' || c == ')');
+        if word.contains('/') {
+            if let Some(name) = Path::new(word).file_name() {
+                tokens.push(name.to_string_lossy().into_owned());
+            }
         }
     }
-    Ok(())
+    tokens
+        .iter()
+        .filter(|t| !t.is_empty())
+        .map(|t| find_value(src, from, t))
+        .find(|r| r.start != from.min(src.len()))
+        .unwrap_or(from..from)
 }
 
 /// The span of the first occurrence of `needle` (quoted) at or after `from`: where a
@@ -916,7 +887,19 @@ impl Config {
         let tls = raw.tls.and_then(|t| {
             let start = t.span().start;
             let mut tls = t.into_inner();
-            check_tls(&mut r, src, start, dir, &mut tls).then_some(tls)
+            tls.resolve_paths(dir);
+            // Everything the https service checks, files included (nothing is bound).
+            let checked = tls
+                .validate()
+                .and_then(|_| crate::tls::HttpsProxy::new(tls.clone()).map(|_| ()));
+            match checked {
+                Ok(()) => Some(tls),
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    r.at(locate(src, start, &msg), "tls", msg);
+                    None
+                }
+            }
         });
 
         let metrics = raw.metrics.and_then(|m| match m.listen.get_ref().parse::<SocketAddr>() {
@@ -1087,87 +1070,6 @@ fn health_check(r: &mut Report, h: &Spanned<RawHealth>, vip: &Vip) -> Option<Hea
         path,
         expect_status,
     })
-}
-
-/// Validates the TLS section and resolves its paths; false if anything is wrong.
-fn check_tls(r: &mut Report, src: &str, start: usize, dir: &Path, tls: &mut TlsConfig) -> bool {
-    let before = r.errors.len();
-    let at = |needle: &str| find_value(src, start, needle);
-    if tls.listen.is_empty() {
-        r.at(
-            start..start,
-            "tls.listen",
-            "no listen address: expected at least one, e.g. listen = [\"192.0.2.1:443\"]",
-        );
-    }
-    let mut seen = std::collections::HashSet::new();
-    for a in &tls.listen {
-        if a.port() == 0 {
-            r.at(
-                at(&a.to_string()),
-                "tls.listen",
-                format!("{a}: port 0 is not a port"),
-            );
-        }
-        if !seen.insert(*a) {
-            r.at(
-                at(&a.to_string()),
-                "tls.listen",
-                format!("{a} is listed twice: list each once"),
-            );
-        }
-    }
-    let mut names: HashMap<String, ()> = HashMap::new();
-    for c in &tls.certs {
-        if c.names.is_empty() {
-            r.at(
-                at(&c.chain.to_string_lossy()),
-                "tls.certs.names",
-                "no server names: expected at least one, e.g. names = [\"www.example.org\"]",
-            );
-        }
-        for n in &c.names {
-            if let Err(e) = valid_sni(n) {
-                r.at(at(n), "tls.certs.names", e);
-            } else if names.insert(n.to_ascii_lowercase(), ()).is_some() {
-                r.at(
-                    at(n),
-                    "tls.certs.names",
-                    format!("'{n}' has two certificates: give each name one"),
-                );
-            }
-        }
-    }
-    let mut files: Vec<(&mut PathBuf, &str)> = vec![
-        (&mut tls.default_cert.chain, "tls.default_cert.chain"),
-        (&mut tls.default_cert.key, "tls.default_cert.key"),
-    ];
-    for c in tls.certs.iter_mut() {
-        files.push((&mut c.chain, "tls.certs.chain"));
-        files.push((&mut c.key, "tls.certs.key"));
-    }
-    for (p, field) in files {
-        let written = p.to_string_lossy().to_string();
-        if written.is_empty() {
-            r.at(at(""), field, "empty path: expected a PEM file");
-            continue;
-        }
-        let full = dir.join(&*p);
-        match std::fs::File::open(&full) {
-            Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => *p = full,
-            Ok(_) => r.at(
-                at(&written),
-                field,
-                format!("{} is not a file: expected a PEM file", full.display()),
-            ),
-            Err(e) => r.at(
-                at(&written),
-                field,
-                format!("cannot read {}: {e}", full.display()),
-            ),
-        }
-    }
-    r.errors.len() == before
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1696,24 +1598,6 @@ address = "203.0.113.13:8080"
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         for bad in ["", "2", "s", "1.5s", "2 s", "-1s", "3w"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn server_names() {
-        for ok in ["www.example.org", "*.example.org", "localhost"] {
-            assert!(valid_sni(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "",
-            "*",
-            "a..b",
-            "-a.example",
-            "a*.example",
-            "192.0.2.1",
-            "a_b.example",
-        ] {
-            assert!(valid_sni(bad).is_err(), "{bad}");
         }
     }
 }

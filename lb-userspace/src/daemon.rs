@@ -20,7 +20,7 @@ use tokio::{
     net::{UnixListener, UnixStream},
     signal::unix::{SignalKind, signal},
 };
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     config::{self, Config, HealthCheck, Interface, Plan, Projection, RuleOp},
@@ -31,6 +31,7 @@ use crate::{
     rules::{self, Action, Change, Match, PortSpec, Prefix, RuleSet, Target},
     services::{BackendAddr, ServiceError, Services, Vip},
     state,
+    tls::{HttpsConfig, HttpsProxy},
     weights::{self, Flags},
 };
 
@@ -785,6 +786,57 @@ pub struct Running {
     last_reload: Option<ReloadRecord>,
     /// The running health checks (None in tests without a runtime).
     checker: Option<health::Checker>,
+    /// The https service of the configuration's `[tls]`, while it runs.
+    https: Option<Https>,
+    rt: tokio::runtime::Handle,
+}
+
+/// The https service (`crate::tls`) run by the daemon.
+struct Https {
+    proxy: Arc<HttpsProxy>,
+    config: HttpsConfig,
+    stop: Arc<tokio::sync::Notify>,
+}
+
+impl Https {
+    /// Loads everything `cfg` names and checks that its addresses can be bound; starts
+    /// nothing.
+    fn prepare(cfg: &HttpsConfig) -> Result<Arc<HttpsProxy>> {
+        for a in cfg.listen.iter().chain(&cfg.redirect_listen) {
+            std::net::TcpListener::bind(a)
+                .with_context(|| format!("the https service cannot listen on {a}"))?;
+        }
+        HttpsProxy::new(cfg.clone()).context("the https service ([tls])")
+    }
+
+    /// Serves until `stop`.
+    fn start(proxy: Arc<HttpsProxy>, config: HttpsConfig, rt: &tokio::runtime::Handle) -> Https {
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let (p, s) = (proxy.clone(), stop.clone());
+        rt.spawn(async move {
+            if let Err(e) = p.serve(async move { s.notified().await }).await {
+                error!("the https service stopped: {e:#}");
+            }
+        });
+        Https {
+            proxy,
+            config,
+            stop,
+        }
+    }
+
+    fn stop(&self) {
+        self.stop.notify_one();
+    }
+}
+
+/// What a reload does to the https service.
+enum HttpsChange {
+    Keep,
+    Start(Arc<HttpsProxy>, HttpsConfig),
+    /// Applied (before the datapath), with the configuration to go back to.
+    Reloaded(HttpsConfig),
+    Stop,
 }
 
 impl Running {
@@ -911,6 +963,11 @@ impl Running {
             "socket": self.socket.display().to_string(),
             "socket_group": self.group(),
             "config": config,
+            "https": self.https.as_ref().map(|h| json!({
+                "listen": h.config.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "redirect_listen": h.config.redirect_listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "stats": h.proxy.stats_json(),
+            })),
             "rules": {
                 "total": rules.len(),
                 "prefix": rules.count(|m| matches!(m, Match::Prefix(_))),
@@ -977,18 +1034,52 @@ impl Running {
             .map(config::group_id)
             .transpose()
             .map_err(|e| anyhow!(e))?;
+        let https = self.prepare_https(cfg.tls.as_ref())?;
         // Interfaces first (new ones attached, changed modes re-attached), so a refusal
         // there leaves the state untouched; the ones the file dropped go last.
         let undo = self.attach_interfaces(&ifaces)?;
+        // A changed https service is reloaded whole or not at all, before the datapath.
+        let https = match https {
+            HttpsChange::Reloaded(new) => {
+                let h = self.https.as_mut().expect("running");
+                if let Err(e) = h.proxy.reload(new.clone()) {
+                    self.undo_interfaces(undo);
+                    return Err(e.context("the https service ([tls])"));
+                }
+                HttpsChange::Reloaded(std::mem::replace(&mut h.config, new))
+            }
+            other => other,
+        };
         let old_drain = std::mem::replace(&mut self.edge.drain_timeout, cfg.drain_timeout);
         let mut changes = match self.edge.apply_plan(plan, cfg.projection.clone()) {
             Ok(v) => v,
             Err(e) => {
                 self.edge.drain_timeout = old_drain;
+                if let HttpsChange::Reloaded(old) = https {
+                    let h = self.https.as_mut().expect("running");
+                    if let Err(e) = h.proxy.reload(old.clone()) {
+                        warn!("restoring the https service's configuration: {e:#}");
+                    }
+                    h.config = old;
+                }
                 self.undo_interfaces(undo);
                 return Err(e);
             }
         };
+        changes["https"] = json!(match https {
+            HttpsChange::Keep => "unchanged",
+            HttpsChange::Reloaded(_) => "reloaded",
+            HttpsChange::Start(proxy, config) => {
+                self.https = Some(Https::start(proxy, config, &self.rt));
+                "started"
+            }
+            HttpsChange::Stop => {
+                if let Some(h) = self.https.take() {
+                    h.stop();
+                }
+                "stopped"
+            }
+        });
         let mut detached = Vec::new();
         for (name, _) in self.edge.dp.attached() {
             if !names.contains(&name) {
@@ -1009,6 +1100,25 @@ impl Running {
         changes["interfaces_detached"] = json!(detached);
         self.config = Some(cfg);
         Ok(changes)
+    }
+
+    /// Checks what a reload asks of the https service; changes nothing.
+    fn prepare_https(&self, new: Option<&HttpsConfig>) -> Result<HttpsChange> {
+        Ok(match (&self.https, new) {
+            (None, None) => HttpsChange::Keep,
+            (Some(h), Some(n)) if h.config == *n => HttpsChange::Keep,
+            (Some(h), Some(n)) => {
+                if n.listen != h.config.listen || n.redirect_listen != h.config.redirect_listen {
+                    bail!("tls.listen and tls.redirect_listen change only at a restart of xlb");
+                }
+                if n.limits.max_connections != h.config.limits.max_connections {
+                    bail!("tls.limits.max_connections changes only at a restart of xlb");
+                }
+                HttpsChange::Reloaded(n.clone())
+            }
+            (None, Some(n)) => HttpsChange::Start(Https::prepare(n)?, n.clone()),
+            (Some(_), None) => HttpsChange::Stop,
+        })
     }
 
     fn current_interfaces(&self) -> Vec<Interface> {
@@ -1155,6 +1265,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         check_new_services(&stored.services, &plan.services, &names)?;
         apply_to_stored(&mut stored, plan, cfg.projection.clone())?;
     }
+    let https = match config.as_ref().and_then(|c| c.tls.as_ref()) {
+        Some(t) => Some((Https::prepare(t)?, t.clone())),
+        None => None,
+    };
     let listener = bind(&opts.socket, gid).await?;
     let guard = SocketGuard(opts.socket.clone());
     let dp = Datapath::load(Some(&opts.bpffs))?;
@@ -1183,7 +1297,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         socket = %opts.socket.display(), pins = %opts.bpffs.display(),
         "xlb attached and ready"
     );
-    let (checker, mut outcomes) = health::Checker::new(tokio::runtime::Handle::current());
+    let rt = tokio::runtime::Handle::current();
+    let https = https.map(|(proxy, cfg)| Https::start(proxy, cfg, &rt));
+    let (checker, mut outcomes) = health::Checker::new(rt.clone());
     let running = Arc::new(Mutex::new(Running {
         edge,
         generation: u64::from(config.is_some()),
@@ -1195,6 +1311,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         started: SystemTime::now(),
         last_reload: None,
         checker: Some(checker),
+        https,
+        rt,
     }));
     running.lock().expect("not poisoned").reconcile_checks();
     // Health-check outcomes, applied in order, a batch per lock.
@@ -1252,6 +1370,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     let mut running = running.lock().expect("not poisoned");
     info!("stopping: detaching from {:?}", running.edge.dp.attached());
+    if let Some(h) = running.https.take() {
+        h.stop();
+    }
     running.edge.dp.detach()?;
     running.edge.dp.unpin();
     drop(guard);

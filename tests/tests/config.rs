@@ -53,12 +53,15 @@ fn ok(xlb: &Daemon, args: &[&str]) -> String {
 }
 
 /// `xlb status --json` without what changes by itself (uptime, drain countdowns, health
-/// check counts and times) and without the record of the last reload.
+/// check counts and times, https counters) and without the record of the last reload.
 fn state(xlb: &Daemon) -> Value {
     let mut v = xlb.json(&["status", "--json"]);
     v.as_object_mut().unwrap().remove("uptime_secs");
     if v["config"].is_object() {
         v["config"]["last_reload"] = Value::Null;
+    }
+    if v["https"].is_object() {
+        v["https"]["stats"] = Value::Null;
     }
     for s in v["services"].as_array_mut().unwrap() {
         for b in s["backends"].as_array_mut().unwrap() {
@@ -355,6 +358,7 @@ fn bad_files(dir: &Path) -> Vec<(&'static str, String, usize, &'static str, &'st
     };
     let missing = dir.join("missing.pem");
     let tls = "[tls]\nlisten = [\"192.0.2.1:443\"]\n";
+    let pools = "[[tls.routes]]\npool = \"web\"\n[[tls.pools]]\nname = \"web\"\nbackends = [\"203.0.113.11:8080\"]\n";
     vec![
         ("TOML syntax", with("[firewall]", "[firewall"), 5, "firewall", "expected"),
         ("unknown key", with("[firewall]", "[firewall]\ndefualt = \"deny\""), 6, "firewall.defualt", "unknown field `defualt`"),
@@ -392,8 +396,10 @@ fn bad_files(dir: &Path) -> Vec<(&'static str, String, usize, &'static str, &'st
         ("drain timeout", format!("{GOOD}[balancer]\ndrain_timeout = \"2d\"\n"), 23, "balancer.drain_timeout", "expected 0s to 1d"),
         ("metrics", format!("{GOOD}[metrics]\nlisten = \"localhost\"\n"), 23, "metrics.listen", "expected ADDR:PORT"),
         ("group", format!("{GOOD}[control]\ngroup = \"no-such-group-xlb\"\n"), 23, "control.group", "there is no group"),
-        ("TLS file", format!("{GOOD}{tls}default_cert = {{ chain = \"{}\", key = \"{}\" }}\n", missing.display(), missing.display()), 24, "tls.default_cert.chain", "cannot read"),
-        ("TLS name", format!("{GOOD}{tls}default_cert = {{ chain = \"good.pem\", key = \"good.pem\" }}\n[[tls.certs]]\nnames = [\"bad..name\"]\nchain = \"good.pem\"\nkey = \"good.pem\"\n"), 26, "tls.certs.names", "not a server name"),
+        ("TLS unknown key", format!("{GOOD}{tls}default_cert = {{ chain = \"good.pem\", key = \"good.pem\" }}\nlisten_backlog = 5\n{pools}"), 25, "tls.listen_backlog", "unknown field `listen_backlog`"),
+        ("TLS file", format!("{GOOD}{tls}default_cert = {{ chain = \"{}\", key = \"{}\" }}\n{pools}", missing.display(), missing.display()), 24, "tls", "missing.pem"),
+        ("TLS name", format!("{GOOD}{tls}default_cert = {{ chain = \"good.pem\", key = \"good.pem\" }}\n[[tls.certs]]\nnames = [\"bad..name\"]\nchain = \"good.pem\"\nkey = \"good.pem\"\n{pools}"), 26, "tls", "bad..name"),
+        ("TLS route", format!("{GOOD}{tls}default_cert = {{ chain = \"good.pem\", key = \"good.pem\" }}\n[[tls.routes]]\npool = \"api\"\n[[tls.pools]]\nname = \"web\"\nbackends = [\"203.0.113.11:8080\"]\n"), 26, "tls", "names pool 'api', which is not defined"),
     ]
 }
 
@@ -724,4 +730,83 @@ fn the_control_socket_group_comes_from_the_file_or_the_command_line() {
     let v = xlb.json(&["status", "--json"]);
     assert_eq!(v["interfaces"][0]["mode"], "generic");
     assert_eq!(v["interfaces"].as_array().unwrap().len(), 1);
+}
+
+/// GOOD's [tls] section for the reference topology: 192.0.2.1:443 with a certificate for
+/// www.example.org, every path to the pool over `backends`.
+fn with_tls(listen: &str, backends: &[usize]) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|i| format!("\"{}:8080\"", backend_v4(*i)))
+        .collect();
+    format!(
+        "{}\n[tls]\nlisten = [\"{listen}\"]\ndefault_cert = {{ chain = \"www.pem\", key = \"www.key\" }}\n\
+         [[tls.routes]]\npool = \"web\"\n[[tls.pools]]\nname = \"web\"\nbackends = [{}]\n",
+        config("", &[(0, 1)]),
+        list.join(", ")
+    )
+}
+
+#[test]
+fn the_tls_section_is_served_by_xlb_run_and_reloaded_whole() {
+    let t = Topology::build("cfgtls", 2, 8080, Backends::ViaEdge).unwrap();
+    let pki = xlb_tests::tls::Pki::new(&t.dir.path, "cfg").unwrap();
+    pki.issue("www", &["www.example.org"]).unwrap();
+    let file = t.dir.path.join("xlb.toml");
+    std::fs::write(&file, with_tls("192.0.2.1:443", &[0])).unwrap();
+    let xlb = Daemon::start_with(&t.edge, &t.dir, &["--config", file.to_str().unwrap()]).unwrap();
+    let ca = pki.ca.to_str().unwrap().to_string();
+    let get = || {
+        t.client.run(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "--cacert",
+            &ca,
+            "--resolve",
+            "www.example.org:443:192.0.2.1",
+            "https://www.example.org/",
+        ])
+    };
+    assert_eq!(get().unwrap(), "web1");
+    let status = xlb.json(&["status", "--json"]);
+    assert_eq!(status["https"]["listen"][0], "192.0.2.1:443");
+
+    // Another pool: applied whole.
+    std::fs::write(&file, with_tls("192.0.2.1:443", &[1])).unwrap();
+    let v = xlb.json(&["reload", "--json"]);
+    assert_eq!(v["https"], "reloaded");
+    assert_eq!(get().unwrap(), "web2");
+
+    // Refused, and the running https service stays as it was.
+    let before = state(&xlb);
+    for (text, says) in [
+        (
+            with_tls("192.0.2.1:443", &[1]).replace("pool = \"web\"\n[[", "pool = \"api\"\n[["),
+            "names pool 'api', which is not defined",
+        ),
+        (
+            with_tls("192.0.2.1:8443", &[1]),
+            "tls.listen and tls.redirect_listen change only at a restart",
+        ),
+        (
+            with_tls("192.0.2.1:443", &[1]).replace("www.key", "nothere.key"),
+            "nothere.key",
+        ),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let out = xlb.cli(&["reload"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{err}");
+        assert_eq!(state(&xlb), before);
+        assert_eq!(get().unwrap(), "web2");
+    }
+
+    // The section removed: the https service stops.
+    std::fs::write(&file, config("", &[(0, 1)])).unwrap();
+    let v = xlb.json(&["reload", "--json"]);
+    assert_eq!(v["https"], "stopped");
+    wait_for("the https listener to close", || get().is_err());
+    assert!(xlb.json(&["status", "--json"])["https"].is_null());
 }
