@@ -511,10 +511,10 @@ fn locate(src: &str, from: usize, msg: &str) -> Range<usize> {
     }
     for word in msg.split_whitespace() {
         let word = word.trim_matches(|c: char| c == ':' || c == ',' || c == '(' || c == ')');
-        if word.contains('/') {
-            if let Some(name) = Path::new(word).file_name() {
-                tokens.push(name.to_string_lossy().into_owned());
-            }
+        if word.contains('/')
+            && let Some(name) = Path::new(word).file_name()
+        {
+            tokens.push(name.to_string_lossy().into_owned());
         }
     }
     tokens
