@@ -28,13 +28,23 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Load and attach the XDP program, serve the control socket until SIGINT/SIGTERM.
+    /// Load and attach the XDP program, serve the control socket until SIGINT/SIGTERM
+    /// (SIGHUP reloads the configuration file).
     Run {
-        /// The interface to attach to.
+        /// The interface to attach to (replaces the configuration's [[interface]] list).
         #[arg(long)]
-        iface: String,
-        #[arg(long, value_enum, default_value = "native")]
+        iface: Option<String>,
+        /// The XDP mode for --iface.
+        #[arg(long, value_enum, default_value = "native", requires = "iface")]
         mode: AttachMode,
+        /// The configuration file: validated whole before anything changes, applied as
+        /// a diff against the one the stored state was built from.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// A group whose members may use the control socket (mode 0660 instead of 0600;
+        /// overrides the configuration's `control.group`).
+        #[arg(long)]
+        socket_group: Option<String>,
         /// A directory on a bpffs where the maps are pinned while xlb runs.
         #[arg(long, default_value = "/sys/fs/bpf/xlb")]
         bpffs: PathBuf,
@@ -83,6 +93,24 @@ pub enum Command {
     Backend(BackendCmd),
     /// Packet and byte counters by verdict and reason, per service and backend.
     Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a configuration file and change nothing (no daemon, no root needed).
+    CheckConfig {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The daemon: interfaces, program, configuration and its last reload, rules,
+    /// services and backends.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read the daemon's configuration file and apply what changed in it (like
+    /// SIGHUP); a file with errors is refused whole and nothing changes.
+    Reload {
         #[arg(long)]
         json: bool,
     },
@@ -172,8 +200,18 @@ pub enum BackendCmd {
         backend: String,
         #[arg(long, default_value_t = 1)]
         weight: u32,
+        /// A backup: takes flows only while every primary of the service is down or
+        /// drained.
+        #[arg(long)]
+        backup: bool,
     },
-    /// Remove a backend (its established flows move at their next packet).
+    /// Take a backend out of new flows (weight 0; its established flows stay) until
+    /// `xlb backend enable`; kept across restarts and reloads.
+    Drain { vip: String, backend: String },
+    /// Give a drained backend new flows again.
+    Enable { vip: String, backend: String },
+    /// Remove a backend: it takes no new flows and drains (keeps its established flows
+    /// for the drain timeout, `[balancer] drain_timeout`, default 30 s).
     Del { vip: String, backend: String },
     /// List backends (of one service, or of all).
     List {
@@ -281,6 +319,8 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Run {
             iface,
             mode,
+            config,
+            socket_group,
             bpffs,
             state,
             log_format,
@@ -294,6 +334,8 @@ pub fn main(cli: Cli) -> Result<()> {
             rt.block_on(daemon::run(RunOptions {
                 iface,
                 mode,
+                config,
+                socket_group,
                 bpffs,
                 state,
                 socket: socket.clone(),
@@ -304,6 +346,25 @@ pub fn main(cli: Cli) -> Result<()> {
                     kernel_log,
                 },
             }))
+        }
+        Command::CheckConfig { file, json } => check_config(&file, json),
+        Command::Status { json } => {
+            let v = call(Request::Status)?;
+            if json {
+                println!("{v}");
+            } else {
+                print_status(&v);
+            }
+            Ok(())
+        }
+        Command::Reload { json } => {
+            let v = call(Request::Reload)?;
+            if json {
+                println!("{v}");
+            } else {
+                print_reload(&v);
+            }
+            Ok(())
         }
         Command::Proxy {
             config,
@@ -383,11 +444,15 @@ pub fn main(cli: Cli) -> Result<()> {
                     vip,
                     backend,
                     weight,
+                    backup,
                 } => Request::BackendAdd {
                     vip,
                     backend,
                     weight,
+                    backup,
                 },
+                BackendCmd::Drain { vip, backend } => Request::BackendDrain { vip, backend },
+                BackendCmd::Enable { vip, backend } => Request::BackendEnable { vip, backend },
                 BackendCmd::Del { vip, backend } => Request::BackendDel { vip, backend },
                 BackendCmd::List { vip, json } => {
                     let mut v = call(Request::VipList)?;
@@ -551,13 +616,214 @@ fn print_services(v: &Value, backends_only: Option<()>) {
             println!("{}", text(&s["service"]));
         }
         for b in s["backends"].as_array().into_iter().flatten() {
-            println!(
-                "    {:<40} weight {}",
-                text(&b["backend"]),
-                text(&b["weight"])
-            );
+            println!("    {}", backend_line(b));
         }
     }
+}
+
+fn check_config(file: &std::path::Path, json: bool) -> Result<()> {
+    match crate::config::Config::load(file) {
+        Ok(c) => {
+            if json {
+                let v = serde_json::json!({
+                    "ok": true,
+                    "file": file.display().to_string(),
+                    "interfaces": c.interfaces,
+                    "rules": c.projection.rules.len(),
+                    "services": c.projection.services.by_vip.len(),
+                    "backends": c.projection.services.by_vip.values().map(|s| s.backends.len()).sum::<usize>(),
+                    "health_checks": c.health.len(),
+                    "tls": c.tls.is_some(),
+                    "metrics": c.metrics.map(|m| m.to_string()),
+                });
+                println!("{v}");
+            } else {
+                println!("{}: ok: {}", file.display(), c.summary());
+            }
+            Ok(())
+        }
+        Err(e) => {
+            if json {
+                println!("{}", serde_json::json!({ "ok": false, "errors": e.0 }));
+                anyhow::bail!("{}: refused ({} errors)", file.display(), e.0.len());
+            }
+            Err(anyhow::anyhow!("{e}"))
+        }
+    }
+}
+
+/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Days to civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+fn duration_text(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s:02}s"),
+        (0, _, _) => format!("{h}h {m:02}m {s:02}s"),
+        _ => format!("{d}d {h:02}h {m:02}m"),
+    }
+}
+
+/// "+1 ~0 -2" from a reload's counts.
+fn counts(v: &Value, what: &str) -> String {
+    format!(
+        "+{} ~{} -{}",
+        text(&v[format!("{what}_added")]),
+        text(&v[format!("{what}_updated")]),
+        text(&v[format!("{what}_removed")])
+    )
+}
+
+fn reload_text(v: &Value) -> String {
+    let names = |k: &str| -> String {
+        let list: Vec<String> = v[k].as_array().into_iter().flatten().map(text).collect();
+        if list.is_empty() {
+            "none".into()
+        } else {
+            list.join(", ")
+        }
+    };
+    format!(
+        "rules {}, policies changed {}, services {}, backends {}; attached {}, detached {}",
+        counts(v, "rules"),
+        text(&v["policies_changed"]),
+        counts(&v["services"], "services"),
+        counts(&v["services"], "backends"),
+        names("interfaces_attached"),
+        names("interfaces_detached"),
+    )
+}
+
+fn print_reload(v: &Value) {
+    println!(
+        "reloaded: generation {}: {}",
+        text(&v["generation"]),
+        reload_text(v)
+    );
+}
+
+fn print_status(v: &Value) {
+    println!(
+        "xlb {}, pid {}, up {} (since {})",
+        text(&v["version"]),
+        text(&v["pid"]),
+        duration_text(v["uptime_secs"].as_u64().unwrap_or(0)),
+        utc(v["started_unix"].as_u64().unwrap_or(0))
+    );
+    let ifaces: Vec<String> = v["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| format!("{} ({})", text(&i["name"]), text(&i["mode"])))
+        .collect();
+    println!(
+        "program:     id {} attached to {}",
+        text(&v["program_id"]),
+        ifaces.join(", ")
+    );
+    match v["socket_group"].as_str() {
+        Some(g) => println!("socket:      {} (mode 0660, group {g})", text(&v["socket"])),
+        None => println!("socket:      {} (mode 0600, root only)", text(&v["socket"])),
+    }
+    let c = &v["config"];
+    if c.is_null() {
+        println!("config:      none (started without --config)");
+    } else {
+        println!(
+            "config:      {}, generation {}",
+            text(&c["file"]),
+            text(&c["generation"])
+        );
+        let r = &c["last_reload"];
+        if r.is_null() {
+            println!("last reload: none since start");
+        } else if r["ok"] == true {
+            println!(
+                "last reload: ok at {} ({}): {}",
+                utc(r["at_unix"].as_u64().unwrap_or(0)),
+                text(&r["trigger"]),
+                reload_text(&r["changes"])
+            );
+        } else {
+            println!(
+                "last reload: refused at {} ({}), the running state was kept:",
+                utc(r["at_unix"].as_u64().unwrap_or(0)),
+                text(&r["trigger"])
+            );
+            for line in r["error"].as_str().unwrap_or("?").lines() {
+                println!("             {line}");
+            }
+        }
+    }
+    let r = &v["rules"];
+    println!(
+        "rules:       {} ({} prefix, {} port, {} except-prefix, {} except-port); default {}, malformed {}",
+        text(&r["total"]),
+        text(&r["prefix"]),
+        text(&r["port"]),
+        text(&r["except_prefix"]),
+        text(&r["except_port"]),
+        text(&r["default"]),
+        text(&r["malformed"])
+    );
+    let services = v["services"].as_array().cloned().unwrap_or_default();
+    println!("services:    {}", services.len());
+    for s in services {
+        let check = match s["health_check"].get("kind") {
+            Some(k) => format!("check {}", text(k)),
+            None => "no check".into(),
+        };
+        println!(
+            "  {:<32} {:<4} affinity {:<6} {}",
+            text(&s["service"]),
+            text(&s["mode"]),
+            text(&s["affinity"]),
+            check
+        );
+        for b in s["backends"].as_array().into_iter().flatten() {
+            println!("      {}", backend_line(b));
+        }
+    }
+}
+
+/// `ADDR  weight W  STATE [backup] [takes no new flows] [last check]`.
+fn backend_line(b: &Value) -> String {
+    let mut line = format!(
+        "{:<40} weight {:<4} {:<9}",
+        text(&b["backend"]),
+        text(&b["weight"]),
+        text(&b["state"])
+    );
+    if b["backup"] == true {
+        line.push_str(" backup");
+    }
+    if b["effective_weight"] == 0 && b["state"] != "draining" {
+        line.push_str(" (no new flows)");
+    }
+    if let Some(last) = b["health"]["last"].as_str() {
+        line.push_str(&format!(" last check: {last}"));
+    }
+    line
 }
 
 fn print_stats(v: &Value) {

@@ -1,6 +1,6 @@
 //! The control API: one JSON request and one JSON response per connection, over a Unix
-//! socket that only root can open (mode 0600). Every CLI verb other than `run` is a
-//! client of it.
+//! socket that only root can open (mode 0600; 0660 with a group). Every CLI verb other
+//! than `run` and `check-config` is a client of it.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -72,6 +72,18 @@ pub enum Request {
         vip: String,
         backend: String,
         weight: u32,
+        /// Takes flows only while every primary of the service is out.
+        #[serde(default)]
+        backup: bool,
+    },
+    /// Takes a backend out of new flows (weight 0) until `BackendEnable`.
+    BackendDrain {
+        vip: String,
+        backend: String,
+    },
+    BackendEnable {
+        vip: String,
+        backend: String,
     },
     BackendDel {
         vip: String,
@@ -79,6 +91,10 @@ pub enum Request {
     },
     List,
     Stats,
+    /// The daemon: interfaces, program, configuration, rules and services.
+    Status,
+    /// Re-reads the configuration file and applies what changed in it.
+    Reload,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -118,7 +134,7 @@ pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value> {
             ) =>
         {
             bail!(
-                "no xlb daemon is running (nothing listens on {}): start one with `xlb run --iface IF`",
+                "no xlb daemon is running (nothing listens on {}): start one with `xlb run --config FILE` or `xlb run --iface IF`",
                 socket.display()
             )
         }

@@ -130,7 +130,8 @@ pub struct Datapath {
     pub log_level: u32,
     /// The drop-event ring buffer until the daemon takes it (`take_events`).
     events: Option<RingBuf<MapData>>,
-    link: Option<XdpLinkId>,
+    /// Where the program is attached: interface, mode, link.
+    links: Vec<(String, AttachMode, XdpLinkId)>,
     pins: Option<PathBuf>,
 }
 
@@ -288,13 +289,16 @@ impl Datapath {
             depth: vec![0; 1 << 24],
             long_count: FxHashMap::default(),
             ncpus: aya::util::nr_cpus().map_err(|(m, e)| anyhow!("{m}: {e}"))?,
-            link: None,
+            links: Vec::new(),
             pins: pins.map(Path::to_path_buf),
         })
     }
 
-    /// Attaches to `iface`. Errors name the interface and the reason.
+    /// Attaches to `iface` (one more interface). Errors name the interface and the reason.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<()> {
+        if self.links.iter().any(|(i, ..)| i == iface) {
+            bail!("xlb is already attached to '{iface}'");
+        }
         let c = std::ffi::CString::new(iface).context("interface name")?;
         // SAFETY: c is a valid C string.
         if unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
@@ -310,23 +314,41 @@ impl Datapath {
             .expect("loaded")
             .try_into()?;
         let link = prog.attach(iface, flags).map_err(|e| {
-            anyhow!("interface '{iface}' refused XDP in {mode:?} mode: {e} (try --mode generic)")
+            anyhow!("interface '{iface}' refused XDP in {mode:?} mode: {e} (try --mode generic, or mode = \"generic\" in the configuration)")
         })?;
-        self.link = Some(link);
+        self.links.push((iface.to_string(), mode, link));
         Ok(())
     }
 
-    /// Detaches from the interface (if attached).
+    /// The interfaces the program is attached to, in attach order.
+    pub fn attached(&self) -> Vec<(String, AttachMode)> {
+        self.links.iter().map(|(i, m, _)| (i.clone(), *m)).collect()
+    }
+
+    /// Detaches from one interface (if attached).
+    pub fn detach_from(&mut self, iface: &str) -> Result<()> {
+        let Some(i) = self.links.iter().position(|(n, ..)| n == iface) else {
+            return Ok(());
+        };
+        let (_, _, link) = self.links.remove(i);
+        let prog: &mut Xdp = self
+            .bpf
+            .program_mut(PROG_NAME)
+            .expect("loaded")
+            .try_into()?;
+        prog.detach(link)
+            .with_context(|| format!("detaching XDP from '{iface}'"))
+    }
+
+    /// Detaches from every interface.
     pub fn detach(&mut self) -> Result<()> {
-        if let Some(link) = self.link.take() {
-            let prog: &mut Xdp = self
-                .bpf
-                .program_mut(PROG_NAME)
-                .expect("loaded")
-                .try_into()?;
-            prog.detach(link).context("detaching XDP")?;
+        let mut first_error = None;
+        for (iface, ..) in self.attached().into_iter().rev() {
+            if let Err(e) = self.detach_from(&iface) {
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Removes the pins made by `pin`.

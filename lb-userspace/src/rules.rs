@@ -251,9 +251,10 @@ impl fmt::Display for Match {
     }
 }
 
-/// A port spec (`80/tcp`) or else a prefix.
+/// A port spec (`80/tcp`; anything ending in `/` and letters) or else a prefix.
 pub fn parse_target(s: &str) -> Result<Target, RuleError> {
-    if s.ends_with("/tcp") || s.ends_with("/udp") {
+    let proto = s.rsplit_once('/').map_or("", |(_, p)| p);
+    if !proto.is_empty() && proto.chars().all(|c| c.is_ascii_alphabetic()) {
         Ok(Target::Port(s.parse()?))
     } else {
         Ok(Target::Prefix(s.parse()?))

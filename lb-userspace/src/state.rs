@@ -8,30 +8,96 @@
 //! malformed deny
 //! rule 1 deny 192.0.2.0/24
 //! rule 2 except 22/tcp
+//! service 198.51.100.10:80/tcp nat
+//! backend 198.51.100.10:80/tcp 203.0.113.11:8080 weight=1
+//! backend 198.51.100.10:80/tcp 203.0.113.12:8080 weight=1
+//! backup 198.51.100.10:80/tcp 203.0.113.12:8080
+//! drained 198.51.100.10:80/tcp 203.0.113.11:8080
+//! base deny 192.0.2.0/24
 //! ```
+//!
+//! `base` lines are the part of the state the configuration file manages, as the last
+//! file applied wrote it (its projection: policies, rules, services, backends): the next
+//! `xlb run --config` or reload applies diff(base, new file), written in the same file so
+//! the state and its base always change together.
 
 use std::{fmt::Write as _, io::Write, path::Path};
 
 use anyhow::{Context, Result, bail};
 
 use crate::{
+    config::Projection,
     rules::{Rule, RuleSet},
-    services::Services,
+    services::{BackendAddr, Services, Vip},
+    weights::Flags,
 };
 
-/// Everything the daemon stores: firewall rules and services.
+/// Everything the daemon stores: firewall rules and services, and the configuration
+/// file's projection they were last built from.
 #[derive(Clone, Debug, Default)]
 pub struct Stored {
     pub rules: RuleSet,
     pub services: Services,
+    /// Backends that serve only while their service's primaries are out.
+    pub backups: Flags,
+    /// Backends the operator drained (`xlb backend drain`).
+    pub drained: Flags,
+    pub base: Projection,
 }
 
-pub fn render(rules: &RuleSet, services: &Services) -> String {
+/// The stored state, borrowed.
+pub struct State<'a> {
+    pub rules: &'a RuleSet,
+    pub services: &'a Services,
+    pub backups: &'a Flags,
+    pub drained: &'a Flags,
+    pub base: &'a Projection,
+}
+
+impl Stored {
+    pub fn as_state(&self) -> State<'_> {
+        State {
+            rules: &self.rules,
+            services: &self.services,
+            backups: &self.backups,
+            drained: &self.drained,
+            base: &self.base,
+        }
+    }
+}
+
+pub fn render(st: &State) -> String {
+    let (rules, services, base) = (st.rules, st.services, st.base);
     let mut s = render_rules(rules);
     for svc in services.by_vip.values() {
         for line in svc.lines() {
             s.push_str(&line);
             s.push('\n');
+        }
+    }
+    for (word, flags) in [("backup", st.backups), ("drained", st.drained)] {
+        for (vip, b) in flags {
+            let _ = writeln!(s, "{word} {vip} {b}");
+        }
+    }
+    if *base != Projection::default() {
+        let _ = writeln!(s, "base default {}", base.default_policy);
+        let _ = writeln!(s, "base malformed {}", base.malformed_policy);
+        for (m, a) in &base.rules {
+            let rule = Rule {
+                id: 0,
+                matches: *m,
+                action: *a,
+            };
+            let _ = writeln!(s, "base {}", rule.line());
+        }
+        for svc in base.services.by_vip.values() {
+            for line in svc.lines() {
+                let _ = writeln!(s, "base {line}");
+            }
+        }
+        for (vip, b) in &base.backups {
+            let _ = writeln!(s, "base backup {vip} {b}");
         }
     }
     s
@@ -53,6 +119,8 @@ fn render_rules(rules: &RuleSet) -> String {
 pub fn parse(text: &str) -> Result<Stored> {
     let mut rules = RuleSet::default();
     let mut services = Services::default();
+    let mut base = Projection::default();
+    let (mut backups, mut drained) = (Flags::new(), Flags::new());
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -84,11 +152,60 @@ pub fn parse(text: &str) -> Result<Stored> {
                 });
             }
             "service" | "backend" => services.parse_line(line).map_err(|e| fail(&e))?,
+            "backup" => {
+                backups.insert(parse_flag(&services, rest.trim()).map_err(|e| fail(&e))?);
+            }
+            "drained" => {
+                drained.insert(parse_flag(&services, rest.trim()).map_err(|e| fail(&e))?);
+            }
+            "base" => parse_base(&mut base, rest.trim()).map_err(|e| fail(&e))?,
             _ => return Err(fail(&format!("unknown keyword '{word}'"))),
         }
     }
     rules.compact_free();
-    Ok(Stored { rules, services })
+    Ok(Stored {
+        rules,
+        services,
+        backups,
+        drained,
+        base,
+    })
+}
+
+/// `VIP BACKEND` of an existing backend.
+fn parse_flag(services: &Services, line: &str) -> Result<(Vip, BackendAddr)> {
+    let Some((vip, b)) = line.split_once(' ') else {
+        bail!("expected a service and a backend");
+    };
+    let (vip, b): (Vip, BackendAddr) = (vip.parse()?, b.trim().parse()?);
+    if !services
+        .by_vip
+        .get(&vip)
+        .is_some_and(|s| s.backends.contains_key(&b))
+    {
+        bail!("backend {b} of service {vip} is not in the state");
+    }
+    Ok((vip, b))
+}
+
+fn parse_base(base: &mut Projection, line: &str) -> Result<()> {
+    let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+    match word {
+        "default" => base.default_policy = rest.trim().parse()?,
+        "malformed" => base.malformed_policy = rest.trim().parse()?,
+        "service" | "backend" => base.services.parse_line(line)?,
+        "backup" => {
+            let flag = parse_flag(&base.services, rest.trim())?;
+            base.backups.insert(flag);
+        }
+        _ => {
+            let (m, a) = Rule::parse_line(line)?;
+            if base.rules.insert(m, a).is_some() {
+                bail!("duplicate base rule '{line}'");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads the state file; a missing file is an empty state.
@@ -100,7 +217,7 @@ pub fn load(path: &Path) -> Result<Stored> {
     }
 }
 
-pub fn save(path: &Path, rules: &RuleSet, services: &Services) -> Result<()> {
+pub fn save(path: &Path, st: &State) -> Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -112,7 +229,7 @@ pub fn save(path: &Path, rules: &RuleSet, services: &Services) -> Result<()> {
     let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(render(rules, services).as_bytes())?;
+        f.write_all(render(st).as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
         std::fs::File::open(dir)?.sync_all()
@@ -143,11 +260,36 @@ mod tests {
         services
             .parse_line("backend 192.0.2.10:80/tcp 203.0.113.11:8080 weight=3")
             .unwrap();
-        let back = parse(&render(&rules, &services)).unwrap();
-        assert_eq!(
-            render(&back.rules, &back.services),
-            render(&rules, &services)
+        let mut base = Projection {
+            malformed_policy: Action::Allow,
+            ..Default::default()
+        };
+        base.rules
+            .insert(Match::Port("80/tcp".parse().unwrap()), Action::Allow);
+        base.services = services.clone();
+        let flag = (
+            "192.0.2.10:80/tcp".parse().unwrap(),
+            "203.0.113.11:8080".parse().unwrap(),
         );
+        base.backups.insert(flag);
+        let stored = Stored {
+            rules,
+            services,
+            backups: [flag].into(),
+            drained: [flag].into(),
+            base,
+        };
+        let text = render(&stored.as_state());
+        assert!(text.contains("\nbase port allow 80/tcp\n"), "{text}");
+        assert!(
+            text.contains("\nbackup 192.0.2.10:80/tcp 203.0.113.11:8080\n"),
+            "{text}"
+        );
+        let back = parse(&text).unwrap();
+        assert_eq!(render(&back.as_state()), text);
+        assert_eq!(back.base, stored.base);
+        assert_eq!(back.drained, stored.drained);
+        let services = stored.services;
         assert_eq!(back.rules.default_policy, Action::Deny);
         assert_eq!(
             back.rules.rules().map(|r| r.id).collect::<Vec<_>>(),
@@ -162,6 +304,8 @@ mod tests {
         assert!(e.to_string().starts_with("line 2:"), "{e}");
         assert!(parse("bogus\n").is_err());
         assert!(parse("rule 0 deny 192.0.2.0/24\n").is_err());
+        let e = parse("backup 192.0.2.10:80/tcp 203.0.113.11:8080\n").unwrap_err();
+        assert!(e.to_string().contains("not in the state"), "{e}");
     }
 
     #[test]
@@ -171,7 +315,11 @@ mod tests {
         let mut rules = RuleSet::default();
         let (m, a) = Rule::parse_line("deny 2001:db8::/32").unwrap();
         rules.upsert(m, a).unwrap();
-        save(&path, &rules, &Services::default()).unwrap();
+        let stored = Stored {
+            rules,
+            ..Default::default()
+        };
+        save(&path, &stored.as_state()).unwrap();
         assert_eq!(load(&path).unwrap().rules.len(), 1);
         assert!(!dir.join(".state.tmp").exists());
         std::fs::remove_dir_all(&dir).unwrap();

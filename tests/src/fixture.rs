@@ -256,6 +256,7 @@ impl Lb {
             vip: vip.into(),
             backend: b.into(),
             weight,
+            backup: false,
         });
     }
     pub fn del_backend(&mut self, vip: &str, b: &str) {

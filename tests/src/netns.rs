@@ -349,6 +349,14 @@ pub struct TestDir {
 }
 
 impl TestDir {
+    /// A private directory without a bpffs (for files only).
+    pub fn plain(tag: &str) -> Result<Self> {
+        CLEANUP.call_once(cleanup_stale);
+        let path = std::env::temp_dir().join(unique(tag));
+        std::fs::create_dir_all(&path)?;
+        Ok(TestDir { path })
+    }
+
     pub fn new(tag: &str) -> Result<Self> {
         CLEANUP.call_once(cleanup_stale);
         let path = std::env::temp_dir().join(unique(tag));
@@ -363,7 +371,9 @@ impl TestDir {
 
 impl Drop for TestDir {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.path.join("bpffs")).status();
+        if self.path.join("bpffs").exists() {
+            let _ = Command::new("umount").arg(self.path.join("bpffs")).status();
+        }
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
@@ -392,6 +402,14 @@ impl Daemon {
     /// Starts `xlb run` in `ns` on `iface` with its socket, state and pins in `dir`,
     /// and waits until the control socket answers.
     pub fn start(ns: &Netns, iface: &str, dir: &TestDir, extra: &[&str]) -> Result<Self> {
+        let mut args = vec!["--iface", iface];
+        args.extend_from_slice(extra);
+        Daemon::start_with(ns, dir, &args)
+    }
+
+    /// Starts `xlb run ARGS` in `ns` with its socket, state and pins in `dir` (e.g.
+    /// `--config FILE`), and waits until the control socket answers.
+    pub fn start_with(ns: &Netns, dir: &TestDir, args: &[&str]) -> Result<Self> {
         let socket = dir.path.join("xlb.sock");
         let log = dir.path.join("xlb.log");
         let logf = std::fs::OpenOptions::new()
@@ -404,14 +422,12 @@ impl Daemon {
             "--socket",
             socket.to_str().unwrap(),
             "run",
-            "--iface",
-            iface,
         ]);
         cmd.arg("--bpffs")
             .arg(dir.path.join("bpffs/xlb"))
             .arg("--state")
             .arg(dir.path.join("state"))
-            .args(extra)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(logf);
         // If the test process dies without dropping us (SIGKILL, abort), the daemon gets
@@ -453,6 +469,17 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The daemon's pid (`ip netns exec` execs xlb).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends a signal to the daemon.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid() as i32, sig) };
     }
 
     /// Runs the xlb CLI against this daemon.

@@ -189,7 +189,15 @@ impl Topology {
         )?;
         h.run(&["ethtool", "-K", "w0", "tx", "off"])?;
         h.run(&["ip", "route", "add", "default", "via", "203.0.113.1"])?;
-        h.run(&["ip", "-6", "route", "add", "default", "via", "2001:db8:b::1"])?;
+        h.run(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "2001:db8:b::1",
+        ])?;
         self.switch
             .run(&["ip", "link", "set", &port, "master", "br0"])?;
         Ok(h)

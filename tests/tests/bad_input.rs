@@ -1,15 +1,19 @@
 //! Bad input gets a one-line error naming the input and what is wrong, a non-zero exit,
-//! and changes nothing (checked through `xlb fw list --json` and `xlb vip list --json`).
+//! and changes nothing (checked through `xlb fw list --json`, `xlb vip list --json` and
+//! `xlb status --json`).
 
 use std::process::Command;
 
 use xlb_tests::netns::{Daemon, Netns, TestDir, sh, veth, xlb_bin};
 
-/// Everything the daemon holds: rules and services.
-fn state(xlb: &Daemon) -> (serde_json::Value, serde_json::Value) {
+/// Everything the daemon holds: rules, services, and its status (less the uptime).
+fn state(xlb: &Daemon) -> (serde_json::Value, serde_json::Value, serde_json::Value) {
+    let mut status = xlb.json(&["status", "--json"]);
+    status.as_object_mut().unwrap().remove("uptime_secs");
     (
         xlb.json(&["fw", "list", "--json"]),
         xlb.json(&["vip", "list", "--json"]),
+        status,
     )
 }
 
@@ -284,6 +288,36 @@ fn cli_refuses_bad_input_and_changes_nothing() {
             "203.0.113.1",
         ],
         "--snat is for fullnat services",
+    );
+    refused(
+        &xlb,
+        &[
+            "backend",
+            "drain",
+            "198.51.100.10:80/tcp",
+            "203.0.113.99:8080",
+        ],
+        "is not in service",
+    );
+    refused(
+        &xlb,
+        &[
+            "backend",
+            "enable",
+            "198.51.100.99:80/tcp",
+            "203.0.113.11:8080",
+        ],
+        "no service 198.51.100.99:80/tcp",
+    );
+    refused(
+        &xlb,
+        &["reload"],
+        "this daemon runs without a configuration file",
+    );
+    refused(
+        &xlb,
+        &["status", "--verbose"],
+        "unexpected argument '--verbose'",
     );
 
     // `xlb run` failures: unknown interface, a second daemon, bpffs missing, XDP refused.

@@ -301,6 +301,7 @@ fn monitoring(
             vip: vip.clone(),
             backend: format!("203.0.113.{}:80", 11 + i),
             weight: 1,
+            backup: false,
         });
     }
     let mut frame = Pkt::tcp("192.0.2.2", "198.51.100.20", 40000, 80).build();
@@ -559,6 +560,7 @@ fn xdp(args: &Args) -> Result<serde_json::Value> {
                 vip: vip.clone(),
                 backend: format!("203.0.113.{}:{port}", 11 + i),
                 weight: 1,
+                backup: false,
             });
         }
         let dst = vip.split(':').next().unwrap().to_string();

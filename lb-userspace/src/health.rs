@@ -1,0 +1,505 @@
+//! Health checks. Each checked backend has its own task that probes it every `interval`
+//! (a TCP connect, an HTTP or HTTPS GET answered with the expected status, or a TLS
+//! handshake), each probe bounded by `timeout`. Outcomes go to the daemon over a channel:
+//! probes never hold the daemon's lock, so the control API never waits for one.
+//!
+//! Up and down follow HAProxy: a backend starts up, goes down after `fall` failed checks
+//! in a row (or at its first check, if that fails), and comes back after `rise` good
+//! checks in a row. A down backend gets weight 0 (see `weights`): no new flows.
+//!
+//! HTTPS and TLS checks do not verify the backend's certificate (backends commonly have
+//! self-signed ones); they check that the backend completes a handshake and answers.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use rustls::{
+    DigitallySignedStruct, SignatureScheme,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, ServerName, UnixTime},
+};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
+    sync::mpsc,
+    task::JoinHandle,
+};
+
+use crate::{
+    config::{CheckKind, HealthCheck},
+    services::{BackendAddr, Vip},
+};
+
+/// One backend of a service with its service's check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub vip: Vip,
+    pub backend: BackendAddr,
+    pub check: HealthCheck,
+}
+
+impl Target {
+    /// Where the probe goes: the backend's address, the check's port or the backend's.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        let port = self.check.port.or(self.backend.port)?;
+        Some(SocketAddr::new(self.backend.addr, port))
+    }
+}
+
+/// One probe's result, for the target's task of generation `generation`.
+#[derive(Debug)]
+pub struct Outcome {
+    pub vip: Vip,
+    pub backend: BackendAddr,
+    pub generation: u64,
+    pub at: SystemTime,
+    /// What was seen ("HTTP 200"), or what went wrong.
+    pub result: Result<String, String>,
+}
+
+/// A checked backend's health.
+#[derive(Clone, Debug)]
+pub struct State {
+    /// The generation of the task whose outcomes count.
+    pub generation: u64,
+    pub up: bool,
+    /// HAProxy's counter: up while >= rise, from 0 to rise + fall - 1.
+    health: u32,
+    rise: u32,
+    fall: u32,
+    pub checks: u64,
+    pub last: Option<(SystemTime, Result<String, String>)>,
+    /// When it last went up or down (or started being checked).
+    pub since: SystemTime,
+}
+
+impl State {
+    pub fn new(generation: u64, check: &HealthCheck) -> State {
+        State {
+            generation,
+            up: true,
+            health: check.rise,
+            rise: check.rise,
+            fall: check.fall,
+            checks: 0,
+            last: None,
+            since: SystemTime::now(),
+        }
+    }
+
+    /// Records a probe's result; true when the backend went up or down.
+    pub fn record(&mut self, result: Result<String, String>, at: SystemTime) -> bool {
+        let ok = result.is_ok();
+        self.checks += 1;
+        self.last = Some((at, result));
+        let max = self.rise + self.fall - 1;
+        let was = self.up;
+        match (self.up, ok) {
+            (true, true) => self.health = max,
+            (true, false) => {
+                self.health = self.health.saturating_sub(1);
+                if self.health < self.rise {
+                    self.up = false;
+                    self.health = 0;
+                }
+            }
+            (false, true) => {
+                self.health += 1;
+                if self.health >= self.rise {
+                    self.up = true;
+                    self.health = max;
+                }
+            }
+            (false, false) => self.health = 0,
+        }
+        if was != self.up {
+            self.since = at;
+        }
+        was != self.up
+    }
+}
+
+struct Task {
+    target: Target,
+    generation: u64,
+    handle: JoinHandle<()>,
+}
+
+/// The running checks: one task per target.
+pub struct Checker {
+    rt: tokio::runtime::Handle,
+    tx: mpsc::UnboundedSender<Outcome>,
+    tasks: HashMap<(Vip, BackendAddr), Task>,
+    next_generation: u64,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl Checker {
+    /// A checker whose tasks run on `rt`, and the receiving end of their outcomes.
+    pub fn new(rt: tokio::runtime::Handle) -> (Checker, mpsc::UnboundedReceiver<Outcome>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let checker = Checker {
+            rt,
+            tx,
+            tasks: HashMap::new(),
+            next_generation: 1,
+            tls: tls_config(),
+        };
+        (checker, rx)
+    }
+
+    /// Runs exactly `targets`: starts the new ones, restarts the changed ones, stops the
+    /// others. Returns the generation each target's outcomes carry.
+    pub fn reconcile(&mut self, targets: Vec<Target>) -> HashMap<(Vip, BackendAddr), u64> {
+        let want: HashMap<(Vip, BackendAddr), Target> = targets
+            .into_iter()
+            .map(|t| ((t.vip, t.backend), t))
+            .collect();
+        self.tasks.retain(|k, task| {
+            let keep = want.get(k) == Some(&task.target);
+            if !keep {
+                task.handle.abort();
+            }
+            keep
+        });
+        for (k, t) in want {
+            if self.tasks.contains_key(&k) {
+                continue;
+            }
+            let generation = self.next_generation;
+            self.next_generation += 1;
+            let handle = self.rt.spawn(run(
+                t.clone(),
+                generation,
+                self.tls.clone(),
+                self.tx.clone(),
+            ));
+            self.tasks.insert(
+                k,
+                Task {
+                    target: t,
+                    generation,
+                    handle,
+                },
+            );
+        }
+        self.tasks.iter().map(|(k, t)| (*k, t.generation)).collect()
+    }
+}
+
+impl Drop for Checker {
+    fn drop(&mut self) {
+        for t in self.tasks.values() {
+            t.handle.abort();
+        }
+    }
+}
+
+async fn run(
+    t: Target,
+    generation: u64,
+    tls: Arc<rustls::ClientConfig>,
+    tx: mpsc::UnboundedSender<Outcome>,
+) {
+    let mut tick = tokio::time::interval(t.check.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let result = probe(&t, &tls).await;
+        let out = Outcome {
+            vip: t.vip,
+            backend: t.backend,
+            generation,
+            at: SystemTime::now(),
+            result,
+        };
+        if tx.send(out).is_err() {
+            return;
+        }
+    }
+}
+
+/// One check of `t`, within its timeout.
+pub async fn probe(t: &Target, tls: &Arc<rustls::ClientConfig>) -> Result<String, String> {
+    let timeout = t.check.timeout;
+    match tokio::time::timeout(timeout, probe_unbounded(t, tls)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {}", ms(timeout))),
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{} ms", d.as_millis())
+}
+
+async fn probe_unbounded(t: &Target, tls: &Arc<rustls::ClientConfig>) -> Result<String, String> {
+    let addr = t.addr().ok_or("no port to check (give the check a port)")?;
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    match t.check.kind {
+        CheckKind::Tcp => Ok("connected".into()),
+        CheckKind::Http => http_get(tcp, addr, &t.check).await,
+        CheckKind::Https => http_get(handshake(tcp, addr, tls).await?, addr, &t.check).await,
+        CheckKind::Tls => handshake(tcp, addr, tls)
+            .await
+            .map(|_| "TLS handshake done".into()),
+    }
+}
+
+async fn handshake(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+        .await
+        .map_err(|e| format!("TLS handshake with {addr}: {e}"))
+}
+
+/// `GET path` with `Connection: close`; Ok if the status is the expected one.
+async fn http_get<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    addr: SocketAddr,
+    check: &HealthCheck,
+) -> Result<String, String> {
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: xlb-health-check\r\nConnection: close\r\n\r\n",
+        check.path
+    );
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("sending the request: {e}"))?;
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 512];
+    while !head.contains(&b'\n') && head.len() < 4096 {
+        let n = s
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("reading the answer: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&chunk[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let line = line.lines().next().unwrap_or("").trim();
+    let status: u16 = line
+        .strip_prefix("HTTP/1.")
+        .and_then(|r| r.get(2..5))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("not an HTTP answer: '{}'", line.escape_debug()))?;
+    if status == check.expect_status {
+        Ok(format!("HTTP {status}"))
+    } else {
+        Err(format!("HTTP {status}, expected {}", check.expect_status))
+    }
+}
+
+/// Accepts any certificate, but checks the handshake's signatures.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn tls_config() -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("the default provider supports the default versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(kind: CheckKind, rise: u32, fall: u32) -> HealthCheck {
+        HealthCheck {
+            kind,
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_secs(2),
+            rise,
+            fall,
+            port: None,
+            path: "/health".into(),
+            expect_status: 200,
+        }
+    }
+
+    #[test]
+    fn rise_and_fall_follow_haproxy() {
+        let now = SystemTime::now();
+        let mut s = State::new(1, &check(CheckKind::Tcp, 2, 3));
+        let ok = || Ok("ok".to_string());
+        let bad = || Err("bad".to_string());
+        assert!(s.up);
+        assert!(!s.record(ok(), now));
+        // fall = 3 failures in a row; a success in between starts over.
+        assert!(!s.record(bad(), now));
+        assert!(!s.record(bad(), now));
+        assert!(!s.record(ok(), now));
+        assert!(!s.record(bad(), now));
+        assert!(!s.record(bad(), now));
+        assert!(s.record(bad(), now));
+        assert!(!s.up);
+        // rise = 2 successes in a row.
+        assert!(!s.record(ok(), now));
+        assert!(!s.record(bad(), now));
+        assert!(!s.record(ok(), now));
+        assert!(s.record(ok(), now));
+        assert!(s.up);
+        // A failed first check takes a new backend down at once.
+        let mut s = State::new(2, &check(CheckKind::Tcp, 2, 3));
+        assert!(s.record(bad(), now));
+        assert_eq!(s.checks, 1);
+    }
+
+    fn target(kind: CheckKind, addr: SocketAddr) -> Target {
+        Target {
+            vip: "192.0.2.10:80/tcp".parse().unwrap(),
+            backend: BackendAddr {
+                addr: addr.ip(),
+                port: Some(addr.port()),
+            },
+            check: check(kind, 1, 1),
+        }
+    }
+
+    /// A server on 127.0.0.1 answering each connection with `status` (over TLS when
+    /// `tls`), and what it received.
+    async fn server(status: u16, tls: bool) -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let acceptor = tls.then(|| {
+            let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+            let key =
+                rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+            let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .unwrap();
+            tokio_rustls::TlsAcceptor::from(Arc::new(config))
+        });
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let answer = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
+                    let mut buf = [0u8; 1024];
+                    match acceptor {
+                        Some(a) => {
+                            let Ok(mut s) = a.accept(s).await else { return };
+                            let _ = s.read(&mut buf).await;
+                            let _ = s.write_all(answer.as_bytes()).await;
+                            let _ = s.shutdown().await;
+                        }
+                        None => {
+                            let mut s = s;
+                            let _ = s.read(&mut buf).await;
+                            let _ = s.write_all(answer.as_bytes()).await;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn probes_of_every_kind() {
+        let tls = tls_config();
+        let plain = server(200, false).await;
+        let secure = server(200, true).await;
+        let wrong = server(503, false).await;
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let p = |kind, addr| {
+            let t = target(kind, addr);
+            let tls = tls.clone();
+            async move { probe(&t, &tls).await }
+        };
+        assert_eq!(p(CheckKind::Tcp, plain).await, Ok("connected".into()));
+        assert!(
+            p(CheckKind::Tcp, closed)
+                .await
+                .unwrap_err()
+                .contains("refused")
+        );
+        assert_eq!(p(CheckKind::Http, plain).await, Ok("HTTP 200".into()));
+        assert_eq!(
+            p(CheckKind::Http, wrong).await,
+            Err("HTTP 503, expected 200".into())
+        );
+        assert_eq!(p(CheckKind::Https, secure).await, Ok("HTTP 200".into()));
+        assert_eq!(
+            p(CheckKind::Tls, secure).await,
+            Ok("TLS handshake done".into())
+        );
+        assert!(
+            p(CheckKind::Tls, plain)
+                .await
+                .unwrap_err()
+                .contains("TLS handshake")
+        );
+    }
+}

@@ -1,0 +1,241 @@
+//! Health checks end to end: real backends in namespaces that stop and start answering,
+//! traffic that follows their health, backups that serve only while every primary is
+//! down, and the operator's drain and enable.
+
+use std::{
+    collections::HashMap,
+    net::{SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use xlb_tests::{
+    netns::{Daemon, NsServer, http_get, in_ns},
+    topology::{Backends, Topology, backend_v4},
+};
+
+const SVC: &str = "198.51.100.10:80/tcp";
+const CONNECTIONS: usize = 300;
+
+/// The reference topology's x0 and a nat service over web(i) (backup when flagged),
+/// checked with `check` (the `[service.health]` lines; none if empty).
+fn config(check: &str, backends: &[(usize, bool)]) -> String {
+    let mut s = format!(
+        "[[interface]]\nname = \"x0\"\n\n[[service]]\naddress = \"{SVC}\"\nmode = \"nat\"\n"
+    );
+    if !check.is_empty() {
+        s += &format!("[service.health]\n{check}\n");
+    }
+    for (i, backup) in backends {
+        s += &format!(
+            "[[service.backend]]\naddress = \"{}:8080\"\nbackup = {backup}\n",
+            backend_v4(*i)
+        );
+    }
+    s
+}
+
+fn start(t: &Topology, text: &str) -> Daemon {
+    let file = t.dir.path.join("xlb.toml");
+    std::fs::write(&file, text).unwrap();
+    let xlb = Daemon::start_with(&t.edge, &t.dir, &["--config", file.to_str().unwrap()]).unwrap();
+    let addrs: Vec<String> = (0..t.backends.len()).map(backend_v4).collect();
+    t.wait_neighbours(&addrs).unwrap();
+    xlb
+}
+
+fn ok(xlb: &Daemon, args: &[&str]) {
+    let out = xlb.cli(args);
+    assert!(
+        out.status.success(),
+        "xlb {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The service's backends as `xlb status --json` shows them, by backend index.
+fn backends(xlb: &Daemon) -> Vec<Value> {
+    let v = xlb.json(&["status", "--json"]);
+    v["services"][0]["backends"].as_array().unwrap().clone()
+}
+
+fn state(xlb: &Daemon, i: usize) -> String {
+    let want = format!("{}:8080", backend_v4(i));
+    backends(xlb)
+        .iter()
+        .find(|b| b["backend"] == want.as_str())
+        .map(|b| b["state"].as_str().unwrap().to_string())
+        .unwrap_or_else(|| panic!("no backend {want}"))
+}
+
+/// Polls `f` until it holds (a readiness check; the deadline only stops a hang).
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !f() {
+        assert!(Instant::now() < deadline, "waited 60 s for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until every backend has been checked at least `n` times.
+fn wait_checked(xlb: &Daemon, n: u64) {
+    wait_for("checks of every backend", || {
+        backends(xlb)
+            .iter()
+            .all(|b| b["health"]["checks"].as_u64().unwrap_or(0) >= n)
+    });
+}
+
+/// CONNECTIONS connections from the client, one GET each: answers per backend.
+fn spread(t: &Topology) -> HashMap<String, usize> {
+    let vip: SocketAddr = "198.51.100.10:80".parse().unwrap();
+    in_ns(&t.client, move || {
+        let mut count = HashMap::new();
+        for _ in 0..CONNECTIONS {
+            let mut s = TcpStream::connect_timeout(&vip, Duration::from_secs(3))
+                .expect("connect to the service");
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            *count
+                .entry(http_get(&mut s).expect("a response"))
+                .or_insert(0) += 1;
+        }
+        count
+    })
+    .unwrap()
+}
+
+fn web(t: &Topology, i: usize) -> NsServer {
+    NsServer::http(&t.backends[i], "[::]:8080", &format!("web{}", i + 1)).unwrap()
+}
+
+#[test]
+fn http_checks_take_a_dead_backend_out_and_bring_it_back() {
+    let mut t = Topology::build("hc", 3, 8080, Backends::ViaEdge).unwrap();
+    let check = "kind = \"http\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nrise = 2\nfall = 2\npath = \"/health\"";
+    let xlb = start(&t, &config(check, &[(0, false), (1, false), (2, false)]));
+    wait_checked(&xlb, 1);
+    assert!((0..3).all(|i| state(&xlb, i) == "up"));
+    let count = spread(&t);
+    assert_eq!(count.len(), 3, "{count:?}");
+
+    // web2 stops answering: down after `fall` failed checks, no new flows.
+    drop(t.servers.remove(1));
+    wait_for("web2 down", || state(&xlb, 1) == "down");
+    let b = &backends(&xlb)[1];
+    assert_eq!(b["effective_weight"], 0);
+    assert!(
+        b["health"]["last"]
+            .as_str()
+            .unwrap()
+            .contains("connecting to 203.0.113.12:8080"),
+        "{b}"
+    );
+    let count = spread(&t);
+    assert!(!count.contains_key("web2"), "{count:?}");
+    assert!(
+        count.contains_key("web1") && count.contains_key("web3"),
+        "{count:?}"
+    );
+    let human = String::from_utf8_lossy(&xlb.cli(&["backend", "list"]).stdout).to_string();
+    assert!(human.contains("down"), "{human}");
+
+    // web2 answers again: up after `rise` good checks, and takes flows.
+    t.servers.insert(1, web(&t, 1));
+    wait_for("web2 up", || state(&xlb, 1) == "up");
+    let count = spread(&t);
+    assert_eq!(count.len(), 3, "{count:?}");
+
+    // A reload that expects another status: every backend fails its check.
+    let file = t.dir.path.join("xlb.toml");
+    let wrong = check.replace("path = \"/health\"", "expect_status = 204");
+    std::fs::write(&file, config(&wrong, &[(0, false), (1, false), (2, false)])).unwrap();
+    ok(&xlb, &["reload"]);
+    wait_for("every backend down", || {
+        (0..3).all(|i| state(&xlb, i) == "down")
+    });
+    assert_eq!(
+        backends(&xlb)[0]["health"]["last"],
+        "HTTP 200, expected 204"
+    );
+    std::fs::write(&file, config(check, &[(0, false), (1, false), (2, false)])).unwrap();
+    ok(&xlb, &["reload"]);
+    wait_for("every backend up", || {
+        (0..3).all(|i| state(&xlb, i) == "up")
+    });
+    assert_eq!(spread(&t).len(), 3);
+}
+
+#[test]
+fn backups_serve_only_while_every_primary_is_down() {
+    let mut t = Topology::build("backup", 3, 8080, Backends::ViaEdge).unwrap();
+    let check = "kind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nrise = 1\nfall = 1";
+    let xlb = start(&t, &config(check, &[(0, false), (1, false), (2, true)]));
+    wait_checked(&xlb, 1);
+    assert_eq!(backends(&xlb)[2]["backup"], true);
+    assert_eq!(backends(&xlb)[2]["effective_weight"], 0);
+    let count = spread(&t);
+    assert!(
+        !count.contains_key("web3"),
+        "the backup stands by: {count:?}"
+    );
+    assert_eq!(count.len(), 2, "{count:?}");
+
+    // Both primaries down: the backup takes every new flow.
+    drop(t.servers.remove(1));
+    drop(t.servers.remove(0));
+    wait_for("web1 and web2 down", || {
+        state(&xlb, 0) == "down" && state(&xlb, 1) == "down"
+    });
+    let count = spread(&t);
+    assert_eq!(count.get("web3"), Some(&CONNECTIONS), "{count:?}");
+
+    // One primary back: the backup stands by again.
+    t.servers.insert(0, web(&t, 0));
+    wait_for("web1 up", || state(&xlb, 0) == "up");
+    let count = spread(&t);
+    assert_eq!(count.get("web1"), Some(&CONNECTIONS), "{count:?}");
+}
+
+#[test]
+fn the_operator_drains_and_enables_a_backend() {
+    let t = Topology::build("drain", 3, 8080, Backends::ViaEdge).unwrap();
+    let mut xlb = start(&t, &config("", &[(0, false), (1, false), (2, false)]));
+    assert_eq!(state(&xlb, 0), "unchecked");
+    // A keep-alive connection on web1.
+    let vip: SocketAddr = "198.51.100.10:80".parse().unwrap();
+    let mut on_web1 = in_ns(&t.client, move || {
+        (0..200)
+            .find_map(|_| {
+                let mut s = TcpStream::connect_timeout(&vip, Duration::from_secs(3)).ok()?;
+                s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+                (http_get(&mut s).ok()? == "web1").then_some(s)
+            })
+            .expect("a connection on web1")
+    })
+    .unwrap();
+
+    let web1 = format!("{}:8080", backend_v4(0));
+    ok(&xlb, &["backend", "drain", SVC, &web1]);
+    assert_eq!(state(&xlb, 0), "drained");
+    // Its established flow stays; new flows go elsewhere.
+    assert_eq!(http_get(&mut on_web1).unwrap(), "web1");
+    let count = spread(&t);
+    assert!(!count.contains_key("web1"), "{count:?}");
+    // Unknown backends are refused and change nothing.
+    let before = xlb.json(&["vip", "list", "--json"]);
+    let out = xlb.cli(&["backend", "drain", SVC, "203.0.113.99:8080"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not in service"),
+        "{out:?}"
+    );
+    assert_eq!(xlb.json(&["vip", "list", "--json"]), before);
+
+    // Kept across a restart.
+    xlb.stop().unwrap();
+    let file = t.dir.path.join("xlb.toml");
+    let xlb = Daemon::start_with(&t.edge, &t.dir, &["--config", file.to_str().unwrap()]).unwrap();
+    assert_eq!(state(&xlb, 0), "drained");
+    ok(&xlb, &["backend", "enable", SVC, &web1]);
+    assert_eq!(state(&xlb, 0), "unchecked");
+    assert_eq!(spread(&t).len(), 3);
+}
