@@ -532,7 +532,9 @@ impl Edge {
         let detail = match &o.result {
             Ok(s) | Err(s) => s.clone(),
         };
-        if !state.record(o.result, o.at) {
+        let changed = state.record(o.result, o.at);
+        crate::metrics::global().backend_health(&o.vip, &o.backend, state.up, o.latency);
+        if !changed {
             return;
         }
         if state.up {

@@ -60,6 +60,8 @@ pub struct Outcome {
     pub at: SystemTime,
     /// What was seen ("HTTP 200"), or what went wrong.
     pub result: Result<String, String>,
+    /// How long the probe took.
+    pub latency: std::time::Duration,
 }
 
 /// A checked backend's health.
@@ -210,6 +212,7 @@ async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let started = std::time::Instant::now();
         let result = probe(&t, &tls).await;
         let out = Outcome {
             vip: t.vip,
@@ -217,6 +220,7 @@ async fn run(
             generation,
             at: SystemTime::now(),
             result,
+            latency: started.elapsed(),
         };
         if tx.send(out).is_err() {
             return;
