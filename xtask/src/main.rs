@@ -77,11 +77,15 @@ enum Task {
     },
     /// fmt --check and clippy -D warnings on the workspace and on the kernel crate.
     Lint,
-    /// Build a small topology in namespaces and run xlb on it, narrated.
+    /// The reference deployment in namespaces with xlb at its edge, narrated.
     Demo {
         /// Run this many seconds, then clean up (default: until Ctrl-C).
         #[arg(long)]
         duration: Option<u64>,
+        /// After the tour, leave everything running and print how to poke at it
+        /// (Ctrl-C cleans up).
+        #[arg(long, conflicts_with = "duration")]
+        keep: bool,
     },
     /// Measure the datapath (BPF_PROG_TEST_RUN) and the https service (beside nginx,
     /// plus testssl.sh) against their baselines; writes target/bench.json.
@@ -353,7 +357,7 @@ fn main() -> Result<()> {
                 )
                 .env("CARGO_TARGET_DIR", root().join("target/bpf-clippy")))
         }
-        Task::Demo { duration } => {
+        Task::Demo { duration, keep } => {
             setup()?;
             need_root("demo")?;
             run(cargo().args(["build", "--release", "--bins"]))?;
@@ -361,6 +365,9 @@ fn main() -> Result<()> {
             c.env("XLB_BIN", root().join("target/release/xlb"));
             if let Some(d) = duration {
                 c.args(["--duration", &d.to_string()]);
+            }
+            if keep {
+                c.arg("--keep");
             }
             let res = run(&mut c);
             cleanup_leftovers();

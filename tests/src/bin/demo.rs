@@ -1,38 +1,53 @@
-//! `cargo xtask demo`: the reference edge in network namespaces. A client and an
-//! attacker share a switch with the xlb edge and three web servers; xlb loads its
-//! embedded default rules, balances a service over web1..web3 (nat), drops the attacker
-//! in XDP, answers pings to the service address, and counts everything. All of it is
-//! removed when the demo stops (Ctrl-C or --duration).
+//! `cargo xtask demo`: the reference deployment in network namespaces, xlb at its edge
+//! with its embedded default configuration (tests/demo/edge.toml), narrated:
 //!
 //! ```text
-//!   client   192.0.2.2   ─┐                      ┌─ web1 203.0.113.11:8080
-//!   attacker 192.0.2.166 ─┼─ switch ─ edge (xlb) ─┼─ web2 203.0.113.12:8080
-//!                         │   service 198.51.100.10:80/tcp └─ web3 203.0.113.13:8080
+//!   client   192.0.2.2   ─┐                       ┌─ web1..web3 203.0.113.11-13
+//!   attacker 192.0.2.166 ─┼─ switch ─ edge (xlb) ─┤    (HTTP :8080, HTTPS :8443)
+//!                         │                       ├─ db1 203.0.113.21:5432 (primary)
+//!                         │                       └─ db2 203.0.113.22:5432 (replica)
+//!   services: 198.51.100.10:80 web (nat), 198.51.100.20:5432 database (nat, backup),
+//!             https://198.51.100.30 (TLS ended by xlb, encrypted again to web1..web3)
+//!   Prometheus on the edge scrapes xlb's /metrics.
 //! ```
+//!
+//! It shows requests spread over web1..web3, the attacker dropped, HTTPS verified with
+//! the demo CA, the database primary killed and the replica taking over (and back), and
+//! the metrics that moved. Everything it made is removed when it stops (Ctrl-C,
+//! `--duration`); `--keep` leaves it running and prints how to poke at it.
 
 use std::{
     collections::BTreeMap,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
 use xlb_tests::{
-    netns::{Daemon, Netns},
+    netns::{Daemon, Netns, NsServer, Spawned, wait_until, xlb_bin},
+    tls::{Pki, https_backend},
     topology::{Backends, Topology, backend_v4},
 };
 
-/// The rules the demo edge starts with (embedded in the binary).
-const EDGE_RULES: &str = include_str!("../../demo/edge.rules");
-const SERVICE: &str = "198.51.100.10:80/tcp";
-const URL: &str = "http://198.51.100.10/";
+/// The edge's configuration (embedded in the binary).
+const EDGE_CONFIG: &str = include_str!("../../demo/edge.toml");
+const WEB: &str = "http://198.51.100.10/";
+const DB: &str = "http://198.51.100.20:5432/";
+const HTTPS_HOST: &str = "www.demo.example";
+const HTTPS_ADDR: &str = "198.51.100.30";
 
 #[derive(Parser)]
 struct Args {
-    /// Seconds to keep traffic running before cleaning up (default: until Ctrl-C).
+    /// Seconds of steady traffic after the tour, then clean up (default: until Ctrl-C).
     #[arg(long)]
     duration: Option<u64>,
+    /// After the tour, leave everything running and print how to poke at it.
+    #[arg(long)]
+    keep: bool,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -50,7 +65,7 @@ fn show(xlb: &Daemon, args: &[&str]) -> Result<()> {
     let out = xlb.cli(args);
     print!("{}", String::from_utf8_lossy(&out.stdout));
     if !out.status.success() {
-        anyhow::bail!("xlb {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        bail!("xlb {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
 }
@@ -58,93 +73,196 @@ fn show(xlb: &Daemon, args: &[&str]) -> Result<()> {
 fn probe(who: &str, ns: &Netns, url: &str) -> Option<String> {
     match ns.curl(url) {
         Ok(body) => {
-            println!("  {who:<9} curl {url:<24} -> 200 \"{body}\"");
+            println!("  {who:<9} curl {url:<30} -> 200 \"{body}\"");
             Some(body)
         }
         Err(_) => {
-            println!("  {who:<9} curl {url:<24} -> no answer (dropped by xlb)");
+            println!("  {who:<9} curl {url:<30} -> no answer (dropped by xlb)");
             None
         }
     }
 }
 
 /// `n` requests from the client: who answered how often.
-fn spread(client: &Netns, n: usize) -> BTreeMap<String, usize> {
+fn spread(client: &Netns, url: &str, n: usize) -> BTreeMap<String, usize> {
     let mut count = BTreeMap::new();
     for _ in 0..n {
-        let who = client.curl(URL).unwrap_or_else(|_| "(no answer)".into());
+        let who = client.curl(url).unwrap_or_else(|_| "(no answer)".into());
         *count.entry(who).or_insert(0) += 1;
     }
     count
+}
+
+/// The client's HTTPS request, verified against the demo CA.
+fn https(client: &Netns, ca: &str) -> Result<String> {
+    client.run(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "5",
+        "--cacert",
+        ca,
+        "--resolve",
+        &format!("{HTTPS_HOST}:443:{HTTPS_ADDR}"),
+        &format!("https://{HTTPS_HOST}/"),
+    ])
+}
+
+/// A Prometheus instant query run on the edge: (labels, value) per series.
+fn query(edge: &Netns, q: &str) -> Result<Vec<(String, f64)>> {
+    let out = edge.run(&[
+        "curl",
+        "-sf",
+        "--max-time",
+        "5",
+        "-G",
+        "http://127.0.0.1:9090/api/v1/query",
+        "--data-urlencode",
+        &format!("query={q}"),
+    ])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    Ok(v["data"]["result"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let labels = r["metric"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            let value = r["value"][1]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(f64::NAN);
+            (labels, value)
+        })
+        .collect())
+}
+
+fn db_server(db: &Netns, name: &str) -> Result<NsServer> {
+    NsServer::http(db, "[::]:5432", name)
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {
-        libc::signal(
-            libc::SIGINT,
-            on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
-        );
-        libc::signal(
-            libc::SIGTERM,
-            on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
-        );
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            libc::signal(
+                sig,
+                on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            );
+        }
     }
 
-    step("building the reference topology in network namespaces");
+    step("building the reference deployment in network namespaces");
     let t = Topology::build("demo", 3, 8080, Backends::ViaEdge)?;
+    let db1 = t.add_host("db1", "203.0.113.21", "2001:db8:b::21")?;
+    let db2 = t.add_host("db2", "203.0.113.22", "2001:db8:b::22")?;
+    t.edge.run(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{HTTPS_ADDR}/32"),
+        "dev",
+        "lo",
+    ])?;
     println!("  client   192.0.2.2     ({})", t.client.name);
     println!("  attacker 192.0.2.166   ({})", t.attacker.name);
     println!(
         "  edge     xlb on x0: 192.0.2.1 (clients), 203.0.113.1 (servers)   ({})",
         t.edge.name
     );
+
+    // A private CA: the edge's certificate for users, the web servers' for xlb.
+    let dir = t.dir.path.clone();
+    let pki = Pki::new(&dir, "demo")?;
+    pki.issue("www", &[HTTPS_HOST])?;
+    let web_cert = pki.issue("web", &["web.internal"])?;
+    let mut servers = Vec::new();
     for (i, b) in t.backends.iter().enumerate() {
+        let name = format!("web{}", i + 1);
+        let tls = web_cert.server_config(None)?;
+        servers.push(https_backend(
+            b,
+            "[::]:8443",
+            &name,
+            tls,
+            Arc::new(AtomicUsize::new(0)),
+        )?);
         println!(
-            "  web{}     {}:8080, answers \"web{}\"   ({})",
-            i + 1,
+            "  {name}     {}: HTTP :8080, HTTPS :8443 (certificate web.internal), answers \"{name}\"   ({})",
             backend_v4(i),
-            i + 1,
             b.name
         );
     }
+    let mut primary = Some(db_server(&db1, "db1 (primary)")?);
+    let _replica = db_server(&db2, "db2 (replica)")?;
+    println!("  db1      203.0.113.21:5432 primary   ({})", db1.name);
+    println!("  db2      203.0.113.22:5432 replica   ({})", db2.name);
 
-    step("starting xlb on the edge (native XDP on x0)");
-    let xlb = Daemon::start(&t.edge, "x0", &t.dir, &[])?;
-    println!("  xlb run --iface x0   (log: {})", xlb.log.display());
-
-    step("the firewall: embedded default rules");
-    let rules = t.dir.path.join("edge.rules");
-    std::fs::write(&rules, EDGE_RULES).context("writing the rules file")?;
-    show(&xlb, &["fw", "load", rules.to_str().unwrap()])?;
-    show(&xlb, &["fw", "except", "22/tcp"])?;
-    show(&xlb, &["fw", "port", "deny", "23/tcp"])?;
-    show(&xlb, &["fw", "list"])?;
-
-    step("the load balancer: one service over web1..web3 (nat: replies come back through xlb)");
-    show(&xlb, &["vip", "add", SERVICE, "--mode", "nat"])?;
-    let mut addrs = Vec::new();
-    for i in 0..3 {
-        show(
-            &xlb,
-            &[
-                "backend",
-                "add",
-                SERVICE,
-                &format!("{}:8080", backend_v4(i)),
-            ],
-        )?;
-        addrs.push(backend_v4(i));
-    }
+    step("starting xlb on the edge with its embedded configuration");
+    let config = dir.join("edge.toml");
+    std::fs::write(
+        &config,
+        EDGE_CONFIG.replace("{dir}", dir.to_str().context("directory")?),
+    )?;
+    let xlb = Daemon::start(
+        &t.edge,
+        "x0",
+        &t.dir,
+        &["--config", config.to_str().unwrap()],
+    )?;
+    println!(
+        "  xlb run --iface x0 --config {}   (log: {})",
+        config.display(),
+        xlb.log.display()
+    );
+    let addrs: Vec<String> = (0..3)
+        .map(backend_v4)
+        .chain(["203.0.113.21".into(), "203.0.113.22".into()])
+        .collect();
     t.wait_neighbours(&addrs)?;
-    show(&xlb, &["vip", "list"])?;
+    // Health checks bring the backends up (rise 2).
+    wait_until("backends up", Duration::from_secs(15), || {
+        t.client.curl(WEB).is_ok() && t.client.curl(DB).is_ok()
+    })?;
+    show(&xlb, &["status"])?;
 
-    step("traffic: requests spread over the web servers, the attacker is dropped in XDP");
-    for (who, n) in spread(&t.client, 30) {
+    step("Prometheus on the edge, scraping xlb's /metrics every second");
+    let prom_conf = dir.join("prometheus.yml");
+    std::fs::write(
+        &prom_conf,
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: xlb\n    static_configs:\n      - targets: ['127.0.0.1:9100']\n",
+    )?;
+    let prom_data = dir.join("prometheus-data");
+    let prom = Spawned::start(
+        &t.edge,
+        &[
+            "prometheus",
+            &format!("--config.file={}", prom_conf.display()),
+            &format!("--storage.tsdb.path={}", prom_data.display()),
+            "--web.listen-address=127.0.0.1:9090",
+        ],
+        &dir.join("prometheus.log"),
+    )?;
+    wait_until("prometheus", Duration::from_secs(30), || {
+        query(&t.edge, "up{job=\"xlb\"}").is_ok_and(|r| r.iter().any(|(_, v)| *v == 1.0))
+    })?;
+    println!("  prometheus scrapes 127.0.0.1:9100 (query API on 127.0.0.1:9090 in the edge)");
+
+    step("the web service: requests spread over web1..web3 (layer 4, nat)");
+    for (who, n) in spread(&t.client, WEB, 30) {
         println!("  client: {n:>2} of 30 requests answered by {who}");
     }
-    probe("attacker", &t.attacker, URL);
+
+    step("the firewall: the attacker is dropped in XDP, before the kernel's stack");
+    probe("attacker", &t.attacker, WEB);
     println!("  attacker ping flood: 1000 echo requests, 1 ms apart (bounded to 5 s)");
     let _ = t.attacker.run(&[
         "ping",
@@ -161,57 +279,142 @@ fn main() -> Result<()> {
         .client
         .ok(&["ping", "-c", "1", "-W", "2", "198.51.100.10"]);
     println!(
-        "  client ping 198.51.100.10 -> {}",
+        "  client   ping 198.51.100.10 -> {}",
         if ping {
             "answered by xlb itself"
         } else {
             "no answer"
         }
     );
-    show(&xlb, &["stats"])?;
 
-    step("live changes: deny the client, remove it again, take web2 out of the pool");
-    show(&xlb, &["fw", "deny", "192.0.2.2/32"])?;
-    probe("client", &t.client, URL);
-    show(&xlb, &["fw", "del", "192.0.2.2/32"])?;
-    probe("client", &t.client, URL);
-    show(
-        &xlb,
-        &[
-            "backend",
-            "del",
-            SERVICE,
-            &format!("{}:8080", backend_v4(1)),
-        ],
-    )?;
-    for (who, n) in spread(&t.client, 20) {
-        println!("  client: {n:>2} of 20 requests answered by {who}");
+    step("HTTPS: ended by xlb with the demo CA's certificate, encrypted again to the web servers");
+    let ca = pki.ca.to_str().unwrap().to_string();
+    for _ in 0..3 {
+        let body = https(&t.client, &ca)?;
+        println!("  client   curl --cacert demo-ca.pem https://{HTTPS_HOST}/ -> \"{body}\"");
+    }
+    let plain = t.client.ok(&[
+        "curl",
+        "-sf",
+        "--max-time",
+        "3",
+        "--resolve",
+        &format!("{HTTPS_HOST}:443:{HTTPS_ADDR}"),
+        &format!("https://{HTTPS_HOST}/"),
+    ]);
+    println!(
+        "  client   the same without the demo CA -> {}",
+        if plain {
+            "accepted (unexpected)"
+        } else {
+            "refused: the certificate is not trusted"
+        }
+    );
+
+    step("the database: the primary takes the connections, the replica stands by");
+    probe("client", &t.client, DB);
+    println!("  killing db1 (the primary) ...");
+    primary.take();
+    let killed = Instant::now();
+    wait_until("failover", Duration::from_secs(15), || {
+        t.client.curl(DB).is_ok_and(|b| b.starts_with("db2"))
+    })?;
+    println!(
+        "  health checks saw it down; the replica answers {:.1} s after the kill",
+        killed.elapsed().as_secs_f64()
+    );
+    probe("client", &t.client, DB);
+    show(&xlb, &["backend", "list", "198.51.100.20:5432/tcp"])?;
+    println!("  restarting db1 ...");
+    primary = Some(db_server(&db1, "db1 (primary)")?);
+    wait_until("failback", Duration::from_secs(15), || {
+        t.client.curl(DB).is_ok_and(|b| b.starts_with("db1"))
+    })?;
+    probe("client", &t.client, DB);
+
+    step("the metrics that moved (Prometheus queries)");
+    // One more scrape after the failback.
+    std::thread::sleep(Duration::from_millis(1500));
+    for (title, q) in [
+        (
+            "packets dropped, by reason",
+            "sum by (reason) (xlb_packets_total{verdict=\"drop\"}) > 0",
+        ),
+        (
+            "new flows per backend",
+            "sum by (backend) (xlb_backend_new_flows_total)",
+        ),
+        (
+            "health transitions of the database backends",
+            "sum by (backend, to) (xlb_backend_health_transitions_total{service=\"198.51.100.20:5432/tcp\"})",
+        ),
+    ] {
+        println!("  {title}:   {q}");
+        for (labels, v) in query(&t.edge, q)? {
+            println!("    {labels:<40} {v}");
+        }
     }
 
-    let until = args
-        .duration
-        .map(|d| Instant::now() + Duration::from_secs(d));
-    step(match until {
-        Some(_) => "steady traffic for the requested duration",
-        None => "steady traffic until Ctrl-C",
-    });
-    let started = Instant::now();
-    let (mut ok, mut blocked) = (0u64, 0u64);
-    while !STOP.load(Ordering::Relaxed) && until.is_none_or(|u| Instant::now() < u) {
-        ok += t.client.curl(URL).is_ok() as u64;
-        blocked += t.attacker.curl(URL).is_err() as u64;
-        let v = xlb.json(&["stats", "--json"]);
-        println!(
-            "  t={:>3}s client served {ok}, attacker blocked {blocked}; xlb passed {}, forwarded {}, dropped {} packets",
-            started.elapsed().as_secs(),
-            v["verdicts"]["pass"]["packets"],
-            v["verdicts"]["tx"]["packets"],
-            v["verdicts"]["drop"]["packets"]
+    if args.keep {
+        step("left running: poke at it (Ctrl-C cleans up)");
+        let bin = xlb_bin();
+        let x = format!(
+            "ip netns exec {} {} --socket {}",
+            t.edge.name,
+            bin.display(),
+            xlb.socket.display()
         );
+        println!("  {x} status");
+        println!("  {x} top");
+        println!("  {x} stats");
+        println!("  ip netns exec {} curl {WEB}", t.client.name);
+        println!("  ip netns exec {} curl {DB}", t.client.name);
+        println!(
+            "  ip netns exec {} curl --cacert {ca} --resolve {HTTPS_HOST}:443:{HTTPS_ADDR} https://{HTTPS_HOST}/",
+            t.client.name
+        );
+        println!(
+            "  ip netns exec {} curl -s 'http://127.0.0.1:9090/api/v1/query?query=xlb_packets_total'",
+            t.edge.name
+        );
+        println!(
+            "  ip netns exec {} curl -s http://127.0.0.1:9100/metrics",
+            t.edge.name
+        );
+        while !STOP.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    } else {
+        let until = args
+            .duration
+            .map(|d| Instant::now() + Duration::from_secs(d));
+        step(match until {
+            Some(_) => "steady traffic for the requested duration",
+            None => "steady traffic until Ctrl-C",
+        });
+        let started = Instant::now();
+        let (mut ok, mut blocked) = (0u64, 0u64);
+        while !STOP.load(Ordering::Relaxed) && until.is_none_or(|u| Instant::now() < u) {
+            ok += t.client.curl(WEB).is_ok() as u64;
+            blocked += t.attacker.curl(WEB).is_err() as u64;
+            let v = xlb.json(&["stats", "--json"]);
+            println!(
+                "  t={:>3}s client served {ok}, attacker blocked {blocked}; xlb passed {}, forwarded {}, dropped {} packets",
+                started.elapsed().as_secs(),
+                v["verdicts"]["pass"]["packets"],
+                v["verdicts"]["tx"]["packets"],
+                v["verdicts"]["drop"]["packets"]
+            );
+        }
     }
 
-    step("cleaning up: stopping xlb (it detaches), removing namespaces and pins");
+    step("cleaning up: stopping Prometheus and xlb (it detaches), removing namespaces and pins");
+    drop(prom);
     drop(xlb);
+    drop(primary);
+    drop(servers);
+    drop(db1);
+    drop(db2);
     drop(t);
     println!("  done; nothing is left behind");
     Ok(())
