@@ -123,10 +123,6 @@ impl Edge {
     }
 
     fn try_handle(&mut self, req: Request) -> Result<Value> {
-        let req_kind = match req {
-            Request::BackendDrain { .. } => ReqKind::Drain,
-            _ => ReqKind::Other,
-        };
         match req {
             Request::Prefix { action, targets } => {
                 let ps = parse_all(&targets, prefix_only)?;
@@ -243,19 +239,8 @@ impl Edge {
                 let (vip, b): (Vip, BackendAddr) = (vip.parse()?, backend.parse()?);
                 self.services_change(|s| s.del_backend(&vip, b))
             }
-            Request::BackendDrain { vip, backend } | Request::BackendEnable { vip, backend } => {
-                let drain = matches!(req_kind, ReqKind::Drain);
-                let (vip, b): (Vip, BackendAddr) = (vip.parse()?, backend.parse()?);
-                let b = self.existing_backend(&vip, b)?;
-                self.pools_change(|p| {
-                    if drain {
-                        p.drained.insert((vip, b));
-                    } else {
-                        p.drained.remove(&(vip, b));
-                    }
-                    Ok(())
-                })
-            }
+            Request::BackendDrain { vip, backend } => self.set_drained(&vip, &backend, true),
+            Request::BackendEnable { vip, backend } => self.set_drained(&vip, &backend, false),
             Request::VipList => Ok(self.vip_list()),
             Request::List => self.list(),
             Request::Stats => self.stats(),
@@ -454,6 +439,20 @@ impl Edge {
     pub fn view(&self, p: &Pools) -> Services {
         let down = |vip: &Vip, b: &BackendAddr| self.health.get(&(*vip, *b)).is_some_and(|h| !h.up);
         weights::effective(&p.services, &p.backups, &p.drained, &down, &p.draining)
+    }
+
+    /// Drains a backend (no new flows) or enables it again; idempotent.
+    fn set_drained(&mut self, vip: &str, backend: &str, drained: bool) -> Result<Value> {
+        let (vip, b): (Vip, BackendAddr) = (vip.parse()?, backend.parse()?);
+        let b = self.existing_backend(&vip, b)?;
+        self.pools_change(|p| {
+            if drained {
+                p.drained.insert((vip, b));
+            } else {
+                p.drained.remove(&(vip, b));
+            }
+            Ok(())
+        })
     }
 
     /// The backend as stored (the service's port when given without one), if it exists.
@@ -690,11 +689,6 @@ pub struct Pools {
     pub backups: Flags,
     pub drained: Flags,
     pub draining: Draining,
-}
-
-enum ReqKind {
-    Drain,
-    Other,
 }
 
 /// Services forward packets: the kernel's FIB lookup from XDP needs forwarding on, on
