@@ -42,31 +42,42 @@ fn main() {
         env::var("PATH").unwrap_or_default()
     );
 
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(&ebpf)
-        .args(["build", "--release", "--target", TARGET, "--target-dir"])
-        .arg(&target_dir)
-        .env("RUSTC", BPF_RUSTC)
-        .env("RUSTC_BOOTSTRAP", "1")
-        .env("PATH", path);
-    // The outer build's settings are for the host; keep them away from the BPF build.
-    for (key, _) in env::vars() {
-        if key.starts_with("CARGO_") && key != "CARGO_HOME"
-            || key.starts_with("RUSTC_WRAPPER")
-            || key == "RUSTC_WORKSPACE_WRAPPER"
-            || key == "RUSTFLAGS"
-            || key == "RUSTDOCFLAGS"
-        {
-            cmd.env_remove(&key);
+    let build = |target_dir: &PathBuf, extra: &[&str]| {
+        let mut cmd = Command::new(&cargo);
+        cmd.current_dir(&ebpf)
+            .args(["build", "--release", "--target", TARGET, "--target-dir"])
+            .arg(target_dir)
+            .args(extra)
+            .env("RUSTC", BPF_RUSTC)
+            .env("RUSTC_BOOTSTRAP", "1")
+            .env("PATH", &path);
+        // The outer build's settings are for the host; keep them away from the BPF build.
+        for (key, _) in env::vars() {
+            if key.starts_with("CARGO_") && key != "CARGO_HOME"
+                || key.starts_with("RUSTC_WRAPPER")
+                || key == "RUSTC_WORKSPACE_WRAPPER"
+                || key == "RUSTFLAGS"
+                || key == "RUSTDOCFLAGS"
+            {
+                cmd.env_remove(&key);
+            }
         }
-    }
-    let status = cmd.status().expect("running cargo for lb-ebpf");
-    if !status.success() {
-        panic!("building lb-ebpf failed (is bpf-linker installed? run `cargo xtask setup`)");
-    }
+        let status = cmd.status().expect("running cargo for lb-ebpf");
+        if !status.success() {
+            panic!("building lb-ebpf failed (is bpf-linker installed? run `cargo xtask setup`)");
+        }
+    };
+    build(&target_dir, &[]);
     for bin in ["xlb", "xlb-bench"] {
         let src = target_dir.join(TARGET).join("release").join(bin);
         std::fs::copy(&src, out.join(format!("{bin}.o")))
             .unwrap_or_else(|e| panic!("copying {}: {e}", src.display()));
     }
+    // The program without the kernel log calls, for the bench's comparison (its own
+    // target directory, so the two builds do not invalidate each other).
+    let nolog_dir = root.join("target").join("bpf-nolog");
+    build(&nolog_dir, &["--no-default-features", "--bin", "xlb"]);
+    let src = nolog_dir.join(TARGET).join("release").join("xlb");
+    std::fs::copy(&src, out.join("xlb-nolog.o"))
+        .unwrap_or_else(|e| panic!("copying {}: {e}", src.display()));
 }

@@ -60,13 +60,23 @@ pub const MAP_FRAGS: &str = "XLB_FRAGS";
 pub const MAP_JUMP: &str = "XLB_JUMP";
 /// Per-CPU `Array<u32>`: the firewall's reason for a packet handed to the balancer.
 pub const MAP_HANDOFF: &str = "XLB_HANDOFF";
+/// Per-CPU `Array<BackendStats>`, indexed by backend id: packets, bytes and new flows
+/// the balancer's forward path sent to each backend (one update per packet).
+pub const MAP_BACKEND_STATS: &str = "XLB_BACKEND_STATS";
+/// `RingBuf` of [`DropEvent`]: sampled dropped packets (see `Config::drop_sample`).
+pub const MAP_EVENTS: &str = "XLB_EVENTS";
+/// Per-CPU `Array<u32>`: drops seen since the last sampled one.
+pub const MAP_SAMPLE: &str = "XLB_SAMPLE";
 /// The balancer program's name and its slot in MAP_JUMP.
 pub const PROG_BALANCE: &str = "xlb_balance";
 pub const JUMP_BALANCE: u32 = 0;
 pub const JUMP_SLOTS: u32 = 1;
 
 /// Every map of the program, for pinning and for `xlb status`.
-pub const ALL_MAPS: [&str; 20] = [
+pub const ALL_MAPS: [&str; 23] = [
+    MAP_BACKEND_STATS,
+    MAP_EVENTS,
+    MAP_SAMPLE,
     MAP_SNAT,
     MAP_FRAGS,
     MAP_HOPS,
@@ -120,6 +130,9 @@ pub const FULLNAT_PORT_MIN: u16 = 1024;
 pub const FULLNAT_PORT_TRIES: u32 = 8;
 /// IPv6 extension headers walked before the packet is called malformed.
 pub const MAX_IPV6_EXT_HEADERS: usize = 8;
+/// Bytes of the drop-event ring buffer (a power of two, a multiple of the page size):
+/// 1365 events of 48 bytes (plus an 8-byte header each) between two reads.
+pub const EVENTS_BYTES: u32 = 1 << 16;
 /// VLAN tags parsed (802.1Q and 802.1ad, QinQ).
 pub const MAX_VLAN_TAGS: usize = 2;
 
@@ -433,7 +446,22 @@ pub struct Config {
     pub nat_services: u32,
     /// Services of any mode: 0 skips the service lookup.
     pub services: u32,
+    /// Dropped-packet events: one drop in `drop_sample` (per CPU) goes to MAP_EVENTS;
+    /// 0 sends none.
+    pub drop_sample: u32,
+    /// Kernel debug logging through aya-log: LOG_OFF (the log calls are skipped) up to
+    /// LOG_TRACE.
+    pub log_level: u32,
 }
+
+/// `Config::log_level` values (aya-log's levels; a record is written when its level is
+/// at most the configured one).
+pub const LOG_OFF: u32 = 0;
+pub const LOG_ERROR: u32 = 1;
+pub const LOG_WARN: u32 = 2;
+pub const LOG_INFO: u32 = 3;
+pub const LOG_DEBUG: u32 = 4;
+pub const LOG_TRACE: u32 = 5;
 
 // ---------------------------------------------------------------------------------------
 // Counters.
@@ -444,6 +472,36 @@ pub struct Config {
 pub struct Counter {
     pub packets: u64,
     pub bytes: u64,
+}
+
+/// A backend's traffic from the balancer's forward path (summed over CPUs by the
+/// reader).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct BackendStats {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flows scheduled to this backend (flow-table misses that picked it).
+    pub new_flows: u64,
+}
+
+/// A sampled dropped packet. Addresses and ports are what the parser got to (zero for
+/// a frame too malformed to have them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct DropEvent {
+    pub src: Addr16,
+    pub dst: Addr16,
+    /// A [`Reason`] as u32.
+    pub reason: u32,
+    /// Frame length in bytes.
+    pub len: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    /// FAMILY_V4, FAMILY_V6 or 0 (not parsed that far).
+    pub family: u8,
+    pub _pad: [u8; 2],
 }
 
 /// The XDP verdicts xlb returns, in counter order. xlb never returns XDP_ABORTED.
@@ -597,6 +655,8 @@ mod user {
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for Addr16 {}
     unsafe impl aya::Pod for HopCache {}
+    unsafe impl aya::Pod for BackendStats {}
+    unsafe impl aya::Pod for DropEvent {}
 }
 
 #[cfg(test)]

@@ -13,8 +13,8 @@ use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use lb_common::*;
 
 use crate::{
-    bounds::load,
-    icmp,
+    bounds::{frame_len, load},
+    count, icmp,
     maps::{
         XLB_BACKENDS, XLB_FLOWS, XLB_FRAGS, XLB_HOPS, XLB_MAGLEV, XLB_SCRATCH, XLB_SERVICE_KEYS,
         XLB_SERVICES, XLB_SNAT,
@@ -260,11 +260,15 @@ fn icmp_error(ctx: &XdpContext, pkt: &Packet, family: u8, now: u64) -> u32 {
     }
     // The quoted packet ran service -> client; it becomes backend -> (xlb's source
     // address for fullnat | client).
-    let port = if b.port != 0 { b.port } else { scratch.key.dst_port };
-    if f.mode == MODE_NAT || f.mode == MODE_FULLNAT {
-        if icmp::set_quoted(ctx, pkt, &inner, End::Src, &b.addr, port).is_none() {
-            return NONE;
-        }
+    let port = if b.port != 0 {
+        b.port
+    } else {
+        scratch.key.dst_port
+    };
+    if (f.mode == MODE_NAT || f.mode == MODE_FULLNAT)
+        && icmp::set_quoted(ctx, pkt, &inner, End::Src, &b.addr, port).is_none()
+    {
+        return NONE;
     }
     if f.mode == MODE_FULLNAT {
         let Some(snat) = XLB_SNAT.get(f.service) else {
@@ -328,9 +332,7 @@ fn reply_intact(f: &Flow, b: &Backend, key: &FlowKey) -> bool {
     let scratch = unsafe { &mut *scratch };
     scratch.reply = reply_key(b, key, snat, f.nat_port);
     match unsafe { XLB_FLOWS.get(&scratch.reply) } {
-        Some(r) => {
-            r.direction == FLOW_REPLY && r.client == key.src && r.nat_port == key.src_port
-        }
+        Some(r) => r.direction == FLOW_REPLY && r.client == key.src && r.nat_port == key.src_port,
         None => false,
     }
 }
@@ -366,6 +368,7 @@ fn forward_inner(
         }
         Some((f as *const Flow, b))
     });
+    let new_flow = known.is_none();
     let (flow, backend) = match known {
         Some(kb) => kb,
         None => match schedule(ctx, svc, key, now) {
@@ -380,7 +383,12 @@ fn forward_inner(
     if pkt.fragment {
         remember_fragment(pkt, key.family, flow);
     }
-    send(ctx, pkt, flow, &backend, now)
+    let len = frame_len(ctx);
+    let out = send(ctx, pkt, flow, &backend, now);
+    if out.1 == Reason::Balanced {
+        count::backend(flow.backend, len, new_flow);
+    }
+    out
 }
 
 /// Rewrites a forward packet of `f` for its backend `b` (nat: destination; fullnat:
@@ -403,7 +411,11 @@ fn send(ctx: &XdpContext, pkt: &Packet, f: &Flow, b: &Backend, now: u64) -> (Ver
         hop.expires_ns = now + HOP_CACHE_NS;
     }
     if f.mode == MODE_NAT || f.mode == MODE_FULLNAT {
-        let port = if b.port != 0 { Some(b.port.to_be()) } else { None };
+        let port = if b.port != 0 {
+            Some(b.port.to_be())
+        } else {
+            None
+        };
         if rewrite::set_addr_port(ctx, pkt, End::Dst, &b.addr, port).is_none() {
             return (Verdict::Drop, Reason::BadL4);
         }
@@ -498,7 +510,10 @@ fn claim_port(svc: &Service, b: &Backend, key: &FlowKey, h: u32) -> Result<u16, 
     while i < FULLNAT_PORT_TRIES {
         let port = FULLNAT_PORT_MIN + (mix32(h ^ i.wrapping_mul(0x9e37_79b9)) % span) as u16;
         scratch.reply = reply_key(b, key, snat, port);
-        if XLB_FLOWS.insert(&scratch.reply, &scratch.back, BPF_NOEXIST).is_ok() {
+        if XLB_FLOWS
+            .insert(&scratch.reply, &scratch.back, BPF_NOEXIST)
+            .is_ok()
+        {
             return Ok(port);
         }
         i += 1;
@@ -544,7 +559,11 @@ fn reply_inner(
 fn send_reply(ctx: &XdpContext, pkt: &Packet, f: &Flow) -> Option<(Verdict, Reason)> {
     let vip = XLB_SERVICE_KEYS.get(f.service)?;
     let (_, _, dst) = addrs(pkt)?;
-    let client = if f.mode == MODE_FULLNAT { f.client } else { dst };
+    let client = if f.mode == MODE_FULLNAT {
+        f.client
+    } else {
+        dst
+    };
     let mut hop = rewrite::Hop::default();
     if !rewrite::route(ctx, pkt_v6(pkt), &client, &mut hop) {
         // No neighbour entry for the client: answer the MAC its packets came from.

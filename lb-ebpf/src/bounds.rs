@@ -79,7 +79,9 @@ pub fn store_w32(ctx: &XdpContext, off: usize, v: u32) -> Option<()> {
 #[inline(always)]
 pub fn load_addr16(ctx: &XdpContext, off: usize) -> Option<Addr16> {
     let w = ptr_at::<[u16; 8]>(ctx, off).map(|p| unsafe { core::ptr::read(p) })?;
-    Some(Addr16(unsafe { core::mem::transmute::<[u16; 8], [u32; 4]>(w) }))
+    Some(Addr16(unsafe {
+        core::mem::transmute::<[u16; 8], [u32; 4]>(w)
+    }))
 }
 
 /// Writes a `T` at `off` (unaligned).

@@ -77,7 +77,12 @@ pub fn quoted(ctx: &XdpContext, pkt: &Packet, family: u8, key: &mut FlowKey) -> 
             l4: l3 + IPV6_HLEN,
             v4: false,
         };
-        (q, load_addr16(ctx, l3 + 8)?, load_addr16(ctx, l3 + 24)?, proto)
+        (
+            q,
+            load_addr16(ctx, l3 + 8)?,
+            load_addr16(ctx, l3 + 24)?,
+            proto,
+        )
     };
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return None;

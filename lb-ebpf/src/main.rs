@@ -10,13 +10,18 @@
 mod balance;
 mod bounds;
 mod count;
+mod events;
 mod filter;
 mod icmp;
+#[cfg(feature = "klog")]
+mod klog;
 mod maps;
 mod parse;
 mod rewrite;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+#[cfg(feature = "klog")]
+use lb_common::LOG_DEBUG;
 use lb_common::{Config, JUMP_BALANCE, Reason, Verdict};
 
 use crate::filter::{Decision, action_verdict};
@@ -43,7 +48,16 @@ fn config() -> Config {
 pub fn xlb(ctx: XdpContext) -> u32 {
     let len = bounds::frame_len(&ctx);
     let cfg = config();
+    // Off by default: one comparison of a value already loaded, the log calls skipped.
+    #[cfg(feature = "klog")]
+    if cfg.log_level >= LOG_DEBUG {
+        klog::packet(&ctx);
+    }
     let (d, ip) = firewall(&ctx, &cfg);
+    #[cfg(feature = "klog")]
+    if cfg.log_level >= LOG_DEBUG {
+        klog::decision(&ctx, 0, d.reason as u32, d.verdict as u32);
+    }
     if ip && d.verdict == Verdict::Pass && cfg.services != 0 {
         count::rule_hit(d.rule);
         if let Some(slot) = maps::XLB_HANDOFF.get_ptr_mut(0) {
@@ -55,6 +69,9 @@ pub fn xlb(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     }
     count::packet(d.reason, d.verdict, len, d.rule);
+    if d.verdict == Verdict::Drop {
+        events::dropped(&ctx, d.reason, len, &cfg);
+    }
     action(d.verdict)
 }
 
@@ -70,6 +87,13 @@ pub fn xlb_balance(ctx: XdpContext) -> u32 {
     let out = balance::balance(&ctx, &cfg);
     let (verdict, reason) = out.unwrap_or((Verdict::Pass, passed));
     count::packet(reason, verdict, len, 0);
+    if verdict == Verdict::Drop {
+        events::dropped(&ctx, reason, len, &cfg);
+    }
+    #[cfg(feature = "klog")]
+    if cfg.log_level >= LOG_DEBUG {
+        klog::decision(&ctx, 1, reason as u32, verdict as u32);
+    }
     action(verdict)
 }
 
@@ -117,4 +141,4 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 }
 
 // Config is read by value: keep the type used so a layout change shows up here.
-const _: () = assert!(core::mem::size_of::<Config>() == 24);
+const _: () = assert!(core::mem::size_of::<Config>() == 32);

@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use lb_common::*;
 
@@ -72,6 +72,19 @@ pub static XLB_SNAT: Array<Addr16> = Array::with_max_entries(MAX_SERVICES, 0);
 /// Next hops per backend (see HOP_CACHE_NS). Shared: a race only costs a lookup.
 #[map]
 pub static XLB_HOPS: Array<HopCache> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Per backend id: what the forward path sent it (per CPU: no shared cache line).
+#[map]
+pub static XLB_BACKEND_STATS: PerCpuArray<BackendStats> =
+    PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Sampled dropped packets for the daemon's log.
+#[map]
+pub static XLB_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+/// Drops since the last sampled one, per CPU.
+#[map]
+pub static XLB_SAMPLE: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// The balancer program, entered by tail call from the firewall.
 #[map]

@@ -131,6 +131,24 @@ pub struct Packet {
     pub has_l4: bool,
 }
 
+impl Packet {
+    /// A blank to parse into (what a malformed frame leaves unparsed stays blank).
+    pub const EMPTY: Packet = Packet {
+        src: Addr::V4(0),
+        dst: Addr::V4(0),
+        l3_off: 0,
+        l4_off: 0,
+        fragment: false,
+        frag_id: 0,
+        icmp_type: 0,
+        proto: 0,
+        src_port: 0,
+        dst_port: 0,
+        has_ports: false,
+        has_l4: false,
+    };
+}
+
 /// Parses into `pkt` (per-CPU scratch space, where the balancer finds it after the
 /// firewall's tail call). `Ok(false)`: not IP. `Err(reason)`: truncated or malformed.
 #[inline(always)]

@@ -163,7 +163,12 @@ pub fn dec_ttl(ctx: &XdpContext, pkt: &Packet) -> Option<()> {
             if ttl <= 1 {
                 return None;
             }
-            set_u16(ctx, off, pkt.l3_off + 10, u16::from_ne_bytes([ttl - 1, proto]))
+            set_u16(
+                ctx,
+                off,
+                pkt.l3_off + 10,
+                u16::from_ne_bytes([ttl - 1, proto]),
+            )
         }
         Addr::V6(_) => {
             // Next header and hop limit as one 2-byte access: a 1-byte bounds check

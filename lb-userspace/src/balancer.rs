@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow, bail};
-use aya::maps::{Array, HashMap, MapData};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use lb_common::*;
 
 use crate::{
@@ -72,6 +72,13 @@ pub struct Balancer {
     service_keys: Array<MapData, ServiceKey>,
     snat: Array<MapData, Addr16>,
     backends: Array<MapData, Backend>,
+    /// Per-backend traffic counters (see `stats`).
+    backend_stats: PerCpuArray<MapData, BackendStats>,
+    /// Its fd, for batch reads (valid while the typed map above owns it).
+    backend_stats_fd: std::os::fd::RawFd,
+    /// Per service: the counters of its backends that are gone, so a service's totals
+    /// never go down when a backend leaves.
+    retired: BTreeMap<Vip, BackendStats>,
     pool: MmapTable,
     /// Free ranges of the pool (offset, length), first fit.
     free: Vec<(u32, u32)>,
@@ -90,6 +97,7 @@ impl Balancer {
         service_keys: Array<MapData, ServiceKey>,
         snat: Array<MapData, Addr16>,
         backends: Array<MapData, Backend>,
+        (backend_stats, backend_stats_fd): (PerCpuArray<MapData, BackendStats>, std::os::fd::RawFd),
         pool: MmapTable,
     ) -> Self {
         Balancer {
@@ -97,6 +105,9 @@ impl Balancer {
             service_keys,
             snat,
             backends,
+            backend_stats,
+            backend_stats_fd,
+            retired: BTreeMap::new(),
             pool,
             free: vec![(0, MAGLEV_POOL)],
             installed: BTreeMap::new(),
@@ -222,8 +233,10 @@ impl Balancer {
             .context("removing a service")?;
         for (b, id) in &inst.backend_ids {
             self.write_backend(*id, b, inst.id, false)?;
+            self.retire(vip, *id);
             self.free_backend_ids.push(*id);
         }
+        self.retired.remove(vip);
         self.release(inst.table.0, inst.table.1);
         self.free_service_ids.push(inst.id);
         Ok(())
@@ -243,11 +256,16 @@ impl Balancer {
         for b in left {
             let bid = ids.remove(&b).expect("listed");
             self.write_backend(bid, &b, id, false)?;
+            self.retire(&conf.vip, bid);
             self.free_backend_ids.push(bid);
         }
         for b in conf.backends.keys() {
             if !ids.contains_key(b) {
                 let bid = self.new_backend_id()?;
+                // A reused id starts from zero (a fresh one is zero already).
+                if self.generations[bid as usize] > 1 {
+                    self.reset_stats(bid)?;
+                }
                 ids.insert(*b, bid);
                 poke_neighbour(b);
             }
@@ -349,6 +367,8 @@ impl Balancer {
         Ok(())
     }
 }
+
+pub mod stats;
 
 /// Sends an empty datagram towards a backend so the kernel resolves its neighbour entry
 /// (the program's FIB lookup needs it).

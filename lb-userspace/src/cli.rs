@@ -10,6 +10,8 @@ use crate::{
     control::{self, DEFAULT_SOCKET, Request},
     daemon::{self, RunOptions},
     datapath::AttachMode,
+    kernel_log::KernelLog,
+    monitor::MonitorOptions,
     rules::Action,
     services::Mode,
 };
@@ -49,9 +51,23 @@ pub enum Command {
         /// The stored rules (restored at start, rewritten atomically on every change).
         #[arg(long, default_value = "/var/lib/xlb/state")]
         state: PathBuf,
-        /// Log format.
+        /// Log format (`json`: one JSON object a line, for log shippers).
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
+        /// Where `/metrics` listens (Prometheus), or `off` (default: the configuration's
+        /// `[metrics] listen`, else 127.0.0.1:9100).
+        #[arg(long, value_parser = parse_metrics_addr)]
+        metrics: Option<MetricsAddr>,
+        /// Log one dropped packet in N (sampled per CPU in the kernel); 0: none.
+        #[arg(long, default_value_t = 1000)]
+        drop_sample: u32,
+        /// Drop events logged per second at most (the others are counted).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+        drop_log_rate: u32,
+        /// Kernel debug log (aya-log) level; off by default, when the program skips the
+        /// log calls.
+        #[arg(long, value_enum, default_value = "off")]
+        kernel_log: KernelLog,
     },
     /// Run only the https service of a configuration file (TLS termination and HTTP
     /// proxying; no XDP, no root needed unless a port below 1024 is bound). SIGHUP
@@ -76,7 +92,7 @@ pub enum Command {
     /// The backends of a service.
     #[command(subcommand)]
     Backend(BackendCmd),
-    /// Packet and byte counters by verdict and reason.
+    /// Packet and byte counters by verdict and reason, per service and backend.
     Stats {
         #[arg(long)]
         json: bool,
@@ -99,6 +115,44 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A live view of rates per service, backend and drop reason, refreshed every
+    /// interval (Ctrl-C ends it).
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0, value_parser = parse_interval)]
+        interval: f64,
+        /// Print this many frames, then exit (no screen control codes).
+        #[arg(long)]
+        iterations: Option<u64>,
+        /// Frame width in columns (default: the terminal's, else 100).
+        #[arg(long)]
+        width: Option<usize>,
+        /// Frame height in lines (default: the terminal's, else 30).
+        #[arg(long)]
+        height: Option<usize>,
+    },
+}
+
+/// `--metrics`: an address, or `off`.
+#[derive(Clone, Copy, Debug)]
+pub struct MetricsAddr(pub Option<std::net::SocketAddr>);
+
+fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, String> {
+    if s == "off" {
+        return Ok(MetricsAddr(None));
+    }
+    s.parse()
+        .map(|a| MetricsAddr(Some(a)))
+        .map_err(|_| format!("'{s}' is not ADDR:PORT (e.g. 127.0.0.1:9100, [::1]:9100) or off"))
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.05..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "'{s}' is not an interval: use 0.05 to 3600 seconds"
+        )),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -240,9 +294,15 @@ impl From<ActionArg> for Action {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("XLB_LOG")
+fn init_logging(format: LogFormat, kernel: KernelLog) {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("XLB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The kernel's records are as verbose as asked for with --kernel-log.
+    if kernel != KernelLog::Off
+        && let Ok(d) = format!("xlb::kernel={}", format!("{kernel:?}").to_lowercase()).parse()
+    {
+        filter = filter.add_directive(d);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -265,8 +325,12 @@ pub fn main(cli: Cli) -> Result<()> {
             bpffs,
             state,
             log_format,
+            metrics,
+            drop_sample,
+            drop_log_rate,
+            kernel_log,
         } => {
-            init_logging(log_format);
+            init_logging(log_format, kernel_log);
             let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
             rt.block_on(daemon::run(RunOptions {
                 iface,
@@ -276,6 +340,13 @@ pub fn main(cli: Cli) -> Result<()> {
                 bpffs,
                 state,
                 socket: socket.clone(),
+                metrics: metrics.map(|m| m.0),
+                monitor: MonitorOptions {
+                    metrics: None,
+                    drop_sample,
+                    drop_log_rate,
+                    kernel_log,
+                },
             }))
         }
         Command::CheckConfig { file, json } => check_config(&file, json),
@@ -308,7 +379,7 @@ pub fn main(cli: Cli) -> Result<()> {
                 println!("{}: ok", config.display());
                 return Ok(());
             }
-            init_logging(log_format);
+            init_logging(log_format, KernelLog::Off);
             // One CPU (e.g. pinned with taskset): one thread, no work-stealing machinery.
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
             let rt = if cpus == 1 {
@@ -321,6 +392,20 @@ pub fn main(cli: Cli) -> Result<()> {
             .context("starting the runtime")?;
             rt.block_on(crate::tls::run_proxy(config))
         }
+        Command::Top {
+            interval,
+            iterations,
+            width,
+            height,
+        } => crate::top::run(
+            &socket,
+            crate::top::TopOptions {
+                interval: std::time::Duration::from_secs_f64(interval),
+                iterations,
+                width,
+                height,
+            },
+        ),
         Command::Vip(cmd) => {
             let req = match cmd {
                 VipCmd::Add {
@@ -770,4 +855,40 @@ fn print_stats(v: &Value) {
         );
     }
     println!("\n{} rules loaded", text(&v["rules"]));
+    let services = v["services"].as_array().cloned().unwrap_or_default();
+    if !services.is_empty() {
+        println!();
+        println!(
+            "{:<44} {:>14} {:>16} {:>10}",
+            "service / backend", "packets", "bytes", "new flows"
+        );
+        for s in services {
+            println!(
+                "{:<44} {:>14} {:>16} {:>10}",
+                format!("{} ({})", text(&s["service"]), text(&s["mode"])),
+                text(&s["packets"]),
+                text(&s["bytes"]),
+                text(&s["new_flows"])
+            );
+            for b in s["backends"].as_array().into_iter().flatten() {
+                println!(
+                    "  {:<42} {:>14} {:>16} {:>10}  {}",
+                    text(&b["backend"]),
+                    text(&b["packets"]),
+                    text(&b["bytes"]),
+                    text(&b["new_flows"]),
+                    text(&b["health"])
+                );
+            }
+        }
+    }
+    let f = &v["flows"];
+    if f.is_object() {
+        println!(
+            "\nflow table: {} forward + {} reply entries of {}",
+            text(&f["forward"]),
+            text(&f["reply"]),
+            text(&f["capacity"])
+        );
+    }
 }

@@ -23,7 +23,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    config::{self, Config, HealthCheck, Interface, Plan, Projection, RuleOp},
+    config::{self, Config, HealthCheck, Interface, MetricsListen, Plan, Projection, RuleOp},
     control::{Request, Response},
     datapath::{AttachMode, Datapath, check_bpffs},
     drain::{self, Draining},
@@ -35,6 +35,10 @@ use crate::{
     weights::{self, Flags},
 };
 
+/// Where `/metrics` listens unless told otherwise.
+pub const DEFAULT_METRICS: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9100);
+
 pub struct RunOptions {
     /// An interface given on the command line (replaces the file's list).
     pub iface: Option<String>,
@@ -45,6 +49,12 @@ pub struct RunOptions {
     pub bpffs: PathBuf,
     pub state: PathBuf,
     pub socket: PathBuf,
+    /// `--metrics`: an address or off (None: not given, the configuration's or the
+    /// default address).
+    pub metrics: Option<Option<std::net::SocketAddr>>,
+    /// Monitoring: `/metrics` (set from `metrics` and the configuration), drop events,
+    /// kernel log (see `monitor`).
+    pub monitor: crate::monitor::MonitorOptions,
 }
 
 /// The edge's desired state (firewall rules and services) and its projection on the
@@ -334,6 +344,7 @@ impl Edge {
         }
         let t_edit = t.elapsed();
         if let Err(e) = self.dp.apply(&self.rules, &changes) {
+            crate::metrics::map_update_failed(crate::metrics::MapKind::Rules);
             self.rollback(&changes);
             return Err(e.context("updating the kernel maps; nothing was changed"));
         }
@@ -389,6 +400,7 @@ impl Edge {
         edit(&mut next)?;
         let next = self.next_pools(next);
         if let Err(e) = self.dp.lb.sync(&self.view(&next)) {
+            crate::metrics::map_update_failed(crate::metrics::MapKind::Services);
             let _ = self.dp.lb.sync(&self.view(&self.pools()));
             return Err(e.context("updating the kernel maps; nothing was changed"));
         }
@@ -501,6 +513,9 @@ impl Edge {
     pub fn set_checked(&mut self, checked: &HashMap<(Vip, BackendAddr), (u64, HealthCheck)>) {
         let before = self.view(&self.pools());
         let old = std::mem::take(&mut self.health);
+        for (vip, b) in old.keys().filter(|k| !checked.contains_key(k)) {
+            crate::metrics::global().forget_backend(vip, b);
+        }
         for (k, (generation, check)) in checked {
             let state = match old.get(k) {
                 Some(s) if s.generation == *generation => s.clone(),
@@ -527,7 +542,9 @@ impl Edge {
         let detail = match &o.result {
             Ok(s) | Err(s) => s.clone(),
         };
-        if !state.record(o.result, o.at) {
+        let changed = state.record(o.result, o.at);
+        crate::metrics::global().backend_health(&o.vip, &o.backend, state.up, o.latency);
+        if !changed {
             return;
         }
         if state.up {
@@ -678,7 +695,14 @@ impl Edge {
                 "bytes": c.bytes,
             }));
         }
-        Ok(json!({ "verdicts": totals, "reasons": rows, "rules": self.rules.len() }))
+        let traffic = crate::metrics::traffic_json(self)?;
+        Ok(json!({
+            "verdicts": totals,
+            "reasons": rows,
+            "rules": self.rules.len(),
+            "services": traffic["services"],
+            "flows": traffic["flows"],
+        }))
     }
 }
 
@@ -728,6 +752,15 @@ fn check_new_services(current: &Services, next: &Services, ifaces: &[String]) ->
         }
     }
     Ok(())
+}
+
+/// Where `/metrics` listens for a configuration (without `--metrics`).
+fn metrics_listen(config: Option<&Config>) -> Option<std::net::SocketAddr> {
+    match config.and_then(|c| c.metrics) {
+        Some(MetricsListen::At(a)) => Some(a),
+        Some(MetricsListen::Off) => None,
+        None => Some(DEFAULT_METRICS),
+    }
 }
 
 /// Applies a plan to a stored state (before anything is loaded).
@@ -783,6 +816,10 @@ pub struct Running {
     /// The https service of the configuration's `[tls]`, while it runs.
     https: Option<Https>,
     rt: tokio::runtime::Handle,
+    /// `/metrics`: where it listens, and whether `--metrics` chose that (a reload of
+    /// the file then leaves it alone).
+    metrics: Option<std::net::SocketAddr>,
+    metrics_from_cli: bool,
 }
 
 /// The https service (`crate::tls`) run by the daemon.
@@ -992,6 +1029,7 @@ impl Running {
                 warn!(file = %path.display(), trigger, "reload refused, the running state is unchanged: {e:#}")
             }
         }
+        crate::metrics::global().config_loaded(self.generation, res.is_ok());
         self.last_reload = Some(ReloadRecord {
             at: SystemTime::now(),
             trigger,
@@ -1028,6 +1066,13 @@ impl Running {
             .map(config::group_id)
             .transpose()
             .map_err(|e| anyhow!(e))?;
+        if !self.metrics_from_cli && metrics_listen(Some(&cfg)) != self.metrics {
+            bail!(
+                "metrics.listen changes only at a restart of xlb (/metrics listens on {})",
+                self.metrics
+                    .map_or("nothing (off)".to_string(), |a| a.to_string())
+            );
+        }
         let https = self.prepare_https(cfg.tls.as_ref())?;
         // Interfaces first (new ones attached, changed modes re-attached), so a refusal
         // there leaves the state untouched; the ones the file dropped go last.
@@ -1265,7 +1310,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     };
     let listener = bind(&opts.socket, gid).await?;
     let guard = SocketGuard(opts.socket.clone());
-    let dp = Datapath::load(Some(&opts.bpffs))?;
+    let mut dp = Datapath::load(Some(&opts.bpffs))?;
+    let mut monitor_opts = opts.monitor.clone();
+    monitor_opts.metrics = match opts.metrics {
+        Some(flag) => flag,
+        None => metrics_listen(config.as_ref()),
+    };
+    monitor_opts.configure(&mut dp);
     // Rules go in before the program is attached: the first packet already sees them.
     let mut edge = Edge::new(dp, stored, Some(opts.state.clone()))?;
     edge.ifaces = names;
@@ -1278,6 +1329,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             return Err(e);
         }
     }
+    let monitor = crate::monitor::Monitor::prepare(&monitor_opts, &mut edge.dp).await?;
     if config.is_some() {
         // The state as the file made it, and the file's projection as its new base.
         if let Err(e) = edge.save() {
@@ -1307,7 +1359,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         checker: Some(checker),
         https,
         rt,
+        metrics: monitor_opts.metrics,
+        metrics_from_cli: opts.metrics.is_some(),
     }));
+    let _monitor = monitor.start(running.clone());
     running.lock().expect("not poisoned").reconcile_checks();
     // Health-check outcomes, applied in order, a batch per lock.
     let consumer = running.clone();

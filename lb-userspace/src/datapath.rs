@@ -11,7 +11,10 @@ use std::{
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues, ProgramArray, lpm_trie::Key},
+    maps::{
+        Array, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues, ProgramArray, RingBuf,
+        lpm_trie::Key,
+    },
     programs::{TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::*;
@@ -121,6 +124,12 @@ pub struct Datapath {
     hits_fd: std::os::fd::RawFd,
     /// The services' maps.
     pub lb: Balancer,
+    /// Dropped-packet sampling (`Config::drop_sample`) and kernel log level
+    /// (`Config::log_level`), written by `set_config`.
+    pub drop_sample: u32,
+    pub log_level: u32,
+    /// The drop-event ring buffer until the daemon takes it (`take_events`).
+    events: Option<RingBuf<MapData>>,
     /// Where the program is attached: interface, mode, link.
     links: Vec<(String, AttachMode, XdpLinkId)>,
     pins: Option<PathBuf>,
@@ -184,8 +193,13 @@ impl Datapath {
     /// Loads the program into the kernel (the verifier runs here) with empty tables, and
     /// pins every map under `pins` if given (replacing pins a crashed run left behind).
     pub fn load(pins: Option<&Path>) -> Result<Self> {
+        Self::load_object(object::XLB, pins)
+    }
+
+    /// `load` of another build of the program (the bench's copy without logging).
+    pub fn load_object(obj: &[u8], pins: Option<&Path>) -> Result<Self> {
         let mut bpf = EbpfLoader::new()
-            .load(object::XLB)
+            .load(obj)
             .context("loading the XDP object")?;
         let prog: &mut Xdp = bpf
             .program_mut(PROG_NAME)
@@ -231,13 +245,19 @@ impl Datapath {
             bpf.map(MAP_MAGLEV).context("maglev pool")?,
             MAGLEV_POOL as usize * 4,
         )?;
+        let stats_fd = match bpf.map(MAP_BACKEND_STATS) {
+            Some(Map::PerCpuArray(d)) => d.fd().as_fd().as_raw_fd(),
+            _ => bail!("map {MAP_BACKEND_STATS} missing or of the wrong type"),
+        };
         let lb = Balancer::new(
             take(&mut bpf, MAP_SERVICES)?,
             take(&mut bpf, MAP_SERVICE_KEYS)?,
             take(&mut bpf, MAP_SNAT)?,
             take(&mut bpf, MAP_BACKENDS)?,
+            (take(&mut bpf, MAP_BACKEND_STATS)?, stats_fd),
             pool,
         );
+        let events = Some(take(&mut bpf, MAP_EVENTS)?);
         let mut jump: ProgramArray<MapData> = take(&mut bpf, MAP_JUMP)?;
         jump.set(JUMP_BALANCE, &balancer_fd, 0)
             .context("installing the balancer")?;
@@ -249,6 +269,9 @@ impl Datapath {
         let hits: PerCpuArray<MapData, u64> = take(&mut bpf, MAP_RULE_HITS)?;
         Ok(Datapath {
             lb,
+            drop_sample: 0,
+            log_level: LOG_OFF,
+            events,
             hits_fd,
             hits,
             jump,
@@ -355,6 +378,8 @@ impl Datapath {
             prefixes_v6: rules.count(|m| matches!(m, Match::Prefix(p) if !p.is_v4())) as u32,
             nat_services,
             services,
+            drop_sample: self.drop_sample,
+            log_level: self.log_level,
         };
         self.config.set(0, cfg, 0).context("writing the config map")
     }
@@ -713,6 +738,29 @@ impl Datapath {
             .context("BPF_PROG_TEST_RUN")?;
         out.truncate(r.data_size_out as usize);
         Ok((r.return_value, out))
+    }
+
+    /// The drop-event ring buffer, once (the daemon's reader owns it).
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// The loaded object, for the kernel logger (aya-log takes its map from it).
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.bpf
+    }
+
+    /// The flow table's fd, for counting its entries (metrics).
+    pub fn flows_fd(&self) -> Option<std::os::fd::RawFd> {
+        match self.bpf.map(MAP_FLOWS) {
+            Some(Map::LruHashMap(d)) => Some(d.fd().as_fd().as_raw_fd()),
+            _ => None,
+        }
+    }
+
+    /// CPUs the per-CPU maps have values for.
+    pub fn ncpus(&self) -> usize {
+        self.ncpus
     }
 
     /// The program, for the benchmark's tail calls and for `xlb status`.

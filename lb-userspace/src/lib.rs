@@ -12,7 +12,10 @@
 //!   health, drains and backups are taken into account;
 //! - `config`: the configuration file, validated, and the diff a reload applies;
 //! - `tls`: TLS termination and the HTTP proxy of https (layer-7) services;
-//! - `cli`: the command line and its human and JSON output.
+//! - `cli`: the command line and its human and JSON output;
+//! - `metrics`, `metrics_http`, `kstats`: Prometheus metrics read from the maps at
+//!   scrape time, and `/metrics`; `events`: sampled drop events; `kernel_log`: aya-log
+//!   records; `top`: `xlb top`.
 pub mod balancer;
 pub mod cli;
 pub mod config;
@@ -20,12 +23,19 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod drain;
+pub mod events;
 mod fxhash;
 pub mod health;
+pub mod kernel_log;
+pub mod kstats;
 pub mod maglev;
+pub mod metrics;
+pub mod metrics_http;
+pub mod monitor;
 pub mod object;
 pub mod rules;
 pub mod services;
 pub mod state;
 pub mod tls;
+pub mod top;
 pub mod weights;

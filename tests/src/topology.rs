@@ -173,6 +173,36 @@ impl Topology {
         })
     }
 
+    /// One more server host on the backend network (e.g. a database), routed through
+    /// the edge like a nat backend: `addr4` in 203.0.113.0/24, `addr6` in
+    /// 2001:db8:b::/64. The caller owns it (drop it before the topology).
+    pub fn add_host(&self, tag: &str, addr4: &str, addr6: &str) -> Result<Netns> {
+        let h = Netns::new(tag)?;
+        let port = format!("sw-{tag}");
+        veth(
+            &h,
+            "w0",
+            &[&format!("{addr4}/24"), &format!("{addr6}/64")],
+            &self.switch,
+            &port,
+            &[],
+        )?;
+        h.run(&["ethtool", "-K", "w0", "tx", "off"])?;
+        h.run(&["ip", "route", "add", "default", "via", "203.0.113.1"])?;
+        h.run(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "2001:db8:b::1",
+        ])?;
+        self.switch
+            .run(&["ip", "link", "set", &port, "master", "br0"])?;
+        Ok(h)
+    }
+
     /// Waits until the edge has a resolved neighbour entry for every address given
     /// (xlb's FIB lookups need them; adding a backend makes the kernel resolve it).
     pub fn wait_neighbours(&self, addrs: &[String]) -> Result<()> {

@@ -33,6 +33,9 @@ const TOOLS: &[(&str, &str)] = &[
     ("nginx", "nginx"),
     ("h2load", "nghttp2-client"),
     ("testssl", "testssl.sh"),
+    // The monitoring test scrapes xlb with a real Prometheus and checks the exposition.
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
 ];
 /// What `bench --peers` compares xlb with, and drives the traffic with.
 const PEER_TOOLS: &[(&str, &str)] = &[

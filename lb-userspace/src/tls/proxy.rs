@@ -203,13 +203,12 @@ fn append(h: &mut HeaderMap, name: HeaderName, value: &str) {
 /// The request a backend gets: origin-form URI, HTTP/1.1, hop-by-hop headers removed,
 /// Host kept, X-Forwarded-For / X-Forwarded-Proto / Forwarded added.
 fn upstream_head(
-    method: &Method,
+    method: Method,
     uri: &Uri,
-    headers: &HeaderMap,
+    mut h: HeaderMap,
     host: &HeaderValue,
     peer: SocketAddr,
 ) -> (Method, Uri, HeaderMap) {
-    let mut h = headers.clone();
     strip_hop_by_hop(&mut h);
     h.insert(header::HOST, host.clone());
     let ip = peer.ip().to_canonical();
@@ -232,23 +231,18 @@ fn upstream_head(
         header::FORWARDED,
         &format!("for={node};proto=https;host=\"{host_q}\""),
     );
-    let path = uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .filter(|p| p.starts_with('/'))
-        .unwrap_or("/");
-    (
-        method.clone(),
-        Uri::from_maybe_shared(Bytes::copy_from_slice(path.as_bytes())).unwrap_or_default(),
-        h,
-    )
+    let uri = match uri.path_and_query() {
+        Some(p) if p.as_str().starts_with('/') => Uri::from(p.clone()),
+        _ => Uri::from_static("/"),
+    };
+    (method, uri, h)
 }
 
-fn build(head: &(Method, Uri, HeaderMap), body: ProxyBody) -> Request<ProxyBody> {
+fn build(head: (Method, Uri, HeaderMap), body: ProxyBody) -> Request<ProxyBody> {
     let mut r = Request::new(body);
-    *r.method_mut() = head.0.clone();
-    *r.uri_mut() = head.1.clone();
-    *r.headers_mut() = head.2.clone();
+    *r.method_mut() = head.0;
+    *r.uri_mut() = head.1;
+    *r.headers_mut() = head.2;
     *r.version_mut() = Version::HTTP_11;
     r
 }
@@ -320,7 +314,9 @@ pub async fn handle(
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
     stats.requests.fetch_add(1, Ordering::Relaxed);
-    let mut resp = forward(&site, &stats, req, peer).await;
+    // Boxed: the forwarding state is large, and h2 moves each stream's future into a
+    // task of its own.
+    let mut resp = Box::pin(forward(&site, &stats, req, peer)).await;
     stats.count_status(resp.status());
     if let Some(h) = &site.hsts {
         resp.headers_mut()
@@ -354,15 +350,17 @@ async fn forward(
         return reply(StatusCode::PAYLOAD_TOO_LARGE, "payload too large");
     }
     let (parts, body) = req.into_parts();
-    let head = upstream_head(&parts.method, &parts.uri, &parts.headers, &host_value, peer);
     // Replayable: idempotent and without a body (the body streams, it is not kept).
     let replayable = idempotent(&parts.method) && body.is_end_stream();
+    let head = upstream_head(parts.method, &parts.uri, parts.headers, &host_value, peer);
     let body: ProxyBody = if body.is_end_stream() {
         empty()
     } else {
         Limited::new(body, limits.max_body_bytes as usize).boxed_unsync()
     };
-    let mut pending = Some(build(&head, body));
+    // Kept for a replay only when one is allowed.
+    let replay = replayable.then(|| head.clone());
+    let mut pending = Some(build(head, body));
     let mut tried = Vec::new();
     let mut failure = None;
     for _ in 0..=limits.retries {
@@ -411,8 +409,8 @@ async fn forward(
                 }
                 warn!(pool = %pool.name, backend = %flight.backend.addr, error = %err, "backend failed");
                 failure = Some(StatusCode::BAD_GATEWAY);
-                if replayable {
-                    pending = Some(build(&head, empty()));
+                if let Some(head) = &replay {
+                    pending = Some(build(head.clone(), empty()));
                     continue;
                 }
                 break;
@@ -561,9 +559,9 @@ backends = ["203.0.113.5:80"]
         let uri: Uri = "https://a.example:8443/p?q=1".parse().unwrap();
         let host = HeaderValue::from_static("a.example:8443");
         let (_, u, out) = upstream_head(
-            &Method::GET,
+            Method::GET,
             &uri,
-            &h,
+            h,
             &host,
             "[2001:db8::2]:5000".parse().unwrap(),
         );

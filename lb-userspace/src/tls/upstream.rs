@@ -308,7 +308,10 @@ impl Pool {
                 return Ok((flight, c));
             }
         }
-        match tokio::time::timeout(self.connect_timeout, self.connect(b.addr, stats)).await {
+        // Boxed: the connect (and TLS) state is large and rarely needed; inline it
+        // would be moved with every request's future.
+        let connect = Box::pin(self.connect(b.addr, stats));
+        match tokio::time::timeout(self.connect_timeout, connect).await {
             Ok(Ok(c)) => {
                 b.succeeded();
                 Ok((flight, c))
