@@ -54,9 +54,10 @@ pub enum Command {
         /// Log format (`json`: one JSON object a line, for log shippers).
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
-        /// Where `/metrics` listens (Prometheus), or `off`.
-        #[arg(long, default_value = "127.0.0.1:9100", value_parser = parse_metrics_addr)]
-        metrics: MetricsAddr,
+        /// Where `/metrics` listens (Prometheus), or `off` (default: the configuration's
+        /// `[metrics] listen`, else 127.0.0.1:9100).
+        #[arg(long, value_parser = parse_metrics_addr)]
+        metrics: Option<MetricsAddr>,
         /// Log one dropped packet in N (sampled per CPU in the kernel); 0: none.
         #[arg(long, default_value_t = 1000)]
         drop_sample: u32,
@@ -339,8 +340,9 @@ pub fn main(cli: Cli) -> Result<()> {
                 bpffs,
                 state,
                 socket: socket.clone(),
+                metrics: metrics.map(|m| m.0),
                 monitor: MonitorOptions {
-                    metrics: metrics.0,
+                    metrics: None,
                     drop_sample,
                     drop_log_rate,
                     kernel_log,

@@ -131,6 +131,22 @@ pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 pub const MAX_DRAIN: Duration = Duration::from_secs(86_400);
 
+/// Where the Prometheus endpoint listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsListen {
+    Off,
+    At(SocketAddr),
+}
+
+impl fmt::Display for MetricsListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MetricsListen::Off => f.write_str("off"),
+            MetricsListen::At(a) => a.fmt(f),
+        }
+    }
+}
+
 /// The part of the desired state a configuration file manages.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Projection {
@@ -167,7 +183,8 @@ pub struct Config {
     /// The https service (TLS termination and the HTTP proxy): `crate::tls`'s own
     /// configuration, embedded; its paths resolved against this file's directory.
     pub tls: Option<HttpsConfig>,
-    pub metrics: Option<SocketAddr>,
+    /// `[metrics] listen` (None: not in the file).
+    pub metrics: Option<MetricsListen>,
     /// How long a backend removed from a service keeps its established flows.
     pub drain_timeout: Duration,
 }
@@ -903,13 +920,14 @@ impl Config {
         });
 
         let metrics = raw.metrics.and_then(|m| match m.listen.get_ref().parse::<SocketAddr>() {
-            Ok(a) if a.port() != 0 => Some(a),
+            _ if m.listen.get_ref() == "off" => Some(MetricsListen::Off),
+            Ok(a) if a.port() != 0 => Some(MetricsListen::At(a)),
             _ => {
                 r.at(
                     m.listen.span(),
                     "metrics.listen",
                     format!(
-                        "'{}' is not a listen address: expected ADDR:PORT, e.g. \"127.0.0.1:9100\" or \"[::1]:9100\"",
+                        "'{}' is not a listen address: expected ADDR:PORT, e.g. \"127.0.0.1:9100\" or \"[::1]:9100\", or \"off\"",
                         m.listen.get_ref()
                     ),
                 );
@@ -1330,7 +1348,12 @@ listen = "127.0.0.1:9100"
         assert_eq!(h.kind, CheckKind::Http);
         assert_eq!(h.interval, Duration::from_millis(500));
         assert_eq!((h.rise, h.fall, h.expect_status), (2, 3, 204));
-        assert_eq!(c.metrics, Some("127.0.0.1:9100".parse().unwrap()));
+        assert_eq!(
+            c.metrics,
+            Some(MetricsListen::At("127.0.0.1:9100".parse().unwrap()))
+        );
+        let off = parse("[metrics]\nlisten = \"off\"\n").unwrap();
+        assert_eq!(off.metrics, Some(MetricsListen::Off));
         assert_eq!(parse("").unwrap().projection, Projection::default());
     }
 

@@ -23,7 +23,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    config::{self, Config, HealthCheck, Interface, Plan, Projection, RuleOp},
+    config::{self, Config, HealthCheck, Interface, MetricsListen, Plan, Projection, RuleOp},
     control::{Request, Response},
     datapath::{AttachMode, Datapath, check_bpffs},
     drain::{self, Draining},
@@ -35,6 +35,10 @@ use crate::{
     weights::{self, Flags},
 };
 
+/// Where `/metrics` listens unless told otherwise.
+pub const DEFAULT_METRICS: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9100);
+
 pub struct RunOptions {
     /// An interface given on the command line (replaces the file's list).
     pub iface: Option<String>,
@@ -45,7 +49,11 @@ pub struct RunOptions {
     pub bpffs: PathBuf,
     pub state: PathBuf,
     pub socket: PathBuf,
-    /// Monitoring: `/metrics`, drop events, kernel log (see `monitor`).
+    /// `--metrics`: an address or off (None: not given, the configuration's or the
+    /// default address).
+    pub metrics: Option<Option<std::net::SocketAddr>>,
+    /// Monitoring: `/metrics` (set from `metrics` and the configuration), drop events,
+    /// kernel log (see `monitor`).
     pub monitor: crate::monitor::MonitorOptions,
 }
 
@@ -125,10 +133,6 @@ impl Edge {
     }
 
     fn try_handle(&mut self, req: Request) -> Result<Value> {
-        let req_kind = match req {
-            Request::BackendDrain { .. } => ReqKind::Drain,
-            _ => ReqKind::Other,
-        };
         match req {
             Request::Prefix { action, targets } => {
                 let ps = parse_all(&targets, prefix_only)?;
@@ -245,19 +249,8 @@ impl Edge {
                 let (vip, b): (Vip, BackendAddr) = (vip.parse()?, backend.parse()?);
                 self.services_change(|s| s.del_backend(&vip, b))
             }
-            Request::BackendDrain { vip, backend } | Request::BackendEnable { vip, backend } => {
-                let drain = matches!(req_kind, ReqKind::Drain);
-                let (vip, b): (Vip, BackendAddr) = (vip.parse()?, backend.parse()?);
-                let b = self.existing_backend(&vip, b)?;
-                self.pools_change(|p| {
-                    if drain {
-                        p.drained.insert((vip, b));
-                    } else {
-                        p.drained.remove(&(vip, b));
-                    }
-                    Ok(())
-                })
-            }
+            Request::BackendDrain { vip, backend } => self.set_drained(&vip, &backend, true),
+            Request::BackendEnable { vip, backend } => self.set_drained(&vip, &backend, false),
             Request::VipList => Ok(self.vip_list()),
             Request::List => self.list(),
             Request::Stats => self.stats(),
@@ -460,6 +453,20 @@ impl Edge {
         weights::effective(&p.services, &p.backups, &p.drained, &down, &p.draining)
     }
 
+    /// Drains a backend (no new flows) or enables it again; idempotent.
+    fn set_drained(&mut self, vip: &str, backend: &str, drained: bool) -> Result<Value> {
+        let (vip, b): (Vip, BackendAddr) = (vip.parse()?, backend.parse()?);
+        let b = self.existing_backend(&vip, b)?;
+        self.pools_change(|p| {
+            if drained {
+                p.drained.insert((vip, b));
+            } else {
+                p.drained.remove(&(vip, b));
+            }
+            Ok(())
+        })
+    }
+
     /// The backend as stored (the service's port when given without one), if it exists.
     fn existing_backend(&self, vip: &Vip, b: BackendAddr) -> Result<BackendAddr> {
         let svc = self
@@ -506,6 +513,9 @@ impl Edge {
     pub fn set_checked(&mut self, checked: &HashMap<(Vip, BackendAddr), (u64, HealthCheck)>) {
         let before = self.view(&self.pools());
         let old = std::mem::take(&mut self.health);
+        for (vip, b) in old.keys().filter(|k| !checked.contains_key(k)) {
+            crate::metrics::global().forget_backend(vip, b);
+        }
         for (k, (generation, check)) in checked {
             let state = match old.get(k) {
                 Some(s) if s.generation == *generation => s.clone(),
@@ -705,11 +715,6 @@ pub struct Pools {
     pub draining: Draining,
 }
 
-enum ReqKind {
-    Drain,
-    Other,
-}
-
 /// Services forward packets: the kernel's FIB lookup from XDP needs forwarding on, on
 /// every interface xlb runs on.
 fn check_forwarding(ifaces: &[String], vip: &Vip) -> Result<()> {
@@ -747,6 +752,15 @@ fn check_new_services(current: &Services, next: &Services, ifaces: &[String]) ->
         }
     }
     Ok(())
+}
+
+/// Where `/metrics` listens for a configuration (without `--metrics`).
+fn metrics_listen(config: Option<&Config>) -> Option<std::net::SocketAddr> {
+    match config.and_then(|c| c.metrics) {
+        Some(MetricsListen::At(a)) => Some(a),
+        Some(MetricsListen::Off) => None,
+        None => Some(DEFAULT_METRICS),
+    }
 }
 
 /// Applies a plan to a stored state (before anything is loaded).
@@ -802,6 +816,10 @@ pub struct Running {
     /// The https service of the configuration's `[tls]`, while it runs.
     https: Option<Https>,
     rt: tokio::runtime::Handle,
+    /// `/metrics`: where it listens, and whether `--metrics` chose that (a reload of
+    /// the file then leaves it alone).
+    metrics: Option<std::net::SocketAddr>,
+    metrics_from_cli: bool,
 }
 
 /// The https service (`crate::tls`) run by the daemon.
@@ -1011,6 +1029,7 @@ impl Running {
                 warn!(file = %path.display(), trigger, "reload refused, the running state is unchanged: {e:#}")
             }
         }
+        crate::metrics::global().config_loaded(self.generation, res.is_ok());
         self.last_reload = Some(ReloadRecord {
             at: SystemTime::now(),
             trigger,
@@ -1047,6 +1066,13 @@ impl Running {
             .map(config::group_id)
             .transpose()
             .map_err(|e| anyhow!(e))?;
+        if !self.metrics_from_cli && metrics_listen(Some(&cfg)) != self.metrics {
+            bail!(
+                "metrics.listen changes only at a restart of xlb (/metrics listens on {})",
+                self.metrics
+                    .map_or("nothing (off)".to_string(), |a| a.to_string())
+            );
+        }
         let https = self.prepare_https(cfg.tls.as_ref())?;
         // Interfaces first (new ones attached, changed modes re-attached), so a refusal
         // there leaves the state untouched; the ones the file dropped go last.
@@ -1285,7 +1311,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let listener = bind(&opts.socket, gid).await?;
     let guard = SocketGuard(opts.socket.clone());
     let mut dp = Datapath::load(Some(&opts.bpffs))?;
-    opts.monitor.configure(&mut dp);
+    let mut monitor_opts = opts.monitor.clone();
+    monitor_opts.metrics = match opts.metrics {
+        Some(flag) => flag,
+        None => metrics_listen(config.as_ref()),
+    };
+    monitor_opts.configure(&mut dp);
     // Rules go in before the program is attached: the first packet already sees them.
     let mut edge = Edge::new(dp, stored, Some(opts.state.clone()))?;
     edge.ifaces = names;
@@ -1298,6 +1329,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             return Err(e);
         }
     }
+    let monitor = crate::monitor::Monitor::prepare(&monitor_opts, &mut edge.dp).await?;
     if config.is_some() {
         // The state as the file made it, and the file's projection as its new base.
         if let Err(e) = edge.save() {
@@ -1305,13 +1337,6 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             return Err(e);
         }
     }
-    let monitor = match crate::monitor::Monitor::prepare(&opts.monitor, &mut edge.dp).await {
-        Ok(m) => m,
-        Err(e) => {
-            let _ = edge.dp.detach();
-            return Err(e);
-        }
-    };
     info!(
         interfaces = ?edge.dp.attached(), rules = edge.rules.len(),
         services = edge.services.by_vip.len(), config = ?opts.config,
@@ -1334,7 +1359,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         checker: Some(checker),
         https,
         rt,
+        metrics: monitor_opts.metrics,
+        metrics_from_cli: opts.metrics.is_some(),
     }));
+    let _monitor = monitor.start(running.clone());
     running.lock().expect("not poisoned").reconcile_checks();
     // Health-check outcomes, applied in order, a batch per lock.
     let consumer = running.clone();
@@ -1354,7 +1382,6 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             .await;
         }
     });
-    let _monitor = monitor.start(running.clone());
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;

@@ -51,17 +51,17 @@ impl Target {
     }
 }
 
-/// One probe's result, for the target's task of generation `generation`.
+/// One probe's result, from the target's task of generation `generation`.
 #[derive(Debug)]
 pub struct Outcome {
     pub vip: Vip,
     pub backend: BackendAddr,
     pub generation: u64,
     pub at: SystemTime,
+    /// How long the probe took.
+    pub latency: Duration,
     /// What was seen ("HTTP 200"), or what went wrong.
     pub result: Result<String, String>,
-    /// How long the probe took.
-    pub latency: std::time::Duration,
 }
 
 /// A checked backend's health.
@@ -212,15 +212,15 @@ async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let started = std::time::Instant::now();
+        let start = std::time::Instant::now();
         let result = probe(&t, &tls).await;
         let out = Outcome {
             vip: t.vip,
             backend: t.backend,
             generation,
             at: SystemTime::now(),
+            latency: start.elapsed(),
             result,
-            latency: started.elapsed(),
         };
         if tx.send(out).is_err() {
             return;

@@ -17,7 +17,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 use crate::{
-    daemon::Running as Daemon,
+    daemon::Running,
     metrics::{Metrics, OPENMETRICS_TYPE, Snapshot, TEXT_TYPE, to_text_format},
 };
 
@@ -33,7 +33,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 }
 
 /// Serves scrapes until the task is dropped.
-pub async fn serve(listener: TcpListener, edge: Arc<Mutex<Daemon>>, metrics: &'static Metrics) {
+pub async fn serve(listener: TcpListener, edge: Arc<Mutex<Running>>, metrics: &'static Metrics) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -54,13 +54,13 @@ pub async fn serve(listener: TcpListener, edge: Arc<Mutex<Daemon>>, metrics: &'s
 
 /// Renders one exposition: (content type, body).
 pub fn scrape(
-    edge: &Mutex<Daemon>,
+    edge: &Mutex<Running>,
     metrics: &Metrics,
     openmetrics: bool,
 ) -> Result<(String, String)> {
     let snap = {
-        let daemon = edge.lock().expect("not poisoned");
-        Snapshot::read(&daemon.edge)?
+        let edge = edge.lock().expect("not poisoned");
+        Snapshot::read(&edge.edge)?
     };
     let body = metrics.render(&snap);
     Ok(if openmetrics {
@@ -72,7 +72,7 @@ pub fn scrape(
 
 async fn handle(
     mut stream: TcpStream,
-    edge: Arc<Mutex<Daemon>>,
+    edge: Arc<Mutex<Running>>,
     metrics: &'static Metrics,
 ) -> Result<()> {
     let mut head = Vec::with_capacity(1024);

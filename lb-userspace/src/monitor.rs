@@ -12,7 +12,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::info;
 
 use crate::{
-    daemon::Running as Daemon,
+    daemon,
     datapath::Datapath,
     events,
     kernel_log::{self, KernelLog},
@@ -93,7 +93,7 @@ impl Monitor {
         })
     }
 
-    pub fn start(self, edge: Arc<Mutex<Daemon>>) -> Running {
+    pub fn start(self, edge: Arc<Mutex<daemon::Running>>) -> Running {
         let m = metrics::global();
         let mut tasks: Vec<JoinHandle<()>> = self.kernel_log.into_iter().collect();
         if let Some(l) = self.listener {
