@@ -83,6 +83,9 @@ pub struct Stats {
     pub config_reload_failures: AtomicU64,
 }
 
+/// The `service` label of the https service's layer-7 metrics (one per daemon).
+pub const METRICS_SERVICE: &str = "https";
+
 impl Stats {
     fn count_status(&self, s: StatusCode) {
         let c = match s.as_u16() {
@@ -329,6 +332,8 @@ impl HttpsProxy {
     async fn connection(self: Arc<Self>, acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr) {
         let _ = tcp.set_nodelay(true);
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        let l7 = &crate::metrics::global().l7;
+        let _active = l7.connection(METRICS_SERVICE);
         let limits = self.site().limits.clone();
         let header_timeout = config::secs(limits.header_read_timeout);
         let activity = Arc::new(AtomicU64::new(now_ms()));
@@ -342,6 +347,7 @@ impl HttpsProxy {
                 self.stats
                     .handshake_failures
                     .fetch_add(1, Ordering::Relaxed);
+                l7.handshake(METRICS_SERVICE, Err("error"));
                 debug!(%peer, error = %e, "TLS handshake failed");
                 return;
             }
@@ -349,17 +355,28 @@ impl HttpsProxy {
                 self.stats
                     .handshake_timeouts
                     .fetch_add(1, Ordering::Relaxed);
+                l7.handshake(METRICS_SERVICE, Err("timeout"));
                 debug!(%peer, "TLS handshake timed out");
                 return;
             }
         };
         self.stats.handshakes.fetch_add(1, Ordering::Relaxed);
+        l7.handshake(METRICS_SERVICE, Ok(()));
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let stats = self.stats.clone();
         let me = self.clone();
         let service = service_fn(move |req| {
             let (site, stats) = (me.site(), stats.clone());
-            async move { Ok::<_, Infallible>(proxy::handle(site, stats, req, peer).await) }
+            async move {
+                let started = std::time::Instant::now();
+                let resp = proxy::handle(site, stats, req, peer).await;
+                crate::metrics::global().l7.request(
+                    METRICS_SERVICE,
+                    resp.status().as_u16(),
+                    started.elapsed(),
+                );
+                Ok::<_, Infallible>(resp)
+            }
         });
         let io = TokioIo::new(tls);
         let serve: Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send>> = if h2 {

@@ -346,6 +346,9 @@ impl Pool {
                     .await
                     .map_err(|e| {
                         stats.upstream_tls_failures.fetch_add(1, Ordering::Relaxed);
+                        crate::metrics::global()
+                            .l7
+                            .upstream_error(super::METRICS_SERVICE, "tls_verification");
                         warn!(pool = %self.name, backend = %addr, error = %e,
                             total = stats.upstream_tls_failures.load(Ordering::Relaxed),
                             "upstream TLS handshake failed (not falling back to plaintext)");

@@ -345,6 +345,10 @@ fn main() -> Result<()> {
             "sum by (backend) (xlb_backend_new_flows_total)",
         ),
         (
+            "https requests by status class, and TLS handshakes",
+            "sum by (__name__, class) ({__name__=~\"xlb_l7_requests_total|xlb_tls_handshakes_total\"})",
+        ),
+        (
             "health transitions of the database backends",
             "sum by (backend, to) (xlb_backend_health_transitions_total{service=\"198.51.100.20:5432/tcp\"})",
         ),
