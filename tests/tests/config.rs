@@ -546,6 +546,19 @@ fn a_refused_reload_keeps_the_running_state_and_restarts_apply_the_file_diff() {
         "{err}"
     );
     assert_eq!(state(&xlb), before);
+    // /metrics moves only at a restart.
+    std::fs::write(
+        &file,
+        format!("{GOOD}[metrics]\nlisten = \"127.0.0.1:9200\"\n"),
+    )
+    .unwrap();
+    let out = xlb.cli(&["reload"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("metrics.listen changes only at a restart"),
+        "{err}"
+    );
+    assert_eq!(state(&xlb), before);
     // A bad file by SIGHUP: refused, recorded, nothing changed.
     std::fs::write(&file, GOOD.replace("weight = 2", "weight = 0")).unwrap();
     xlb.signal(libc::SIGHUP);

@@ -169,7 +169,12 @@ fn http_checks_take_a_dead_backend_out_and_bring_it_back() {
 fn backups_serve_only_while_every_primary_is_down() {
     let mut t = Topology::build("backup", 3, 8080, Backends::ViaEdge).unwrap();
     let check = "kind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nrise = 1\nfall = 1";
-    let xlb = start(&t, &config(check, &[(0, false), (1, false), (2, true)]));
+    // /metrics where the file says.
+    let text = format!(
+        "{}[metrics]\nlisten = \"127.0.0.1:9200\"\n",
+        config(check, &[(0, false), (1, false), (2, true)])
+    );
+    let xlb = start(&t, &text);
     wait_checked(&xlb, 1);
     assert_eq!(backends(&xlb)[2]["backup"], true);
     assert_eq!(backends(&xlb)[2]["effective_weight"], 0);
@@ -188,6 +193,23 @@ fn backups_serve_only_while_every_primary_is_down() {
     });
     let count = spread(&t);
     assert_eq!(count.get("web3"), Some(&CONNECTIONS), "{count:?}");
+    let metrics = t
+        .edge
+        .run(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "http://127.0.0.1:9200/metrics",
+        ])
+        .unwrap();
+    for i in 0..2 {
+        let line = format!(
+            "xlb_backend_health_state{{service=\"{SVC}\",backend=\"{}:8080\",state=\"down\"}} 1",
+            backend_v4(i)
+        );
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
 
     // One primary back: the backup stands by again.
     t.servers.insert(0, web(&t, 0));
