@@ -791,6 +791,17 @@ fn the_tls_section_is_served_by_xlb_run_and_reloaded_whole() {
     let v = xlb.json(&["reload", "--json"]);
     assert_eq!(v["https"], "reloaded");
     assert_eq!(get().unwrap(), "web2");
+    // Its layer-7 metrics: two requests answered 2xx, two handshakes.
+    let metrics = t
+        .edge
+        .run(&["curl", "-sf", "http://127.0.0.1:9100/metrics"])
+        .unwrap();
+    for line in [
+        "xlb_l7_requests_total{service=\"https\",class=\"2xx\"} 2",
+        "xlb_tls_handshakes_total{service=\"https\"} 2",
+    ] {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
 
     // Refused, and the running https service stays as it was.
     let before = state(&xlb);
