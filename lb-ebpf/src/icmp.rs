@@ -6,7 +6,7 @@ use lb_common::{Addr16, FAMILY_V4, FlowKey};
 
 use crate::{
     bounds::{load, load_addr16, load_w32},
-    parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Packet},
+    parse::{ICMP_HLEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_HLEN, Packet},
     rewrite::{End, fix_check, put_addr, set_u16},
 };
 
@@ -15,10 +15,6 @@ const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMPV6_DEST_UNREACH: u8 = 1;
 const ICMPV6_PACKET_TOO_BIG: u8 = 2;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
-/// Type, code, checksum and the 4-byte rest (the MTU for "fragmentation needed" and
-/// "packet too big"); the quoted packet follows.
-const ICMP_HLEN: usize = 8;
-const IPV6_HLEN: usize = 40;
 
 #[inline(always)]
 pub fn is_echo_request(pkt: &Packet) -> bool {

@@ -23,10 +23,11 @@ const IPPROTO_DSTOPTS: u8 = 60;
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
 const IPV4_MIN_HLEN: usize = 20;
-const IPV6_HLEN: usize = 40;
+pub const IPV6_HLEN: usize = 40;
 const TCP_MIN_HLEN: usize = 20;
-/// ICMP and ICMPv6: type, code, checksum and the 4-byte rest of header.
-const ICMP_HLEN: usize = 8;
+/// ICMP and ICMPv6: type, code, checksum and the 4-byte rest of header (for the errors
+/// xlb forwards, the MTU); the quoted packet of an error follows.
+pub const ICMP_HLEN: usize = 8;
 
 #[repr(C)]
 struct EthHdr {
