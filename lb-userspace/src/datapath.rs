@@ -648,69 +648,20 @@ impl Datapath {
     }
 
     /// Hits of every rule id below `end`, summed over CPUs, read in batches
-    /// (BPF_MAP_LOOKUP_BATCH): one syscall per 64k ids instead of one per rule.
+    /// (`kstats::walk`, BPF_MAP_LOOKUP_BATCH): one syscall per chunk of ids instead of
+    /// one per rule.
     pub fn all_rule_hits(&self, end: u32) -> Result<Vec<u64>> {
-        const CHUNK: u32 = 1 << 16;
-        let fd = self.hits_fd;
+        let ids = end.min(MAX_RULES) as usize;
         let mut out = Vec::with_capacity(end as usize);
-        let mut keys = vec![0u32; CHUNK as usize];
-        let mut values = vec![0u64; CHUNK as usize * self.ncpus];
-        let mut start = 0u32;
-        while start < end.min(MAX_RULES) {
-            let want = CHUNK.min(end - start);
-            // The batch position is the last key already read: the kernel resumes after it.
-            let (mut in_batch, mut out_batch) = (start.wrapping_sub(1), 0u32);
-            // union bpf_attr, batch part: in_batch, out_batch, keys, values, count,
-            // map_fd, elem_flags, flags.
-            #[repr(C)]
-            struct Batch {
-                in_batch: u64,
-                out_batch: u64,
-                keys: u64,
-                values: u64,
-                count: u32,
-                map_fd: u32,
-                elem_flags: u64,
-                flags: u64,
-            }
-            let mut attr = Batch {
-                in_batch: if start == 0 {
-                    0
-                } else {
-                    &mut in_batch as *mut u32 as u64
-                },
-                out_batch: &mut out_batch as *mut u32 as u64,
-                keys: keys.as_mut_ptr() as u64,
-                values: values.as_mut_ptr() as u64,
-                count: want,
-                map_fd: fd as u32,
-                elem_flags: 0,
-                flags: 0,
-            };
-            const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-            // SAFETY: attr points at buffers sized for `want` keys and values.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_MAP_LOOKUP_BATCH,
-                    &mut attr as *mut Batch,
-                    std::mem::size_of::<Batch>(),
-                )
-            };
-            let err = std::io::Error::last_os_error();
-            // ENOENT: the last batch, shorter than asked (count says how long).
-            if rc != 0 && err.raw_os_error() != Some(libc::ENOENT) {
-                return Err(err).context("reading rule hit counters");
-            }
-            for i in 0..attr.count as usize {
-                let per_cpu = &values[i * self.ncpus..(i + 1) * self.ncpus];
-                out.push(per_cpu.iter().sum());
-            }
-            if attr.count == 0 {
-                break;
-            }
-            start += attr.count;
-        }
+        crate::kstats::walk(self.hits_fd, 4, 8 * self.ncpus, ids, |_, per_cpu| {
+            out.push(
+                per_cpu
+                    .chunks_exact(8)
+                    .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
+                    .sum(),
+            );
+        })
+        .context("reading rule hit counters")?;
         out.resize(end as usize, 0);
         Ok(out)
     }
