@@ -584,3 +584,24 @@ pub fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool
     }
     Ok(())
 }
+
+/// `n` connections from `client` to `vip`, one GET each: how many each backend answered.
+pub fn spread(
+    client: &Netns,
+    vip: SocketAddr,
+    n: usize,
+) -> std::collections::HashMap<String, usize> {
+    in_ns(client, move || {
+        let mut count = std::collections::HashMap::new();
+        for _ in 0..n {
+            let mut s = std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(3))
+                .expect("connect to the service");
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            *count
+                .entry(http_get(&mut s).expect("a response"))
+                .or_insert(0) += 1;
+        }
+        count
+    })
+    .unwrap()
+}

@@ -27,19 +27,7 @@ fn cli(xlb: &Daemon, args: &[&str]) {
 
 /// CONNECTIONS connections from the client, one GET each: responses per backend.
 fn spread(t: &Topology, vip: SocketAddr) -> HashMap<String, usize> {
-    in_ns(&t.client, move || {
-        let mut count = HashMap::new();
-        for _ in 0..CONNECTIONS {
-            let mut s = TcpStream::connect_timeout(&vip, Duration::from_secs(3))
-                .expect("connect to the service");
-            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-            *count
-                .entry(http_get(&mut s).expect("a response"))
-                .or_insert(0) += 1;
-        }
-        count
-    })
-    .unwrap()
+    xlb_tests::netns::spread(&t.client, vip, CONNECTIONS)
 }
 
 fn assert_even(count: &HashMap<String, usize>, backends: usize, what: &str) {

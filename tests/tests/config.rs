@@ -119,19 +119,7 @@ fn rules(xlb: &Daemon) -> Vec<String> {
 /// CONNECTIONS connections from the client, one GET each: answers per backend.
 fn spread(t: &Topology) -> HashMap<String, usize> {
     let vip: SocketAddr = "198.51.100.10:80".parse().unwrap();
-    in_ns(&t.client, move || {
-        let mut count = HashMap::new();
-        for _ in 0..CONNECTIONS {
-            let mut s = TcpStream::connect_timeout(&vip, Duration::from_secs(3))
-                .expect("connect to the service");
-            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-            *count
-                .entry(http_get(&mut s).expect("a response"))
-                .or_insert(0) += 1;
-        }
-        count
-    })
-    .unwrap()
+    xlb_tests::netns::spread(&t.client, vip, CONNECTIONS)
 }
 
 #[test]
