@@ -72,16 +72,17 @@ pub const PROG_BALANCE: &str = "xlb_balance";
 pub const JUMP_BALANCE: u32 = 0;
 pub const JUMP_SLOTS: u32 = 1;
 
-/// Every map of the program, for pinning and for `xlb status`.
-pub const ALL_MAPS: [&str; 23] = [
+/// The maps that hold state from one run (and one build) of the program to the next:
+/// pinned by name under the daemon's bpffs directory and adopted by the next `xlb run`,
+/// so a restart or an upgrade keeps flows, rules and counters. MAP_JUMP (it holds one
+/// build's balancer) and MAP_HANDOFF (per-packet scratch) belong to one build.
+pub const STATE_MAPS: [&str; 21] = [
     MAP_BACKEND_STATS,
     MAP_EVENTS,
     MAP_SAMPLE,
     MAP_SNAT,
     MAP_FRAGS,
     MAP_HOPS,
-    MAP_JUMP,
-    MAP_HANDOFF,
     MAP_SERVICES,
     MAP_SERVICE_KEYS,
     MAP_BACKENDS,

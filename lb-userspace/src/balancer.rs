@@ -32,6 +32,15 @@ fn addr16(a: &IpAddr) -> (Addr16, u8) {
     }
 }
 
+fn ip_of(a: &Addr16, family: u8) -> IpAddr {
+    let b = a.bytes();
+    if family == FAMILY_V4 {
+        IpAddr::from([b[0], b[1], b[2], b[3]])
+    } else {
+        IpAddr::from(b)
+    }
+}
+
 fn proto_number(p: Proto) -> u8 {
     match p {
         Proto::Tcp => 6,
@@ -62,7 +71,10 @@ fn echo_key(addr: &IpAddr) -> ServiceKey {
 /// What the kernel holds for one service.
 struct Installed {
     id: u32,
-    conf: ServiceConf,
+    mode: Mode,
+    /// The configuration it was installed from; `None` for a service adopted from a
+    /// running datapath (its next `sync` installs it again, under the same ids).
+    conf: Option<ServiceConf>,
     backend_ids: BTreeMap<BackendAddr, u32>,
     table: (u32, u32),
 }
@@ -125,7 +137,7 @@ impl Balancer {
         let nat = self
             .installed
             .values()
-            .filter(|i| i.conf.mode != Mode::Dsr)
+            .filter(|i| i.mode != Mode::Dsr)
             .count();
         (self.installed.len() as u32, nat as u32)
     }
@@ -133,6 +145,98 @@ impl Balancer {
     /// Backend id of a service's backend (for tests and `xlb backend list`).
     pub fn backend_id(&self, vip: &Vip, b: &BackendAddr) -> Option<u32> {
         self.installed.get(vip)?.backend_ids.get(b).copied()
+    }
+
+    /// Rebuilds what the kernel holds from the maps of a running datapath (a restart,
+    /// an upgrade, a crashed run): the services with their ids and Maglev ranges, the
+    /// backends in use with their ids, every slot's generation, the echo entries. The
+    /// next `sync` then installs the desired services over them under the same ids, so
+    /// established flows keep their backends and new ones hash as before.
+    pub(crate) fn adopt(&mut self) -> Result<()> {
+        let mut in_use: BTreeMap<u32, BTreeMap<BackendAddr, u32>> = BTreeMap::new();
+        let mut used_ids = std::collections::BTreeSet::new();
+        for id in 1..MAX_BACKENDS {
+            let b = self.backends.get(&id, 0).context("reading a backend")?;
+            self.generations[id as usize] = b.generation;
+            if b.generation != 0 {
+                self.next_backend_id = id + 1;
+            }
+            if b.flags & BACKEND_UP != 0 {
+                let addr = BackendAddr {
+                    addr: ip_of(&b.addr, b.family),
+                    port: (b.port != 0).then_some(b.port),
+                };
+                in_use.entry(b.service).or_default().insert(addr, id);
+                used_ids.insert(id);
+            }
+        }
+        self.free_backend_ids = (1..self.next_backend_id)
+            .rev()
+            .filter(|id| !used_ids.contains(id))
+            .collect();
+        let mut services = Vec::new();
+        for item in self.services.iter() {
+            services.push(item.context("reading a service")?);
+        }
+        for (key, svc) in services {
+            let addr = ip_of(&key.addr, key.family);
+            if svc.mode == MODE_ECHO {
+                self.echo.insert(addr, 1);
+                continue;
+            }
+            let proto = match key.proto {
+                6 => Proto::Tcp,
+                17 => Proto::Udp,
+                p => bail!("a running service has protocol {p}, which this build does not know"),
+            };
+            let mode = match svc.mode {
+                MODE_DSR => Mode::Dsr,
+                MODE_NAT => Mode::Nat,
+                MODE_FULLNAT => Mode::Fullnat,
+                m => bail!("a running service has mode {m}, which this build does not know"),
+            };
+            let vip = Vip {
+                addr,
+                port: (key.port != 0).then_some(key.port),
+                proto,
+            };
+            self.reserve(svc.table_offset, svc.table_size)?;
+            self.next_service_id = self.next_service_id.max(svc.id + 1);
+            self.installed.insert(
+                vip,
+                Installed {
+                    id: svc.id,
+                    mode,
+                    conf: None,
+                    backend_ids: in_use.remove(&svc.id).unwrap_or_default(),
+                    table: (svc.table_offset, svc.table_size),
+                },
+            );
+        }
+        let ids: std::collections::BTreeSet<u32> = self.installed.values().map(|i| i.id).collect();
+        self.free_service_ids = (1..self.next_service_id)
+            .rev()
+            .filter(|id| !ids.contains(id))
+            .collect();
+        Ok(())
+    }
+
+    /// Marks a range of the pool as used (a running service's table).
+    fn reserve(&mut self, off: u32, len: u32) -> Result<()> {
+        let i = self
+            .free
+            .iter()
+            .position(|(o, l)| *o <= off && off + len <= o + l)
+            .ok_or_else(|| anyhow!("running services' Maglev tables overlap at {off}"))?;
+        let (o, l) = self.free.remove(i);
+        if off > o {
+            self.free.push((o, off - o));
+        }
+        if off + len < o + l {
+            self.free.push((off + len, o + l - off - len));
+        }
+        self.free.sort_unstable();
+        Ok(())
     }
 
     fn alloc(&mut self, len: u32) -> Result<u32> {
@@ -215,7 +319,7 @@ impl Balancer {
             if self
                 .installed
                 .get(&conf.vip)
-                .is_some_and(|i| i.conf == *conf)
+                .is_some_and(|i| i.conf.as_ref() == Some(conf))
             {
                 continue;
             }
@@ -328,7 +432,8 @@ impl Balancer {
             conf.vip,
             Installed {
                 id,
-                conf: conf.clone(),
+                mode: conf.mode,
+                conf: Some(conf.clone()),
                 backend_ids: ids,
                 table: (offset, size),
             },

@@ -1,13 +1,13 @@
 //! The command line: clap definitions, dispatch and output (human or `--json`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
 use crate::{
-    control::{self, DEFAULT_SOCKET, Request},
+    control::{self, DEFAULT_BPFFS, DEFAULT_SOCKET, DEFAULT_STATE, Request},
     daemon::{self, RunOptions},
     datapath::AttachMode,
     kernel_log::KernelLog,
@@ -29,7 +29,8 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Load and attach the XDP program, serve the control socket until SIGINT/SIGTERM
-    /// (SIGHUP reloads the configuration file).
+    /// (SIGHUP reloads the configuration file). A datapath left running by an earlier
+    /// run (a restart, an upgrade, a crash) is taken over without a lost packet.
     Run {
         /// The interface to attach to (replaces the configuration's [[interface]] list).
         #[arg(long)]
@@ -45,12 +46,22 @@ pub enum Command {
         /// overrides the configuration's `control.group`).
         #[arg(long)]
         socket_group: Option<String>,
-        /// A directory on a bpffs where the maps are pinned while xlb runs.
-        #[arg(long, default_value = "/sys/fs/bpf/xlb")]
+        /// A directory on a bpffs holding the datapath (maps, links): it outlives the
+        /// daemon, so the next `xlb run` adopts it.
+        #[arg(long, default_value = DEFAULT_BPFFS)]
         bpffs: PathBuf,
         /// The stored rules (restored at start, rewritten atomically on every change).
-        #[arg(long, default_value = "/var/lib/xlb/state")]
+        #[arg(long, default_value = DEFAULT_STATE)]
         state: PathBuf,
+        /// When stopped, detach from the interfaces and remove the pins (default: the
+        /// datapath keeps forwarding until the next `xlb run` or `xlb down`).
+        #[arg(long)]
+        detach: bool,
+        /// Another build of the XDP program (an ELF object built from lb-ebpf) instead
+        /// of the one inside this binary: swapped in atomically for the running one,
+        /// keeping its flows, rules and counters if its maps have the same layout.
+        #[arg(long, value_name = "OBJECT")]
+        program: Option<PathBuf>,
         /// Log format (`json`: one JSON object a line, for log shippers).
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
@@ -82,6 +93,20 @@ pub enum Command {
         /// Log format.
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
+    },
+    /// Remove the datapath: stop the daemon if one runs, detach the program from every
+    /// interface, remove the pins. The stored rules stay (unless --purge).
+    Down {
+        /// The pin directory of a datapath left without a daemon.
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+        /// Also delete the stored state (rules and services).
+        #[arg(long)]
+        purge: bool,
+        #[arg(long, default_value = DEFAULT_STATE)]
+        state: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
     /// Firewall rules.
     #[command(subcommand)]
@@ -324,6 +349,8 @@ pub fn main(cli: Cli) -> Result<()> {
             socket_group,
             bpffs,
             state,
+            detach,
+            program,
             log_format,
             metrics,
             drop_sample,
@@ -340,6 +367,8 @@ pub fn main(cli: Cli) -> Result<()> {
                 bpffs,
                 state,
                 socket: socket.clone(),
+                detach,
+                program,
                 metrics: metrics.map(|m| m.0),
                 monitor: MonitorOptions {
                     metrics: None,
@@ -350,6 +379,38 @@ pub fn main(cli: Cli) -> Result<()> {
             }))
         }
         Command::CheckConfig { file, json } => check_config(&file, json),
+        Command::Down {
+            bpffs,
+            purge,
+            state,
+            json,
+        } => {
+            let v = down(&socket, &bpffs, purge.then_some(state.as_path()))?;
+            if json {
+                println!("{v}");
+            } else {
+                let list = |k: &str| {
+                    v[k].as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|x| x.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        })
+                        .unwrap_or_default()
+                };
+                match v["daemon_stopped"].as_u64() {
+                    Some(pid) => println!("stopped the daemon (pid {pid})"),
+                    None => println!("no daemon was running"),
+                }
+                println!("detached from: {}", or_none(&list("detached")));
+                println!("removed the pins under {}", bpffs.display());
+                if purge {
+                    println!("deleted the stored state {}", state.display());
+                }
+            }
+            Ok(())
+        }
         Command::Status { json } => {
             let v = call(Request::Status)?;
             if json {
@@ -743,6 +804,26 @@ fn print_status(v: &Value) {
         text(&v["program_id"]),
         ifaces.join(", ")
     );
+    let d = &v["datapath"];
+    let at_start = match text(&d["at_start"]["kind"]).as_str() {
+        "adopted" => format!(
+            "took over a running datapath ({} maps kept)",
+            text(&d["at_start"]["maps"])
+        ),
+        "replaced" => format!(
+            "replaced an incompatible one ({})",
+            text(&d["at_start"]["why"])
+        ),
+        _ => "started fresh".to_string(),
+    };
+    let on_stop = match d["on_stop"].as_str() {
+        Some("detach") => "detaches and removes the pins",
+        _ => "keeps forwarding (`xlb down` removes it)",
+    };
+    println!(
+        "datapath:    pinned at {}; {at_start}; when stopped {on_stop}",
+        text(&d["pins"])
+    );
     match v["socket_group"].as_str() {
         Some(g) => println!("socket:      {} (mode 0660, group {g})", text(&v["socket"])),
         None => println!("socket:      {} (mode 0600, root only)", text(&v["socket"])),
@@ -891,4 +972,47 @@ fn print_stats(v: &Value) {
             text(&f["capacity"])
         );
     }
+}
+
+fn or_none(s: &str) -> &str {
+    if s.is_empty() { "(none)" } else { s }
+}
+
+/// `xlb down`: through the daemon if one runs (it detaches, removes its pins and
+/// exits), else directly on the pin directory a stopped or crashed run left.
+fn down(socket: &Path, bpffs: &Path, purge: Option<&Path>) -> Result<serde_json::Value> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("xlb down needs root (it detaches XDP programs): run it with sudo");
+    }
+    let mut out = serde_json::json!({ "daemon_stopped": null, "detached": [] });
+    if control::daemon_running(socket) {
+        let v = control::call(socket, &Request::Down)?;
+        out["daemon_stopped"] = v["stopping"].clone();
+        out["detached"] = v["interfaces"].clone();
+        // It removes its pins and socket on its way out.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while control::daemon_running(socket) || socket.exists() {
+            if std::time::Instant::now() > deadline {
+                bail!("the daemon did not stop within 20 s of `xlb down`");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    if bpffs.exists() {
+        let dir = crate::pins::PinDir::open(bpffs)?;
+        let detached = dir.remove_all()?;
+        if !detached.is_empty() {
+            out["detached"] = serde_json::json!(detached);
+        }
+    }
+    let _ = std::fs::remove_file(socket);
+    if let Some(state) = purge {
+        match std::fs::remove_file(state) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("deleting {}", state.display())),
+        }
+    }
+    Ok(out)
 }

@@ -14,6 +14,10 @@ use serde::{Deserialize, Serialize};
 use crate::{rules::Action, services::Mode};
 
 pub const DEFAULT_SOCKET: &str = "/run/xlb/xlb.sock";
+/// Where the daemon pins its datapath (maps, links) by default.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/xlb";
+/// Where the desired state is stored by default.
+pub const DEFAULT_STATE: &str = "/var/lib/xlb/state";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -95,6 +99,9 @@ pub enum Request {
     Status,
     /// Re-reads the configuration file and applies what changed in it.
     Reload,
+    /// Stops the daemon and removes the datapath: detaches from every interface,
+    /// removes the pins (`xlb down`).
+    Down,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -121,6 +128,11 @@ impl Response {
             data: serde_json::Value::Null,
         }
     }
+}
+
+/// Whether a daemon answers on `socket`.
+pub fn daemon_running(socket: &Path) -> bool {
+    UnixStream::connect(socket).is_ok()
 }
 
 /// Sends one request and returns the daemon's data, or its error.

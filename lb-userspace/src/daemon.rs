@@ -49,6 +49,12 @@ pub struct RunOptions {
     pub bpffs: PathBuf,
     pub state: PathBuf,
     pub socket: PathBuf,
+    /// Detach and remove the pins when stopped (default: the datapath keeps running
+    /// for the next `xlb run` to adopt).
+    pub detach: bool,
+    /// An XDP object to load instead of the built-in program (an upgrade of the
+    /// kernel side alone).
+    pub program: Option<PathBuf>,
     /// `--metrics`: an address or off (None: not given, the configuration's or the
     /// default address).
     pub metrics: Option<Option<std::net::SocketAddr>>,
@@ -254,7 +260,7 @@ impl Edge {
             Request::VipList => Ok(self.vip_list()),
             Request::List => self.list(),
             Request::Stats => self.stats(),
-            Request::Status | Request::Reload => {
+            Request::Status | Request::Reload | Request::Down => {
                 bail!("only a running daemon (`xlb run`) answers status and reload")
             }
         }
@@ -820,6 +826,10 @@ pub struct Running {
     /// the file then leaves it alone).
     metrics: Option<std::net::SocketAddr>,
     metrics_from_cli: bool,
+    /// Detach and remove the pins when stopping (`--detach`, or set by `xlb down`).
+    detach_on_stop: bool,
+    /// Wakes the main loop to stop (`xlb down`).
+    stop: Arc<tokio::sync::Notify>,
 }
 
 /// The https service (`crate::tls`) run by the daemon.
@@ -879,6 +889,15 @@ impl Running {
         let res = match req {
             Request::Status => self.status().map(Response::ok),
             Request::Reload => self.reload(trigger).map(Response::ok),
+            Request::Down => {
+                info!("xlb down: stopping, detaching and removing the pins");
+                // The main loop stops once the answer is sent (serve_one).
+                self.detach_on_stop = true;
+                Ok(Response::ok(json!({
+                    "stopping": std::process::id(),
+                    "interfaces": self.edge.dp.attached().into_iter().map(|(i, _)| i).collect::<Vec<_>>(),
+                })))
+            }
             other => Ok(self.edge.handle(other)),
         };
         if !reads {
@@ -991,6 +1010,11 @@ impl Running {
             "drain_timeout_secs": self.edge.drain_timeout.as_secs(),
             "program_id": program_id,
             "interfaces": interfaces,
+            "datapath": {
+                "pins": self.edge.dp.pin_dir().map(|p| p.display().to_string()),
+                "at_start": self.edge.dp.adoption,
+                "on_stop": if self.detach_on_stop { "detach" } else { "keep" },
+            },
             "socket": self.socket.display().to_string(),
             "socket_group": self.group(),
             "config": config,
@@ -1241,9 +1265,15 @@ async fn bind(socket: &Path, gid: Option<u32>) -> Result<UnixListener> {
 async fn serve_one(stream: UnixStream, running: Arc<Mutex<Running>>) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    BufReader::new(read).read_line(&mut line).await?;
+    if BufReader::new(read).read_line(&mut line).await? == 0 {
+        // A liveness probe (`control::daemon_running`): connected, asked nothing.
+        return Ok(());
+    }
+    let mut down = false;
     let resp = match serde_json::from_str::<Request>(&line) {
         Ok(req) => {
+            down = matches!(req, Request::Down);
+            let running = running.clone();
             tokio::task::spawn_blocking(move || {
                 running.lock().expect("not poisoned").handle(req, "cli")
             })
@@ -1253,8 +1283,11 @@ async fn serve_one(stream: UnixStream, running: Arc<Mutex<Running>>) -> Result<(
     };
     let mut out = serde_json::to_vec(&resp)?;
     out.push(b'\n');
-    write.write_all(&out).await?;
-    Ok(())
+    let sent = write.write_all(&out).await;
+    if down {
+        running.lock().expect("not poisoned").stop.notify_one();
+    }
+    Ok(sent?)
 }
 
 pub async fn run(opts: RunOptions) -> Result<()> {
@@ -1308,9 +1341,20 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         Some(t) => Some((Https::prepare(t)?, t.clone())),
         None => None,
     };
+    let program = match &opts.program {
+        Some(p) => {
+            std::fs::read(p).with_context(|| format!("reading the XDP program {}", p.display()))?
+        }
+        None => crate::object::XLB.to_vec(),
+    };
     let listener = bind(&opts.socket, gid).await?;
     let guard = SocketGuard(opts.socket.clone());
-    let mut dp = Datapath::load(Some(&opts.bpffs))?;
+    let mut dp = Datapath::load_object(&program, Some(&opts.bpffs)).with_context(|| match &opts
+        .program
+    {
+        Some(p) => format!("--program {}", p.display()),
+        None => "the built-in XDP program".to_string(),
+    })?;
     let mut monitor_opts = opts.monitor.clone();
     monitor_opts.metrics = match opts.metrics {
         Some(flag) => flag,
@@ -1325,15 +1369,25 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         .map_or(drain::DEFAULT_DRAIN, |c| c.drain_timeout);
     for i in &ifaces {
         if let Err(e) = edge.dp.attach(&i.name, i.mode) {
-            let _ = edge.dp.detach();
+            abandon(&mut edge.dp);
             return Err(e);
         }
     }
-    let monitor = crate::monitor::Monitor::prepare(&monitor_opts, &mut edge.dp).await?;
+    let detached = edge.dp.prune();
+    if !detached.is_empty() {
+        info!(interfaces = ?detached, "detached from the interfaces the last run used and this one does not");
+    }
+    let monitor = match crate::monitor::Monitor::prepare(&monitor_opts, &mut edge.dp).await {
+        Ok(m) => m,
+        Err(e) => {
+            abandon(&mut edge.dp);
+            return Err(e);
+        }
+    };
     if config.is_some() {
         // The state as the file made it, and the file's projection as its new base.
         if let Err(e) = edge.save() {
-            let _ = edge.dp.detach();
+            abandon(&mut edge.dp);
             return Err(e);
         }
     }
@@ -1341,11 +1395,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         interfaces = ?edge.dp.attached(), rules = edge.rules.len(),
         services = edge.services.by_vip.len(), config = ?opts.config,
         socket = %opts.socket.display(), pins = %opts.bpffs.display(),
+        at_start = ?edge.dp.adoption,
         "xlb attached and ready"
     );
     let rt = tokio::runtime::Handle::current();
     let https = https.map(|(proxy, cfg)| Https::start(proxy, cfg, &rt));
     let (checker, mut outcomes) = health::Checker::new(rt.clone());
+    let stop = Arc::new(tokio::sync::Notify::new());
     let running = Arc::new(Mutex::new(Running {
         edge,
         generation: u64::from(config.is_some()),
@@ -1361,6 +1417,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         rt,
         metrics: monitor_opts.metrics,
         metrics_from_cli: opts.metrics.is_some(),
+        detach_on_stop: opts.detach,
+        stop: stop.clone(),
     }));
     let _monitor = monitor.start(running.clone());
     running.lock().expect("not poisoned").reconcile_checks();
@@ -1415,17 +1473,40 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            _ = stop.notified() => break,
         }
     }
     let mut running = running.lock().expect("not poisoned");
-    info!("stopping: detaching from {:?}", running.edge.dp.attached());
     if let Some(h) = running.https.take() {
         h.stop();
     }
-    running.edge.dp.detach()?;
-    running.edge.dp.unpin();
+    if running.detach_on_stop {
+        info!(
+            "stopping: detaching from {:?} and removing the pins",
+            running.edge.dp.attached()
+        );
+        running.edge.dp.detach()?;
+        running.edge.dp.unpin();
+    } else {
+        info!(
+            interfaces = ?running.edge.dp.attached(),
+            pins = %opts.bpffs.display(),
+            "stopping: the datapath keeps forwarding; the next `xlb run` takes it over, `xlb down` removes it"
+        );
+    }
     drop(guard);
     Ok(())
+}
+
+/// After a failed start: a datapath that ran before this run keeps running (its links
+/// hold the old or the new program, both complete); one this run created goes.
+fn abandon(dp: &mut Datapath) {
+    if matches!(dp.adoption, crate::datapath::Adoption::Adopted { .. }) {
+        warn!("start failed: the running datapath is left as it is");
+        return;
+    }
+    let _ = dp.detach();
+    dp.unpin();
 }
 
 struct SocketGuard(PathBuf);

@@ -15,19 +15,28 @@ use aya::{
         Array, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues, ProgramArray, RingBuf,
         lpm_trie::Key,
     },
-    programs::{TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        TestRun, TestRunOptions, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
 };
 use lb_common::*;
+use tracing::{info, warn};
 
 use crate::{
     balancer::Balancer,
     fxhash::{FxHashMap, FxHashSet},
     object,
+    pins::PinDir,
     rules::{Action, Change, Match, Prefix, Rule, RuleSet},
 };
 
-/// The magic number of a bpffs mount (`statfs.f_type`).
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+pub use crate::pins::check_bpffs;
+
+/// How long an attach retries while the interface still holds a link being released
+/// (the kernel frees a link whose last reference went in a deferred work item).
+const ATTACH_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A shared memory view of an mmapable BPF array, written with atomic 32-bit stores so
 /// the program always reads either the old or the new value of an entry.
@@ -97,6 +106,44 @@ pub enum AttachMode {
     Generic,
 }
 
+impl AttachMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachMode::Native => "native",
+            AttachMode::Generic => "generic",
+        }
+    }
+
+    pub fn from_str_opt(s: &str) -> Option<Self> {
+        [AttachMode::Native, AttachMode::Generic]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+    }
+}
+
+/// What `load` found in the pin directory.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Adoption {
+    /// No pinned maps (or no pin directory): the tables start empty.
+    Fresh,
+    /// The maps of an earlier run (a restart, an upgrade, a crashed run): flows, rules
+    /// and counters continue.
+    Adopted { maps: usize },
+    /// Pinned maps of a build with another map layout: replaced by empty ones.
+    Replaced { why: String },
+}
+
+/// The program attached to one interface through a BPF link.
+struct Attached {
+    iface: String,
+    mode: AttachMode,
+    /// Closing the last reference to a link detaches it: while `pin` exists the
+    /// program stays attached without us.
+    link: FdLink,
+    pin: Option<PathBuf>,
+}
+
 pub struct Datapath {
     bpf: Ebpf,
     /// Holds the balancer program in its slot (the firewall tail-calls it).
@@ -130,9 +177,13 @@ pub struct Datapath {
     pub log_level: u32,
     /// The drop-event ring buffer until the daemon takes it (`take_events`).
     events: Option<RingBuf<MapData>>,
-    /// Where the program is attached: interface, mode, link.
-    links: Vec<(String, AttachMode, XdpLinkId)>,
-    pins: Option<PathBuf>,
+    /// Where the program is attached.
+    links: Vec<Attached>,
+    pins: Option<PinDir>,
+    /// Where this build's program array is pinned (with `pins`).
+    jump_pin: Option<PathBuf>,
+    /// What the pin directory held at load.
+    pub adoption: Adoption,
 }
 
 fn v4_bits(p: &Prefix) -> u32 {
@@ -167,45 +218,43 @@ where
     T::try_from(map).with_context(|| format!("map {name}"))
 }
 
-/// Checks that `dir`'s nearest existing ancestor is on a bpffs.
-pub fn check_bpffs(dir: &Path) -> Result<()> {
-    let mut probe = dir.to_path_buf();
-    while !probe.exists() {
-        if !probe.pop() {
-            break;
-        }
-    }
-    let c = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes())?;
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: c is a valid C string, st a valid out-pointer.
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 || st.f_type as i64 != BPF_FS_MAGIC {
-        bail!(
-            "bpffs is not mounted at {} (needed for {}): run `mount -t bpf bpf {}` or `cargo xtask setup`",
-            probe.display(),
-            dir.display(),
-            probe.display()
-        );
-    }
-    Ok(())
-}
-
 impl Datapath {
-    /// Loads the program into the kernel (the verifier runs here) with empty tables, and
-    /// pins every map under `pins` if given (replacing pins a crashed run left behind).
+    /// Loads the program into the kernel (the verifier runs here). With a pin directory,
+    /// its state maps are those pinned there by an earlier run if they fit this build
+    /// (see `pins`), else new ones, pinned there.
     pub fn load(pins: Option<&Path>) -> Result<Self> {
         Self::load_object(object::XLB, pins)
     }
 
-    /// `load` of another build of the program (the bench's copy without logging).
+    /// `load` of another build of the program (an upgrade, the bench's copy without
+    /// logging).
     pub fn load_object(obj: &[u8], pins: Option<&Path>) -> Result<Self> {
-        let mut bpf = EbpfLoader::new()
-            .load(obj)
-            .context("loading the XDP object")?;
+        let pins = pins.map(PinDir::open).transpose()?;
+        let mut loader = EbpfLoader::new();
+        let mut adoption = Adoption::Fresh;
+        if let Some(p) = &pins {
+            adoption = match p.check_maps(obj) {
+                Ok(0) => Adoption::Fresh,
+                Ok(maps) => Adoption::Adopted { maps },
+                Err(e) => {
+                    warn!("{e:#}: starting with empty tables");
+                    p.remove_maps();
+                    Adoption::Replaced {
+                        why: format!("{e:#}"),
+                    }
+                }
+            };
+            for name in STATE_MAPS {
+                loader.map_pin_path(name, p.map(name));
+            }
+        }
+        let mut bpf = loader.load(obj).context("loading the XDP object")?;
         let prog: &mut Xdp = bpf
             .program_mut(PROG_NAME)
             .ok_or_else(|| anyhow!("program {PROG_NAME} missing from the object"))?
             .try_into()?;
         prog.load().context("the kernel refused the XDP program")?;
+        let prog_id = prog.info()?.id();
         let balancer: &mut Xdp = bpf
             .program_mut(PROG_BALANCE)
             .ok_or_else(|| anyhow!("program {PROG_BALANCE} missing from the object"))?
@@ -214,17 +263,6 @@ impl Datapath {
             .load()
             .context("the kernel refused the balancer program")?;
         let balancer_fd = balancer.fd()?.try_clone()?;
-        if let Some(dir) = pins {
-            check_bpffs(dir)?;
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            for name in ALL_MAPS {
-                let path = dir.join(name);
-                let _ = std::fs::remove_file(&path);
-                let map = bpf.map(name).ok_or_else(|| anyhow!("map {name} missing"))?;
-                map.pin(&path)
-                    .map_err(|e| anyhow!("pinning {name} at {}: {e}", path.display()))?;
-            }
-        }
         let dir24 = MmapTable::new(
             bpf.map(MAP_DIR24).context("dir24 map")?,
             DIR24_BLOCKS as usize * std::mem::size_of::<Dir24Block>(),
@@ -249,7 +287,7 @@ impl Datapath {
             Some(Map::PerCpuArray(d)) => d.fd().as_fd().as_raw_fd(),
             _ => bail!("map {MAP_BACKEND_STATS} missing or of the wrong type"),
         };
-        let lb = Balancer::new(
+        let mut lb = Balancer::new(
             take(&mut bpf, MAP_SERVICES)?,
             take(&mut bpf, MAP_SERVICE_KEYS)?,
             take(&mut bpf, MAP_SNAT)?,
@@ -257,7 +295,23 @@ impl Datapath {
             (take(&mut bpf, MAP_BACKEND_STATS)?, stats_fd),
             pool,
         );
+        if matches!(adoption, Adoption::Adopted { .. }) {
+            lb.adopt()
+                .context("reading the services of the running datapath")?;
+        }
         let events = Some(take(&mut bpf, MAP_EVENTS)?);
+        // Pinned so it stays filled while this build is attached, with or without us.
+        let jump_pin = match &pins {
+            Some(p) => {
+                let path = p.jump(prog_id);
+                let _ = std::fs::remove_file(&path);
+                let map = bpf.map(MAP_JUMP).context("the program array")?;
+                map.pin(&path)
+                    .with_context(|| format!("pinning the program array at {}", path.display()))?;
+                Some(path)
+            }
+            None => None,
+        };
         let mut jump: ProgramArray<MapData> = take(&mut bpf, MAP_JUMP)?;
         jump.set(JUMP_BALANCE, &balancer_fd, 0)
             .context("installing the balancer")?;
@@ -290,13 +344,18 @@ impl Datapath {
             long_count: FxHashMap::default(),
             ncpus: aya::util::nr_cpus().map_err(|(m, e)| anyhow!("{m}: {e}"))?,
             links: Vec::new(),
-            pins: pins.map(Path::to_path_buf),
+            pins,
+            jump_pin,
+            adoption,
         })
     }
 
-    /// Attaches to `iface` (one more interface). Errors name the interface and the reason.
+    /// Attaches to `iface` (one more interface). A link pinned there by an earlier run
+    /// in the same mode gets this program swapped in atomically (no packet misses the
+    /// hook); otherwise a new link is made (and pinned, with a pin directory). Errors
+    /// name the interface and the reason.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<()> {
-        if self.links.iter().any(|(i, ..)| i == iface) {
+        if self.links.iter().any(|a| a.iface == iface) {
             bail!("xlb is already attached to '{iface}'");
         }
         let c = std::ffi::CString::new(iface).context("interface name")?;
@@ -304,40 +363,85 @@ impl Datapath {
         if unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
             bail!("unknown interface '{iface}'");
         }
-        let flags = match mode {
-            AttachMode::Native => XdpMode::Driver,
-            AttachMode::Generic => XdpMode::Skb,
-        };
+        let mut adopt = None;
+        if let Some(p) = &self.pins {
+            for old in p.links().into_iter().filter(|l| l.iface == iface) {
+                if old.mode == mode {
+                    adopt = Some(old.path);
+                } else {
+                    // One XDP mode at a time on an interface: the old link goes first.
+                    warn!(iface, from = ?old.mode, to = ?mode, "changing the XDP mode: the interface is without xlb until it is attached again");
+                    let _ = std::fs::remove_file(&old.path);
+                }
+            }
+        }
         let prog: &mut Xdp = self
             .bpf
             .program_mut(PROG_NAME)
             .expect("loaded")
             .try_into()?;
-        let link = prog.attach(iface, flags).map_err(|e| {
-            anyhow!("interface '{iface}' refused XDP in {mode:?} mode: {e} (try --mode generic, or mode = \"generic\" in the configuration)")
-        })?;
-        self.links.push((iface.to_string(), mode, link));
+        let replaced = adopt.and_then(|path| match swap_into(prog, &path) {
+            Ok(link) => Some((link, path)),
+            Err(e) => {
+                // The interface went away (and maybe came back) since the link was made.
+                warn!(
+                    iface,
+                    "the pinned link cannot be reused ({e:#}): attaching anew"
+                );
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        });
+        let (link, pin) = match replaced {
+            Some((link, path)) => {
+                info!(iface, "took over the running datapath's link");
+                (link, Some(path))
+            }
+            None => {
+                let link = attach_new(prog, iface, mode)?;
+                match &self.pins {
+                    Some(p) => {
+                        let path = p.link(iface, mode);
+                        let pinned = link.pin(&path).map_err(|e| {
+                            anyhow!("pinning the link of '{iface}' at {}: {e}", path.display())
+                        })?;
+                        (FdLink::from(pinned), Some(path))
+                    }
+                    None => (link, None),
+                }
+            }
+        };
+        self.links.push(Attached {
+            iface: iface.to_string(),
+            mode,
+            link,
+            pin,
+        });
         Ok(())
     }
 
     /// The interfaces the program is attached to, in attach order.
     pub fn attached(&self) -> Vec<(String, AttachMode)> {
-        self.links.iter().map(|(i, m, _)| (i.clone(), *m)).collect()
+        self.links
+            .iter()
+            .map(|a| (a.iface.clone(), a.mode))
+            .collect()
     }
 
     /// Detaches from one interface (if attached).
     pub fn detach_from(&mut self, iface: &str) -> Result<()> {
-        let Some(i) = self.links.iter().position(|(n, ..)| n == iface) else {
+        let Some(i) = self.links.iter().position(|a| a.iface == iface) else {
             return Ok(());
         };
-        let (_, _, link) = self.links.remove(i);
-        let prog: &mut Xdp = self
-            .bpf
-            .program_mut(PROG_NAME)
-            .expect("loaded")
-            .try_into()?;
-        prog.detach(link)
-            .with_context(|| format!("detaching XDP from '{iface}'"))
+        let a = self.links.remove(i);
+        if let Some(pin) = &a.pin {
+            std::fs::remove_file(pin).with_context(|| {
+                format!("detaching XDP from '{iface}': removing {}", pin.display())
+            })?;
+        }
+        // Our reference was the last: the link goes, and the program with it.
+        drop(a.link);
+        Ok(())
     }
 
     /// Detaches from every interface.
@@ -351,14 +455,41 @@ impl Datapath {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Removes the pins made by `pin`.
-    pub fn unpin(&mut self) {
-        if let Some(dir) = self.pins.take() {
-            for name in ALL_MAPS {
-                let _ = std::fs::remove_file(dir.join(name));
+    /// After every interface is attached: removes the links an earlier run pinned on
+    /// interfaces this one does not use, and the program arrays of builds no longer
+    /// attached anywhere. Returns the interfaces it detached.
+    pub fn prune(&mut self) -> Vec<String> {
+        let Some(p) = &self.pins else {
+            return Vec::new();
+        };
+        let mut gone = Vec::new();
+        for old in p.links() {
+            if !self.links.iter().any(|a| a.pin.as_ref() == Some(&old.path)) {
+                let _ = std::fs::remove_file(&old.path);
+                gone.push(old.iface);
             }
-            let _ = std::fs::remove_dir(&dir);
         }
+        for (_, path) in p.jumps() {
+            if Some(&path) != self.jump_pin.as_ref() {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        gone
+    }
+
+    /// Removes every pin (after `detach`): the maps go with this process.
+    pub fn unpin(&mut self) {
+        if let Some(p) = self.pins.take()
+            && let Err(e) = p.remove_all()
+        {
+            warn!("removing the pins: {e:#}");
+        }
+        self.jump_pin = None;
+    }
+
+    /// The pin directory, if any.
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pins.as_ref().map(PinDir::path)
     }
 
     /// The policies and list sizes.
@@ -384,13 +515,128 @@ impl Datapath {
         self.config.set(0, cfg, 0).context("writing the config map")
     }
 
-    /// Applies the whole rule set to empty tables (at start).
+    /// Brings the tables to the whole rule set, at start: into empty tables, or into
+    /// those of a running datapath (adopted) without a wrong verdict on the way. Longer
+    /// prefixes are painted first, so every entry is written once with its final value
+    /// (the value it already holds when the running tables match the rule set); then
+    /// entries, slots and trie keys that no rule explains are cleared, and the hit
+    /// counters of ids no rule holds are zeroed.
     pub fn load_rules(&mut self, rules: &RuleSet) -> Result<()> {
-        for rule in rules.rules() {
+        let mut ordered: Vec<&Rule> = rules.rules().collect();
+        ordered.sort_by_key(|r| match r.matches {
+            Match::Prefix(p) | Match::ExceptPrefix(p) => std::cmp::Reverse(p.len),
+            _ => std::cmp::Reverse(0),
+        });
+        for rule in ordered {
             self.apply_rule(rules, &Change::Added(*rule))?;
+        }
+        // Fresh tables hold nothing beyond the rules (and the sweeps read 64 MiB).
+        if matches!(self.adoption, Adoption::Adopted { .. }) {
+            self.sweep_v4(rules);
+            self.sweep_tries(rules)?;
+            self.sweep_hits(rules)?;
         }
         self.set_ports(rules);
         self.set_config(rules)
+    }
+
+    /// Clears what the IPv4 tables hold beyond `rules` (a running datapath's leftovers):
+    /// /24 entries no prefix covers, longer-prefix bits without a prefix of that length
+    /// in their /24, long-prefix slots of removed prefixes; then the summary bits.
+    fn sweep_v4(&mut self, rules: &RuleSet) {
+        let long_mask = 0xffu32 << DIR24_LONG_SHIFT;
+        let words = self.dir24.words();
+        for (i, (word, depth)) in words.iter().zip(&self.depth).enumerate() {
+            let old = word.load(Ordering::Relaxed);
+            let mut want = old;
+            if *depth == 0 {
+                want &= !RULE_REF_MASK;
+            }
+            let bits = self.long_count.get(&(i as u32)).map_or(0, |c| {
+                c.iter()
+                    .enumerate()
+                    .filter(|(_, n)| **n > 0)
+                    .fold(0u32, |b, (l, _)| b | 1 << (DIR24_LONG_SHIFT + l as u32))
+            });
+            want = (want & !long_mask) | bits;
+            if want != old {
+                word.store(want, Ordering::Relaxed);
+            }
+        }
+        let slots = self.long_v4.words64();
+        for cell in slots {
+            let slot = cell.load(Ordering::Relaxed);
+            if slot == 0 || slot == LONG_V4_TOMBSTONE {
+                continue;
+            }
+            let (addr, len) = ((slot >> 32) as u32, ((slot >> 24) & 0xff) as u8);
+            let p = Prefix {
+                addr: IpAddr::from(addr.to_be_bytes()),
+                len,
+            };
+            if rules.get(&Match::Prefix(p)).is_none() {
+                cell.store(LONG_V4_TOMBSTONE, Ordering::Release);
+            }
+        }
+        for block in 0..DIR24_BLOCKS as usize {
+            self.update_summary(block);
+        }
+    }
+
+    /// Removes the trie keys no rule holds.
+    fn sweep_tries(&mut self, rules: &RuleSet) -> Result<()> {
+        fn prefix<const N: usize>(k: &Key<[u8; N]>) -> Prefix {
+            let d = k.data();
+            let addr = match <[u8; 4]>::try_from(&d[..]) {
+                Ok(v4) => IpAddr::from(v4),
+                Err(_) => IpAddr::from(<[u8; 16]>::try_from(&d[..]).expect("16 bytes")),
+            };
+            Prefix {
+                addr,
+                len: k.prefix_len() as u8,
+            }
+        }
+        let stale: Vec<_> = self
+            .prefix_v6
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| rules.get(&Match::Prefix(prefix(k))).is_none())
+            .collect();
+        for k in stale {
+            self.prefix_v6.remove(&k).context("IPv6 prefix trie")?;
+        }
+        let stale: Vec<_> = self
+            .except_v4
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| rules.get(&Match::ExceptPrefix(prefix(k))).is_none())
+            .collect();
+        for k in stale {
+            self.except_v4.remove(&k).context("except trie")?;
+        }
+        let stale: Vec<_> = self
+            .except_v6
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| rules.get(&Match::ExceptPrefix(prefix(k))).is_none())
+            .collect();
+        for k in stale {
+            self.except_v6.remove(&k).context("except trie")?;
+        }
+        Ok(())
+    }
+
+    /// Zeroes the hit counters of ids no rule holds (a running datapath's removed
+    /// rules), so a rule that gets such an id later starts from zero.
+    fn sweep_hits(&mut self, rules: &RuleSet) -> Result<()> {
+        let hits = self.all_rule_hits(MAX_RULES)?;
+        let held: FxHashSet<u32> = rules.rules().map(|r| r.id).collect();
+        for (id, n) in hits.iter().enumerate() {
+            if *n != 0 && !held.contains(&(id as u32)) {
+                self.reset_hits(id as u32)?;
+            }
+        }
+        Ok(())
     }
 
     /// Applies one change of the rule set. Port changes need `set_ports` and list-size
@@ -726,7 +972,57 @@ impl Datapath {
 
 impl Drop for Datapath {
     fn drop(&mut self) {
-        let _ = self.detach();
-        self.unpin();
+        // Pinned links stay (the datapath outlives us: `xlb down` or `run --detach`
+        // remove it); unpinned ones go with their last reference. A program array
+        // pinned for a build that never got attached is removed.
+        if self.links.is_empty()
+            && let Some(path) = self.jump_pin.take()
+        {
+            let _ = std::fs::remove_file(path);
+        }
     }
+}
+
+/// Swaps `prog` into the link pinned at `path` (BPF_LINK_UPDATE): atomic for packets.
+fn swap_into(prog: &mut Xdp, path: &Path) -> Result<FdLink> {
+    let pinned = PinnedLink::from_pin(path)?;
+    let link = XdpLink::try_from(FdLink::from(pinned))?;
+    let id = prog.attach_to_link(link)?;
+    Ok(prog.take_link(id)?.try_into()?)
+}
+
+/// A new link of `prog` on `iface`, retried for a moment while the interface still
+/// holds a link that is being released.
+fn attach_new(prog: &mut Xdp, iface: &str, mode: AttachMode) -> Result<FdLink> {
+    let flags = match mode {
+        AttachMode::Native => XdpMode::Driver,
+        AttachMode::Generic => XdpMode::Skb,
+    };
+    let deadline = std::time::Instant::now() + ATTACH_RETRY;
+    let id = loop {
+        match prog.attach(iface, flags) {
+            Ok(id) => break id,
+            Err(e) if std::time::Instant::now() < deadline && busy(&e) => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => bail!(
+                "interface '{iface}' refused XDP in {mode:?} mode: {e} (try --mode generic, or mode = \"generic\" in the configuration)"
+            ),
+        }
+    };
+    prog.take_link(id)?.try_into().map_err(|e| {
+        anyhow!("the XDP link of '{iface}' is not a BPF link (kernel older than 5.9?): {e}")
+    })
+}
+
+/// Whether an attach failed because the interface holds another XDP program.
+fn busy(e: &aya::programs::ProgramError) -> bool {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return matches!(io.raw_os_error(), Some(libc::EBUSY) | Some(libc::EEXIST));
+        }
+        source = err.source();
+    }
+    false
 }

@@ -1,7 +1,8 @@
 //! xlb user space: the daemon (`xlb run`) and its control-socket clients.
 //!
 //! - `rules`: what an operator writes, parsed and validated; the rule set with ids;
-//! - `datapath`: the loaded XDP program, attach/pin, and the rule set's projection on maps;
+//! - `datapath`: the loaded XDP program, attach, and the rule set's projection on maps;
+//! - `pins`: the bpffs directory a run leaves to the next (maps, program arrays, links);
 //! - `state`: the stored desired state (atomic writes);
 //! - `control`: the control socket's protocol and client;
 //! - `daemon`: `xlb run`, serving the control socket;
@@ -33,6 +34,7 @@ pub mod metrics;
 pub mod metrics_http;
 pub mod monitor;
 pub mod object;
+pub mod pins;
 pub mod rules;
 pub mod services;
 pub mod state;

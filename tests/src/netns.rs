@@ -605,3 +605,52 @@ pub fn spread(
     })
     .unwrap()
 }
+
+/// A steady client loop: `n` requests from `client` to `vip`, a connection each (5 s
+/// timeouts), in order, on its own thread; every answer or error is recorded.
+pub struct ClientLoop {
+    done: Arc<std::sync::atomic::AtomicUsize>,
+    thread: JoinHandle<Vec<std::result::Result<String, String>>>,
+}
+
+impl ClientLoop {
+    pub fn start(client: &Netns, vip: SocketAddr, n: usize) -> Self {
+        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (counter, ns) = (done.clone(), client.path());
+        let thread = std::thread::spawn(move || {
+            enter(&ns).expect("entering the client namespace");
+            (0..n)
+                .map(|i| {
+                    let r = std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(5))
+                        .map_err(anyhow::Error::from)
+                        .and_then(|mut s| {
+                            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                            http_get(&mut s)
+                        })
+                        .map_err(|e| format!("request {i}: {e:#}"));
+                    counter.store(i + 1, Ordering::SeqCst);
+                    r
+                })
+                .collect()
+        });
+        ClientLoop { done, thread }
+    }
+
+    /// Requests finished so far.
+    pub fn done(&self) -> usize {
+        self.done.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` requests have finished (at most 120 s: a stuck loop fails).
+    pub fn wait(&self, n: usize) {
+        wait_until(&format!("{n} requests"), Duration::from_secs(120), || {
+            self.done() >= n || self.thread.is_finished()
+        })
+        .unwrap();
+    }
+
+    /// The answers of every request, in order.
+    pub fn finish(self) -> Vec<std::result::Result<String, String>> {
+        self.thread.join().expect("the client loop")
+    }
+}

@@ -9,16 +9,12 @@ use std::{
     os::unix::fs::{MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
     process::{Command, Output},
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 use xlb_tests::{
-    netns::{Daemon, Netns, TestDir, enter, http_get, in_ns, veth, xlb_bin},
+    netns::{ClientLoop, Daemon, Netns, TestDir, http_get, in_ns, veth, xlb_bin},
     topology::{Backends, Topology, backend_v4},
 };
 
@@ -187,57 +183,39 @@ fn run_with_a_config_balances_per_the_file_and_reloads_without_a_failed_request(
 
     // A steady client loop: REQUESTS requests, a connection each, in the client's
     // namespace; every answer is recorded in order.
-    let done = Arc::new(AtomicUsize::new(0));
-    let (counter, ns) = (done.clone(), t.client.path());
-    let client = std::thread::spawn(move || {
-        enter(&ns).unwrap();
-        let vip: SocketAddr = "198.51.100.10:80".parse().unwrap();
-        (0..REQUESTS)
-            .map(|i| {
-                let r = TcpStream::connect_timeout(&vip, Duration::from_secs(5))
-                    .map_err(anyhow::Error::from)
-                    .and_then(|mut s| {
-                        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-                        http_get(&mut s)
-                    })
-                    .map_err(|e| format!("request {i}: {e:#}"));
-                counter.store(i + 1, Ordering::SeqCst);
-                r
-            })
-            .collect::<Vec<_>>()
-    });
+    let client = ClientLoop::start(&t.client, vip, REQUESTS);
 
     // Reload 1 (`xlb reload`): web1 leaves, web4 joins, web3's weight changes, a rule
     // is added and the attacker's is kept.
-    wait_for("500 requests", || done.load(Ordering::SeqCst) >= 500);
+    client.wait(500);
     std::fs::write(
         &file,
         config("allow = [\"192.0.2.0/25\"]", &[(1, 1), (2, 1), (3, 1)]),
     )
     .unwrap();
     let out = ok(&xlb, &["reload"]);
-    let after_reload = done.load(Ordering::SeqCst);
+    let after_reload = client.done();
     assert!(out.starts_with("reloaded: generation 2"), "{out}");
     assert!(out.contains("backends +1 ~1 -1"), "{out}");
     // web1 left the pool, but drains: its established connection still works.
     assert_eq!(http_get(&mut on_web1).unwrap(), "web1");
 
     // Reload 2 (SIGHUP): web1 is back, web2 leaves.
-    wait_for("1000 requests", || done.load(Ordering::SeqCst) >= 1000);
+    client.wait(1000);
     std::fs::write(
         &file,
         config("allow = [\"192.0.2.0/25\"]", &[(0, 1), (2, 1), (3, 1)]),
     )
     .unwrap();
     // Requests below this index ended before the signal.
-    let before_hup = done.load(Ordering::SeqCst);
+    let before_hup = client.done();
     xlb.signal(libc::SIGHUP);
     wait_for("the SIGHUP reload", || {
         xlb.json(&["status", "--json"])["config"]["generation"] == 3
     });
-    let after_hup = done.load(Ordering::SeqCst);
+    let after_hup = client.done();
 
-    let answers = client.join().unwrap();
+    let answers = client.finish();
     let failed: Vec<&String> = answers.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(failed.is_empty(), "failed requests: {failed:?}");
     assert!(

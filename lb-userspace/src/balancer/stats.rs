@@ -66,7 +66,7 @@ impl Balancer {
                 .collect();
             out.push(ServiceTraffic {
                 vip: *vip,
-                mode: inst.conf.mode,
+                mode: inst.mode,
                 backends,
                 total,
             });
