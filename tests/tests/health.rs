@@ -10,7 +10,7 @@ use std::{
 
 use serde_json::Value;
 use xlb_tests::{
-    netns::{Daemon, NsServer, http_get, in_ns},
+    netns::{ClientLoop, Daemon, NsServer, http_get, in_ns},
     topology::{Backends, Topology, backend_v4},
 };
 
@@ -151,6 +151,48 @@ fn http_checks_take_a_dead_backend_out_and_bring_it_back() {
         (0..3).all(|i| state(&xlb, i) == "up")
     });
     assert_eq!(spread(&t).len(), 3);
+}
+
+#[test]
+fn a_killed_backend_fails_only_requests_before_its_detection() {
+    let mut t = Topology::build("killed", 3, 8080, Backends::ViaEdge).unwrap();
+    let check = "kind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nrise = 2\nfall = 2";
+    let xlb = start(&t, &config(check, &[(0, false), (1, false), (2, false)]));
+    wait_checked(&xlb, 1);
+    assert!((0..3).all(|i| state(&xlb, i) == "up"));
+
+    let vip: SocketAddr = "198.51.100.10:80".parse().unwrap();
+    let client = ClientLoop::start(&t.client, vip, 2000);
+    client.wait(300);
+    // Requests from this index on may reach web2 after it died.
+    let killed_at = client.done();
+    drop(t.servers.remove(1));
+    wait_for("web2 down", || state(&xlb, 1) == "down");
+    // Requests after this index started once web2 was out of the table.
+    let detected_at = client.done();
+    client.wait(detected_at + 300);
+    t.servers.insert(1, web(&t, 1));
+    wait_for("web2 up", || state(&xlb, 1) == "up");
+    let back_at = client.done();
+    assert!(back_at < 2000, "the loop ended before web2 came back");
+
+    let answers = client.finish();
+    for (i, r) in answers.iter().enumerate() {
+        if let Err(e) = r {
+            assert!(
+                (killed_at..=detected_at).contains(&i),
+                "{e}: outside the detection window (requests {killed_at}..={detected_at})"
+            );
+        }
+    }
+    assert!(
+        answers[detected_at + 1..back_at]
+            .iter()
+            .all(|r| r.as_deref().is_ok_and(|w| w != "web2")),
+        "a request reached web2 while it was down"
+    );
+    // Back in the table: it takes new flows again.
+    assert!(spread(&t).contains_key("web2"));
 }
 
 #[test]

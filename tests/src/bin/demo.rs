@@ -212,7 +212,7 @@ fn main() -> Result<()> {
         &config,
         EDGE_CONFIG.replace("{dir}", dir.to_str().context("directory")?),
     )?;
-    let xlb = Daemon::start(
+    let mut xlb = Daemon::start(
         &t.edge,
         "x0",
         &t.dir,
@@ -331,6 +331,28 @@ fn main() -> Result<()> {
         t.client.curl(DB).is_ok_and(|b| b.starts_with("db1"))
     })?;
     probe("client", &t.client, DB);
+
+    step("restarting xlb: the datapath keeps serving while no daemon runs");
+    xlb.stop()?;
+    println!(
+        "  xlb stopped; its XDP program stays attached (pinned), the client still gets: {}",
+        t.client.curl(WEB).unwrap_or_else(|e| format!("{e:#}"))
+    );
+    // The next daemon takes the datapath over (flows, rules and counters kept) and,
+    // with --detach, removes it when the demo stops it.
+    xlb = Daemon::start(
+        &t.edge,
+        "x0",
+        &t.dir,
+        &["--config", config.to_str().unwrap(), "--detach"],
+    )?;
+    let status = xlb.json(&["status", "--json"]);
+    println!(
+        "  xlb started again: {} ({} maps kept), program {} swapped in atomically",
+        status["datapath"]["at_start"]["kind"],
+        status["datapath"]["at_start"]["maps"],
+        status["program_id"]
+    );
 
     step("the metrics that moved (Prometheus queries)");
     // One more scrape after the failback.
