@@ -149,3 +149,95 @@ pub fn pools_json(checks: Option<&PoolChecks>, cfg: &HttpsConfig, pools: &[Arc<P
         .collect();
     json!(pools)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::tls::config::Limits;
+
+    const WITH_CHECK: &str = r#"
+listen = ["192.0.2.1:443"]
+default_cert = { chain = "a.pem", key = "a.key" }
+[[routes]]
+pool = "web"
+[[pools]]
+name = "web"
+backends = ["203.0.113.11:8080", "203.0.113.12:8080"]
+[pools.health]
+kind = "http"
+interval = "1h"
+rise = 2
+fall = 1
+"#;
+
+    fn setup(text: &str, old: Option<&Pool>) -> (HttpsConfig, Vec<Arc<Pool>>) {
+        let cfg = HttpsConfig::from_toml(text).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let pool = Pool::new(&cfg.pools[0], &Limits::default(), provider, old).unwrap();
+        (cfg, vec![Arc::new(pool)])
+    }
+
+    fn outcome(c: &PoolChecks, i: usize, ok: bool) -> Outcome<String> {
+        let backend: BackendAddr = format!("203.0.113.{}:8080", 11 + i).parse().unwrap();
+        Outcome {
+            owner: "web".into(),
+            backend,
+            generation: c.states[&("web".to_string(), backend)].generation,
+            at: SystemTime::now(),
+            latency: std::time::Duration::from_millis(1),
+            result: if ok {
+                Ok("HTTP 200".into())
+            } else {
+                Err("HTTP 500".into())
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn checks_mark_pool_backends_and_reloads_reconcile_them() {
+        let (mut c, _outcomes) = PoolChecks::new(tokio::runtime::Handle::current());
+        let (cfg, pools) = setup(WITH_CHECK, None);
+        c.reconcile(&cfg, &pools);
+        let b = &pools[0].backends;
+        assert!(b[0].is_healthy() && b[1].is_healthy(), "checks start up");
+
+        // fall = 1: one failure takes it out; rise = 2: two good checks bring it back.
+        c.outcome(outcome(&c, 0, false), &pools);
+        assert!(!b[0].is_healthy() && b[1].is_healthy());
+        let json = pools_json(Some(&c), &cfg, &pools);
+        assert_eq!(json[0]["backends"][0]["state"], "down");
+        assert_eq!(json[0]["backends"][0]["health"]["last"], "HTTP 500");
+        assert_eq!(json[0]["health_check"]["kind"], "http");
+        c.outcome(outcome(&c, 0, true), &pools);
+        assert!(!b[0].is_healthy());
+        c.outcome(outcome(&c, 0, true), &pools);
+        assert!(b[0].is_healthy());
+
+        // An outcome of a check that was restarted (new settings) is stale.
+        c.outcome(outcome(&c, 1, false), &pools);
+        assert!(!b[1].is_healthy());
+        let stale = outcome(&c, 1, false);
+        let (cfg, pools) = setup(&WITH_CHECK.replace("rise = 2", "rise = 3"), Some(&pools[0]));
+        c.reconcile(&cfg, &pools);
+        let b = &pools[0].backends;
+        assert!(b[1].is_healthy(), "a restarted check starts up");
+        c.outcome(stale, &pools);
+        assert!(b[1].is_healthy());
+
+        // The table removed: the backend held down comes back, unchecked.
+        c.outcome(outcome(&c, 1, false), &pools);
+        assert!(!b[1].is_healthy());
+        let (cfg, pools) = setup(
+            WITH_CHECK.split("[pools.health]").next().unwrap(),
+            Some(&pools[0]),
+        );
+        c.reconcile(&cfg, &pools);
+        assert!(pools[0].backends[1].is_healthy());
+        assert!(c.states.is_empty());
+        let json = pools_json(Some(&c), &cfg, &pools);
+        assert_eq!(json[0]["backends"][1]["state"], "unchecked");
+        assert!(json[0]["health_check"].is_null());
+    }
+}
