@@ -492,6 +492,14 @@ fn pool_backends_follow_the_active_health_check_in_status_metrics_and_picking() 
     let s = status();
     assert_eq!(s["takes_requests"], false);
     assert_eq!(s["health"]["last"], "HTTP 500, expected 200");
+    let out = xlb.cli(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(|l| l.contains(&web2)
+            && l.contains("down")
+            && l.ends_with("(no requests) last check: HTTP 500, expected 200")),
+        "{text}"
+    );
     let m = metrics();
     for line in [
         format!("{},state=\"down\"}} 1", series("xlb_backend_health_state")),
