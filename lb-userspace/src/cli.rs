@@ -887,6 +887,33 @@ fn print_status(v: &Value) {
             println!("      {}", backend_line(b));
         }
     }
+    let https = &v["https"];
+    if https.is_object() {
+        let listen: Vec<String> = https["listen"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(text)
+            .collect();
+        println!("https:       listening on {}", listen.join(", "));
+        for p in https["pools"].as_array().into_iter().flatten() {
+            let check = match p["health_check"].get("kind") {
+                Some(k) => format!("check {}", text(k)),
+                None => "no check".into(),
+            };
+            println!("  pool {:<27} {check}", text(&p["pool"]));
+            for b in p["backends"].as_array().into_iter().flatten() {
+                let mut line = format!("{:<52} {:<9}", text(&b["backend"]), text(&b["state"]));
+                if b["takes_requests"] == false {
+                    line.push_str(" (no requests)");
+                }
+                if let Some(last) = b["health"]["last"].as_str() {
+                    line.push_str(&format!(" last check: {last}"));
+                }
+                println!("      {line}");
+            }
+        }
+    }
 }
 
 /// `ADDR  weight W  STATE [backup] [takes no new flows] [last check]`.

@@ -258,7 +258,7 @@ struct RawService {
     tcp_idle: Option<Spanned<DurationText>>,
     udp_idle: Option<Spanned<DurationText>>,
     snat: Option<Spanned<String>>,
-    health: Option<Spanned<RawHealth>>,
+    health: Option<Spanned<HealthTable>>,
     #[serde(default)]
     backend: Vec<Spanned<RawBackend>>,
 }
@@ -271,9 +271,12 @@ struct RawBackend {
     backup: Option<bool>,
 }
 
-#[derive(Deserialize)]
+/// A `health` table as written: a service's `[service.health]` and a TLS pool's
+/// `health` share it (and its validation, [`HealthTable::check`]). The spans locate
+/// errors in the file it was read from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawHealth {
+pub struct HealthTable {
     kind: Spanned<String>,
     interval: Option<Spanned<DurationText>>,
     timeout: Option<Spanned<DurationText>>,
@@ -292,6 +295,8 @@ struct RawMetrics {
 
 /// A duration as written: a string with a unit (`"2s"`); numbers are refused with a
 /// message that says so.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(transparent)]
 struct DurationText(String);
 
 impl<'de> Deserialize<'de> for DurationText {
@@ -894,10 +899,19 @@ impl Config {
                     );
                 }
             }
-            if let Some(h) = &s.health
-                && let Some(check) = health_check(&mut r, h, &vip)
-            {
-                health.insert(vip, check);
+            if let Some(h) = &s.health {
+                if h.get_ref().port.is_none() && vip.port.is_none() {
+                    r.at(
+                        h.span(),
+                        "service.health.port",
+                        format!(
+                            "service {vip} balances every port: give the check a port (port = 80)"
+                        ),
+                    );
+                }
+                if let Some(check) = health_check(&mut r, h.get_ref(), "service.health") {
+                    health.insert(vip, check);
+                }
             }
         }
 
@@ -905,6 +919,16 @@ impl Config {
             let start = t.span().start;
             let mut tls = t.into_inner();
             tls.resolve_paths(dir);
+            // The pools' health tables first, located field by field like a service's
+            // (the spans inside [tls] are the file's); the section's own validation
+            // would only name the first problem.
+            let before = r.errors.len();
+            for h in tls.pools.iter().filter_map(|p| p.health.as_ref()) {
+                health_check(&mut r, h.get_ref(), "tls.pools.health");
+            }
+            if r.errors.len() != before {
+                return None;
+            }
             // Everything the https service checks, files included (nothing is bound).
             let checked = tls
                 .validate()
@@ -971,9 +995,28 @@ impl Config {
     }
 }
 
-fn health_check(r: &mut Report, h: &Spanned<RawHealth>, vip: &Vip) -> Option<HealthCheck> {
-    let span = h.span();
-    let h = h.get_ref();
+impl HealthTable {
+    /// The check the table describes, or its first problem as `FIELD: MESSAGE` (fields
+    /// under `section`, e.g. "tls.pools.health"), for callers without the file's text.
+    pub fn check(&self, section: &str) -> Result<HealthCheck, String> {
+        let mut r = Report {
+            src: "",
+            file: Path::new(""),
+            errors: Vec::new(),
+        };
+        health_check(&mut r, self, section).ok_or_else(|| {
+            r.errors.sort_by_key(|e| e.0);
+            r.errors
+                .first()
+                .map_or_else(String::new, |(_, field, msg)| format!("{field}: {msg}"))
+        })
+    }
+}
+
+/// Validates a health table whose fields are named under `section` ("service.health",
+/// "tls.pools.health"); None when it has errors (reported into `r`).
+fn health_check(r: &mut Report, h: &HealthTable, section: &str) -> Option<HealthCheck> {
+    let field = |k: &str| format!("{section}.{k}");
     let kind = match h.kind.get_ref().as_str() {
         "tcp" => CheckKind::Tcp,
         "http" => CheckKind::Http,
@@ -982,7 +1025,7 @@ fn health_check(r: &mut Report, h: &Spanned<RawHealth>, vip: &Vip) -> Option<Hea
         other => {
             r.at(
                 h.kind.span(),
-                "service.health.kind",
+                &field("kind"),
                 format!("'{other}' is not a check kind: expected \"tcp\", \"http\", \"https\" or \"tls\""),
             );
             return None;
@@ -992,11 +1035,11 @@ fn health_check(r: &mut Report, h: &Spanned<RawHealth>, vip: &Vip) -> Option<Hea
     let interval = match &h.interval {
         None => DEFAULT_INTERVAL,
         Some(v) => {
-            let d = duration(r, v, "service.health.interval").unwrap_or(DEFAULT_INTERVAL);
+            let d = duration(r, v, &field("interval")).unwrap_or(DEFAULT_INTERVAL);
             if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&d) {
                 r.at(
                     v.span(),
-                    "service.health.interval",
+                    &field("interval"),
                     format!(
                         "interval '{}' is out of range: expected 100ms to 1h",
                         v.get_ref().0
@@ -1009,11 +1052,11 @@ fn health_check(r: &mut Report, h: &Spanned<RawHealth>, vip: &Vip) -> Option<Hea
     let timeout = match &h.timeout {
         None => DEFAULT_TIMEOUT.min(interval),
         Some(v) => {
-            let d = duration(r, v, "service.health.timeout").unwrap_or(DEFAULT_TIMEOUT);
+            let d = duration(r, v, &field("timeout")).unwrap_or(DEFAULT_TIMEOUT);
             if d.is_zero() || d > interval {
                 r.at(
                     v.span(),
-                    "service.health.timeout",
+                    &field("timeout"),
                     format!(
                         "timeout '{}' is out of range: expected more than 0 and at most the interval ({} ms)",
                         v.get_ref().0,
@@ -1024,35 +1067,22 @@ fn health_check(r: &mut Report, h: &Spanned<RawHealth>, vip: &Vip) -> Option<Hea
             d
         }
     };
-    let rise = int_in(r, &h.rise, "service.health.rise", 1..=MAX_RISE_FALL, "rise")
+    let rise = int_in(r, &h.rise, &field("rise"), 1..=MAX_RISE_FALL, "rise")
         .unwrap_or(DEFAULT_RISE as i64) as u32;
-    let fall = int_in(r, &h.fall, "service.health.fall", 1..=MAX_RISE_FALL, "fall")
+    let fall = int_in(r, &h.fall, &field("fall"), 1..=MAX_RISE_FALL, "fall")
         .unwrap_or(DEFAULT_FALL as i64) as u32;
-    let port = int_in(r, &h.port, "service.health.port", 1..=65535, "port").map(|p| p as u16);
-    if port.is_none() && h.port.is_none() && vip.port.is_none() {
-        r.at(
-            span.clone(),
-            "service.health.port",
-            format!("service {vip} balances every port: give the check a port (port = 80)"),
-        );
-    }
-    for (set, field) in [
-        (h.path.as_ref().map(|p| p.span()), "service.health.path"),
-        (
-            h.expect_status.as_ref().map(|p| p.span()),
-            "service.health.expect_status",
-        ),
+    let port = int_in(r, &h.port, &field("port"), 1..=65535, "port").map(|p| p as u16);
+    for (set, key) in [
+        (h.path.as_ref().map(|p| p.span()), "path"),
+        (h.expect_status.as_ref().map(|p| p.span()), "expect_status"),
     ] {
         if let Some(s) = set
             && !kind.is_http()
         {
             r.at(
                 s,
-                field,
-                format!(
-                    "only http and https checks have {}: remove it or use kind = \"http\"",
-                    field.rsplit('.').next().unwrap_or(field)
-                ),
+                &field(key),
+                format!("only http and https checks have {key}: remove it or use kind = \"http\""),
             );
         }
     }
@@ -1063,7 +1093,7 @@ fn health_check(r: &mut Report, h: &Spanned<RawHealth>, vip: &Vip) -> Option<Hea
             if !s.starts_with('/') || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 r.at(
                     p.span(),
-                    "service.health.path",
+                    &field("path"),
                     format!("'{s}' is not a request path: expected one starting with '/' and without spaces"),
                 );
             }
@@ -1073,7 +1103,7 @@ fn health_check(r: &mut Report, h: &Spanned<RawHealth>, vip: &Vip) -> Option<Hea
     let expect_status = int_in(
         r,
         &h.expect_status,
-        "service.health.expect_status",
+        &field("expect_status"),
         100..=599,
         "status",
     )
@@ -1445,6 +1475,25 @@ listen = "127.0.0.1:9100"
                 "metrics.listen",
                 "expected ADDR:PORT",
             ),
+            // A TLS pool's health table: the same keys, checks and locations.
+            (
+                &pool_health("kind = \"http\"\nfall = 0\n"),
+                11,
+                "tls.pools.health.fall",
+                "fall 0 is out of range: expected 1 to 100",
+            ),
+            (
+                &pool_health("kind = \"tcp\"\nexpect_status = 204\n"),
+                11,
+                "tls.pools.health.expect_status",
+                "only http and https",
+            ),
+            (
+                &pool_health("kind = \"http\"\nintervall = \"1s\"\n"),
+                11,
+                "tls.pools.health.intervall",
+                "unknown field `intervall`",
+            ),
             ("[firewall\n", 1, "firewall", ""),
         ];
         for (src, line, field, msg) in cases {
@@ -1458,6 +1507,49 @@ listen = "127.0.0.1:9100"
                 "{e}"
             );
         }
+    }
+
+    /// A [tls] section whose one pool has the health table `table` (from line 10).
+    fn pool_health(table: &str) -> String {
+        format!(
+            "[tls]\nlisten = [\"192.0.2.1:443\"]\ndefault_cert = {{ chain = \"a.pem\", key = \"a.key\" }}\n\
+             [[tls.routes]]\npool = \"web\"\n[[tls.pools]]\nname = \"web\"\nbackends = [\"203.0.113.11:8080\"]\n\
+             [tls.pools.health]\n{table}"
+        )
+    }
+
+    #[test]
+    fn a_pool_health_table_gives_the_services_check() {
+        let mut tls: HttpsConfig = toml::from_str::<RawConfig>(&pool_health(
+            "kind = \"http\"\ninterval = \"200ms\"\nrise = 3\npath = \"/health\"\n",
+        ))
+        .unwrap()
+        .tls
+        .unwrap()
+        .into_inner();
+        let check = tls.pools[0].health_check().unwrap().unwrap();
+        assert_eq!(
+            (check.kind, check.interval, check.rise, check.fall),
+            (CheckKind::Http, Duration::from_millis(200), 3, DEFAULT_FALL)
+        );
+        assert_eq!(
+            (check.path.as_str(), check.timeout),
+            ("/health", Duration::from_millis(200))
+        );
+        // Without the file's text the first problem is named by its field.
+        tls.pools[0].health = toml::from_str::<RawConfig>(&pool_health("kind = \"udp\"\n"))
+            .unwrap()
+            .tls
+            .unwrap()
+            .into_inner()
+            .pools[0]
+            .health
+            .clone();
+        let e = tls.validate().unwrap_err();
+        assert!(
+            format!("{e:#}").contains("health.kind: 'udp' is not a check kind"),
+            "{e:#}"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -27,7 +27,8 @@ use crate::{
     control::{Request, Response},
     datapath::{AttachMode, Datapath, check_bpffs},
     drain::{self, Draining},
-    health,
+    health::{self, unix},
+    metrics::Checked,
     rules::{self, Action, Change, Match, PortSpec, Prefix, RuleSet, Target},
     services::{BackendAddr, ServiceError, Services, Vip},
     state,
@@ -78,7 +79,7 @@ pub struct Edge {
     /// Backends the operator drained (`xlb backend drain`): no new flows until enabled.
     pub drained: Flags,
     /// Checked backends' health (others are unchecked).
-    pub health: BTreeMap<(Vip, BackendAddr), health::State>,
+    pub health: health::States<Vip>,
     /// Backends removed from a service that keep their established flows a while.
     pub draining: Draining,
     /// How long a removed backend drains (zero: its flows move at their next packet).
@@ -518,16 +519,8 @@ impl Edge {
     /// states of unchanged checks stay, new checks start up, the rest are unchecked.
     pub fn set_checked(&mut self, checked: &HashMap<(Vip, BackendAddr), (u64, HealthCheck)>) {
         let before = self.view(&self.pools());
-        let old = std::mem::take(&mut self.health);
-        for (vip, b) in old.keys().filter(|k| !checked.contains_key(k)) {
-            crate::metrics::global().forget_backend(vip, b);
-        }
-        for (k, (generation, check)) in checked {
-            let state = match old.get(k) {
-                Some(s) if s.generation == *generation => s.clone(),
-                _ => health::State::new(*generation, check),
-            };
-            self.health.insert(*k, state);
+        for (vip, b) in health::carry_over(&mut self.health, checked) {
+            crate::metrics::global().forget_backend(&Checked::Service(vip, b));
         }
         let after = self.view(&self.pools());
         if after != before
@@ -539,24 +532,22 @@ impl Edge {
 
     /// Records a health check's outcome; a backend that goes up or down changes the maps.
     pub fn health_outcome(&mut self, o: health::Outcome) {
-        let Some(state) = self.health.get_mut(&(o.vip, o.backend)) else {
+        let Some(state) = health::current(&mut self.health, &o) else {
             return;
-        };
-        if state.generation != o.generation {
-            return;
-        }
-        let detail = match &o.result {
-            Ok(s) | Err(s) => s.clone(),
         };
         let changed = state.record(o.result, o.at);
-        crate::metrics::global().backend_health(&o.vip, &o.backend, state.up, o.latency);
+        crate::metrics::global().backend_health(
+            &Checked::Service(o.owner, o.backend),
+            state.up,
+            o.latency,
+        );
         if !changed {
             return;
         }
         if state.up {
-            info!(service = %o.vip, backend = %o.backend, "backend up: {detail}");
+            info!(service = %o.owner, backend = %o.backend, "backend up: {}", state.last_text());
         } else {
-            warn!(service = %o.vip, backend = %o.backend, "backend down: {detail}");
+            warn!(service = %o.owner, backend = %o.backend, "backend down: {}", state.last_text());
         }
         if let Err(e) = self.dp.lb.sync(&self.view(&self.pools())) {
             warn!("updating the maps after a health change: {e:#}");
@@ -590,18 +581,7 @@ impl Edge {
             "state": state,
         });
         if let Some(h) = h {
-            let (at, last) = match &h.last {
-                Some((t, r)) => (Some(unix(*t)), Some(r.clone().unwrap_or_else(|e| e))),
-                None => (None, None),
-            };
-            v["health"] = json!({
-                "up": h.up,
-                "checks": h.checks,
-                "since_unix": unix(h.since),
-                "last_unix": at,
-                "last": last,
-                "last_ok": h.last.as_ref().map(|(_, r)| r.is_ok()),
-            });
+            v["health"] = h.json();
         }
         v
     }
@@ -790,10 +770,6 @@ fn apply_to_stored(stored: &mut state::Stored, plan: Plan, base: Projection) -> 
     Ok(())
 }
 
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 /// The outcome of the last reload.
 struct ReloadRecord {
     at: SystemTime,
@@ -922,21 +898,13 @@ impl Running {
             };
             for b in s.backends.keys() {
                 targets.push(health::Target {
-                    vip: *vip,
+                    owner: *vip,
                     backend: *b,
                     check: check.clone(),
                 });
             }
         }
-        let checks: HashMap<(Vip, BackendAddr), HealthCheck> = targets
-            .iter()
-            .map(|t| ((t.vip, t.backend), t.check.clone()))
-            .collect();
-        let generations = checker.reconcile(targets);
-        let checked = generations
-            .into_iter()
-            .filter_map(|(k, g)| checks.get(&k).map(|c| (k, (g, c.clone()))))
-            .collect();
+        let checked = checker.reconcile(targets);
         self.edge.set_checked(&checked);
     }
 
@@ -1022,6 +990,7 @@ impl Running {
                 "listen": h.config.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                 "redirect_listen": h.config.redirect_listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                 "stats": h.proxy.stats_json(),
+                "pools": h.proxy.pools_json(),
             })),
             "rules": {
                 "total": rules.len(),

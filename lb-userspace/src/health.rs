@@ -11,7 +11,9 @@
 //! self-signed ones); they check that the backend completes a handshake and answers.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
+    fmt::Debug,
+    hash::Hash,
     net::SocketAddr,
     sync::Arc,
     time::{Duration, SystemTime},
@@ -30,20 +32,27 @@ use tokio::{
     task::JoinHandle,
 };
 
+use serde_json::{Value, json};
+
 use crate::{
     config::{CheckKind, HealthCheck},
     services::{BackendAddr, Vip},
 };
 
-/// One backend of a service with its service's check.
+/// What a checked backend belongs to (a layer-4 service's `Vip`, a TLS pool's name):
+/// with the backend, the key of its check.
+pub trait Owner: Clone + Debug + Eq + Hash + Send + Sync + 'static {}
+impl<T: Clone + Debug + Eq + Hash + Send + Sync + 'static> Owner for T {}
+
+/// One backend of a service (or pool) with its owner's check.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Target {
-    pub vip: Vip,
+pub struct Target<K = Vip> {
+    pub owner: K,
     pub backend: BackendAddr,
     pub check: HealthCheck,
 }
 
-impl Target {
+impl<K> Target<K> {
     /// Where the probe goes: the backend's address, the check's port or the backend's.
     pub fn addr(&self) -> Option<SocketAddr> {
         let port = self.check.port.or(self.backend.port)?;
@@ -53,8 +62,8 @@ impl Target {
 
 /// One probe's result, from the target's task of generation `generation`.
 #[derive(Debug)]
-pub struct Outcome {
-    pub vip: Vip,
+pub struct Outcome<K = Vip> {
+    pub owner: K,
     pub backend: BackendAddr,
     pub generation: u64,
     pub at: SystemTime,
@@ -124,26 +133,90 @@ impl State {
         }
         was != self.up
     }
+
+    /// What the last check saw, or why it failed ("" before the first).
+    pub fn last_text(&self) -> &str {
+        match &self.last {
+            Some((_, Ok(s) | Err(s))) => s,
+            None => "",
+        }
+    }
+
+    /// The state as `xlb status` and `xlb backend list` show it.
+    pub fn json(&self) -> Value {
+        let (at, last) = match &self.last {
+            Some((t, r)) => (Some(unix(*t)), Some(r.clone().unwrap_or_else(|e| e))),
+            None => (None, None),
+        };
+        json!({
+            "up": self.up,
+            "checks": self.checks,
+            "since_unix": unix(self.since),
+            "last_unix": at,
+            "last": last,
+            "last_ok": self.last.as_ref().map(|(_, r)| r.is_ok()),
+        })
+    }
 }
 
-struct Task {
-    target: Target,
+/// Seconds since the Unix epoch (0 before it).
+pub fn unix(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+struct Task<K> {
+    target: Target<K>,
     generation: u64,
     handle: JoinHandle<()>,
 }
 
-/// The running checks: one task per target.
-pub struct Checker {
+/// The health of checked backends, keyed like the checker's tasks.
+pub type States<K> = BTreeMap<(K, BackendAddr), State>;
+
+/// Sets which backends are checked (`checked`, from [`Checker::reconcile`]): states of
+/// checks still running under the same generation stay, new or restarted checks start
+/// up. Returns the backends no longer checked.
+pub fn carry_over<K: Owner + Ord>(
+    states: &mut States<K>,
+    checked: &HashMap<(K, BackendAddr), (u64, HealthCheck)>,
+) -> Vec<(K, BackendAddr)> {
+    let old = std::mem::take(states);
+    for (k, (generation, check)) in checked {
+        let state = match old.get(k) {
+            Some(s) if s.generation == *generation => s.clone(),
+            _ => State::new(*generation, check),
+        };
+        states.insert(k.clone(), state);
+    }
+    old.into_keys()
+        .filter(|k| !checked.contains_key(k))
+        .collect()
+}
+
+/// The state `o` is about, if `o` comes from its current check (an outcome of a
+/// stopped or restarted check is stale).
+pub fn current<'a, K: Owner + Ord>(
+    states: &'a mut States<K>,
+    o: &Outcome<K>,
+) -> Option<&'a mut State> {
+    states
+        .get_mut(&(o.owner.clone(), o.backend))
+        .filter(|s| s.generation == o.generation)
+}
+
+/// The running checks: one task per target, keyed by (owner, backend).
+pub struct Checker<K: Owner = Vip> {
     rt: tokio::runtime::Handle,
-    tx: mpsc::UnboundedSender<Outcome>,
-    tasks: HashMap<(Vip, BackendAddr), Task>,
+    tx: mpsc::UnboundedSender<Outcome<K>>,
+    tasks: HashMap<(K, BackendAddr), Task<K>>,
     next_generation: u64,
     tls: Arc<rustls::ClientConfig>,
 }
 
-impl Checker {
+impl<K: Owner> Checker<K> {
     /// A checker whose tasks run on `rt`, and the receiving end of their outcomes.
-    pub fn new(rt: tokio::runtime::Handle) -> (Checker, mpsc::UnboundedReceiver<Outcome>) {
+    pub fn new(rt: tokio::runtime::Handle) -> (Checker<K>, mpsc::UnboundedReceiver<Outcome<K>>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let checker = Checker {
             rt,
@@ -156,11 +229,14 @@ impl Checker {
     }
 
     /// Runs exactly `targets`: starts the new ones, restarts the changed ones, stops the
-    /// others. Returns the generation each target's outcomes carry.
-    pub fn reconcile(&mut self, targets: Vec<Target>) -> HashMap<(Vip, BackendAddr), u64> {
-        let want: HashMap<(Vip, BackendAddr), Target> = targets
+    /// others. Returns the generation each target's outcomes carry, and its check.
+    pub fn reconcile(
+        &mut self,
+        targets: Vec<Target<K>>,
+    ) -> HashMap<(K, BackendAddr), (u64, HealthCheck)> {
+        let want: HashMap<(K, BackendAddr), Target<K>> = targets
             .into_iter()
-            .map(|t| ((t.vip, t.backend), t))
+            .map(|t| ((t.owner.clone(), t.backend), t))
             .collect();
         self.tasks.retain(|k, task| {
             let keep = want.get(k) == Some(&task.target);
@@ -190,11 +266,14 @@ impl Checker {
                 },
             );
         }
-        self.tasks.iter().map(|(k, t)| (*k, t.generation)).collect()
+        self.tasks
+            .iter()
+            .map(|(k, t)| (k.clone(), (t.generation, t.target.check.clone())))
+            .collect()
     }
 }
 
-impl Drop for Checker {
+impl<K: Owner> Drop for Checker<K> {
     fn drop(&mut self) {
         for t in self.tasks.values() {
             t.handle.abort();
@@ -202,11 +281,11 @@ impl Drop for Checker {
     }
 }
 
-async fn run(
-    t: Target,
+async fn run<K: Owner>(
+    t: Target<K>,
     generation: u64,
     tls: Arc<rustls::ClientConfig>,
-    tx: mpsc::UnboundedSender<Outcome>,
+    tx: mpsc::UnboundedSender<Outcome<K>>,
 ) {
     let mut tick = tokio::time::interval(t.check.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -215,7 +294,7 @@ async fn run(
         let start = std::time::Instant::now();
         let result = probe(&t, &tls).await;
         let out = Outcome {
-            vip: t.vip,
+            owner: t.owner.clone(),
             backend: t.backend,
             generation,
             at: SystemTime::now(),
@@ -229,7 +308,7 @@ async fn run(
 }
 
 /// One check of `t`, within its timeout.
-pub async fn probe(t: &Target, tls: &Arc<rustls::ClientConfig>) -> Result<String, String> {
+pub async fn probe<K>(t: &Target<K>, tls: &Arc<rustls::ClientConfig>) -> Result<String, String> {
     let timeout = t.check.timeout;
     match tokio::time::timeout(timeout, probe_unbounded(t, tls)).await {
         Ok(r) => r,
@@ -241,7 +320,10 @@ fn ms(d: Duration) -> String {
     format!("{} ms", d.as_millis())
 }
 
-async fn probe_unbounded(t: &Target, tls: &Arc<rustls::ClientConfig>) -> Result<String, String> {
+async fn probe_unbounded<K>(
+    t: &Target<K>,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<String, String> {
     let addr = t.addr().ok_or("no port to check (give the check a port)")?;
     let tcp = TcpStream::connect(addr)
         .await
@@ -414,7 +496,7 @@ mod tests {
 
     fn target(kind: CheckKind, addr: SocketAddr) -> Target {
         Target {
-            vip: "192.0.2.10:80/tcp".parse().unwrap(),
+            owner: "192.0.2.10:80/tcp".parse().unwrap(),
             backend: BackendAddr {
                 addr: addr.ip(),
                 port: Some(addr.port()),

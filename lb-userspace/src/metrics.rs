@@ -91,7 +91,49 @@ impl HealthState {
 #[derive(Clone, Copy, Debug)]
 struct Health {
     state: HealthState,
-    latency: Duration,
+    /// Of the last check (None: none has run).
+    latency: Option<Duration>,
+}
+
+/// A backend whose health is recorded: a layer-4 service's, or one of a pool of the
+/// https service (labelled `service="https"` like its layer-7 families, plus `pool`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Checked {
+    Service(Vip, BackendAddr),
+    Pool(String, BackendAddr),
+}
+
+impl Checked {
+    fn labels(&self) -> Labels {
+        match self {
+            Checked::Service(vip, b) => {
+                vec![("service", vip.to_string()), ("backend", b.to_string())]
+            }
+            Checked::Pool(pool, b) => vec![
+                ("service", crate::tls::METRICS_SERVICE.to_string()),
+                ("pool", pool.clone()),
+                ("backend", b.to_string()),
+            ],
+        }
+    }
+}
+
+/// The health series of one backend: a 1 for its state, its last check's latency.
+fn health_series(
+    labels: &Labels,
+    h: Option<&Health>,
+    state: &Family<Labels, Gauge>,
+    latency: &Family<Labels, FGauge>,
+) {
+    let now = h.map_or(HealthState::Unchecked, |h| h.state);
+    for st in HealthState::ALL {
+        let mut l = labels.clone();
+        l.push(("state", st.name().to_string()));
+        state.get_or_create(&l).set((st == now) as i64);
+    }
+    if let Some(d) = h.and_then(|h| h.latency) {
+        latency.get_or_create(labels).set(d.as_secs_f64());
+    }
 }
 
 /// Layer-7 metric families (the TLS proxy's), registered in the daemon's registry.
@@ -235,7 +277,7 @@ impl L7Metrics {
 /// states merged into each scrape.
 pub struct Metrics {
     registry: Registry,
-    health: Mutex<HashMap<(Vip, BackendAddr), Health>>,
+    health: Mutex<HashMap<Checked, Health>>,
     transitions: Family<Labels, Counter>,
     generation: Gauge,
     reload_ok: Gauge,
@@ -353,52 +395,64 @@ impl Metrics {
 
     /// Records a health check of a backend: its result and latency. A change of state
     /// (including the first check) counts one transition.
-    pub fn backend_health(
-        &self,
-        service: &Vip,
-        backend: &BackendAddr,
-        up: bool,
-        latency: Duration,
-    ) {
+    pub fn backend_health(&self, who: &Checked, up: bool, latency: Duration) {
         let state = if up {
             HealthState::Up
         } else {
             HealthState::Down
         };
         let mut h = self.health.lock().expect("not poisoned");
-        let old = h.insert((*service, *backend), Health { state, latency });
+        let health = Health {
+            state,
+            latency: Some(latency),
+        };
+        let old = h.insert(who.clone(), health);
         if old.map(|o| o.state) != Some(state) {
-            self.transitions
-                .get_or_create(&vec![
-                    ("service", service.to_string()),
-                    ("backend", backend.to_string()),
-                    ("to", state.name().to_string()),
-                ])
-                .inc();
+            let mut l = who.labels();
+            l.push(("to", state.name().to_string()));
+            self.transitions.get_or_create(&l).inc();
         }
     }
 
     /// A backend's health as last recorded.
-    pub fn health_of(&self, service: &Vip, backend: &BackendAddr) -> HealthState {
+    pub fn health_of(&self, who: &Checked) -> HealthState {
         self.health
             .lock()
             .expect("not poisoned")
-            .get(&(*service, *backend))
+            .get(who)
             .map_or(HealthState::Unchecked, |h| h.state)
     }
 
-    /// Forgets a removed backend's health (its transition counter is removed too).
-    pub fn forget_backend(&self, service: &Vip, backend: &BackendAddr) {
-        self.health
-            .lock()
-            .expect("not poisoned")
-            .remove(&(*service, *backend));
+    /// Forgets a removed (or no longer checked) backend's health; its transition
+    /// counter is removed too.
+    pub fn forget_backend(&self, who: &Checked) {
+        self.health.lock().expect("not poisoned").remove(who);
         for s in HealthState::ALL {
-            self.transitions.remove(&vec![
-                ("service", service.to_string()),
-                ("backend", backend.to_string()),
-                ("to", s.name().to_string()),
-            ]);
+            let mut l = who.labels();
+            l.push(("to", s.name().to_string()));
+            self.transitions.remove(&l);
+        }
+    }
+
+    /// The https service's pool backends are exactly `backends`: the others are
+    /// forgotten, new ones are unchecked until a check of theirs runs. (Layer-4
+    /// backends come from the kernel's maps at each scrape instead.)
+    pub fn pool_backends(&self, backends: &[Checked]) {
+        let gone: Vec<Checked> = {
+            let mut h = self.health.lock().expect("not poisoned");
+            for b in backends {
+                h.entry(b.clone()).or_insert(Health {
+                    state: HealthState::Unchecked,
+                    latency: None,
+                });
+            }
+            h.keys()
+                .filter(|k| matches!(k, Checked::Pool(..)) && !backends.contains(k))
+                .cloned()
+                .collect()
+        };
+        for k in gone {
+            self.forget_backend(&k);
         }
     }
 
@@ -578,16 +632,13 @@ impl Snapshot {
                 be_packets.get_or_create(&bl).inc_by(b.stats.packets);
                 be_bytes.get_or_create(&bl).inc_by(b.stats.bytes);
                 be_flows.get_or_create(&bl).inc_by(b.stats.new_flows);
-                let h = states.get(&(s.vip, b.backend));
-                let now = h.map_or(HealthState::Unchecked, |h| h.state);
-                for st in HealthState::ALL {
-                    let mut l = bl.clone();
-                    l.push(("state", st.name().to_string()));
-                    health.get_or_create(&l).set((st == now) as i64);
-                }
-                if let Some(h) = h {
-                    latency.get_or_create(&bl).set(h.latency.as_secs_f64());
-                }
+                let h = states.get(&Checked::Service(s.vip, b.backend));
+                health_series(&bl, h, &health, &latency);
+            }
+        }
+        for (k, h) in &states {
+            if matches!(k, Checked::Pool(..)) {
+                health_series(&k.labels(), Some(h), &health, &latency);
             }
         }
         reg.register(
@@ -717,7 +768,7 @@ pub fn traffic_json(edge: &Edge) -> Result<serde_json::Value> {
                         "packets": b.stats.packets,
                         "bytes": b.stats.bytes,
                         "new_flows": b.stats.new_flows,
-                        "health": m.health_of(&s.vip, &b.backend).name(),
+                        "health": m.health_of(&Checked::Service(s.vip, b.backend)).name(),
                     })
                 })
                 .collect();
@@ -820,10 +871,11 @@ mod tests {
     fn health_and_transitions() {
         let m = Metrics::new();
         let b: BackendAddr = "203.0.113.11:8080".parse().unwrap();
-        m.backend_health(&vip(), &b, true, Duration::from_millis(3));
-        m.backend_health(&vip(), &b, true, Duration::from_millis(4));
-        m.backend_health(&vip(), &b, false, Duration::from_millis(5));
-        assert_eq!(m.health_of(&vip(), &b), HealthState::Down);
+        let svc = Checked::Service(vip(), b);
+        m.backend_health(&svc, true, Duration::from_millis(3));
+        m.backend_health(&svc, true, Duration::from_millis(4));
+        m.backend_health(&svc, false, Duration::from_millis(5));
+        assert_eq!(m.health_of(&svc), HealthState::Down);
         let text = m.render(&snap());
         assert!(text.contains("state=\"down\"} 1"), "{text}");
         assert!(text.contains(
@@ -831,8 +883,26 @@ mod tests {
         ));
         assert!(text.contains("to=\"down\"} 1"));
         assert!(text.contains("xlb_backend_health_check_latency_seconds{service=\"198.51.100.10:80/tcp\",backend=\"203.0.113.11:8080\"} 0.005"));
-        m.forget_backend(&vip(), &b);
-        assert_eq!(m.health_of(&vip(), &b), HealthState::Unchecked);
+        m.forget_backend(&svc);
+        assert_eq!(m.health_of(&svc), HealthState::Unchecked);
+
+        // Pool backends: unchecked until their first check, in the same families.
+        let web = |a: &str| Checked::Pool("web".into(), a.parse().unwrap());
+        m.pool_backends(&[web("203.0.113.11:8080"), web("203.0.113.12:8080")]);
+        m.backend_health(&web("203.0.113.12:8080"), false, Duration::from_millis(7));
+        let text = m.render(&snap());
+        for want in [
+            "xlb_backend_health_state{service=\"https\",pool=\"web\",backend=\"203.0.113.11:8080\",state=\"unchecked\"} 1",
+            "xlb_backend_health_state{service=\"https\",pool=\"web\",backend=\"203.0.113.12:8080\",state=\"down\"} 1",
+            "xlb_backend_health_transitions_total{service=\"https\",pool=\"web\",backend=\"203.0.113.12:8080\",to=\"down\"} 1",
+            "xlb_backend_health_check_latency_seconds{service=\"https\",pool=\"web\",backend=\"203.0.113.12:8080\"} 0.007",
+        ] {
+            assert!(text.contains(want), "missing {want} in\n{text}");
+        }
+        m.pool_backends(&[web("203.0.113.11:8080")]);
+        let text = m.render(&snap());
+        assert!(!text.contains("203.0.113.12:8080\",state="), "{text}");
+        assert!(!text.contains("pool=\"web\",backend=\"203.0.113.12:8080\",to="));
     }
 
     #[test]

@@ -202,6 +202,15 @@ impl FromStr for BackendAddr {
     }
 }
 
+impl From<SocketAddr> for BackendAddr {
+    fn from(a: SocketAddr) -> Self {
+        BackendAddr {
+            addr: a.ip(),
+            port: Some(a.port()),
+        }
+    }
+}
+
 impl fmt::Display for BackendAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.addr, self.port) {

@@ -15,7 +15,7 @@ use std::{
     process::{Child, Stdio},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -244,9 +244,9 @@ impl HttpsNet {
     }
 }
 
-/// Answers HTTP/1.1 requests on one connection (keep-alive) with `respond(head)`,
-/// reading and discarding request bodies given by Content-Length.
-pub fn serve_http<S: Read + Write>(s: &mut S, respond: &dyn Fn(&str) -> String) {
+/// Answers HTTP/1.1 requests on one connection (keep-alive) with `respond(head)`
+/// (status, body), reading and discarding request bodies given by Content-Length.
+pub fn serve_http<S: Read + Write>(s: &mut S, respond: &dyn Fn(&str) -> (u16, String)) {
     let mut buf = [0u8; 8192];
     let mut got = Vec::new();
     loop {
@@ -292,9 +292,10 @@ pub fn serve_http<S: Read + Write>(s: &mut S, respond: &dyn Fn(&str) -> String) 
             };
             got.drain(..end);
         }
-        let body = respond(&head);
+        let (status, body) = respond(&head);
+        let reason = if status < 400 { "OK" } else { "Error" };
         let resp = format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            "HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
         if s.write_all(resp.as_bytes())
@@ -306,14 +307,20 @@ pub fn serve_http<S: Read + Write>(s: &mut S, respond: &dyn Fn(&str) -> String) 
     }
 }
 
-/// A backend's answer: its name; on `/echo` also the request head it got.
-fn answer(name: &str, head: &str) -> String {
+/// A backend's answer: its name; on `/echo` also the request head it got; on
+/// `/health` 200, or 500 while `healthy` is false (a health check's path).
+fn answer(name: &str, head: &str, healthy: &AtomicBool) -> (u16, String) {
     if head.starts_with("GET /echo") {
-        format!("{name}\n{head}")
+        (200, format!("{name}\n{head}"))
+    } else if head.starts_with("GET /health ") && !healthy.load(Ordering::Relaxed) {
+        (500, "unhealthy".into())
     } else {
-        name.to_string()
+        (200, name.to_string())
     }
 }
+
+/// The TLS backends' health switch: always healthy.
+static HEALTHY: AtomicBool = AtomicBool::new(true);
 
 fn listener(addr: SocketAddr) -> Result<TcpListener> {
     let l = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
@@ -372,9 +379,20 @@ fn backend(
 
 /// A plain HTTP backend answering with `name` (see `answer`).
 pub fn http_backend(ns: &Netns, addr: &str, name: &str) -> Result<Backend> {
+    checked_http_backend(ns, addr, name, Arc::new(AtomicBool::new(true)))
+}
+
+/// Like `http_backend`, with its `/health` answering 500 while `healthy` is false
+/// (every other path keeps answering: only a health check can tell).
+pub fn checked_http_backend(
+    ns: &Netns,
+    addr: &str,
+    name: &str,
+    healthy: Arc<AtomicBool>,
+) -> Result<Backend> {
     let name = name.to_string();
     backend(ns, addr, move |mut s| {
-        serve_http(&mut s, &|h| answer(&name, h))
+        serve_http(&mut s, &|h| answer(&name, h, &healthy))
     })
 }
 
@@ -396,7 +414,7 @@ pub fn https_backend(
         let mut tls = StreamOwned::new(conn, s);
         serve_http(&mut tls, &|h| {
             served.fetch_add(1, Ordering::Relaxed);
-            answer(&name, h)
+            answer(&name, h, &HEALTHY)
         });
     })
 }

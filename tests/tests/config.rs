@@ -365,6 +365,8 @@ fn bad_files(dir: &Path) -> Vec<(&'static str, String, usize, &'static str, &'st
         ("TLS unknown key", format!("{GOOD}{tls}default_cert = {{ chain = \"good.pem\", key = \"good.pem\" }}\nlisten_backlog = 5\n{pools}"), 25, "tls.listen_backlog", "unknown field `listen_backlog`"),
         ("TLS file", format!("{GOOD}{tls}default_cert = {{ chain = \"{}\", key = \"{}\" }}\n{pools}", missing.display(), missing.display()), 24, "tls", "missing.pem"),
         ("TLS name", format!("{GOOD}{tls}default_cert = {{ chain = \"good.pem\", key = \"good.pem\" }}\n[[tls.certs]]\nnames = [\"bad..name\"]\nchain = \"good.pem\"\nkey = \"good.pem\"\n{pools}"), 26, "tls", "bad..name"),
+        ("TLS pool check fall", format!("{GOOD}{tls}default_cert = {{ chain = \"good.pem\", key = \"good.pem\" }}\n{pools}[tls.pools.health]\nkind = \"http\"\nfall = 0\n"), 32, "tls.pools.health.fall", "expected 1 to 100"),
+        ("TLS pool check key", format!("{GOOD}{tls}default_cert = {{ chain = \"good.pem\", key = \"good.pem\" }}\n{pools}[tls.pools.health]\nkind = \"http\"\nrise_count = 2\n"), 32, "tls.pools.health.rise_count", "unknown field `rise_count`"),
         ("TLS route", format!("{GOOD}{tls}default_cert = {{ chain = \"good.pem\", key = \"good.pem\" }}\n[[tls.routes]]\npool = \"api\"\n[[tls.pools]]\nname = \"web\"\nbackends = [\"203.0.113.11:8080\"]\n"), 26, "tls", "names pool 'api', which is not defined"),
     ]
 }

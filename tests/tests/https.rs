@@ -3,22 +3,22 @@
 //! Certificates come from private CAs made at test time (rcgen).
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::Command,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use xlb_tests::{
-    netns::{in_ns, xlb_bin},
+    netns::{Daemon, in_ns, wait_until, xlb_bin},
     tls::{
-        CLIENT4, EDGE4, EDGE6, HttpsNet, Pki, Proxy, backend_ip, curl, get, http_backend,
-        https_backend, served_cert, tls_connect,
+        CLIENT4, EDGE4, EDGE6, HttpsNet, Pki, Proxy, TlsStream, backend_ip, checked_http_backend,
+        curl, get, http_backend, https_backend, served_cert, tls_connect,
     },
 };
 
@@ -374,6 +374,199 @@ fail_timeout = 600
     let (codes, _) = round(5);
     assert!(codes.contains(&503), "{codes:?}");
     assert!(codes.iter().all(|c| [502, 503].contains(c)), "{codes:?}");
+}
+
+/// The https service of `xlb run` (TOML tables under `tls.`, `tls`) or of `xlb proxy`
+/// (``): one pool over web1 and web2 checked on `/health` every 200 ms, fall 2, rise 2;
+/// passive detection practically off (max_fails 1000), so only the check can take a
+/// backend out.
+fn checked_pool(tls: &str) -> String {
+    format!(
+        r#"
+listen = ["{EDGE4}:443"]
+default_cert = {{ chain = "a.pem", key = "a.key" }}
+[[TLSroutes]]
+pool = "web"
+[[TLSpools]]
+name = "web"
+backends = ["{}:8080", "{}:8080"]
+max_fails = 1000
+[TLSpools.health]
+kind = "http"
+path = "/health"
+interval = "200ms"
+rise = 2
+fall = 2
+"#,
+        backend_ip(0),
+        backend_ip(1)
+    )
+    .replace("TLS", tls)
+}
+
+/// `n` requests on one kept-alive connection, every one answered 200 (none fails): how
+/// many each backend answered.
+fn requests(conn: &mut TlsStream, n: usize) -> BTreeMap<String, usize> {
+    let mut names = BTreeMap::new();
+    for i in 0..n {
+        let (code, body) = get(conn, "a.example", "/").unwrap();
+        assert_eq!(code, 200, "request {i} of {n}: {body}");
+        *names.entry(body).or_default() += 1;
+    }
+    names
+}
+
+#[test]
+fn pool_backends_follow_the_active_health_check_in_status_metrics_and_picking() {
+    let net = HttpsNet::new("poolhc", 2).unwrap();
+    let pki = Pki::new(&net.dir.path, "main").unwrap();
+    pki.issue("a", &["a.example"]).unwrap();
+    let healthy: Vec<Arc<AtomicBool>> = (0..2).map(|_| Arc::new(AtomicBool::new(true))).collect();
+    let _servers: Vec<_> = (0..2)
+        .map(|i| {
+            checked_http_backend(
+                &net.backends,
+                &format!("{}:8080", backend_ip(i)),
+                &format!("web{}", i + 1),
+                healthy[i].clone(),
+            )
+            .unwrap()
+        })
+        .collect();
+    let file = write(
+        net.path("xlb.toml"),
+        &format!(
+            "[[interface]]\nname = \"x0\"\n\n[tls]{}\n",
+            checked_pool("tls.")
+        ),
+    );
+    let xlb = Daemon::start_with(&net.edge, &net.dir, &["--config", &p(&file)]).unwrap();
+    let web2 = format!("{}:8080", backend_ip(1));
+    // web2's entry in `xlb status --json`.
+    let status = || {
+        let v = xlb.json(&["status", "--json"]);
+        let pool = v["https"]["pools"][0].clone();
+        assert_eq!(pool["pool"], "web");
+        pool["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["backend"] == web2.as_str())
+            .cloned()
+            .unwrap()
+    };
+    let metrics = || {
+        net.edge
+            .run(&["curl", "-sf", "http://127.0.0.1:9100/metrics"])
+            .unwrap()
+    };
+    let series = |what: &str| format!("{what}{{service=\"https\",pool=\"web\",backend=\"{web2}\"");
+    wait_until("web2's first good check", Duration::from_secs(30), || {
+        status()["health"]["last_ok"] == true
+    })
+    .unwrap();
+    let check = &xlb.json(&["status", "--json"])["https"]["pools"][0]["health_check"];
+    assert_eq!(
+        (check["kind"].as_str(), check["interval"].as_u64()),
+        (Some("http"), Some(200))
+    );
+    // A kept-alive connection from the client.
+    let connect = || {
+        let ca = pki.ca.clone();
+        in_ns(&net.client, move || {
+            tls_connect(edge443(), "a.example", Some(&ca))
+        })
+        .unwrap()
+        .unwrap()
+    };
+    let mut conn = connect();
+    let names = requests(&mut conn, 20);
+    assert_eq!(names.len(), 2, "both backends take requests: {names:?}");
+
+    // Waits until web2's check says `state`, then finds that in the metrics too, with
+    // `n` transitions into it.
+    let web2_becomes = |state: &str, n: usize| {
+        wait_until(&format!("web2 {state}"), Duration::from_secs(30), || {
+            status()["state"] == state
+        })
+        .unwrap();
+        let m = metrics();
+        for line in [
+            format!(
+                "{},state=\"{state}\"}} 1",
+                series("xlb_backend_health_state")
+            ),
+            format!(
+                "{},to=\"{state}\"}} {n}",
+                series("xlb_backend_health_transitions_total")
+            ),
+            series("xlb_backend_health_check_latency_seconds"),
+        ] {
+            assert!(m.contains(&line), "{line} in:\n{m}");
+        }
+    };
+
+    // web2's health path fails while it keeps serving: the check takes it out.
+    healthy[1].store(false, Ordering::Relaxed);
+    web2_becomes("down", 1);
+    let s = status();
+    assert_eq!(s["takes_requests"], false);
+    assert_eq!(s["health"]["last"], "HTTP 500, expected 200");
+    let out = xlb.cli(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(|l| l.contains(&web2)
+            && l.contains("down")
+            && l.ends_with("(no requests) last check: HTTP 500, expected 200")),
+        "{text}"
+    );
+    let names = requests(&mut conn, 40);
+    assert_eq!(
+        names.keys().collect::<Vec<_>>(),
+        ["web1"],
+        "every request goes to web1: {names:?}"
+    );
+
+    // Healthy again: back up after rise good checks (the first check counted one
+    // transition to up), and taking requests.
+    healthy[1].store(true, Ordering::Relaxed);
+    web2_becomes("up", 2);
+    assert_eq!(status()["takes_requests"], true);
+    let names = requests(&mut conn, 20);
+    assert_eq!(names.len(), 2, "web2 takes requests again: {names:?}");
+
+    // A reload that removes the check: web2 is unchecked, even while its health path
+    // fails, and the metrics say so.
+    healthy[1].store(false, Ordering::Relaxed);
+    web2_becomes("down", 2);
+    let unchecked = std::fs::read_to_string(&file)
+        .unwrap()
+        .split("[tls.pools.health]")
+        .next()
+        .unwrap()
+        .to_string();
+    write(file.clone(), &unchecked);
+    assert_eq!(xlb.json(&["reload", "--json"])["https"], "reloaded");
+    let s = status();
+    assert_eq!(
+        (s["state"].as_str(), s["takes_requests"].as_bool()),
+        (Some("unchecked"), Some(true))
+    );
+    assert!(metrics().contains(&format!(
+        "{},state=\"unchecked\"}} 1",
+        series("xlb_backend_health_state")
+    )));
+    let names = requests(&mut conn, 20);
+    assert_eq!(names.len(), 2, "{names:?}");
+    drop(conn);
+    drop(xlb);
+
+    // `xlb proxy` runs the same checks.
+    let cfg = write(net.path("https.toml"), &checked_pool(""));
+    let proxy = Proxy::start(&net.edge, &cfg, &net.path("proxy.log"), &[edge443()]).unwrap();
+    proxy.wait_log("pool backend down", 1).unwrap();
+    let names = requests(&mut connect(), 20);
+    assert_eq!(names.keys().collect::<Vec<_>>(), ["web1"], "{names:?}");
 }
 
 fn check(cfg: &Path) -> (bool, String) {

@@ -11,8 +11,11 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::config::{HealthCheck, HealthTable};
 
 /// One https service: where it listens, its certificates, routes, pools and limits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -148,6 +151,10 @@ pub struct PoolConfig {
     /// Seconds a passively failed backend stays out.
     #[serde(default = "default_fail_timeout")]
     pub fail_timeout: f64,
+    /// Active health checks of the backends: the keys of a layer-4 service's
+    /// `[service.health]`, with the same validation and rise/fall semantics.
+    #[serde(default)]
+    pub health: Option<Spanned<HealthTable>>,
 }
 
 fn default_max_fails() -> u32 {
@@ -395,7 +402,17 @@ impl PoolConfig {
             bail!("ca, server_name and client_cert apply only with upstream_tls = true");
         }
         ensure!(self.max_fails > 0, "max_fails must be at least 1");
-        check_secs("fail_timeout", self.fail_timeout)
+        check_secs("fail_timeout", self.fail_timeout)?;
+        self.health_check()?;
+        Ok(())
+    }
+
+    /// The pool's active health check, if it has one.
+    pub fn health_check(&self) -> Result<Option<HealthCheck>> {
+        self.health
+            .as_ref()
+            .map(|h| h.get_ref().check("health").map_err(|e| anyhow!(e)))
+            .transpose()
     }
 }
 

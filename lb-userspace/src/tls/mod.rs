@@ -8,12 +8,14 @@
 //! - `config`: [`HttpsConfig`], the serde configuration, and its validation;
 //! - `certs`: loading and checking certificates, the SNI resolver, reload detection;
 //! - `proxy`: routing, forwarding, headers, limits, retries, error responses;
-//! - `upstream`: pools, health, balancing, backend connections, re-encryption.
+//! - `upstream`: pools, health, balancing, backend connections, re-encryption;
+//! - `checks`: the pools' active health checks (the layer-4 services' checker).
 //!
 //! [`HttpsProxy`] holds one configuration's state; [`HttpsProxy::reload`] replaces it
 //! whole or not at all, without touching open connections.
 
 pub mod certs;
+pub mod checks;
 pub mod config;
 pub mod proxy;
 pub mod upstream;
@@ -42,7 +44,7 @@ use serde_json::{Value, json};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::Semaphore,
+    sync::{Semaphore, mpsc},
     task::JoinSet,
 };
 use tokio_rustls::TlsAcceptor;
@@ -50,7 +52,10 @@ use tracing::{debug, error, info, warn};
 
 pub use config::HttpsConfig;
 
+use crate::health::Outcome;
+
 use certs::{CertStore, SniResolver, fingerprint};
+use checks::PoolChecks;
 use proxy::Site;
 use upstream::Pool;
 
@@ -138,6 +143,8 @@ pub struct HttpsProxy {
     resolver: Arc<SniResolver>,
     tls: Arc<ServerConfig>,
     site: RwLock<Arc<Site>>,
+    /// The pools' active health checks, while the proxy serves.
+    checks: Mutex<Option<PoolChecks>>,
     pub stats: Arc<Stats>,
 }
 
@@ -172,6 +179,7 @@ impl HttpsProxy {
             resolver,
             tls,
             site: RwLock::new(Arc::new(site)),
+            checks: Mutex::new(None),
             stats: Arc::new(Stats::default()),
         }))
     }
@@ -229,7 +237,39 @@ impl HttpsProxy {
         self.resolver.replace(store);
         *self.site.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(site);
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = cfg;
+        self.reconcile_checks();
         Ok(())
+    }
+
+    fn checks(&self) -> std::sync::MutexGuard<'_, Option<PoolChecks>> {
+        self.checks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs the health checks the pools in use ask for (when the proxy serves).
+    fn reconcile_checks(&self) {
+        let (cfg, pools) = (self.config(), self.pools());
+        if let Some(c) = self.checks().as_mut() {
+            c.reconcile(&cfg, &pools);
+        }
+    }
+
+    /// Applies the checks' outcomes to the pools in use, until the checks stop.
+    async fn apply_outcomes(
+        self: Arc<Self>,
+        mut outcomes: mpsc::UnboundedReceiver<Outcome<String>>,
+    ) {
+        while let Some(o) = outcomes.recv().await {
+            let pools = self.pools();
+            if let Some(c) = self.checks().as_mut() {
+                c.outcome(o, &pools);
+            }
+        }
+    }
+
+    /// The pools and their backends' health, for `xlb status`.
+    pub fn pools_json(&self) -> Value {
+        let (cfg, pools) = (self.config(), self.pools());
+        checks::pools_json(self.checks().as_ref(), &cfg, &pools)
     }
 
     /// Reloads the certificate files of the current configuration (all or none).
@@ -282,9 +322,15 @@ impl HttpsProxy {
                     .watch_certs(config::secs(cfg.cert_check_interval)),
             );
         }
+        let (checks, outcomes) = PoolChecks::new(tokio::runtime::Handle::current());
+        *self.checks() = Some(checks);
+        self.reconcile_checks();
+        tasks.spawn(self.clone().apply_outcomes(outcomes));
         shutdown.await;
         info!("https listeners stopping");
         tasks.shutdown().await;
+        // Dropping the checker stops its probes.
+        *self.checks() = None;
         Ok(())
     }
 

@@ -396,6 +396,7 @@ mod tests {
             client_cert: None,
             max_fails: 2,
             fail_timeout: 60.0,
+            health: None,
         };
         Pool::new(
             &cfg,
