@@ -23,14 +23,13 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use serde_json::json;
 use xlb_tests::{
-    netns::{Daemon, Netns, NsServer, Spawned, cleanup_stale, http_get, in_ns, wait_until},
+    netns::{Daemon, Netns, NsServer, Spawned, cleanup_stale, fill, http_get, in_ns, wait_until},
     topology::{Backends, Topology, backend_v4},
 };
 
 const FW_NFT: &str = include_str!("../../peers/firewall.nft");
 const LB_NFT: &str = include_str!("../../peers/balancer.nft");
 const HAPROXY: &str = include_str!("../../peers/haproxy.cfg");
-const NGINX: &str = include_str!("../../peers/backend-nginx.conf");
 
 const ATTACKER: &str = "192.0.2.166";
 const EDGE: &str = "192.0.2.1";
@@ -79,14 +78,6 @@ fn bpf_run(pick: &dyn Fn(&str) -> bool) -> Result<(u64, u64)> {
         }
     }
     Ok((ns, cnt))
-}
-
-fn fill(template: &str, vars: &[(&str, &str)]) -> String {
-    let mut s = template.to_string();
-    for (k, v) in vars {
-        s = s.replace(&format!("{{{k}}}"), v);
-    }
-    s
 }
 
 // ---------------------------------------------------------------------------------------
@@ -421,28 +412,6 @@ struct LbRow {
     bpf_ns_per_conn: Option<f64>,
 }
 
-fn start_backends(t: &Topology) -> Result<Vec<Spawned>> {
-    let mut v = Vec::new();
-    for (i, b) in t.backends.iter().enumerate() {
-        let name = format!("web{}", i + 1);
-        let dir = t.dir.path.to_str().unwrap();
-        let conf = t.dir.path.join(format!("{name}.nginx.conf"));
-        std::fs::write(&conf, fill(NGINX, &[("dir", dir), ("name", &name)]))?;
-        let mut s = Spawned::start(
-            b,
-            &["nginx", "-c", conf.to_str().unwrap(), "-g", "daemon off;"],
-            &t.dir.path.join(format!("{name}.log")),
-        )?;
-        let addr = backend_v4(i);
-        wait_until(&format!("nginx on {name}"), Duration::from_secs(10), || {
-            b.ok(&["curl", "-sf", "-o", "/dev/null", &format!("http://{addr}/")])
-        })?;
-        s.check_running(&name)?;
-        v.push(s);
-    }
-    Ok(v)
-}
-
 enum LbGuard {
     Xlb { _daemon: Box<Daemon> },
     Proc { _proc: Box<Spawned> },
@@ -558,7 +527,7 @@ fn balancer_row(peer: Lb, secs: u64) -> Result<LbRow> {
     };
     // The harness's own HTTP servers listen on 8080; the measured backends are nginx on 80.
     let t = Topology::build("peer-lb", 3, 8080, routing)?;
-    let _nginx = start_backends(&t)?;
+    let _nginx = t.nginx_backends()?;
     let (guard, url) = install_lb(peer, &t)?;
     // Every backend answers through the balancer before anything is measured.
     let c = &t.client;
