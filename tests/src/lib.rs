@@ -3,6 +3,7 @@
 pub mod daemon_bench;
 pub mod fixture;
 pub mod https_bench;
+pub mod machine;
 pub mod netns;
 pub mod packet;
 pub mod prefixes;
