@@ -573,6 +573,15 @@ impl Drop for Spawned {
     }
 }
 
+/// A configuration template with every `{key}` replaced by its value.
+pub fn fill(template: &str, vars: &[(&str, &str)]) -> String {
+    let mut s = template.to_string();
+    for (k, v) in vars {
+        s = s.replace(&format!("{{{k}}}"), v);
+    }
+    s
+}
+
 /// Polls `ready` every 20 ms until it holds or `timeout` passes.
 pub fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + timeout;

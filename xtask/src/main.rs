@@ -88,12 +88,13 @@ enum Task {
         keep: bool,
     },
     /// Measure the datapath (BPF_PROG_TEST_RUN) and the https service (beside nginx,
-    /// plus testssl.sh) against their baselines; writes target/bench.json.
+    /// plus testssl.sh) against their baselines, and the daemon's health checks, control
+    /// round trip and bulk load; writes target/bench.json.
     Bench {
         /// Fewer repeats and smaller prefix sets, short https runs, no testssl.sh.
         #[arg(long)]
         quick: bool,
-        /// Only one part: `xdp` or `https`.
+        /// Only one part: `xdp`, `https` or `daemon`.
         #[arg(long)]
         only: Option<String>,
         /// Compare with xdp-filter, nftables, iptables and HAProxy on the namespace

@@ -1,7 +1,9 @@
 //! `cargo xtask bench`: the datapath measured beside its baselines in one run, through
 //! BPF_PROG_TEST_RUN. Every row runs `bench_entry`, which writes the source address
 //! (fixed, or random per packet) and tail-calls the program under test, so the entry's
-//! own cost is the same in every row and cancels in the differences.
+//! own cost is the same in every row and cancels in the differences. `--only https`
+//! runs the https comparison (https_bench.rs), `--only daemon` a real `xlb run` in
+//! namespaces (daemon_bench.rs).
 
 use std::{
     path::PathBuf,
@@ -28,6 +30,7 @@ use xlb::{
 use xlb_tests::{
     fixture::{CLIENT_MAC, Fixture, LbNet},
     packet::Pkt,
+    prefixes,
 };
 
 #[derive(Parser)]
@@ -35,7 +38,8 @@ struct Args {
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/bench.json")]
     out: PathBuf,
-    /// Fewer repeats and smaller prefix sets, shorter https runs, no testssl.sh.
+    /// Fewer repeats and smaller prefix sets, shorter https runs, no testssl.sh, fewer
+    /// daemon runs.
     #[arg(long)]
     quick: bool,
     /// Which part to run.
@@ -50,37 +54,9 @@ enum Part {
     Xdp,
     /// The https service beside nginx, and testssl.sh.
     Https,
-}
-
-/// Deterministic prefix sets: the same on every run and machine.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-/// `n` distinct IPv4 prefixes shaped like a blocklist: 40% /32, 30% /24, 30% /16../31.
-fn prefixes(n: usize, seed: u64) -> Vec<(u32, u8)> {
-    let mut rng = Rng(seed);
-    let mut seen = std::collections::HashSet::with_capacity(n);
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        let r = rng.next();
-        let len = match r % 10 {
-            0..=3 => 32,
-            4..=6 => 24,
-            _ => 16 + ((r >> 8) % 16) as u8,
-        };
-        let addr = ((r >> 32) as u32) & (u32::MAX << (32 - len));
-        if seen.insert((addr, len)) {
-            out.push((addr, len));
-        }
-    }
-    out
+    /// The daemon in namespaces: health-check detection, a change's round trip, a
+    /// 100,000-prefix bulk load.
+    Daemon,
 }
 
 struct Bench {
@@ -444,26 +420,24 @@ fn monitoring(
     })
 }
 
-fn bulk_text(set: &[(u32, u8)]) -> String {
-    let mut s = String::with_capacity(set.len() * 20);
-    for (a, l) in set {
-        s.push_str(&format!("{}/{l}\n", std::net::Ipv4Addr::from(*a)));
-    }
-    s
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     let mut out = serde_json::Map::new();
-    if args.only != Part::Https {
+    let part = |p: Part| args.only == Part::All || args.only == p;
+    if part(Part::Xdp) {
         out.insert("xdp".into(), xdp(&args)?);
     }
-    if args.only != Part::Xdp {
+    if part(Part::Https) {
         let https = xlb_tests::https_bench::run(&xlb_tests::https_bench::Options {
             quick: args.quick,
             testssl: !args.quick,
         })?;
         out.insert("https".into(), https);
+    }
+    if part(Part::Daemon) {
+        let daemon =
+            xlb_tests::daemon_bench::run(&xlb_tests::daemon_bench::Options { quick: args.quick })?;
+        out.insert("daemon".into(), daemon);
     }
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir).ok();
@@ -502,9 +476,9 @@ fn xdp(args: &Args) -> Result<serde_json::Value> {
 
     let mut ratios = Vec::new();
     for &n in sizes {
-        let set = prefixes(n, 0x5eed + n as u64);
+        let set = prefixes::v4(n, 0x5eed + n as u64);
         let hot = set[0].0 | 1;
-        let text = bulk_text(&set);
+        let text = prefixes::text(&set, &[]);
         let state = std::env::temp_dir().join(format!("xlb-bench-state-{}", std::process::id()));
         fx.edge.state_path = Some(state.clone());
         let t = Instant::now();

@@ -14,6 +14,9 @@
 //!   nftables DNAT (numgen), HAProxy in TCP mode, and the floor: plain routing to one
 //!   backend, no balancing. Balancer CPU per request = the machine's busy time per
 //!   request minus the floor's.
+//! - TLS termination: xlb's https proxy beside nginx (new handshakes per second,
+//!   keep-alive requests per second over HTTP/1.1 and h2, p99), the comparison of
+//!   `cargo xtask bench --only https` (https_bench.rs), without testssl.sh.
 //!
 //! The peers' configurations are in tests/peers/.
 
@@ -23,14 +26,15 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use serde_json::json;
 use xlb_tests::{
-    netns::{Daemon, Netns, NsServer, Spawned, cleanup_stale, http_get, in_ns, wait_until},
+    https_bench,
+    machine::Machine,
+    netns::{Daemon, Netns, NsServer, Spawned, cleanup_stale, fill, http_get, in_ns, wait_until},
     topology::{Backends, Topology, backend_v4},
 };
 
 const FW_NFT: &str = include_str!("../../peers/firewall.nft");
 const LB_NFT: &str = include_str!("../../peers/balancer.nft");
 const HAPROXY: &str = include_str!("../../peers/haproxy.cfg");
-const NGINX: &str = include_str!("../../peers/backend-nginx.conf");
 
 const ATTACKER: &str = "192.0.2.166";
 const EDGE: &str = "192.0.2.1";
@@ -79,14 +83,6 @@ fn bpf_run(pick: &dyn Fn(&str) -> bool) -> Result<(u64, u64)> {
         }
     }
     Ok((ns, cnt))
-}
-
-fn fill(template: &str, vars: &[(&str, &str)]) -> String {
-    let mut s = template.to_string();
-    for (k, v) in vars {
-        s = s.replace(&format!("{{{k}}}"), v);
-    }
-    s
 }
 
 // ---------------------------------------------------------------------------------------
@@ -421,28 +417,6 @@ struct LbRow {
     bpf_ns_per_conn: Option<f64>,
 }
 
-fn start_backends(t: &Topology) -> Result<Vec<Spawned>> {
-    let mut v = Vec::new();
-    for (i, b) in t.backends.iter().enumerate() {
-        let name = format!("web{}", i + 1);
-        let dir = t.dir.path.to_str().unwrap();
-        let conf = t.dir.path.join(format!("{name}.nginx.conf"));
-        std::fs::write(&conf, fill(NGINX, &[("dir", dir), ("name", &name)]))?;
-        let mut s = Spawned::start(
-            b,
-            &["nginx", "-c", conf.to_str().unwrap(), "-g", "daemon off;"],
-            &t.dir.path.join(format!("{name}.log")),
-        )?;
-        let addr = backend_v4(i);
-        wait_until(&format!("nginx on {name}"), Duration::from_secs(10), || {
-            b.ok(&["curl", "-sf", "-o", "/dev/null", &format!("http://{addr}/")])
-        })?;
-        s.check_running(&name)?;
-        v.push(s);
-    }
-    Ok(v)
-}
-
 enum LbGuard {
     Xlb { _daemon: Box<Daemon> },
     Proc { _proc: Box<Spawned> },
@@ -558,7 +532,7 @@ fn balancer_row(peer: Lb, secs: u64) -> Result<LbRow> {
     };
     // The harness's own HTTP servers listen on 8080; the measured backends are nginx on 80.
     let t = Topology::build("peer-lb", 3, 8080, routing)?;
-    let _nginx = start_backends(&t)?;
+    let _nginx = t.nginx_backends()?;
     let (guard, url) = install_lb(peer, &t)?;
     // Every backend answers through the balancer before anything is measured.
     let c = &t.client;
@@ -588,6 +562,40 @@ fn balancer_row(peer: Lb, secs: u64) -> Result<LbRow> {
 // Report.
 // ---------------------------------------------------------------------------------------
 
+/// The TLS comparison's panels: xlb's https proxy and nginx, one bar each per case.
+fn tls_panels(tls: &serde_json::Value) -> Vec<(&'static str, Vec<(String, f64)>)> {
+    let bars = |cases: &[(&str, &str)]| -> Vec<(String, f64)> {
+        cases
+            .iter()
+            .flat_map(|(key, what)| {
+                [("xlb https proxy", "xlb"), ("nginx", "nginx")].map(|(label, peer)| {
+                    (
+                        format!("{label}{what}"),
+                        tls[peer][*key].as_f64().unwrap_or(0.0),
+                    )
+                })
+            })
+            .collect()
+    };
+    vec![
+        (
+            "TLS: new handshakes per second, no resumption (higher is better)",
+            bars(&[("handshakes_per_s", "")]),
+        ),
+        (
+            "TLS: keep-alive requests per second (higher is better)",
+            bars(&[
+                ("h1_requests_per_s", ", HTTP/1.1"),
+                ("h2_requests_per_s", ", h2"),
+            ]),
+        ),
+        (
+            "TLS: keep-alive p99 latency, ms (lower is better)",
+            bars(&[("h1_p99_ms", ", HTTP/1.1"), ("h2_p99_ms", ", h2")]),
+        ),
+    ]
+}
+
 /// A horizontal bar chart (SVG, no dependencies): one panel per series.
 fn svg(panels: &[(&str, Vec<(String, f64)>)]) -> String {
     let (w, bar_h, left, gap) = (760.0, 18.0, 230.0, 36.0);
@@ -602,13 +610,14 @@ fn svg(panels: &[(&str, Vec<(String, f64)>)]) -> String {
         for (label, v) in rows {
             let len = (w - left - 90.0) * v / max;
             body.push_str(&format!(
-                "<text x=\"10\" y=\"{}\">{label}</text><rect x=\"{left}\" y=\"{}\" width=\"{len:.1}\" height=\"{}\" fill=\"{}\"/><text x=\"{:.1}\" y=\"{}\">{v:.0}</text>\n",
+                "<text x=\"10\" y=\"{}\">{label}</text><rect x=\"{left}\" y=\"{}\" width=\"{len:.1}\" height=\"{}\" fill=\"{}\"/><text x=\"{:.1}\" y=\"{}\">{}</text>\n",
                 y + 13.0,
                 y,
                 bar_h - 4.0,
                 if label.starts_with("xlb") { "#2b7bb9" } else { "#999" },
                 left + len + 6.0,
                 y + 13.0,
+                if *v < 100.0 { format!("{v:.1}") } else { format!("{v:.0}") },
             ));
             y += bar_h;
         }
@@ -630,16 +639,15 @@ fn main() -> Result<()> {
     let _ = std::process::Command::new("sysctl")
         .args(["-qw", "kernel.bpf_stats_enabled=1"])
         .status();
-    let machine = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("peers: {cpus} CPUs ({machine})\n");
+    let machine = Machine::read();
+    println!("peers, on {}\n", machine.line());
+    // How long each part took: what a run costs, and what a full run would.
+    let mut phases: Vec<(&str, f64)> = Vec::new();
+    let mut phase_start = Instant::now();
+    let mut phase_end = |name, phases: &mut Vec<(&str, f64)>| {
+        phases.push((name, phase_start.elapsed().as_secs_f64()));
+        phase_start = Instant::now();
+    };
 
     let mut fw = Vec::new();
     for peer in [
@@ -655,6 +663,7 @@ fn main() -> Result<()> {
             Err(e) => eprintln!("firewall: {} failed: {e:#}", peer.name()),
         }
     }
+    phase_end("firewall", &mut phases);
     let floor = fw
         .iter()
         .find(|r| r.peer == Fw::Floor)
@@ -696,6 +705,7 @@ fn main() -> Result<()> {
             Err(e) => eprintln!("balancer: {} failed: {e:#}", peer.name()),
         }
     }
+    phase_end("balancer", &mut phases);
     let lb_floor = lb
         .iter()
         .find(|r| r.peer == Lb::Floor)
@@ -748,9 +758,29 @@ fn main() -> Result<()> {
         );
     }
 
+    // TLS termination: the https bench's comparison, printed as it runs.
+    eprintln!("tls: xlb https proxy vs nginx ...");
+    let tls = https_bench::run(&https_bench::Options {
+        quick: args.quick,
+        testssl: false,
+    })
+    .map_err(|e| eprintln!("tls: failed: {e:#}"))
+    .ok();
+    phase_end("tls", &mut phases);
+    let total: f64 = phases.iter().map(|p| p.1).sum();
+    println!(
+        "\nphases: {}, {total:.0} s in all",
+        phases
+            .iter()
+            .map(|(n, s)| format!("{n} {s:.0} s"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
     let report = json!({
-        "cpus": cpus,
-        "machine": machine,
+        "machine": machine.json(),
+        "quick": args.quick,
+        "phase_secs": phases.iter().map(|(n, s)| json!({"phase": n, "secs": s})).collect::<Vec<_>>(),
         "firewall": fw.iter().map(|r| json!({
             "peer": r.peer.name(), "cpu_ns_per_packet": r.cpu_ns,
             "above_floor_ns": r.cpu_ns - floor, "xdp_run_ns_per_packet": r.bpf_ns,
@@ -763,12 +793,13 @@ fn main() -> Result<()> {
             "xdp_ns_per_conn": r.bpf_ns_per_conn,
             "errors": r.conn.errors + r.keepalive.errors,
         })).collect::<Vec<_>>(),
+        "tls": tls,
     });
     if let Some(d) = args.out.parent() {
         std::fs::create_dir_all(d)?;
     }
     std::fs::write(&args.out, serde_json::to_string_pretty(&report)?)?;
-    let plot = svg(&[
+    let mut panels = vec![
         (
             "Firewall: CPU ns per flood packet above the floor (lower is better)",
             fw.iter()
@@ -790,7 +821,11 @@ fn main() -> Result<()> {
                 .map(|r| (r.peer.name().to_string(), r.keepalive.rps))
                 .collect(),
         ),
-    ]);
+    ];
+    if let Some(tls) = &tls {
+        panels.extend(tls_panels(tls));
+    }
+    let plot = svg(&panels);
     let svg_path = args.out.with_extension("svg");
     std::fs::write(&svg_path, plot)?;
     println!(
