@@ -20,7 +20,7 @@ use toml::Spanned;
 
 use crate::{
     datapath::AttachMode,
-    rules::{self, Action, Match, PortSpec, Prefix, RuleSet, Target},
+    rules::{self, Action, Match, PortSpec, Prefix, Proto, RuleSet, Target},
     services::{
         BackendAddr, DEFAULT_TCP_IDLE, DEFAULT_UDP_IDLE, MAX_IDLE, MAX_WEIGHT, Services, Vip,
     },
@@ -269,6 +269,60 @@ struct RawBackend {
     address: Spanned<String>,
     weight: Option<Spanned<i64>>,
     backup: Option<bool>,
+}
+
+/// The `mode` of a service the daemon's https listener serves (TLS termination and the
+/// HTTP proxy of `[tls]`) instead of the kernel's balancer.
+pub const HTTPS_MODE: &str = "https";
+
+fn t_span(start: usize) -> Range<usize> {
+    start..start + 1
+}
+
+/// An https service's listen address; its packets are only filtered by the program
+/// (the local stack and the daemon's listener take them), so the keys of a layer-4
+/// service are refused, and its backends are [tls]'s pools.
+fn https_service(r: &mut Report, s: &RawService, vip: &Vip) -> Option<SocketAddr> {
+    let mut ok = true;
+    let mut refuse = |span: Range<usize>, field: &str, what: &str| {
+        r.at(
+            span,
+            field,
+            format!("an https service has no {what}: its backends, balancing and checks are in [tls] (pools, routes, pools.health)"),
+        );
+        ok = false;
+    };
+    if let Some(b) = s.backend.first() {
+        refuse(b.span(), "service.backend", "[[service.backend]]");
+    }
+    if let Some(h) = &s.health {
+        refuse(h.span(), "service.health", "[service.health]");
+    }
+    for (key, span) in [
+        ("affinity", s.affinity.as_ref().map(|v| v.span())),
+        ("snat", s.snat.as_ref().map(|v| v.span())),
+        ("tcp_idle", s.tcp_idle.as_ref().map(|v| v.span())),
+        ("udp_idle", s.udp_idle.as_ref().map(|v| v.span())),
+    ] {
+        if let Some(span) = span {
+            refuse(span, &format!("service.{key}"), key);
+        }
+    }
+    match (vip.port, vip.proto) {
+        (Some(port), Proto::Tcp) if ok => Some(SocketAddr::new(vip.addr, port)),
+        (Some(_), Proto::Tcp) => None,
+        _ => {
+            r.at(
+                s.address.span(),
+                "service.address",
+                format!(
+                    "an https service is one TCP port: e.g. \"{}\"",
+                    SocketAddr::new(vip.addr, 443).to_string() + "/tcp"
+                ),
+            );
+            None
+        }
+    }
 }
 
 /// A `health` table as written: a service's `[service.health]` and a TLS pool's
@@ -764,6 +818,8 @@ impl Config {
         }
 
         let mut health = BTreeMap::new();
+        // The https services' addresses (with their `mode` spans): the [tls] listener's.
+        let mut https: Vec<(SocketAddr, Range<usize>)> = Vec::new();
         let mut seen_vip: HashMap<Vip, usize> = HashMap::new();
         let mut backends_total = 0usize;
         for svc in &raw.service {
@@ -787,6 +843,12 @@ impl Config {
                 continue;
             }
             seen_vip.insert(vip, s.address.span().start);
+            if s.mode.get_ref() == HTTPS_MODE {
+                if let Some(addr) = https_service(&mut r, s, &vip) {
+                    https.push((addr, s.mode.span()));
+                }
+                continue;
+            }
             if seen_vip.len() >= lb_common::MAX_SERVICES as usize {
                 r.at(
                     s.address.span(),
@@ -915,10 +977,33 @@ impl Config {
             }
         }
 
+        if raw.tls.is_none()
+            && let Some((_, span)) = https.first()
+        {
+            r.at(
+                span.clone(),
+                "service.mode",
+                "an https service needs a [tls] section: its certificates, routes and pools",
+            );
+        }
         let tls = raw.tls.and_then(|t| {
             let start = t.span().start;
             let mut tls = t.into_inner();
             tls.resolve_paths(dir);
+            // The https services are where the listener binds, beside [tls] listen.
+            for (addr, _) in &https {
+                if !tls.listen.contains(addr) {
+                    tls.listen.push(*addr);
+                }
+            }
+            if tls.listen.is_empty() {
+                r.at(
+                    t_span(start),
+                    "tls.listen",
+                    "the https service listens nowhere: add a [[service]] with mode = \"https\", or [tls] listen = [\"ADDR:443\"]",
+                );
+                return None;
+            }
             // The pools' health tables first, located field by field like a service's
             // (the spans inside [tls] are the file's); the section's own validation
             // would only name the first problem.
@@ -1468,6 +1553,24 @@ listen = "127.0.0.1:9100"
                 7,
                 "service.health.timeout",
                 "at most the interval",
+            ),
+            (
+                "[[service]]\naddress = \"198.51.100.30:443/tcp\"\nmode = \"https\"\n",
+                3,
+                "service.mode",
+                "needs a [tls] section",
+            ),
+            (
+                "[[service]]\naddress = \"198.51.100.30:443/udp\"\nmode = \"https\"\n",
+                2,
+                "service.address",
+                "one TCP port",
+            ),
+            (
+                "[[service]]\naddress = \"198.51.100.30:443/tcp\"\nmode = \"https\"\nsnat = \"203.0.113.1\"\n",
+                4,
+                "service.snat",
+                "an https service has no snat",
             ),
             (
                 "[metrics]\nlisten = \"localhost\"\n",

@@ -321,7 +321,7 @@ fn cli_refuses_bad_input_and_changes_nothing() {
     );
 
     // `xlb run` failures: unknown interface, a second daemon, bpffs missing, XDP refused.
-    let run = |iface: &str, bpffs: &str, socket: &str| {
+    let run_with = |iface: &str, bpffs: &str, socket: &str, extra: &[&str]| {
         let bin = xlb_bin();
         let out = edge
             .cmd(&[
@@ -336,11 +336,13 @@ fn cli_refuses_bad_input_and_changes_nothing() {
             ])
             .arg("--state")
             .arg(dir.path.join("state2"))
+            .args(extra)
             .output()
             .unwrap();
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
+    let run = |iface: &str, bpffs: &str, socket: &str| run_with(iface, bpffs, socket, &[]);
     let pins = dir.path.join("bpffs/other");
     let sock2 = dir.path.join("other.sock");
     let (pins, sock2) = (pins.to_str().unwrap(), sock2.to_str().unwrap());
@@ -352,6 +354,19 @@ fn cli_refuses_bad_input_and_changes_nothing() {
         .unwrap();
     let err = run("br0", pins, sock2);
     assert!(err.contains("interface 'br0' refused XDP"), "{err}");
+    // Another build of the program that is missing, or not one.
+    let err = run_with("x0", pins, sock2, &["--program", "/nonexistent/xlb.o"]);
+    assert!(
+        err.contains("reading the XDP program /nonexistent/xlb.o"),
+        "{err}"
+    );
+    let junk = dir.path.join("junk.o");
+    std::fs::write(&junk, "not an ELF object").unwrap();
+    let err = run_with("x0", pins, sock2, &["--program", junk.to_str().unwrap()]);
+    assert!(
+        err.contains("--program") && err.contains("loading the XDP object"),
+        "{err}"
+    );
     // Not root.
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
@@ -360,6 +375,13 @@ fn cli_refuses_bad_input_and_changes_nothing() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs root"));
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(xlb_bin())
+        .args(["--socket", sock2, "down", "--bpffs", pins])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("xlb down needs root"));
     // No daemon.
     let out = Command::new(xlb_bin())
         .args(["--socket", sock2, "stats"])

@@ -721,7 +721,7 @@ fn with_tls(listen: &str, backends: &[usize]) -> String {
         .map(|i| format!("\"{}:8080\"", backend_v4(*i)))
         .collect();
     format!(
-        "{}\n[tls]\nlisten = [\"{listen}\"]\ndefault_cert = {{ chain = \"www.pem\", key = \"www.key\" }}\n\
+        "{}\n[[service]]\naddress = \"{listen}/tcp\"\nmode = \"https\"\n\n[tls]\ndefault_cert = {{ chain = \"www.pem\", key = \"www.key\" }}\n\
          [[tls.routes]]\npool = \"web\"\n[[tls.pools]]\nname = \"web\"\nbackends = [{}]\n",
         config("", &[(0, 1)]),
         list.join(", ")

@@ -21,7 +21,9 @@ use crate::config::{HealthCheck, HealthTable};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpsConfig {
-    /// Addresses the TLS listener binds (e.g. `"192.0.2.1:443"`, `"[2001:db8::1]:443"`).
+    /// Addresses the TLS listener binds (e.g. `"192.0.2.1:443"`, `"[2001:db8::1]:443"`);
+    /// under `xlb run`, each `[[service]]` with `mode = "https"` adds its own.
+    #[serde(default)]
     pub listen: Vec<SocketAddr>,
     /// Plain-HTTP listeners that answer every request with a redirect to https.
     #[serde(default)]
