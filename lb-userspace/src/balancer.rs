@@ -221,6 +221,16 @@ impl Balancer {
         Ok(())
     }
 
+    /// The backends of the services adopted from a running datapath and not installed
+    /// again yet (before the first `sync`).
+    pub fn adopted_backends(&self) -> Vec<(Vip, BackendAddr)> {
+        self.installed
+            .iter()
+            .filter(|(_, i)| i.conf.is_none())
+            .flat_map(|(vip, i)| i.backend_ids.keys().map(|b| (*vip, *b)))
+            .collect()
+    }
+
     /// Marks a range of the pool as used (a running service's table).
     fn reserve(&mut self, off: u32, len: u32) -> Result<()> {
         let i = self

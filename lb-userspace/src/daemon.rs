@@ -112,7 +112,15 @@ fn prefix_only(s: &str) -> Result<Prefix, rules::RuleError> {
 }
 
 impl Edge {
-    pub fn new(dp: Datapath, stored: state::Stored, state_path: Option<PathBuf>) -> Result<Self> {
+    /// The edge of `stored` projected on `dp`'s maps (empty, or a running datapath's:
+    /// see `Datapath::load`). `drain_timeout`: how long a removed backend keeps its
+    /// flows.
+    pub fn new(
+        dp: Datapath,
+        stored: state::Stored,
+        state_path: Option<PathBuf>,
+        drain_timeout: Duration,
+    ) -> Result<Self> {
         let mut edge = Edge {
             dp,
             rules: stored.rules,
@@ -123,9 +131,29 @@ impl Edge {
             health: BTreeMap::new(),
             ifaces: Vec::new(),
             draining: Draining::default(),
-            drain_timeout: Duration::ZERO,
+            drain_timeout,
             state_path,
         };
+        // Backends a running datapath still serves that the stored state no longer
+        // lists (removed, draining, before a restart) drain again, so their established
+        // flows finish rather than move.
+        if !drain_timeout.is_zero() {
+            let until = Instant::now() + drain_timeout;
+            for (vip, b) in edge.dp.lb.adopted_backends() {
+                if edge
+                    .services
+                    .by_vip
+                    .get(&vip)
+                    .is_some_and(|c| !c.backends.contains_key(&b))
+                {
+                    edge.draining
+                        .by_vip
+                        .entry(vip)
+                        .or_default()
+                        .insert(b, until);
+                }
+            }
+        }
         edge.dp.load_rules(&edge.rules)?;
         edge.dp.lb.sync(&edge.view(&edge.pools()))?;
         edge.dp.set_config(&edge.rules)?;
@@ -1331,11 +1359,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     };
     monitor_opts.configure(&mut dp);
     // Rules go in before the program is attached: the first packet already sees them.
-    let mut edge = Edge::new(dp, stored, Some(opts.state.clone()))?;
-    edge.ifaces = names;
-    edge.drain_timeout = config
+    let drain_timeout = config
         .as_ref()
         .map_or(drain::DEFAULT_DRAIN, |c| c.drain_timeout);
+    let mut edge = Edge::new(dp, stored, Some(opts.state.clone()), drain_timeout)?;
+    edge.ifaces = names;
     for i in &ifaces {
         if let Err(e) = edge.dp.attach(&i.name, i.mode) {
             abandon(&mut edge.dp);

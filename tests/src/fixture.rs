@@ -27,7 +27,8 @@ impl Fixture {
     pub fn new() -> Self {
         let dp = Datapath::load(None).expect("loading the XDP program (are you root?)");
         Fixture {
-            edge: Edge::new(dp, Default::default(), None).expect("empty state"),
+            edge: Edge::new(dp, Default::default(), None, std::time::Duration::ZERO)
+                .expect("empty state"),
         }
     }
 

@@ -1,7 +1,7 @@
 //! The datapath outlives the daemon: a restart, an upgrade to another build of the
 //! program and a crashed daemon lose no request of a steady client loop, keep the flow
-//! table and the counters; `xlb down` and `run --detach` remove everything; pins of a
-//! build with another map layout are replaced cleanly.
+//! table, the counters and a draining backend's flows; `xlb down` and `run --detach`
+//! remove everything; pins of a build with another map layout are replaced cleanly.
 
 use std::{
     net::{SocketAddr, TcpStream},
@@ -206,9 +206,23 @@ fn restarts_an_upgrade_and_a_crash_lose_no_request() {
         &["--program", next.to_str().unwrap()],
     );
 
-    // A crash: nothing is cleaned up, the next run takes the datapath over.
+    // The held connection's backend is removed: it drains (keeps its flows). Then a
+    // crash: nothing is cleaned up, the next run takes the datapath over, and the
+    // backend the running datapath still serves drains again.
+    let index: usize = held_on.trim_start_matches("web").parse().unwrap();
+    let removed = format!("{}:8080", backend_v4(index - 1));
+    ok(&xlb, &["backend", "del", &format!("{VIP}/tcp"), &removed]);
     client.wait(client.done() + 200);
     xlb = hand_over(&t, &mut xlb, &client, "crash", &[]);
+    let status = xlb.json(&["status", "--json"]);
+    let draining: Vec<&Value> = status["services"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["state"] == "draining")
+        .collect();
+    assert_eq!(draining.len(), 1, "{status}");
+    assert_eq!(draining[0]["backend"], removed.as_str());
 
     let answers = client.finish();
     let failed: Vec<&String> = answers.iter().filter_map(|r| r.as_ref().err()).collect();
@@ -217,6 +231,7 @@ fn restarts_an_upgrade_and_a_crash_lose_no_request() {
     seen.sort();
     seen.dedup();
     assert_eq!(seen, ["web1", "web2", "web3"]);
+    // Served by its draining backend through two handovers and a crash.
     assert_eq!(http_get(&mut held).unwrap(), held_on);
     assert_eq!(ok(&xlb, &["fw", "list"]).matches("192.0.2.166").count(), 1);
 }

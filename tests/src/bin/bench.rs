@@ -322,6 +322,7 @@ fn monitoring(
         Datapath::load_object(xlb::object::XLB_NOLOG, None)?,
         Default::default(),
         None,
+        std::time::Duration::ZERO,
     )?;
     let nolog_fd = nolog.dp.program().fd()?.try_clone()?;
     let mut no_code = Vec::new();
