@@ -585,45 +585,18 @@ impl Datapath {
 
     /// Removes the trie keys no rule holds.
     fn sweep_tries(&mut self, rules: &RuleSet) -> Result<()> {
-        fn prefix<const N: usize>(k: &Key<[u8; N]>) -> Prefix {
-            let d = k.data();
-            let addr = match <[u8; 4]>::try_from(&d[..]) {
-                Ok(v4) => IpAddr::from(v4),
-                Err(_) => IpAddr::from(<[u8; 16]>::try_from(&d[..]).expect("16 bytes")),
-            };
-            Prefix {
-                addr,
-                len: k.prefix_len() as u8,
-            }
-        }
-        let stale: Vec<_> = self
-            .prefix_v6
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| rules.get(&Match::Prefix(prefix(k))).is_none())
-            .collect();
-        for k in stale {
-            self.prefix_v6.remove(&k).context("IPv6 prefix trie")?;
-        }
-        let stale: Vec<_> = self
-            .except_v4
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| rules.get(&Match::ExceptPrefix(prefix(k))).is_none())
-            .collect();
-        for k in stale {
-            self.except_v4.remove(&k).context("except trie")?;
-        }
-        let stale: Vec<_> = self
-            .except_v6
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| rules.get(&Match::ExceptPrefix(prefix(k))).is_none())
-            .collect();
-        for k in stale {
-            self.except_v6.remove(&k).context("except trie")?;
-        }
-        Ok(())
+        sweep_trie(&mut self.prefix_v6, |p| {
+            rules.get(&Match::Prefix(p)).is_some()
+        })
+        .context("IPv6 prefix trie")?;
+        sweep_trie(&mut self.except_v4, |p| {
+            rules.get(&Match::ExceptPrefix(p)).is_some()
+        })
+        .context("except trie")?;
+        sweep_trie(&mut self.except_v6, |p| {
+            rules.get(&Match::ExceptPrefix(p)).is_some()
+        })
+        .context("except trie")
     }
 
     /// Zeroes the hit counters of ids no rule holds (a running datapath's removed
@@ -981,6 +954,32 @@ impl Drop for Datapath {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+/// Removes the keys of `trie` whose prefix `keep` refuses.
+fn sweep_trie<const N: usize>(
+    trie: &mut LpmTrie<MapData, [u8; N], u32>,
+    keep: impl Fn(Prefix) -> bool,
+) -> Result<()> {
+    let stale: Vec<Key<[u8; N]>> = trie
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| {
+            let d = k.data();
+            let addr = match <[u8; 4]>::try_from(&d[..]) {
+                Ok(v4) => IpAddr::from(v4),
+                Err(_) => IpAddr::from(<[u8; 16]>::try_from(&d[..]).expect("16 bytes")),
+            };
+            !keep(Prefix {
+                addr,
+                len: k.prefix_len() as u8,
+            })
+        })
+        .collect();
+    for k in stale {
+        trie.remove(&k)?;
+    }
+    Ok(())
 }
 
 /// Swaps `prog` into the link pinned at `path` (BPF_LINK_UPDATE): atomic for packets.

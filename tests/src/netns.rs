@@ -492,6 +492,17 @@ impl Daemon {
             .expect("running the xlb CLI")
     }
 
+    /// Runs the CLI; its output; panics on failure (with the CLI's error).
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "xlb {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Runs the CLI and parses its `--json` output; panics on failure.
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let out = self.cli(args);

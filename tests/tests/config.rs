@@ -38,16 +38,6 @@ fn config(rules: &str, backends: &[(usize, u32)]) -> String {
     s
 }
 
-fn ok(xlb: &Daemon, args: &[&str]) -> String {
-    let out = xlb.cli(args);
-    assert!(
-        out.status.success(),
-        "xlb {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// `xlb status --json` without what changes by itself (uptime, drain countdowns, health
 /// check counts and times, https counters) and without the record of the last reload.
 fn state(xlb: &Daemon) -> Value {
@@ -144,7 +134,7 @@ fn run_with_a_config_balances_per_the_file_and_reloads_without_a_failed_request(
             be(2, 2, "unchecked")
         ]
     );
-    let human = ok(&xlb, &["status"]);
+    let human = xlb.ok(&["status"]);
     assert!(human.contains("generation 1"), "{human}");
 
     // The file's firewall: the attacker is dropped, the client passes.
@@ -167,7 +157,7 @@ fn run_with_a_config_balances_per_the_file_and_reloads_without_a_failed_request(
     }
 
     // A change made with the CLI that no reload touches.
-    ok(&xlb, &["fw", "port", "deny", "23/tcp"]);
+    xlb.ok(&["fw", "port", "deny", "23/tcp"]);
     // A keep-alive connection on web1, which reload 1 removes.
     let vip: SocketAddr = "198.51.100.10:80".parse().unwrap();
     let mut on_web1 = in_ns(&t.client, move || {
@@ -193,7 +183,7 @@ fn run_with_a_config_balances_per_the_file_and_reloads_without_a_failed_request(
         config("allow = [\"192.0.2.0/25\"]", &[(1, 1), (2, 1), (3, 1)]),
     )
     .unwrap();
-    let out = ok(&xlb, &["reload"]);
+    let out = xlb.ok(&["reload"]);
     let after_reload = client.done();
     assert!(out.starts_with("reloaded: generation 2"), "{out}");
     assert!(out.contains("backends +1 ~1 -1"), "{out}");
@@ -436,7 +426,7 @@ fn a_refused_reload_keeps_the_running_state_and_restarts_apply_the_file_diff() {
     let mut xlb =
         Daemon::start_with(&e.edge, &e.dir, &["--config", file.to_str().unwrap()]).unwrap();
     // A change made with the CLI: kept through everything below.
-    ok(&xlb, &["fw", "deny", "198.51.100.0/24"]);
+    xlb.ok(&["fw", "deny", "198.51.100.0/24"]);
     // The backends do not exist: their first check takes them down, for good.
     wait_for("the first checks", || {
         xlb.json(&["status", "--json"])["services"][0]["backends"]
@@ -475,7 +465,7 @@ fn a_refused_reload_keeps_the_running_state_and_restarts_apply_the_file_diff() {
         );
     }
     // A file that fits, but not with a backend added with the CLI: refused as a whole.
-    ok(&xlb, &["backend", "add", SVC, "203.0.113.13:9090"]);
+    xlb.ok(&["backend", "add", SVC, "203.0.113.13:9090"]);
     let before = state(&xlb);
     std::fs::write(
         &file,
@@ -537,7 +527,7 @@ fn a_refused_reload_keeps_the_running_state_and_restarts_apply_the_file_diff() {
     assert_eq!(last["ok"], false);
     assert!(last["error"].as_str().unwrap().contains(":21:"), "{last}");
     assert_eq!(state(&xlb), before);
-    let human = ok(&xlb, &["status"]);
+    let human = xlb.ok(&["status"]);
     assert!(human.contains("refused at"), "{human}");
 
     // A good reload after all that.
@@ -631,20 +621,17 @@ fn a_removed_backend_drains_then_leaves() {
     .unwrap();
     let xlb = Daemon::start_with(&e.edge, &e.dir, &["--config", file.to_str().unwrap()]).unwrap();
     assert_eq!(xlb.json(&["status", "--json"])["drain_timeout_secs"], 1);
-    ok(&xlb, &["backend", "del", SVC, "203.0.113.12:8080"]);
+    xlb.ok(&["backend", "del", SVC, "203.0.113.12:8080"]);
     let gone = ("203.0.113.12:8080".to_string(), 0, "draining".to_string());
     let kept = ("203.0.113.11:8080".to_string(), 1, "unchecked".to_string());
     assert_eq!(backends(&xlb), vec![kept.clone(), gone]);
-    let list = ok(&xlb, &["backend", "list", SVC]);
+    let list = xlb.ok(&["backend", "list", SVC]);
     assert!(!list.contains("203.0.113.12"), "{list}");
     wait_for("the drain to end", || backends(&xlb).len() == 1);
     assert_eq!(backends(&xlb), vec![kept.clone()]);
     // Back during its drain: in the pool again with its weight.
-    ok(&xlb, &["backend", "del", SVC, "203.0.113.11:8080"]);
-    ok(
-        &xlb,
-        &["backend", "add", SVC, "203.0.113.11:8080", "--weight", "5"],
-    );
+    xlb.ok(&["backend", "del", SVC, "203.0.113.11:8080"]);
+    xlb.ok(&["backend", "add", SVC, "203.0.113.11:8080", "--weight", "5"]);
     assert_eq!(
         backends(&xlb),
         vec![("203.0.113.11:8080".to_string(), 5, "unchecked".to_string())]
@@ -686,7 +673,7 @@ fn the_control_socket_group_comes_from_the_file_or_the_command_line() {
     assert_eq!(v["socket_group"], "nogroup");
     // The group removed from the file: root only again.
     std::fs::write(&file, GOOD).unwrap();
-    ok(&xlb, &["reload"]);
+    xlb.ok(&["reload"]);
     assert_eq!(socket_access(&xlb), (0o600, 0));
     let out = status_as_nobody(&xlb.socket);
     assert!(String::from_utf8_lossy(&out.stderr).contains("permission denied"));

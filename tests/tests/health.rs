@@ -44,15 +44,6 @@ fn start(t: &Topology, text: &str) -> Daemon {
     xlb
 }
 
-fn ok(xlb: &Daemon, args: &[&str]) {
-    let out = xlb.cli(args);
-    assert!(
-        out.status.success(),
-        "xlb {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The service's backends as `xlb status --json` shows them, by backend index.
 fn backends(xlb: &Daemon) -> Vec<Value> {
     let v = xlb.json(&["status", "--json"]);
@@ -137,7 +128,7 @@ fn http_checks_take_a_dead_backend_out_and_bring_it_back() {
     let file = t.dir.path.join("xlb.toml");
     let wrong = check.replace("path = \"/health\"", "expect_status = 204");
     std::fs::write(&file, config(&wrong, &[(0, false), (1, false), (2, false)])).unwrap();
-    ok(&xlb, &["reload"]);
+    xlb.ok(&["reload"]);
     wait_for("every backend down", || {
         (0..3).all(|i| state(&xlb, i) == "down")
     });
@@ -146,7 +137,7 @@ fn http_checks_take_a_dead_backend_out_and_bring_it_back() {
         "HTTP 200, expected 204"
     );
     std::fs::write(&file, config(check, &[(0, false), (1, false), (2, false)])).unwrap();
-    ok(&xlb, &["reload"]);
+    xlb.ok(&["reload"]);
     wait_for("every backend up", || {
         (0..3).all(|i| state(&xlb, i) == "up")
     });
@@ -267,7 +258,7 @@ fn the_operator_drains_and_enables_a_backend() {
     .unwrap();
 
     let web1 = format!("{}:8080", backend_v4(0));
-    ok(&xlb, &["backend", "drain", SVC, &web1]);
+    xlb.ok(&["backend", "drain", SVC, &web1]);
     assert_eq!(state(&xlb, 0), "drained");
     // Its established flow stays; new flows go elsewhere.
     assert_eq!(http_get(&mut on_web1).unwrap(), "web1");
@@ -287,7 +278,7 @@ fn the_operator_drains_and_enables_a_backend() {
     let file = t.dir.path.join("xlb.toml");
     let xlb = Daemon::start_with(&t.edge, &t.dir, &["--config", file.to_str().unwrap()]).unwrap();
     assert_eq!(state(&xlb, 0), "drained");
-    ok(&xlb, &["backend", "enable", SVC, &web1]);
+    xlb.ok(&["backend", "enable", SVC, &web1]);
     assert_eq!(state(&xlb, 0), "unchecked");
     assert_eq!(spread(&t).len(), 3);
 }

@@ -48,16 +48,6 @@ fn start(t: &Topology, extra: &[&str]) -> Daemon {
     Daemon::start_with(&t.edge, &t.dir, &args).unwrap()
 }
 
-fn ok(xlb: &Daemon, args: &[&str]) -> String {
-    let out = xlb.cli(args);
-    assert!(
-        out.status.success(),
-        "xlb {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The id of the XDP program attached to x0, as the kernel reports it (`ip link`).
 fn attached_program(t: &Topology) -> Option<u64> {
     let out = t.edge.run(&["ip", "-j", "link", "show", "x0"]).unwrap();
@@ -211,7 +201,7 @@ fn restarts_an_upgrade_and_a_crash_lose_no_request() {
     // backend the running datapath still serves drains again.
     let index: usize = held_on.trim_start_matches("web").parse().unwrap();
     let removed = format!("{}:8080", backend_v4(index - 1));
-    ok(&xlb, &["backend", "del", &format!("{VIP}/tcp"), &removed]);
+    xlb.ok(&["backend", "del", &format!("{VIP}/tcp"), &removed]);
     client.wait(client.done() + 200);
     xlb = hand_over(&t, &mut xlb, &client, "crash", &[]);
     let status = xlb.json(&["status", "--json"]);
@@ -233,7 +223,7 @@ fn restarts_an_upgrade_and_a_crash_lose_no_request() {
     assert_eq!(seen, ["web1", "web2", "web3"]);
     // Served by its draining backend through two handovers and a crash.
     assert_eq!(http_get(&mut held).unwrap(), held_on);
-    assert_eq!(ok(&xlb, &["fw", "list"]).matches("192.0.2.166").count(), 1);
+    assert_eq!(xlb.ok(&["fw", "list"]).matches("192.0.2.166").count(), 1);
 }
 
 fn xdp_on_x0(t: &Topology) -> bool {
@@ -255,7 +245,7 @@ fn down_and_detach_remove_the_datapath_and_keep_the_rules() {
 
     // Through the daemon: it detaches, removes its pins and socket, and exits.
     let mut xlb = start(&t, &[]);
-    ok(&xlb, &["fw", "deny", "203.0.113.99"]);
+    xlb.ok(&["fw", "deny", "203.0.113.99"]);
     let v = down(&xlb, &pins, &[]);
     assert_eq!(v["detached"], serde_json::json!(["x0"]), "{v}");
     assert!(v["daemon_stopped"].as_u64().is_some(), "{v}");
@@ -272,7 +262,7 @@ fn down_and_detach_remove_the_datapath_and_keep_the_rules() {
         xlb.json(&["status", "--json"])["datapath"]["at_start"]["kind"],
         "fresh"
     );
-    assert!(ok(&xlb, &["fw", "list"]).contains("203.0.113.99/32"));
+    assert!(xlb.ok(&["fw", "list"]).contains("203.0.113.99/32"));
     assert!(xlb.stop().unwrap().success());
     assert!(xdp_on_x0(&t) && pins.exists());
     let v = down(&xlb, &pins, &[]);
