@@ -1,19 +1,21 @@
 //! `cargo xtask bench --peers`: xlb beside the tools an operator would pick instead, on
 //! the same namespace topology, with the same traffic, in one run.
 //!
-//! - Firewall: a flood from the attacker namespace while the client keeps fetching a
-//!   page from the edge. Peers: xlb, xdp-filter (exact source address, the most it can
-//!   do), nftables (netdev ingress hook), iptables (raw PREROUTING), and the floor: an
-//!   XDP program that drops everything. Raw veth packet rate is bounded by the
-//!   generator, so the measure is CPU per packet: the CPU time of the packets' path
-//!   (the sending thread, in whose context a veth delivers, plus ksoftirqd) divided by
-//!   the packets sent (the generator's share is the same in every row; "above floor"
-//!   removes it), plus the kernel's own run time of the XDP programs (bpf_stats).
+//! - Firewall: a flood from the attacker while the client keeps fetching a page from the
+//!   edge. Peers: xlb, xdp-filter (exact source address, the most it can do), nftables
+//!   (netdev ingress hook), iptables (raw PREROUTING), and the floor: an XDP program
+//!   that drops everything. The flood is XDP frames injected at the switch port facing
+//!   the edge (see `flood`: no skb until the stack needs one, as from a NIC), and the
+//!   measure is CPU per frame of the packets' path (one CPU: generator, client,
+//!   ksoftirqd), over interleaved rounds (median, min..max; "above floor" paired by
+//!   round), plus the kernel's own run time of the XDP programs (bpf_stats).
 //! - Layer-4 balancing: the client (wrk) against a service on three nginx backends,
 //!   a new connection per request and keep-alive. Peers: xlb dsr / nat / fullnat,
-//!   nftables DNAT (numgen), HAProxy in TCP mode, and the floor: plain routing to one
-//!   backend, no balancing. Balancer CPU per request = the machine's busy time per
-//!   request minus the floor's.
+//!   nftables DNAT (numgen), HAProxy in TCP mode, and two floors: plain routing to the
+//!   same three backends (ECMP on the edge), and the same with an XDP_PASS program on
+//!   x0 (what any XDP program costs on a veth). Balancer CPU = the machine's busy time
+//!   per connection above a floor, also per packet the edge forwarded (x0's counters);
+//!   xlb's is given above both floors, the target checked on the XDP one.
 //! - TLS termination: xlb's https proxy beside nginx (new handshakes per second,
 //!   keep-alive requests per second over HTTP/1.1 and h2, p99), the comparison of
 //!   `cargo xtask bench --only https` (https_bench.rs), without testssl.sh.
@@ -657,6 +659,10 @@ fn install_lb(peer: Lb, t: &Topology) -> Result<(LbGuard, String)> {
             for ns in &t.backends {
                 ns.run(&["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
             }
+            // Resolved before measuring, like xlb's backends (adding one resolves it).
+            for a in &b {
+                e.run(&["ping", "-c1", "-W2", a])?;
+            }
             t.wait_neighbours(&b)?;
             if peer == Lb::XdpFloor {
                 // What any XDP program costs on a veth (see balancer_row).
@@ -926,15 +932,20 @@ fn print_balancer(lb: &[LbRow], floors: &LbFloors, secs: u64) -> Vec<serde_json:
          it pays no veth XDP tax); the raw figure (xlb above the routed floor, veth tax \
          included) is printed beside it, with its own verdict."
     );
-    // "1/N of" nftables', or "below the floor's" when the difference is not positive.
-    let share = |cpu: f64| {
-        let verdict = if cpu * 3.0 <= nft { "met" } else { "NOT met" };
-        let of = if cpu > 0.0 {
-            format!("{cpu:.0} ns = 1/{:.1} of nftables'", nft / cpu)
+    // "1/N of" nftables'; a figure at or below its floor is noise, not a verdict.
+    let share = |cpu: f64| -> (String, Option<bool>) {
+        if cpu > 0.0 {
+            let met = cpu * 3.0 <= nft;
+            let text = format!(
+                "{cpu:.0} ns = 1/{:.1} of nftables' {nft:.0} ns (<= 1/3): {}",
+                nft / cpu,
+                if met { "met" } else { "NOT met" }
+            );
+            (text, Some(met))
         } else {
-            format!("{cpu:.0} ns, below the floor's, vs nftables'")
-        };
-        (of, verdict)
+            let text = format!("{cpu:.0} ns, not above its floor: noise, no verdict");
+            (text, None)
+        }
     };
     let mut out = Vec::new();
     for p in [Lb::XlbDsr, Lb::XlbNat, Lb::XlbFullnat] {
@@ -946,8 +957,8 @@ fn print_balancer(lb: &[LbRow], floors: &LbFloors, secs: u64) -> Vec<serde_json:
         );
         let ((own_text, own_ok), (raw_text, raw_ok)) = (share(own), share(raw));
         println!(
-            "  {:<12} conn/s = {ratio:.2}x HAProxy (>= 2x) {}; CPU per forwarded packet above the \
-             XDP floor {own_text} {nft:.0} ns (<= 1/3) {own_ok}; raw {raw_text} {raw_ok}",
+            "  {:<12} conn/s = {ratio:.2}x HAProxy (>= 2x): {}; CPU per forwarded packet above \
+             the XDP floor {own_text}; raw {raw_text}",
             p.name(),
             if ratio >= 2.0 { "met" } else { "NOT met" },
         );
@@ -955,7 +966,7 @@ fn print_balancer(lb: &[LbRow], floors: &LbFloors, secs: u64) -> Vec<serde_json:
             "peer": p.name(), "conn_vs_haproxy": ratio, "conn_met": ratio >= 2.0,
             "ns_per_packet_above_xdp_floor": own, "ns_per_packet_raw": raw,
             "nftables_ns_per_packet": nft,
-            "cpu_met": own * 3.0 <= nft, "cpu_met_raw": raw * 3.0 <= nft,
+            "cpu_met": own_ok, "cpu_met_raw": raw_ok,
         }));
     }
     out
