@@ -53,6 +53,23 @@ pub fn backend_v6(i: usize) -> String {
     format!("2001:db8:b::{}", 11 + i)
 }
 
+/// Attaches `prog` of the bench object (`bench_floor` passes all, `bench_drop` drops
+/// all) to `iface` in `ns`, in native mode; detached when the object drops.
+pub fn attach_bench_xdp(ns: &Netns, iface: &str, prog: &str) -> Result<aya::Ebpf> {
+    let (iface, name) = (iface.to_string(), prog.to_string());
+    in_ns(ns, move || -> Result<aya::Ebpf> {
+        let mut obj = aya::Ebpf::load(xlb::object::BENCH).context("loading the bench object")?;
+        let prog: &mut aya::programs::Xdp = obj
+            .program_mut(&name)
+            .with_context(|| format!("no program {name} in the bench object"))?
+            .try_into()?;
+        prog.load().with_context(|| format!("loading {name}"))?;
+        prog.attach(&iface, aya::programs::XdpMode::Driver)
+            .with_context(|| format!("attaching {name} to {iface}"))?;
+        Ok(obj)
+    })?
+}
+
 impl Topology {
     /// `n` backends, each with an HTTP server on `port` answering "web<i+1>", routed as
     /// `routing` says.
@@ -61,6 +78,14 @@ impl Topology {
         let switch = Netns::new("sw")?;
         switch.run(&["ip", "link", "add", "br0", "type", "bridge"])?;
         switch.run(&["ip", "link", "set", "br0", "up"])?;
+        // A switch, not a firewall: with br_netfilter built in, a new namespace's bridge
+        // hands every frame to iptables, ip6tables and arptables, which nothing here
+        // uses and which was most of a frame's cost across the bridge (perf, bench
+        // --peers).
+        for family in ["iptables", "ip6tables", "arptables"] {
+            let key = format!("net.bridge.bridge-nf-call-{family}=0");
+            switch.run(&["sysctl", "-qw", &key])?;
+        }
         let client = Netns::new("client")?;
         veth(
             &client,
@@ -110,16 +135,7 @@ impl Topology {
         }
         // Frames xlb sends back out (XDP_TX) reach the veth peer as XDP frames, which it
         // delivers only if it runs an XDP program itself: give it one that passes all.
-        let peer_xdp = in_ns(&switch, || -> Result<aya::Ebpf> {
-            let mut obj = aya::Ebpf::load(xlb::object::BENCH)?;
-            let prog: &mut aya::programs::Xdp = obj
-                .program_mut("bench_floor")
-                .context("bench_floor")?
-                .try_into()?;
-            prog.load()?;
-            prog.attach("sw-x", aya::programs::XdpMode::Driver)?;
-            Ok(obj)
-        })??;
+        let peer_xdp = attach_bench_xdp(&switch, "sw-x", "bench_floor")?;
         let mut backends = Vec::new();
         let mut servers = Vec::new();
         for i in 0..n {

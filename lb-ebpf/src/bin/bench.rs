@@ -1,6 +1,9 @@
 //! Programs for `cargo xtask bench` only (never attached by xlb):
 //! - `bench_floor`: returns XDP_PASS, the cost of BPF_PROG_TEST_RUN itself;
 //! - `bench_drop`: returns XDP_DROP, the cheapest drop (`bench --peers`);
+//! - `bench_tx`: returns XDP_TX: run by BPF_PROG_TEST_RUN in live-frames mode, it is the
+//!   flood generator of `bench --peers` (every run sends the test frame out of the
+//!   context's interface through its XDP transmit path);
 //! - `bench_lpm`: the baseline, one BPF_MAP_TYPE_LPM_TRIE lookup of the IPv4 source;
 //! - `bench_entry`: writes a source address into the frame (random or fixed, chosen by
 //!   BENCH_SRC) and tail-calls the program under test, so a repeated test run sees a new
@@ -41,6 +44,12 @@ pub fn bench_floor(_ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn bench_drop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
+}
+
+/// Sends the frame back out (see the module's doc: a packet generator).
+#[xdp]
+pub fn bench_tx(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
 }
 
 #[xdp]
