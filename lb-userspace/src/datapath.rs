@@ -229,23 +229,23 @@ impl Datapath {
     /// `load` of another build of the program (an upgrade, the bench's copy without
     /// logging).
     pub fn load_object(obj: &[u8], pins: Option<&Path>) -> Result<Self> {
+        // Nothing in the pin directory changes until this build has loaded: a bad
+        // object or a refused program leaves a running datapath and its pins alone.
+        let parsed = aya_obj::Object::parse(obj).context("loading the XDP object")?;
         let pins = pins.map(PinDir::open).transpose()?;
         let mut loader = EbpfLoader::new();
         let mut adoption = Adoption::Fresh;
         if let Some(p) = &pins {
-            adoption = match p.check_maps(obj) {
+            adoption = match p.check_maps(&parsed.maps) {
                 Ok(0) => Adoption::Fresh,
                 Ok(maps) => Adoption::Adopted { maps },
-                Err(e) => {
-                    warn!("{e:#}: starting with empty tables");
-                    p.remove_maps();
-                    Adoption::Replaced {
-                        why: format!("{e:#}"),
-                    }
-                }
+                Err(why) => Adoption::Replaced { why },
             };
-            for name in STATE_MAPS {
-                loader.map_pin_path(name, p.map(name));
+            // Adopted (or created and pinned) by aya; replaced ones are pinned below.
+            if !matches!(adoption, Adoption::Replaced { .. }) {
+                for name in STATE_MAPS {
+                    loader.map_pin_path(name, p.map(name));
+                }
             }
         }
         let mut bpf = loader.load(obj).context("loading the XDP object")?;
@@ -263,6 +263,13 @@ impl Datapath {
             .load()
             .context("the kernel refused the balancer program")?;
         let balancer_fd = balancer.fd()?.try_clone()?;
+        if let (Some(p), Adoption::Replaced { why }) = (&pins, &adoption) {
+            warn!("{why}: starting with empty tables");
+            for name in STATE_MAPS {
+                let map = bpf.map(name).ok_or_else(|| anyhow!("map {name} missing"))?;
+                p.replace_map(name, map)?;
+            }
+        }
         let dir24 = MmapTable::new(
             bpf.map(MAP_DIR24).context("dir24 map")?,
             DIR24_BLOCKS as usize * std::mem::size_of::<Dir24Block>(),

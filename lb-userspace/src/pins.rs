@@ -16,6 +16,7 @@
 //! manage one datapath, and `xlb down` only clears a directory nobody runs on.
 
 use std::{
+    collections::HashMap,
     fs::File,
     os::fd::AsRawFd,
     path::{Path, PathBuf},
@@ -98,23 +99,21 @@ impl PinDir {
         self.dir.join(name)
     }
 
-    /// Compares the pinned state maps with the definitions in the object `obj`: the
-    /// number of maps found, or why they cannot be reused (a build whose map layout
-    /// differs: another key or value size, type, size or flags).
-    pub fn check_maps(&self, obj: &[u8]) -> Result<usize> {
-        let parsed = aya_obj::Object::parse(obj).context("parsing the XDP object")?;
+    /// Compares the pinned state maps with a build's map definitions (`maps`, parsed
+    /// from its object): the number of maps found, or why they cannot be reused (a
+    /// build whose map layout differs: another type, key or value size, size or flags).
+    pub fn check_maps(&self, maps: &HashMap<String, aya_obj::Map>) -> Result<usize, String> {
         let mut found = 0;
         for name in STATE_MAPS {
             let path = self.map(name);
             if !path.exists() {
                 continue;
             }
-            let def = parsed
-                .maps
+            let def = maps
                 .get(name)
-                .with_context(|| format!("map {name} missing from the object"))?;
+                .ok_or_else(|| format!("this build has no map {name}"))?;
             let info = MapInfo::from_pin(&path)
-                .with_context(|| format!("reading the pinned map {}", path.display()))?;
+                .map_err(|e| format!("the pin {} is not a readable map: {e}", path.display()))?;
             let pinned_type = info.map_type().map(|t| t as u32).unwrap_or(u32::MAX);
             let have = (
                 pinned_type,
@@ -131,13 +130,21 @@ impl PinDir {
                 def.map_flags(),
             );
             if have != want {
-                bail!(
+                return Err(format!(
                     "the pinned map {name} has another layout than this build's (type, key, value, entries, flags: {have:?} pinned, {want:?} here)"
-                );
+                ));
             }
             found += 1;
         }
         Ok(found)
+    }
+
+    /// Pins `map` as the state map `name`, replacing what was pinned there.
+    pub fn replace_map(&self, name: &str, map: &aya::maps::Map) -> Result<()> {
+        let path = self.map(name);
+        let _ = std::fs::remove_file(&path);
+        map.pin(&path)
+            .with_context(|| format!("pinning {name} at {}", path.display()))
     }
 
     /// Removes the state maps' pins (the maps go with the last program using them).

@@ -265,6 +265,27 @@ fn down_and_detach_remove_the_datapath_and_keep_the_rules() {
     assert!(xlb.ok(&["fw", "list"]).contains("203.0.113.99/32"));
     assert!(xlb.stop().unwrap().success());
     assert!(xdp_on_x0(&t) && pins.exists());
+    // A run with a bad build of the program fails and leaves the datapath as it was.
+    let junk = t.dir.path.join("junk.o");
+    std::fs::write(&junk, "not an ELF object").unwrap();
+    let program = attached_program(&t);
+    let pinned = std::fs::read_dir(&pins).unwrap().count();
+    let err = Daemon::start_with(
+        &t.edge,
+        &t.dir,
+        &[
+            "--config",
+            t.dir.path.join("xlb.toml").to_str().unwrap(),
+            "--program",
+            junk.to_str().unwrap(),
+        ],
+    )
+    .err()
+    .expect("a junk program is refused")
+    .to_string();
+    assert!(err.contains("loading the XDP object"), "{err}");
+    assert_eq!(attached_program(&t), program);
+    assert_eq!(std::fs::read_dir(&pins).unwrap().count(), pinned);
     let v = down(&xlb, &pins, &[]);
     assert_eq!(v["daemon_stopped"], Value::Null, "{v}");
     assert_eq!(v["detached"], serde_json::json!(["x0"]), "{v}");
