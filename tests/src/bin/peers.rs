@@ -1250,7 +1250,7 @@ fn print_pp(rows: &[PpRow], case: Case) -> serde_json::Value {
     let get = |p: Pp| rows.iter().find(|r| r.peer == p);
     let (drop_floor, fwd_floor) = (get(Pp::Drop), get(Pp::Fwd));
     println!(
-        "\n{}: | {:<36} | {:>10} | {:>11} | {:>10} | {:>11} | {:>10} | {:>11} | {:>9} | {:>11} |",
+        "\n{}:\n| {:<36} | {:>10} | {:>11} | {:>10} | {:>11} | {:>10} | {:>11} | {:>9} | {:>11} |",
         case.name(),
         "peer",
         "CPU ns/pkt",
@@ -1261,6 +1261,10 @@ fn print_pp(rows: &[PpRow], case: Case) -> serde_json::Value {
         "min..max",
         "forwarded",
         "b1/b2/b3 %"
+    );
+    println!(
+        "|{:-<38}|{:->12}|{:->13}|{:->12}|{:->13}|{:->12}|{:->13}|{:->11}|{:->13}|",
+        "", "", "", "", "", "", "", "", ""
     );
     let mut out = Vec::new();
     for r in rows {
