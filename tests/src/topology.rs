@@ -23,7 +23,7 @@ const BACKEND_NGINX: &str = include_str!("../peers/backend-nginx.conf");
 pub struct Topology {
     // Drop order: servers, the peer program, namespaces, then the directory.
     pub servers: Vec<NsServer>,
-    _peer_xdp: aya::Ebpf,
+    peer_xdp: Option<aya::Ebpf>,
     pub client: Netns,
     /// A host on the client side that the firewall is meant to stop.
     pub attacker: Netns,
@@ -183,7 +183,7 @@ impl Topology {
         }
         Ok(Topology {
             servers,
-            _peer_xdp: peer_xdp,
+            peer_xdp: Some(peer_xdp),
             client,
             attacker,
             edge,
@@ -221,6 +221,18 @@ impl Topology {
         self.switch
             .run(&["ip", "link", "set", &port, "master", "br0"])?;
         Ok(h)
+    }
+
+    /// Replaces the XDP program on the switch port facing the edge (`sw-x`, which must
+    /// run one, see `build`) with `prog` of the bench object; returns the object, whose
+    /// maps the caller may read (e.g. `bench_sink`'s counters). It stays attached until
+    /// the topology drops.
+    pub fn switch_xdp(&mut self, prog: &str) -> Result<&mut aya::Ebpf> {
+        // Detach the old one first: a second program on the same port is refused.
+        self.peer_xdp = None;
+        Ok(self
+            .peer_xdp
+            .insert(attach_bench_xdp(&self.switch, "sw-x", prog)?))
     }
 
     /// nginx on port 80 of every backend (see `nginx_backend`).

@@ -4,6 +4,14 @@
 //! - `bench_tx`: returns XDP_TX: run by BPF_PROG_TEST_RUN in live-frames mode, it is the
 //!   flood generator of `bench --peers` (every run sends the test frame out of the
 //!   context's interface through its XDP transmit path);
+//! - `bench_tx_flows`: `bench_tx` that first restores the headers from BENCH_TEMPLATE
+//!   and writes the UDP source port, cycling over BENCH_FLOWS' set of ports, so the flood
+//!   is a set of flows (or a new flow per frame);
+//! - `bench_fwd`: the cheapest forwarder: writes the MACs from BENCH_FWD, XDP_TX (the
+//!   floor of the per-packet balancer rows: the rig's forwarding path without a balancer);
+//! - `bench_sink`: on the switch port facing the edge, drops the flood's frames that the
+//!   edge forwarded (UDP to port 9) and counts them per destination MAC's last byte
+//!   (BENCH_SINK), so every peer's forwarded frame ends at the same place and cost;
 //! - `bench_lpm`: the baseline, one BPF_MAP_TYPE_LPM_TRIE lookup of the IPv4 source;
 //! - `bench_entry`: writes a source address into the frame (random or fixed, chosen by
 //!   BENCH_SRC) and tail-calls the program under test, so a repeated test run sees a new
@@ -15,7 +23,7 @@ use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, xdp_action},
     helpers::bpf_get_prandom_u32,
     macros::{map, xdp},
-    maps::{Array, LpmTrie, ProgramArray, lpm_trie::Key},
+    maps::{Array, LpmTrie, PerCpuArray, ProgramArray, lpm_trie::Key},
     programs::XdpContext,
 };
 
@@ -31,6 +39,23 @@ const TEMPLATE_WORDS: usize = 8;
 static BENCH_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map]
 static BENCH_LPM: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(1 << 21, BPF_F_NO_PREALLOC);
+
+/// `bench_tx_flows`: [0] = first source port, [1] = how many ports, [2] = frames so far.
+#[map]
+static BENCH_FLOWS: Array<u32> = Array::with_max_entries(3, 0);
+/// `bench_fwd`: destination then source MAC.
+#[map]
+static BENCH_FWD: Array<[u8; 12]> = Array::with_max_entries(1, 0);
+/// `bench_sink`: frames dropped, by the last byte of their destination MAC.
+#[map]
+static BENCH_SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(256, 0);
+
+/// The header words `bench_tx_flows` restores: Ethernet, IPv4 and UDP (42 bytes).
+const HEADER_WORDS: usize = 6;
+/// Offset of the UDP header in an untagged IPv4 frame without options.
+const UDP_OFF: usize = 14 + 20;
+/// The port the per-packet balancer flood is sent to (and forwarded to).
+const SINK_PORT: u16 = 9;
 
 /// Offset of the IPv4 source address in an untagged frame.
 const SRC_OFF: usize = 14 + 12;
@@ -52,19 +77,92 @@ pub fn bench_tx(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
-#[xdp]
-pub fn bench_entry(ctx: XdpContext) -> u32 {
+/// Writes the first `N` words of BENCH_TEMPLATE over the frame's start; returns the
+/// start, None if the frame is shorter.
+#[inline(always)]
+fn restore<const N: usize>(ctx: &XdpContext) -> Option<usize> {
     let start = ctx.data();
-    if start + TEMPLATE_WORDS * 8 > ctx.data_end() {
-        return xdp_action::XDP_PASS;
+    if start + N * 8 > ctx.data_end() {
+        return None;
     }
     if let Some(t) = BENCH_TEMPLATE.get(0) {
         let mut i = 0;
-        while i < TEMPLATE_WORDS {
+        while i < N && i < TEMPLATE_WORDS {
             unsafe { *((start + 8 * i) as *mut u64) = t[i] };
             i += 1;
         }
     }
+    Some(start)
+}
+
+/// `bench_tx` over a set of flows: source port `base + n % count` for the n-th frame.
+/// The UDP checksum must be 0 (none): the port changes without fixing it.
+#[xdp]
+pub fn bench_tx_flows(ctx: XdpContext) -> u32 {
+    // A live-frames run reuses its pages with whatever the last trip left in them: a
+    // forwarder rewrote the MACs, a balancer the destination, the stack the TTL (a frame
+    // recycled 64 times would expire). Every frame leaves with the original headers.
+    let Some(start) = restore::<HEADER_WORDS>(&ctx) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let (Some(base), Some(count), Some(next)) = (
+        BENCH_FLOWS.get(0).copied(),
+        BENCH_FLOWS.get(1).copied(),
+        BENCH_FLOWS.get_ptr_mut(2),
+    ) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // One generator thread per map: a plain increment is enough.
+    let n = unsafe { *next };
+    unsafe { *next = n.wrapping_add(1) };
+    let port = base.wrapping_add(n % count.max(1)) as u16;
+    unsafe { *((start + UDP_OFF) as *mut [u8; 2]) = port.to_be_bytes() };
+    xdp_action::XDP_TX
+}
+
+#[xdp]
+pub fn bench_fwd(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + 12 > ctx.data_end() {
+        return xdp_action::XDP_PASS;
+    }
+    let Some(macs) = BENCH_FWD.get(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    unsafe { *(start as *mut [u8; 12]) = *macs };
+    xdp_action::XDP_TX
+}
+
+#[xdp]
+pub fn bench_sink(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + UDP_OFF + 4 > ctx.data_end() {
+        return xdp_action::XDP_PASS;
+    }
+    // IPv4 (no options), UDP, to SINK_PORT: a forwarded flood frame.
+    let (eth, vihl, proto, dport) = unsafe {
+        (
+            *((start + 12) as *const [u8; 2]),
+            *((start + 14) as *const u8),
+            *((start + 14 + 9) as *const u8),
+            *((start + UDP_OFF + 2) as *const [u8; 2]),
+        )
+    };
+    if eth != [0x08, 0x00] || vihl != 0x45 || proto != 17 || dport != SINK_PORT.to_be_bytes() {
+        return xdp_action::XDP_PASS;
+    }
+    let last = unsafe { *((start + 5) as *const u8) };
+    if let Some(c) = BENCH_SINK.get_ptr_mut(last as u32) {
+        unsafe { *c += 1 };
+    }
+    xdp_action::XDP_DROP
+}
+
+#[xdp]
+pub fn bench_entry(ctx: XdpContext) -> u32 {
+    let Some(start) = restore::<TEMPLATE_WORDS>(&ctx) else {
+        return xdp_action::XDP_PASS;
+    };
     let base = BENCH_SRC.get(0).copied().unwrap_or(0);
     let mask = BENCH_SRC.get(1).copied().unwrap_or(0);
     let rand = unsafe { bpf_get_prandom_u32() };
