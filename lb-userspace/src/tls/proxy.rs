@@ -268,14 +268,11 @@ fn upstream_head(
     strip_hop_by_hop(&mut h);
     h.insert(header::HOST, host.clone());
     // Most clients send none: then the connection's value serves as it is.
-    match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(old) if !old.is_empty() => {
-            let ip = client.xff.to_str().unwrap_or_default();
-            append(&mut h, X_FORWARDED_FOR, format_args!("{ip}"));
-        }
-        _ => {
-            h.insert(X_FORWARDED_FOR, client.xff.clone());
-        }
+    if h.contains_key(X_FORWARDED_FOR) {
+        let ip = client.xff.to_str().unwrap_or_default();
+        append(&mut h, X_FORWARDED_FOR, format_args!("{ip}"));
+    } else {
+        h.insert(X_FORWARDED_FOR, client.xff.clone());
     }
     h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     let host = host.to_str().unwrap_or("");
