@@ -243,11 +243,11 @@ impl Client {
 fn append(h: &mut HeaderMap, name: HeaderName, value: std::fmt::Arguments<'_>) {
     use std::fmt::Write;
     let mut v = String::with_capacity(96);
-    if let Some(old) = h.get(&name).and_then(|v| v.to_str().ok()) {
-        if !old.is_empty() {
-            v.push_str(old);
-            v.push_str(", ");
-        }
+    if let Some(old) = h.get(&name).and_then(|v| v.to_str().ok())
+        && !old.is_empty()
+    {
+        v.push_str(old);
+        v.push_str(", ");
     }
     // Writing into a String cannot fail.
     let _ = v.write_fmt(value);
@@ -420,17 +420,15 @@ async fn forward(
     let mut pending = Some(build(head, body));
     // The backends tried so far: at most 1 + MAX_RETRIES (validated), on the stack.
     let mut tried = [0usize; 1 + MAX_RETRIES as usize];
-    let mut n_tried = 0;
     let mut failure = None;
-    for _ in 0..=limits.retries.min(MAX_RETRIES) {
-        let Some(i) = pool.pick(client.addr.ip(), &tried[..n_tried]) else {
+    for n in 0..=limits.retries.min(MAX_RETRIES) as usize {
+        let Some(i) = pool.pick(client.addr.ip(), &tried[..n]) else {
             break;
         };
-        if n_tried > 0 {
+        if n > 0 {
             stats.retries.fetch_add(1, Ordering::Relaxed);
         }
-        tried[n_tried] = i;
-        n_tried += 1;
+        tried[n] = i;
         let (mut flight, mut conn) = match pool.start(i, stats).await {
             Ok(x) => x,
             Err(e) => {
