@@ -154,15 +154,46 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
-/// The status class label of an HTTP status: "1xx" .. "5xx", "other".
-pub fn status_class(status: u16) -> &'static str {
+/// The status class labels of HTTP statuses, indexed by [`class_slot`].
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+
+fn class_slot(status: u16) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "other",
+        100..=599 => (status / 100 - 1) as usize,
+        _ => 5,
+    }
+}
+
+/// One service's request counters and latency histogram. Every proxied request counts
+/// here: a family lookup allocates its labels and takes the family's lock, so each
+/// series is resolved once (on its first request, so that a scrape shows the same
+/// series as before: none for a class never answered).
+pub struct L7Requests {
+    metrics: L7Metrics,
+    service: String,
+    classes: [OnceLock<Counter>; STATUS_CLASSES.len()],
+    duration: OnceLock<Histogram>,
+}
+
+impl L7Requests {
+    /// One answered request.
+    pub fn request(&self, status: u16, latency: Duration) {
+        let slot = class_slot(status);
+        self.classes[slot]
+            .get_or_init(|| {
+                self.metrics.requests.get_or_create_owned(&vec![
+                    ("service", self.service.clone()),
+                    ("class", STATUS_CLASSES[slot].to_string()),
+                ])
+            })
+            .inc();
+        self.duration
+            .get_or_init(|| {
+                self.metrics
+                    .duration
+                    .get_or_create_owned(&vec![("service", self.service.clone())])
+            })
+            .observe(latency.as_secs_f64());
     }
 }
 
@@ -220,17 +251,20 @@ impl L7Metrics {
         l7
     }
 
-    /// One answered request.
+    /// One answered request (looks its series up; a hot path keeps an
+    /// [`L7Requests`] instead).
     pub fn request(&self, service: &str, status: u16, latency: Duration) {
-        self.requests
-            .get_or_create(&vec![
-                ("service", service.to_string()),
-                ("class", status_class(status).to_string()),
-            ])
-            .inc();
-        self.duration
-            .get_or_create(&vec![("service", service.to_string())])
-            .observe(latency.as_secs_f64());
+        self.requests_of(service).request(status, latency);
+    }
+
+    /// The request series of `service`, each looked up once on first use.
+    pub fn requests_of(&self, service: &str) -> L7Requests {
+        L7Requests {
+            metrics: self.clone(),
+            service: service.to_string(),
+            classes: Default::default(),
+            duration: OnceLock::new(),
+        }
     }
 
     /// A client connection opened; it counts as active until the guard drops.

@@ -47,6 +47,9 @@ pub struct HttpsConfig {
     pub limits: Limits,
 }
 
+/// The most `limits.retries` can be (a request tries at most this many backends more).
+pub const MAX_RETRIES: u32 = 10;
+
 fn default_cert_check() -> f64 {
     1.0
 }
@@ -430,7 +433,10 @@ impl Limits {
             self.max_idle_per_backend <= 100_000,
             "max_idle_per_backend must be at most 100000"
         );
-        ensure!(self.retries <= 10, "retries must be at most 10");
+        ensure!(
+            self.retries <= MAX_RETRIES,
+            "retries must be at most {MAX_RETRIES}"
+        );
         check_secs("header_read_timeout", self.header_read_timeout)?;
         check_secs("idle_timeout", self.idle_timeout)?;
         check_secs("connect_timeout", self.connect_timeout)?;

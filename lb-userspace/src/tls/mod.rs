@@ -52,7 +52,7 @@ use tracing::{debug, error, info, warn};
 
 pub use config::HttpsConfig;
 
-use crate::health::Outcome;
+use crate::{health::Outcome, metrics::L7Requests};
 
 use certs::{CertStore, SniResolver, fingerprint};
 use checks::PoolChecks;
@@ -146,6 +146,8 @@ pub struct HttpsProxy {
     /// The pools' active health checks, while the proxy serves.
     checks: Mutex<Option<PoolChecks>>,
     pub stats: Arc<Stats>,
+    /// The requests' series in the daemon's metrics.
+    requests: L7Requests,
 }
 
 fn server_config(
@@ -181,6 +183,7 @@ impl HttpsProxy {
             site: RwLock::new(Arc::new(site)),
             checks: Mutex::new(None),
             stats: Arc::new(Stats::default()),
+            requests: crate::metrics::global().l7.requests_of(METRICS_SERVICE),
         }))
     }
 
@@ -409,18 +412,15 @@ impl HttpsProxy {
         self.stats.handshakes.fetch_add(1, Ordering::Relaxed);
         l7.handshake(METRICS_SERVICE, Ok(()));
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-        let stats = self.stats.clone();
         let me = self.clone();
+        let client = Arc::new(proxy::Client::new(peer));
         let service = service_fn(move |req| {
-            let (site, stats) = (me.site(), stats.clone());
+            let (me, client) = (me.clone(), client.clone());
             async move {
                 let started = std::time::Instant::now();
-                let resp = proxy::handle(site, stats, req, peer).await;
-                crate::metrics::global().l7.request(
-                    METRICS_SERVICE,
-                    resp.status().as_u16(),
-                    started.elapsed(),
-                );
+                let resp = proxy::handle(me.site(), &me.stats, req, &client).await;
+                me.requests
+                    .request(resp.status().as_u16(), started.elapsed());
                 Ok::<_, Infallible>(resp)
             }
         });

@@ -3,6 +3,7 @@
 //! (400, 404, 413, 502, 503, 504).
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     error::Error as StdError,
     net::SocketAddr,
@@ -14,7 +15,8 @@ use std::{
 use anyhow::Result;
 use bytes::Bytes;
 use http::{
-    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+    header, uri::Authority,
 };
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -22,7 +24,7 @@ use tracing::{debug, warn};
 
 use super::{
     BoxError, ProxyBody, Stats,
-    config::{HttpsConfig, Limits, secs},
+    config::{HttpsConfig, Limits, MAX_RETRIES, secs},
     upstream::{InFlight, Pool},
 };
 
@@ -151,19 +153,28 @@ pub fn reply(status: StatusCode, text: &str) -> Response<ProxyBody> {
 }
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 7.6.1).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
 fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages carry none of them (and a name listed in Connection only matters
+    // with a Connection header): one pass over the few names present is cheaper than
+    // a removal (a hash lookup) of each.
+    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -171,30 +182,75 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .collect();
-    for n in HOP_BY_HOP {
-        h.remove(*n);
+    for n in &HOP_BY_HOP {
+        h.remove(n);
     }
     for n in &named {
         h.remove(n);
     }
 }
 
-/// The request's host (lowercase, no port) and its authority as sent (for Host).
-fn request_host(req: &Request<Incoming>) -> Option<(String, HeaderValue)> {
-    let raw = match req.uri().authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok()?,
-        None => req.headers().get(header::HOST)?.clone(),
+/// The request's authority (a valid, non-empty host) and the authority as sent (for
+/// Host).
+fn request_host(req: &Request<Incoming>) -> Option<(Authority, HeaderValue)> {
+    let (auth, raw) = match req.uri().authority() {
+        Some(a) => (a.clone(), HeaderValue::from_str(a.as_str()).ok()?),
+        None => {
+            let raw = req.headers().get(header::HOST)?.clone();
+            (raw.to_str().ok()?.parse().ok()?, raw)
+        }
     };
-    let auth: http::uri::Authority = raw.to_str().ok()?.parse().ok()?;
-    let host = auth.host().trim_end_matches('.').to_ascii_lowercase();
-    (!host.is_empty()).then_some((host, raw))
+    (!auth.host().trim_end_matches('.').is_empty()).then_some((auth, raw))
 }
 
-fn append(h: &mut HeaderMap, name: HeaderName, value: &str) {
-    let v = match h.get(&name).and_then(|v| v.to_str().ok()) {
-        Some(old) if !old.is_empty() => format!("{old}, {value}"),
-        _ => value.to_string(),
-    };
+/// The host a route matches: lowercase, without port or trailing dot (copied only when
+/// it has capitals).
+fn route_host(auth: &Authority) -> Cow<'_, str> {
+    let host = auth.host().trim_end_matches('.');
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
+}
+
+/// The client of a connection, with what its requests' forwarding headers say about it
+/// (formatted once per connection, not per request).
+pub struct Client {
+    pub addr: SocketAddr,
+    /// Its address as X-Forwarded-For lists it.
+    xff: HeaderValue,
+    /// Its address as Forwarded's `for=` gives it (RFC 7239: IPv6 quoted, in brackets).
+    node: String,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip = addr.ip().to_canonical();
+        let node = match ip {
+            std::net::IpAddr::V4(a) => a.to_string(),
+            std::net::IpAddr::V6(a) => format!("\"[{a}]\""),
+        };
+        Client {
+            addr,
+            xff: HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid value"),
+            node,
+        }
+    }
+}
+
+/// Sets header `name` to `value`, after the value the request already had (a list).
+fn append(h: &mut HeaderMap, name: HeaderName, value: std::fmt::Arguments<'_>) {
+    use std::fmt::Write;
+    let mut v = String::with_capacity(96);
+    if let Some(old) = h.get(&name).and_then(|v| v.to_str().ok())
+        && !old.is_empty()
+    {
+        v.push_str(old);
+        v.push_str(", ");
+    }
+    // Writing into a String cannot fail.
+    let _ = v.write_fmt(value);
     if let Ok(v) = HeaderValue::from_str(&v) {
         h.insert(name, v);
     }
@@ -207,29 +263,30 @@ fn upstream_head(
     uri: &Uri,
     mut h: HeaderMap,
     host: &HeaderValue,
-    peer: SocketAddr,
+    client: &Client,
 ) -> (Method, Uri, HeaderMap) {
     strip_hop_by_hop(&mut h);
     h.insert(header::HOST, host.clone());
-    let ip = peer.ip().to_canonical();
-    append(
-        &mut h,
-        HeaderName::from_static("x-forwarded-for"),
-        &ip.to_string(),
-    );
-    h.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("https"),
-    );
-    let node = match ip {
-        std::net::IpAddr::V4(a) => a.to_string(),
-        std::net::IpAddr::V6(a) => format!("\"[{a}]\""),
+    // Most clients send none: then the connection's value serves as it is.
+    if h.contains_key(X_FORWARDED_FOR) {
+        let ip = client.xff.to_str().unwrap_or_default();
+        append(&mut h, X_FORWARDED_FOR, format_args!("{ip}"));
+    } else {
+        h.insert(X_FORWARDED_FOR, client.xff.clone());
+    }
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    let host = host.to_str().unwrap_or("");
+    let node = &client.node;
+    // Quotes and backslashes would end or escape the quoted string: left out.
+    let host_q: Cow<'_, str> = if host.contains(['"', '\\']) {
+        Cow::Owned(host.replace(['"', '\\'], ""))
+    } else {
+        Cow::Borrowed(host)
     };
-    let host_q = host.to_str().unwrap_or("").replace(['"', '\\'], "");
     append(
         &mut h,
         header::FORWARDED,
-        &format!("for={node};proto=https;host=\"{host_q}\""),
+        format_args!("for={node};proto=https;host=\"{host_q}\""),
     );
     let uri = match uri.path_and_query() {
         Some(p) if p.as_str().starts_with('/') => Uri::from(p.clone()),
@@ -309,14 +366,14 @@ fn idempotent(m: &Method) -> bool {
 /// sent, or when the request is idempotent and has no body), answer.
 pub async fn handle(
     site: Arc<Site>,
-    stats: Arc<Stats>,
+    stats: &Stats,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    client: &Client,
 ) -> Response<ProxyBody> {
     stats.requests.fetch_add(1, Ordering::Relaxed);
     // Boxed: the forwarding state is large, and h2 moves each stream's future into a
     // task of its own.
-    let mut resp = Box::pin(forward(&site, &stats, req, peer)).await;
+    let mut resp = Box::pin(forward(&site, stats, req, client)).await;
     stats.count_status(resp.status());
     if let Some(h) = &site.hsts {
         resp.headers_mut()
@@ -329,13 +386,13 @@ async fn forward(
     site: &Site,
     stats: &Stats,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    client: &Client,
 ) -> Response<ProxyBody> {
     let limits = &site.limits;
-    let Some((host, host_value)) = request_host(&req) else {
+    let Some((auth, host_value)) = request_host(&req) else {
         return reply(StatusCode::BAD_REQUEST, "bad request: no valid Host");
     };
-    let Some(pool) = site.router.route(&host, req.uri().path()) else {
+    let Some(pool) = site.router.route(&route_host(&auth), req.uri().path()) else {
         return reply(
             StatusCode::NOT_FOUND,
             "not found: no route for this host and path",
@@ -352,7 +409,7 @@ async fn forward(
     let (parts, body) = req.into_parts();
     // Replayable: idempotent and without a body (the body streams, it is not kept).
     let replayable = idempotent(&parts.method) && body.is_end_stream();
-    let head = upstream_head(parts.method, &parts.uri, parts.headers, &host_value, peer);
+    let head = upstream_head(parts.method, &parts.uri, parts.headers, &host_value, client);
     let body: ProxyBody = if body.is_end_stream() {
         empty()
     } else {
@@ -361,16 +418,17 @@ async fn forward(
     // Kept for a replay only when one is allowed.
     let replay = replayable.then(|| head.clone());
     let mut pending = Some(build(head, body));
-    let mut tried = Vec::new();
+    // The backends tried so far: at most 1 + MAX_RETRIES (validated), on the stack.
+    let mut tried = [0usize; 1 + MAX_RETRIES as usize];
     let mut failure = None;
-    for _ in 0..=limits.retries {
-        let Some(i) = pool.pick(peer.ip(), &tried) else {
+    for n in 0..=limits.retries.min(MAX_RETRIES) as usize {
+        let Some(i) = pool.pick(client.addr.ip(), &tried[..n]) else {
             break;
         };
-        if !tried.is_empty() {
+        if n > 0 {
             stats.retries.fetch_add(1, Ordering::Relaxed);
         }
-        tried.push(i);
+        tried[n] = i;
         let (mut flight, mut conn) = match pool.start(i, stats).await {
             Ok(x) => x,
             Err(e) => {
@@ -563,7 +621,7 @@ backends = ["203.0.113.5:80"]
             &uri,
             h,
             &host,
-            "[2001:db8::2]:5000".parse().unwrap(),
+            &Client::new("[2001:db8::2]:5000".parse().unwrap()),
         );
         assert_eq!(u, "/p?q=1");
         assert_eq!(out["host"], "a.example:8443");
