@@ -267,7 +267,7 @@ impl Datapath {
             warn!("{why}: starting with empty tables");
             for name in STATE_MAPS {
                 let map = bpf.map(name).ok_or_else(|| anyhow!("map {name} missing"))?;
-                p.replace_map(name, map)?;
+                p.replace_pin(&p.map(name), map)?;
             }
         }
         let dir24 = MmapTable::new(
@@ -311,10 +311,8 @@ impl Datapath {
         let jump_pin = match &pins {
             Some(p) => {
                 let path = p.jump(prog_id);
-                let _ = std::fs::remove_file(&path);
                 let map = bpf.map(MAP_JUMP).context("the program array")?;
-                map.pin(&path)
-                    .with_context(|| format!("pinning the program array at {}", path.display()))?;
+                p.replace_pin(&path, map)?;
                 Some(path)
             }
             None => None,

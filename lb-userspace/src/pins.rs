@@ -139,12 +139,12 @@ impl PinDir {
         Ok(found)
     }
 
-    /// Pins `map` as the state map `name`, replacing what was pinned there.
-    pub fn replace_map(&self, name: &str, map: &aya::maps::Map) -> Result<()> {
-        let path = self.map(name);
-        let _ = std::fs::remove_file(&path);
-        map.pin(&path)
-            .with_context(|| format!("pinning {name} at {}", path.display()))
+    /// Pins `map` at `path` (a state map's or a program array's), replacing what was
+    /// pinned there.
+    pub fn replace_pin(&self, path: &Path, map: &aya::maps::Map) -> Result<()> {
+        let _ = std::fs::remove_file(path);
+        map.pin(path)
+            .with_context(|| format!("pinning a map at {}", path.display()))
     }
 
     /// Removes the state maps' pins (the maps go with the last program using them).
