@@ -43,8 +43,12 @@ pub const MAP_BACKENDS: &str = "XLB_BACKENDS";
 /// Mmapable `Array<[u32; 2]>`: the pool holding every service's Maglev table
 /// (backend ids), two entries per element.
 pub const MAP_MAGLEV: &str = "XLB_MAGLEV";
-/// `LruHashMap<FlowKey, Flow>`: established flows, both directions for nat.
+/// `LruHashMap<FlowKey, Flow>`: established flows; the reply direction too for fullnat
+/// and for nat to a backend that does not own its endpoint (see BACKEND_OWNS_ENDPOINT).
 pub const MAP_FLOWS: &str = "XLB_FLOWS";
+/// `HashMap<EndpointKey, u32>`: a nat backend's (address, port, protocol) -> the id of
+/// the backend that owns it (see BACKEND_OWNS_ENDPOINT).
+pub const MAP_ENDPOINTS: &str = "XLB_ENDPOINTS";
 /// `Array<ServiceKey>`, indexed by service id: a reply's service address and port.
 pub const MAP_SERVICE_KEYS: &str = "XLB_SERVICE_KEYS";
 /// `Array<HopCache>`, indexed by backend id: the next hop to each backend, from the
@@ -76,7 +80,7 @@ pub const JUMP_SLOTS: u32 = 1;
 /// pinned by name under the daemon's bpffs directory and adopted by the next `xlb run`,
 /// so a restart or an upgrade keeps flows, rules and counters. MAP_JUMP (it holds one
 /// build's balancer) and MAP_HANDOFF (per-packet scratch) belong to one build.
-pub const STATE_MAPS: [&str; 21] = [
+pub const STATE_MAPS: [&str; 22] = [
     MAP_BACKEND_STATS,
     MAP_EVENTS,
     MAP_SAMPLE,
@@ -88,6 +92,7 @@ pub const STATE_MAPS: [&str; 21] = [
     MAP_BACKENDS,
     MAP_MAGLEV,
     MAP_FLOWS,
+    MAP_ENDPOINTS,
     MAP_CONFIG,
     MAP_COUNTERS,
     MAP_RULE_HITS,
@@ -272,6 +277,13 @@ pub const SVC_NO_ECHO: u8 = 2;
 
 /// Backend flags.
 pub const BACKEND_UP: u8 = 1;
+/// The backend owns its endpoint (address, port, protocol): MAP_ENDPOINTS maps it to
+/// this backend, which serves a nat service with a port of its own. Its new nat flows
+/// write only their forward entry (one flow-table insert instead of two); a reply from
+/// it finds its flow through that entry, rebuilt from the reply (client) and the
+/// service's address and port. An endpoint shared by several nat services has one
+/// owner; the other backends' flows keep reply entries.
+pub const BACKEND_OWNS_ENDPOINT: u8 = 2;
 
 /// An address in 16 bytes, network order: IPv4 in the first four, the rest zero. Held
 /// as four 32-bit words (each the native view of four network-order bytes) so that the
@@ -347,6 +359,10 @@ pub struct Backend {
     pub generation: u32,
 }
 
+/// A backend's (address, port, protocol), as its replies carry it: the key of
+/// MAP_ENDPOINTS.
+pub type EndpointKey = ServiceKey;
+
 /// A flow as seen on the wire: the forward direction (client -> service) or, for nat,
 /// the reply direction (backend -> client).
 #[repr(C)]
@@ -378,7 +394,8 @@ pub struct Flow {
     pub vport: u16,
     /// bpf_ktime_get_ns of the last packet (refreshed at most once a second).
     pub seen_ns: u64,
-    /// Reply direction: the client's (or its router's) MAC, from the forward packet.
+    /// The client's (or its router's) MAC, from the forward packet: in the reply entry,
+    /// and in the forward entry of a flow that has none (BACKEND_OWNS_ENDPOINT).
     pub mac: [u8; 6],
     /// fullnat: the forward entry's source port on the backend side (allocated by
     /// xlb); the reply entry's client port.

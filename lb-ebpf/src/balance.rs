@@ -16,8 +16,8 @@ use crate::{
     bounds::{frame_len, load},
     count, icmp,
     maps::{
-        XLB_BACKENDS, XLB_FLOWS, XLB_FRAGS, XLB_HOPS, XLB_MAGLEV, XLB_SCRATCH, XLB_SERVICE_KEYS,
-        XLB_SERVICES, XLB_SNAT,
+        XLB_BACKENDS, XLB_ENDPOINTS, XLB_FLOWS, XLB_FRAGS, XLB_HOPS, XLB_MAGLEV, XLB_SCRATCH,
+        XLB_SERVICE_KEYS, XLB_SERVICES, XLB_SNAT,
     },
     parse::{Addr, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, Packet},
     rewrite::{self, End},
@@ -478,7 +478,11 @@ fn schedule(ctx: &XdpContext, svc: &Service, key: &FlowKey, now: u64) -> Result<
             ..scratch.flow
         };
     }
-    if svc.mode == MODE_NAT {
+    if svc.mode == MODE_NAT && b.flags & BACKEND_OWNS_ENDPOINT != 0 {
+        // Its replies find the flow through the forward entry (reply_by_forward): the
+        // client's MAC goes there, and no reply entry is written.
+        scratch.flow.mac = scratch.back.mac;
+    } else if svc.mode == MODE_NAT {
         scratch.reply = FlowKey {
             src: b.addr,
             dst: key.src,
@@ -521,10 +525,80 @@ fn claim_port(svc: &Service, b: &Backend, key: &FlowKey, h: u32) -> Result<u16, 
     Err(Reason::NoPort)
 }
 
-/// A backend's reply in nat or fullnat mode.
+/// A backend's reply in nat or fullnat mode: through the flow's forward entry if the
+/// backend owns its endpoint, else through the flow's reply entry.
 #[inline(never)]
 fn reply(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, now: u64) -> u32 {
+    let out = reply_by_forward(ctx, pkt, key);
+    if out != NONE {
+        return out;
+    }
     pack(reply_inner(ctx, pkt, key, now))
+}
+
+/// A nat reply from a backend that owns its endpoint (BACKEND_OWNS_ENDPOINT): the
+/// reply (backend -> client) gives the client's end of the forward key, the backend's
+/// service its address and port; the forward entry found must be a nat flow of this
+/// backend, of this generation. NONE when any of it does not hold (the reply entry is
+/// tried next).
+#[inline(never)]
+fn reply_by_forward(ctx: &XdpContext, pkt: &Packet, key: &FlowKey) -> u32 {
+    let ep = EndpointKey {
+        addr: key.src,
+        port: key.src_port,
+        proto: key.proto,
+        family: key.family,
+    };
+    let Some(&id) = (unsafe { XLB_ENDPOINTS.get(&ep) }) else {
+        return NONE;
+    };
+    let Some(b) = XLB_BACKENDS.get(id) else {
+        return NONE;
+    };
+    // The entry may be older than the backend now in its slot: it must be this one.
+    if b.flags & BACKEND_OWNS_ENDPOINT == 0 || b.addr != key.src || b.port != key.src_port {
+        return NONE;
+    }
+    let Some(vip) = XLB_SERVICE_KEYS.get(b.service) else {
+        return NONE;
+    };
+    let Some(scratch) = XLB_SCRATCH.get_ptr_mut(0) else {
+        return NONE;
+    };
+    // Fields are written through the pointer: `key` borrows another field of scratch.
+    unsafe {
+        (*scratch).reply = FlowKey {
+            src: key.dst,
+            dst: vip.addr,
+            src_port: key.dst_port,
+            dst_port: vip.port,
+            proto: key.proto,
+            family: key.family,
+            _pad: [0; 2],
+        };
+    }
+    let Some(f) = (unsafe { XLB_FLOWS.get(&(*scratch).reply) }) else {
+        return NONE;
+    };
+    if f.direction != FLOW_FORWARD
+        || f.mode != MODE_NAT
+        || f.backend != id
+        || f.generation != b.generation
+    {
+        return NONE;
+    }
+    unsafe {
+        (*scratch).back = Flow {
+            direction: FLOW_REPLY,
+            vport: vip.port,
+            ..*f
+        };
+    }
+    let back = unsafe { &(*scratch).back };
+    if pkt.fragment {
+        remember_fragment(pkt, key.family, back);
+    }
+    pack(send_reply(ctx, pkt, back))
 }
 
 #[inline(always)]

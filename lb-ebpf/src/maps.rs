@@ -63,6 +63,11 @@ pub static XLB_MAGLEV: Array<[u32; 2]> = Array::with_max_entries(MAGLEV_POOL / 2
 #[map]
 pub static XLB_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_FLOWS, 0);
 
+// Written by user space (one entry per owned nat endpoint), read by the reply path.
+#[map]
+pub static XLB_ENDPOINTS: HashMap<EndpointKey, u32> =
+    HashMap::with_max_entries(MAX_BACKENDS, BPF_F_NO_PREALLOC);
+
 #[map]
 pub static XLB_FRAGS: LruHashMap<FragKey, Flow> = LruHashMap::with_max_entries(MAX_FRAGS, 0);
 

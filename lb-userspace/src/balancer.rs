@@ -84,6 +84,10 @@ pub struct Balancer {
     service_keys: Array<MapData, ServiceKey>,
     snat: Array<MapData, Addr16>,
     backends: Array<MapData, Backend>,
+    /// Owned nat endpoints -> their owner (see `sync_endpoints`).
+    endpoints: HashMap<MapData, EndpointKey, u32>,
+    /// What `endpoints` holds, by owner (a backend has one endpoint).
+    owned: StdHashMap<u32, EndpointKey>,
     /// Per-backend traffic counters (see `stats`).
     backend_stats: PerCpuArray<MapData, BackendStats>,
     /// Its fd, for batch reads (valid while the typed map above owns it).
@@ -109,6 +113,7 @@ impl Balancer {
         service_keys: Array<MapData, ServiceKey>,
         snat: Array<MapData, Addr16>,
         backends: Array<MapData, Backend>,
+        endpoints: HashMap<MapData, EndpointKey, u32>,
         (backend_stats, backend_stats_fd): (PerCpuArray<MapData, BackendStats>, std::os::fd::RawFd),
         pool: MmapTable,
     ) -> Self {
@@ -117,6 +122,8 @@ impl Balancer {
             service_keys,
             snat,
             backends,
+            endpoints,
+            owned: StdHashMap::new(),
             backend_stats,
             backend_stats_fd,
             retired: BTreeMap::new(),
@@ -213,6 +220,10 @@ impl Balancer {
                 },
             );
         }
+        for item in self.endpoints.iter() {
+            let (k, id) = item.context("reading an endpoint")?;
+            self.owned.insert(id, k);
+        }
         let ids: std::collections::BTreeSet<u32> = self.installed.values().map(|i| i.id).collect();
         self.free_service_ids = (1..self.next_service_id)
             .rev()
@@ -303,15 +314,35 @@ impl Balancer {
 
     fn write_backend(&mut self, id: u32, b: &BackendAddr, service: u32, up: bool) -> Result<()> {
         let (addr, family) = addr16(&b.addr);
+        // An owner keeps its flag through a rewrite (its flows have no reply entries); a
+        // backend going down loses it and its endpoint (its id may be given to another).
+        let owns = up && self.owned.contains_key(&id);
         let entry = Backend {
             addr,
             port: b.port.unwrap_or(0),
             family,
-            flags: if up { BACKEND_UP } else { 0 },
+            flags: match (up, owns) {
+                (true, true) => BACKEND_UP | BACKEND_OWNS_ENDPOINT,
+                (true, false) => BACKEND_UP,
+                _ => 0,
+            },
             service,
             generation: self.generations[id as usize],
         };
-        self.backends.set(id, entry, 0).context("writing a backend")
+        self.backends
+            .set(id, entry, 0)
+            .context("writing a backend")?;
+        if !up && let Some(k) = self.owned.remove(&id) {
+            self.remove_endpoint(&k)?;
+        }
+        Ok(())
+    }
+
+    fn remove_endpoint(&mut self, k: &EndpointKey) -> Result<()> {
+        match self.endpoints.remove(k) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e).context("removing an endpoint"),
+        }
     }
 
     /// Brings the maps to `desired`.
@@ -335,7 +366,83 @@ impl Balancer {
             }
             self.install(conf)?;
         }
+        self.sync_endpoints()?;
         self.sync_echo(desired)
+    }
+
+    /// Gives each endpoint (address, port, protocol) of a nat backend an owner, whose
+    /// flows then need no reply entry (BACKEND_OWNS_ENDPOINT): the backends of nat
+    /// services with a port, to a port of their own (a backend without one answers from
+    /// whatever port the client used, and a service without one cannot be told from the
+    /// reply). An owner stays while it is a candidate (its flows rely on it); a new one
+    /// is the lowest id. The entry is written before its backend gets the flag, and the
+    /// flag cleared before the entry goes.
+    fn sync_endpoints(&mut self) -> Result<()> {
+        let mut candidates: StdHashMap<EndpointKey, Vec<u32>> = StdHashMap::new();
+        for (vip, inst) in &self.installed {
+            if inst.mode != Mode::Nat || vip.port.is_none() {
+                continue;
+            }
+            for (b, id) in &inst.backend_ids {
+                let Some(port) = b.port else { continue };
+                let (addr, family) = addr16(&b.addr);
+                let key = EndpointKey {
+                    addr,
+                    port,
+                    proto: proto_number(vip.proto),
+                    family,
+                };
+                candidates.entry(key).or_default().push(*id);
+            }
+        }
+        let owner_of: StdHashMap<EndpointKey, u32> =
+            self.owned.iter().map(|(id, k)| (*k, *id)).collect();
+        let want: StdHashMap<EndpointKey, u32> = candidates
+            .into_iter()
+            .map(|(k, ids)| {
+                let owner = match owner_of.get(&k) {
+                    Some(o) if ids.contains(o) => *o,
+                    _ => *ids.iter().min().expect("a candidate"),
+                };
+                (k, owner)
+            })
+            .collect();
+        // Owners that lose their endpoint: the flag first, then the entry.
+        let old: Vec<(u32, EndpointKey)> = self.owned.iter().map(|(id, k)| (*id, *k)).collect();
+        for (id, k) in old {
+            if want.get(&k) != Some(&id) {
+                self.set_owns(id, false)?;
+                if !want.contains_key(&k) {
+                    self.remove_endpoint(&k)?;
+                }
+            }
+        }
+        // New owners: the entry first, then the flag.
+        for (k, id) in &want {
+            if owner_of.get(k) != Some(id) {
+                self.endpoints
+                    .insert(k, id, 0)
+                    .context("writing an endpoint")?;
+                self.set_owns(*id, true)?;
+            }
+        }
+        self.owned = want.into_iter().map(|(k, id)| (id, k)).collect();
+        Ok(())
+    }
+
+    /// Sets or clears BACKEND_OWNS_ENDPOINT on backend `id` (an up backend).
+    fn set_owns(&mut self, id: u32, owns: bool) -> Result<()> {
+        let mut b = self.backends.get(&id, 0).context("reading a backend")?;
+        let flags = if owns {
+            b.flags | BACKEND_OWNS_ENDPOINT
+        } else {
+            b.flags & !BACKEND_OWNS_ENDPOINT
+        };
+        if flags != b.flags && b.flags & BACKEND_UP != 0 {
+            b.flags = flags;
+            self.backends.set(id, b, 0).context("writing a backend")?;
+        }
+        Ok(())
     }
 
     fn remove(&mut self, vip: &Vip) -> Result<()> {

@@ -299,6 +299,7 @@ impl Datapath {
             take(&mut bpf, MAP_SERVICE_KEYS)?,
             take(&mut bpf, MAP_SNAT)?,
             take(&mut bpf, MAP_BACKENDS)?,
+            take(&mut bpf, MAP_ENDPOINTS)?,
             (take(&mut bpf, MAP_BACKEND_STATS)?, stats_fd),
             pool,
         );

@@ -85,6 +85,84 @@ fn nat_forward_and_reply_ipv4_and_ipv6() {
     }
 }
 
+/// The flow table's entries by direction, from `xlb stats`.
+fn flow_entries(lb: &mut xlb_tests::fixture::Lb) -> (u64, u64) {
+    let s = lb.fx.req(Request::Stats);
+    (
+        s["flows"]["forward"].as_u64().unwrap(),
+        s["flows"]["reply"].as_u64().unwrap(),
+    )
+}
+
+/// A nat backend that owns its endpoint gets no reply entry: its reply is matched to
+/// the flow through the forward entry. When a second nat service adds the same backend
+/// endpoint, the first keeps the endpoint and the second's flows write reply entries;
+/// replies of both services come back as their own service. When the owner leaves,
+/// the endpoint passes to the other service's backend.
+#[test]
+fn nat_replies_through_the_forward_entry_and_shared_endpoints() {
+    let mut lb = setup();
+    let (a, b) = ("198.51.100.40:80/tcp", "198.51.100.41:80/tcp");
+    let backend = "203.0.113.11:8080";
+    let client = "192.0.2.2";
+    // A flow of service `vip` from client port `cport`, forwarded and answered.
+    let exchange = |lb: &mut xlb_tests::fixture::Lb, vip: &str, cport: u16| {
+        let vip_ip = vip.split(':').next().unwrap();
+        let (action, out) = lb.run(&lb.frame(Pkt::tcp(client, vip_ip, cport, 80)));
+        assert_eq!(action, XDP_TX, "{vip}: forwarded");
+        assert_eq!(dst_ip(&out).to_string(), "203.0.113.11");
+        assert_eq!(ports(&out), (cport, 8080));
+        let mut reply = Pkt::tcp("203.0.113.11", client, 8080, cport).build();
+        reply[0..6].copy_from_slice(&lb.mac);
+        reply[6..12].copy_from_slice(&BACKEND_MACS[0]);
+        let (action, back) = lb.run(&reply);
+        assert_eq!(action, XDP_TX, "{vip}: reply");
+        assert_eq!(
+            src_ip(&back).to_string(),
+            vip_ip,
+            "{vip}: reply from the service"
+        );
+        assert_eq!(ports(&back), (80, cport));
+        assert_eq!(back[0..6], CLIENT_MAC);
+        assert_checksums(&back);
+    };
+    lb.vip(a, Mode::Nat, false);
+    lb.backend(a, backend, 1);
+    exchange(&mut lb, a, 41000);
+    assert_eq!(
+        flow_entries(&mut lb),
+        (1, 0),
+        "an owned endpoint: no reply entry"
+    );
+    // A reply no flow explains is not rewritten (it goes on to the kernel).
+    let mut stray = Pkt::tcp("203.0.113.11", client, 8080, 41999).build();
+    stray[0..6].copy_from_slice(&lb.mac);
+    assert_eq!(lb.run(&stray).0, XDP_PASS);
+
+    lb.vip(b, Mode::Nat, false);
+    lb.backend(b, backend, 1);
+    exchange(&mut lb, b, 42000);
+    assert_eq!(
+        flow_entries(&mut lb),
+        (2, 1),
+        "the second service's backend shares the endpoint: a reply entry"
+    );
+    exchange(&mut lb, a, 41000);
+    exchange(&mut lb, a, 41001);
+    assert_eq!(flow_entries(&mut lb).1, 1);
+
+    // The owner leaves: the other service's backend owns the endpoint now, and its
+    // flow (with its reply entry) and new flows (without) are answered.
+    lb.del_backend(a, backend);
+    exchange(&mut lb, b, 42000);
+    exchange(&mut lb, b, 42001);
+    assert_eq!(
+        flow_entries(&mut lb).1,
+        1,
+        "no reply entry for the new flow"
+    );
+}
+
 #[test]
 fn dsr_rewrites_only_the_mac_and_udp_works() {
     let mut lb = setup();
