@@ -477,14 +477,16 @@ fn firewall_run(peer: Fw, packets: u64) -> Result<FwRun> {
         pin()?;
         let (mut ok, mut tried) = (0, 0);
         let addr = format!("{EDGE}:80").parse().unwrap();
+        // Timeouts long enough for one retransmission (TCP's first is after 1 s): the
+        // flood can fill x0's ring, which the client's packets share with it, and a
+        // client that waits for a retransmitted SYN is served, not failed.
+        let wait = Duration::from_secs(3);
         while !flag.load(std::sync::atomic::Ordering::Relaxed) && tried < 100_000 {
             tried += 1;
-            let got = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).and_then(
-                |mut s| {
-                    s.set_read_timeout(Some(Duration::from_secs(1)))?;
-                    http_get(&mut s).map_err(std::io::Error::other)
-                },
-            );
+            let got = std::net::TcpStream::connect_timeout(&addr, wait).and_then(|mut s| {
+                s.set_read_timeout(Some(wait))?;
+                http_get(&mut s).map_err(std::io::Error::other)
+            });
             if got.is_ok_and(|b| b == "edge") {
                 ok += 1;
             }
