@@ -57,20 +57,16 @@ fn pin_thread(cpu: usize) {
 
 /// CPU seconds used so far by a process and its children (nginx's workers).
 fn cpu_seconds(pid: u32) -> f64 {
-    let ticks = |pid: &str| -> u64 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // Fields after the command (which may hold spaces) start after the last ')'.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-    };
+    let ticks = |pid: u32| crate::machine::process_cpu_ticks(pid).unwrap_or(0);
     let children =
         std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let total: u64 = ticks(&pid.to_string()) + children.split_whitespace().map(ticks).sum::<u64>();
-    total as f64 / hz
+    let total: u64 = ticks(pid)
+        + children
+            .split_whitespace()
+            .filter_map(|c| c.parse().ok())
+            .map(ticks)
+            .sum::<u64>();
+    total as f64 / crate::machine::ticks_per_sec() as f64
 }
 
 /// A server process (xlb proxy or nginx) pinned to a CPU, killed on drop.

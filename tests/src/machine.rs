@@ -1,5 +1,6 @@
 //! The machine a bench runs on, for its report (figures are only comparable on the same
-//! kind of machine): CPU model and count, kernel, memory, and the load at the start.
+//! kind of machine): CPU model and count, kernel, memory, and the load at the start;
+//! and the CPU time a process has used, which the benches measure peers with.
 
 use serde_json::{Value, json};
 
@@ -83,4 +84,21 @@ fn uname() -> String {
         };
         format!("{} {} {}", s(&u.sysname), s(&u.release), s(&u.machine))
     }
+}
+
+/// CPU time (user + system, all threads) process `pid` has used so far, in clock ticks
+/// (/proc/<pid>/stat); None if it is gone or the file does not parse.
+pub fn process_cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (which may hold spaces) start at field 3, after
+    // the last ')'; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Clock ticks per second (USER_HZ), the unit of /proc/stat and /proc/<pid>/stat.
+pub fn ticks_per_sec() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as u64
 }

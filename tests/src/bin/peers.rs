@@ -38,7 +38,7 @@ use clap::Parser;
 use serde_json::json;
 use xlb_tests::{
     https_bench,
-    machine::Machine,
+    machine::{Machine, process_cpu_ticks, ticks_per_sec},
     netns::{Daemon, Netns, NsServer, Spawned, cleanup_stale, fill, http_get, in_ns, wait_until},
     packet::Pkt,
     topology::{Backends, Topology, attach_bench_xdp, backend_v4},
@@ -88,24 +88,13 @@ fn busy_ns() -> Result<u64> {
         .collect();
     // user nice system idle iowait irq softirq steal
     let busy = f[0] + f[1] + f[2] + f[5] + f[6] + f.get(7).copied().unwrap_or(0);
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-    Ok(busy * 1_000_000_000 / hz)
+    Ok(busy * 1_000_000_000 / ticks_per_sec())
 }
 
 /// CPU time (user + system, all threads) process `pid` has used so far.
 fn process_cpu_ns(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    // The fields after the command name (which may hold spaces) start at field 3;
-    // utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(") ").context("/proc/<pid>/stat")?.1;
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
-    let ticks = f.get(11).context("utime")? + f.get(12).context("stime")?;
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-    Ok(ticks * 1_000_000_000 / hz)
+    let ticks = process_cpu_ticks(pid).with_context(|| format!("reading /proc/{pid}/stat"))?;
+    Ok(ticks * 1_000_000_000 / ticks_per_sec())
 }
 
 /// Total run time and runs of the loaded XDP programs whose names pass `pick`
