@@ -25,7 +25,8 @@ pub type Counters = HashMap<(Reason, Verdict), Counter>;
 impl Fixture {
     /// Loads a fresh copy of the program (its own maps).
     pub fn new() -> Self {
-        let dp = Datapath::load(None).expect("loading the XDP program (are you root?)");
+        let dp = Datapath::load(None)
+            .unwrap_or_else(|e| panic!("loading the XDP program (are you root?): {e:?}"));
         Fixture {
             edge: Edge::new(dp, Default::default(), None, std::time::Duration::ZERO)
                 .expect("empty state"),

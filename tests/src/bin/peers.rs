@@ -12,13 +12,15 @@
 //! - Layer-4 balancing, CPU per forwarded packet: UDP to a service on three backends,
 //!   flooded by the firewall's generator (same rounds and statistics), established flows
 //!   (flow-table / conntrack hits) and new flows (a new source port per frame). Peers:
-//!   xlb dsr / nat / fullnat, nftables DNAT (numgen, conntrack on), kernel routing
-//!   (ECMP, no netfilter: the part of nftables' cost that is the stack's); floors: an
+//!   xlb dsr / nat / fullnat, nftables DNAT (numgen, conntrack on) and DNAT+SNAT (the
+//!   job of fullnat: both ends rewritten), kernel routing (ECMP, no netfilter: the part
+//!   of nftables' cost that is the stack's); floors: an
 //!   XDP drop-all on x0 (generator, entry and sink) and an XDP forwarder (MACs, XDP_TX:
 //!   the rig's forwarding path). Every forwarded frame ends in `bench_sink` on the
 //!   switch port facing the edge, which counts it per backend (see `pp_run`). The target
-//!   (xlb at most a third of nftables' CPU per forwarded packet) is checked above the
-//!   drop floor, paired by round.
+//!   (xlb at most a third of nftables' CPU per forwarded packet, nftables doing the
+//!   mode's job: DNAT for dsr and nat, DNAT+SNAT for fullnat) is checked above the drop
+//!   floor, paired by round.
 //! - Layer-4 balancing, wrk: the client against a service on three nginx backends, a
 //!   new connection per request and keep-alive. Peers: xlb dsr / nat / fullnat,
 //!   nftables DNAT (numgen), HAProxy in TCP mode, plain routing to the same backends
@@ -46,6 +48,7 @@ use xlb_tests::{
 
 const FW_NFT: &str = include_str!("../../peers/firewall.nft");
 const LB_NFT: &str = include_str!("../../peers/balancer.nft");
+const LB_NFT_FULLNAT: &str = include_str!("../../peers/balancer-fullnat.nft");
 const HAPROXY: &str = include_str!("../../peers/haproxy.cfg");
 
 const ATTACKER: &str = "192.0.2.166";
@@ -794,7 +797,7 @@ fn install_lb(peer: Lb, t: &Topology) -> Result<(LbGuard, String)> {
             )
         }
         Lb::Nftables => {
-            nft_balancer(t, "tcp", 80)?;
+            nft_balancer(t, LB_NFT, "tcp", 80)?;
             (LbGuard::Nothing, url)
         }
         Lb::Haproxy => {
@@ -860,17 +863,18 @@ fn xlb_service(t: &Topology, mode: &str, proto: &str, port: u16) -> Result<Daemo
 }
 
 /// nftables on the edge: DNAT of `proto` `port` of the VIP to the three backends
-/// (tests/peers/balancer.nft).
-fn nft_balancer(t: &Topology, proto: &str, port: u16) -> Result<()> {
+/// (`rules`: tests/peers/balancer.nft, or balancer-fullnat.nft with SNAT too).
+fn nft_balancer(t: &Topology, rules: &str, proto: &str, port: u16) -> Result<()> {
     let b: Vec<String> = (0..3).map(backend_v4).collect();
     let file = t.dir.path.join("balancer.nft");
     let port = port.to_string();
     std::fs::write(
         &file,
         fill(
-            LB_NFT,
+            rules,
             &[
                 ("vip", VIP),
+                ("snat", "203.0.113.1"),
                 ("proto", proto),
                 ("port", &port),
                 ("b0", &b[0]),
@@ -1063,6 +1067,7 @@ enum Pp {
     XlbNat,
     XlbFullnat,
     Nftables,
+    NftablesSnat,
 }
 
 impl Peer for Pp {
@@ -1075,6 +1080,7 @@ impl Peer for Pp {
             Pp::XlbNat => "xlb nat",
             Pp::XlbFullnat => "xlb fullnat",
             Pp::Nftables => "nftables DNAT (conntrack)",
+            Pp::NftablesSnat => "nftables DNAT+SNAT (conntrack)",
         }
     }
 }
@@ -1206,7 +1212,11 @@ fn install_pp(peer: Pp, t: &Topology) -> Result<LbGuard> {
             }
         }
         Pp::Nftables => {
-            nft_balancer(t, "udp", PP_PORT)?;
+            nft_balancer(t, LB_NFT, "udp", PP_PORT)?;
+            LbGuard::Nothing
+        }
+        Pp::NftablesSnat => {
+            nft_balancer(t, LB_NFT_FULLNAT, "udp", PP_PORT)?;
             LbGuard::Nothing
         }
     })
@@ -1373,12 +1383,18 @@ fn print_pp(rows: &[PpRow], case: Case) -> serde_json::Value {
             f as f64 >= 0.95 * a as f64
         })
     };
-    let nft = above(Pp::Nftables);
+    // Each mode beside nftables doing the same job: dsr and nat rewrite the
+    // destination (DNAT; dsr's MAC rewrite is less), fullnat both ends (DNAT+SNAT).
     let mut targets = Vec::new();
-    for p in [Pp::XlbDsr, Pp::XlbNat, Pp::XlbFullnat] {
+    for (p, peer) in [
+        (Pp::XlbDsr, Pp::Nftables),
+        (Pp::XlbNat, Pp::Nftables),
+        (Pp::XlbFullnat, Pp::NftablesSnat),
+    ] {
         let Some(x) = above(p) else { continue };
+        let nft = above(peer);
         let (text, met) = match nft {
-            _ if !forwards(p) || !forwards(Pp::Nftables) => (
+            _ if !forwards(p) || !forwards(peer) => (
                 "forwarded under 95% of the frames: no verdict".to_string(),
                 None,
             ),
@@ -1386,8 +1402,9 @@ fn print_pp(rows: &[PpRow], case: Case) -> serde_json::Value {
                 let met = 3.0 * x <= n;
                 (
                     format!(
-                        "{x:.0} ns = 1/{:.1} of nftables' {n:.0} ns (<= 1/3): {}",
+                        "{x:.0} ns = 1/{:.1} of {}'s {n:.0} ns (<= 1/3): {}",
                         n / x,
+                        peer.name(),
                         if met { "met" } else { "NOT met" }
                     ),
                     Some(met),
@@ -1401,6 +1418,7 @@ fn print_pp(rows: &[PpRow], case: Case) -> serde_json::Value {
         println!("  target, {}, {}: {text}", case.name(), p.name());
         targets.push(json!({
             "peer": p.name(), "ns_per_packet_above_drop_floor": x,
+            "nftables_peer": peer.name(),
             "nftables_ns_per_packet_above_drop_floor": nft, "met": met,
         }));
     }
@@ -1568,6 +1586,7 @@ fn main() -> Result<()> {
             Pp::XlbNat,
             Pp::XlbFullnat,
             Pp::Nftables,
+            Pp::NftablesSnat,
         ];
         self::rounds("balancer per packet", &peers, rounds, |p| {
             pp_run(p, packets)
@@ -1593,7 +1612,8 @@ fn main() -> Result<()> {
              that reached a backend's MAC. \"above drop\" (paired by round) removes the \
              generator, the entry to x0 and the sink; \"above fwd\" (xlb) removes the rig's \
              XDP_TX path too: xlb's own work. Target: xlb above the drop floor <= 1/3 of \
-             nftables above the drop floor (each one's whole forwarding work at the edge).",
+             nftables above the drop floor (each one's whole forwarding work at the edge), \
+             nftables doing the mode's job: DNAT for dsr and nat, DNAT+SNAT for fullnat.",
             packets.min(u64::from(NEW_FLOWS))
         );
         [Case::Established, Case::New]
