@@ -412,10 +412,7 @@ impl Daemon {
     pub fn start_with(ns: &Netns, dir: &TestDir, args: &[&str]) -> Result<Self> {
         let socket = dir.path.join("xlb.sock");
         let log = dir.path.join("xlb.log");
-        let logf = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)?;
+        let logf = append_log(&log)?;
         let bin = xlb_bin();
         let mut cmd = ns.cmd(&[
             bin.to_str().unwrap(),
@@ -432,13 +429,7 @@ impl Daemon {
             .stderr(logf);
         // If the test process dies without dropping us (SIGKILL, abort), the daemon gets
         // SIGTERM and detaches; `ip netns exec` execs xlb, which keeps this setting.
-        // SAFETY: prctl is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
+        die_with_parent(&mut cmd, libc::SIGTERM);
         let child = cmd.spawn().context("spawning xlb run")?;
         let mut d = Daemon {
             child: Some(child),
@@ -541,6 +532,27 @@ impl Drop for Daemon {
     }
 }
 
+/// A test's log file, opened for appending (created if missing).
+pub fn append_log(path: &Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
+/// The child `cmd` starts gets `signal` when the test process dies (SIGKILL, abort)
+/// without dropping its handle.
+pub fn die_with_parent(cmd: &mut Command, signal: libc::c_int) {
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, signal);
+            Ok(())
+        });
+    }
+}
+
 /// A background process inside a namespace (a peer's daemon, a load generator),
 /// killed on drop; it also gets SIGKILL if the test process dies first.
 pub struct Spawned {
@@ -550,20 +562,10 @@ pub struct Spawned {
 impl Spawned {
     /// Starts `args` in `ns`, its output appended to `log`.
     pub fn start(ns: &Netns, args: &[&str], log: &Path) -> Result<Self> {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("opening {}", log.display()))?;
+        let out = append_log(log)?;
         let mut cmd = ns.cmd(args);
         cmd.stdout(out.try_clone()?).stderr(out);
-        // SAFETY: prctl is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        die_with_parent(&mut cmd, libc::SIGKILL);
         let child = cmd.spawn().with_context(|| format!("spawning {args:?}"))?;
         Ok(Spawned { child })
     }

@@ -29,9 +29,8 @@ use rustls::{
     crypto::CryptoProvider,
     pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject},
 };
-use std::os::unix::process::CommandExt;
 
-use crate::netns::{Netns, NsServer, TestDir, in_ns, veth, xlb_bin};
+use crate::netns::{Netns, NsServer, TestDir, append_log, die_with_parent, in_ns, veth, xlb_bin};
 
 pub const EDGE4: &str = "192.0.2.1";
 pub const EDGE6: &str = "2001:db8:c::1";
@@ -428,23 +427,14 @@ pub struct Proxy {
 impl Proxy {
     /// Starts the proxy and waits until every address in `ready` accepts connections.
     pub fn start(ns: &Netns, config: &Path, log: &Path, ready: &[SocketAddr]) -> Result<Self> {
-        let logf = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)?;
+        let logf = append_log(log)?;
         let bin = xlb_bin();
         let mut cmd = ns.cmd(&[bin.to_str().unwrap(), "proxy", "--config"]);
         cmd.arg(config)
             .env("XLB_LOG", "info,xlb=debug")
             .stdout(Stdio::null())
             .stderr(logf);
-        // SAFETY: prctl is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
+        die_with_parent(&mut cmd, libc::SIGTERM);
         let child = cmd.spawn().context("spawning xlb proxy")?;
         let mut p = Proxy {
             child: Some(child),
