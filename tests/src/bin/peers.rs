@@ -14,13 +14,12 @@
 //!   (flow-table / conntrack hits) and new flows (a new source port per frame). Peers:
 //!   xlb dsr / nat / fullnat, nftables DNAT (numgen, conntrack on) and DNAT+SNAT (the
 //!   job of fullnat: both ends rewritten), kernel routing (ECMP, no netfilter: the part
-//!   of nftables' cost that is the stack's); floors: an
-//!   XDP drop-all on x0 (generator, entry and sink) and an XDP forwarder (MACs, XDP_TX:
-//!   the rig's forwarding path). Every forwarded frame ends in `bench_sink` on the
-//!   switch port facing the edge, which counts it per backend (see `pp_run`). The target
-//!   (xlb at most a third of nftables' CPU per forwarded packet, nftables doing the
-//!   mode's job: DNAT for dsr and nat, DNAT+SNAT for fullnat) is checked above the drop
-//!   floor, paired by round.
+//!   of nftables' cost that is the stack's); floors: an XDP drop-all on x0 (generator,
+//!   entry and sink) and an XDP forwarder (MACs, XDP_TX: the rig's forwarding path).
+//!   Every forwarded frame ends in `bench_sink` on the switch port facing the edge,
+//!   which counts it per backend (see `pp_run`). The target (xlb at most a third of
+//!   nftables' CPU per forwarded packet, nftables doing the mode's job: DNAT for dsr and
+//!   nat, DNAT+SNAT for fullnat) is checked above the drop floor, paired by round.
 //! - Layer-4 balancing, wrk: the client against a service on three nginx backends, a
 //!   new connection per request and keep-alive. Peers: xlb dsr / nat / fullnat,
 //!   nftables DNAT (numgen), HAProxy in TCP mode, plain routing to the same backends
