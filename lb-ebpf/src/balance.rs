@@ -470,7 +470,13 @@ fn schedule(ctx: &XdpContext, svc: &Service, key: &FlowKey, now: u64) -> Result<
         nat_port: 0,
         client: Addr16([0; 4]),
     };
-    if svc.mode == MODE_NAT || svc.mode == MODE_FULLNAT {
+    let owned = svc.mode == MODE_NAT && b.flags & BACKEND_OWNS_ENDPOINT != 0;
+    if owned {
+        // Its replies find the flow through the forward entry (reply_by_forward): the
+        // client's MAC goes there, and no reply entry is written.
+        scratch.flow.mac = load::<[u8; 6]>(ctx, 6).unwrap_or([0; 6]);
+    } else if svc.mode == MODE_NAT || svc.mode == MODE_FULLNAT {
+        // The reply entry (written below for nat, by claim_port for fullnat).
         scratch.back = Flow {
             direction: FLOW_REPLY,
             mac: load::<[u8; 6]>(ctx, 6).unwrap_or([0; 6]),
@@ -478,11 +484,7 @@ fn schedule(ctx: &XdpContext, svc: &Service, key: &FlowKey, now: u64) -> Result<
             ..scratch.flow
         };
     }
-    if svc.mode == MODE_NAT && b.flags & BACKEND_OWNS_ENDPOINT != 0 {
-        // Its replies find the flow through the forward entry (reply_by_forward): the
-        // client's MAC goes there, and no reply entry is written.
-        scratch.flow.mac = scratch.back.mac;
-    } else if svc.mode == MODE_NAT {
+    if svc.mode == MODE_NAT && !owned {
         scratch.reply = FlowKey {
             src: b.addr,
             dst: key.src,
