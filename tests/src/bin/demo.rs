@@ -12,9 +12,10 @@
 //! ```
 //!
 //! It shows requests spread over web1..web3, the attacker dropped, HTTPS verified with
-//! the demo CA, the database primary killed and the replica taking over (and back), and
-//! the metrics that moved. Everything it made is removed when it stops (Ctrl-C,
-//! `--duration`); `--keep` leaves it running and prints how to poke at it.
+//! the demo CA, the database primary killed and the replica taking over (and back), the
+//! metrics that moved, and xlb restarted while its datapath keeps serving. Everything it
+//! made is removed when it stops (Ctrl-C, `--duration`); `--keep` leaves it running and
+//! prints how to poke at it.
 
 use std::{
     collections::BTreeMap,
@@ -332,31 +333,21 @@ fn main() -> Result<()> {
     })?;
     probe("client", &t.client, DB);
 
-    step("restarting xlb: the datapath keeps serving while no daemon runs");
-    xlb.stop()?;
-    println!(
-        "  xlb stopped; its XDP program stays attached (pinned), the client still gets: {}",
-        t.client.curl(WEB).unwrap_or_else(|e| format!("{e:#}"))
-    );
-    // The next daemon takes the datapath over (flows, rules and counters kept) and,
-    // with --detach, removes it when the demo stops it.
-    xlb = Daemon::start(
-        &t.edge,
-        "x0",
-        &t.dir,
-        &["--config", config.to_str().unwrap(), "--detach"],
-    )?;
-    let status = xlb.json(&["status", "--json"]);
-    println!(
-        "  xlb started again: {} ({} maps kept), program {} swapped in atomically",
-        status["datapath"]["at_start"]["kind"],
-        status["datapath"]["at_start"]["maps"],
-        status["program_id"]
-    );
-
     step("the metrics that moved (Prometheus queries)");
-    // One more scrape after the failback.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Shown before xlb restarts: the kernel's counters outlive the daemon, the
+    // proxy's and the health checks' start again with it. A scrape after the failback
+    // first.
+    let failback = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
+    wait_until(
+        "a scrape after the failback",
+        Duration::from_secs(10),
+        || {
+            query(&t.edge, "timestamp(up{job=\"xlb\"})")
+                .is_ok_and(|r| r.iter().any(|(_, at)| *at > failback))
+        },
+    )?;
     for (title, q) in [
         (
             "packets dropped, by reason",
@@ -380,6 +371,28 @@ fn main() -> Result<()> {
             println!("    {labels:<40} {v}");
         }
     }
+
+    step("restarting xlb: the datapath keeps serving while no daemon runs");
+    xlb.stop()?;
+    println!(
+        "  xlb stopped; its XDP program stays attached (pinned), the client still gets: {}",
+        t.client.curl(WEB).unwrap_or_else(|e| format!("{e:#}"))
+    );
+    // The next daemon takes the datapath over (flows, rules and counters kept) and,
+    // with --detach, removes it when the demo stops it.
+    xlb = Daemon::start(
+        &t.edge,
+        "x0",
+        &t.dir,
+        &["--config", config.to_str().unwrap(), "--detach"],
+    )?;
+    let status = xlb.json(&["status", "--json"]);
+    println!(
+        "  xlb started again: {} ({} maps kept), program {} swapped in atomically",
+        status["datapath"]["at_start"]["kind"],
+        status["datapath"]["at_start"]["maps"],
+        status["program_id"]
+    );
 
     if args.keep {
         step("left running: poke at it (Ctrl-C cleans up)");
