@@ -99,6 +99,11 @@ fn process_cpu_ns(pid: u32) -> Result<u64> {
     Ok(ticks * 1_000_000_000 / ticks_per_sec())
 }
 
+/// xlb's XDP programs (the entry and the balancer it tail-calls), by name.
+fn is_xlb_prog(name: &str) -> bool {
+    name == "xlb" || name == "xlb_balance"
+}
+
 /// Total run time and runs of the loaded XDP programs whose names pass `pick`
 /// (kernel.bpf_stats_enabled must be on).
 fn bpf_run(pick: &dyn Fn(&str) -> bool) -> Result<(u64, u64)> {
@@ -147,7 +152,7 @@ impl Fw {
     fn xdp_names(self) -> Option<fn(&str) -> bool> {
         match self {
             Fw::Floor => Some(|n| n == "bench_drop"),
-            Fw::Xlb => Some(|n| n == "xlb" || n == "xlb_balance"),
+            Fw::Xlb => Some(is_xlb_prog),
             Fw::XdpFilter => Some(|n| n.starts_with("xdpfilt") || n == "xdp_dispatcher"),
             _ => None,
         }
@@ -1125,6 +1130,8 @@ struct PpRun {
     arrived: u64,
     /// Frames that reached a backend's MAC at the sink, by backend.
     backends: [u64; 3],
+    /// xlb's peers: the kernel's run time of its XDP programs per run (bpf_stats).
+    xdp_ns: Option<f64>,
 }
 
 impl PpRun {
@@ -1229,16 +1236,29 @@ fn install_pp(peer: Pp, t: &Topology) -> Result<LbGuard> {
     })
 }
 
-/// One flood of `n` frames over `ports` and what became of them.
+/// One flood of `n` frames over `ports` against `peer` and what became of them.
 fn pp_flood(
     t: &Topology,
     sink: &aya::maps::PerCpuArray<aya::maps::MapData, u64>,
     frame: &[u8],
+    peer: Pp,
     ports: (u16, u32),
     n: u64,
 ) -> Result<PpRun> {
     let (to_x0, sunk) = (frames_to_x0(&t.switch)?, sink_counts(sink)?);
+    let xdp0 = if peer.is_xlb() {
+        Some(bpf_run(&is_xlb_prog)?)
+    } else {
+        None
+    };
     let fl = flood(t, frame.to_vec(), Some(ports), n, Vec::new())?;
+    let xdp_ns = match xdp0 {
+        Some((ns0, runs0)) => {
+            let (ns, runs) = bpf_run(&is_xlb_prog)?;
+            Some((ns - ns0) as f64 / (runs - runs0).max(1) as f64)
+        }
+        None => None,
+    };
     let arrived = frames_to_x0(&t.switch)? - to_x0;
     let after = sink_counts(sink)?;
     Ok(PpRun {
@@ -1246,6 +1266,7 @@ fn pp_flood(
         sent: fl.sent,
         arrived,
         backends: [0, 1, 2].map(|i| after[i] - sunk[i]),
+        xdp_ns,
     })
 }
 
@@ -1291,6 +1312,7 @@ fn pp_run(peer: Pp, packets: u64) -> Result<PpPair> {
         &t,
         &sink,
         &frame,
+        peer,
         (EST_PORT, EST_FLOWS),
         4 * u64::from(EST_FLOWS),
     )?;
@@ -1300,11 +1322,12 @@ fn pp_run(peer: Pp, packets: u64) -> Result<PpPair> {
             peer.name()
         );
     }
-    let est = pp_flood(&t, &sink, &frame, (EST_PORT, EST_FLOWS), packets)?;
+    let est = pp_flood(&t, &sink, &frame, peer, (EST_PORT, EST_FLOWS), packets)?;
     let new = pp_flood(
         &t,
         &sink,
         &frame,
+        peer,
         (NEW_PORT, NEW_FLOWS),
         packets.min(u64::from(NEW_FLOWS)),
     )?;
@@ -1321,7 +1344,7 @@ fn print_pp(rows: &[PpRow], case: Case) -> serde_json::Value {
     let get = |p: Pp| rows.iter().find(|r| r.peer == p);
     let (drop_floor, fwd_floor) = (get(Pp::Drop), get(Pp::Fwd));
     println!(
-        "\n{}:\n| {:<36} | {:>10} | {:>11} | {:>10} | {:>11} | {:>10} | {:>11} | {:>9} | {:>11} |",
+        "\n{}:\n| {:<36} | {:>10} | {:>11} | {:>10} | {:>11} | {:>10} | {:>11} | {:>10} | {:>9} | {:>11} |",
         case.name(),
         "peer",
         "CPU ns/pkt",
@@ -1330,12 +1353,13 @@ fn print_pp(rows: &[PpRow], case: Case) -> serde_json::Value {
         "min..max",
         "above fwd",
         "min..max",
+        "XDP ns/pkt",
         "forwarded",
         "b1/b2/b3 %"
     );
     println!(
-        "|{:-<38}|{:->12}|{:->13}|{:->12}|{:->13}|{:->12}|{:->13}|{:->11}|{:->13}|",
-        "", "", "", "", "", "", "", "", ""
+        "|{:-<38}|{:->12}|{:->13}|{:->12}|{:->13}|{:->12}|{:->13}|{:->12}|{:->11}|{:->13}|",
+        "", "", "", "", "", "", "", "", "", ""
     );
     let mut out = Vec::new();
     for r in rows {
@@ -1346,6 +1370,8 @@ fn print_pp(rows: &[PpRow], case: Case) -> serde_json::Value {
         } else {
             ("-".into(), "-".into())
         };
+        let xdp = r.stat(|x| case.of(x).xdp_ns).map(|s| s.0);
+        let xdp_text = xdp.map_or("-".into(), |v| format!("{v:.0}"));
         let arrived = r.sum(|x| case.of(x).arrived);
         let fwd = r.sum(|x| case.of(x).forwarded());
         let share = fwd as f64 / arrived.max(1) as f64;
@@ -1356,7 +1382,7 @@ fn print_pp(rows: &[PpRow], case: Case) -> serde_json::Value {
             .collect::<Vec<_>>()
             .join("/");
         println!(
-            "| {:<36} | {c:>10} | {c_r:>11} | {d:>10} | {d_r:>11} | {f:>10} | {f_r:>11} | {:>8.1}% | {spread_text:>11} |",
+            "| {:<36} | {c:>10} | {c_r:>11} | {d:>10} | {d_r:>11} | {f:>10} | {f_r:>11} | {xdp_text:>10} | {:>8.1}% | {spread_text:>11} |",
             r.peer.name(),
             100.0 * share,
         );
@@ -1365,6 +1391,7 @@ fn print_pp(rows: &[PpRow], case: Case) -> serde_json::Value {
             "cpu_ns_per_packet": stat_json(r.stat(cpu)),
             "above_drop_floor_ns": stat_json(r.above(drop_floor, cpu)),
             "above_forwarder_floor_ns": r.peer.is_xlb().then(|| stat_json(r.above(fwd_floor, cpu))),
+            "xdp_run_ns_per_packet": xdp,
             "forwarded_share": share,
             "per_backend": spread,
             "runs": r.runs.iter().map(|x| x.as_ref().map(|x| {
@@ -1372,6 +1399,7 @@ fn print_pp(rows: &[PpRow], case: Case) -> serde_json::Value {
                 json!({
                     "cpu_ns_per_packet": x.cpu_ns, "sent": x.sent,
                     "arrived_at_x0": x.arrived, "per_backend": x.backends,
+                    "xdp_run_ns_per_packet": x.xdp_ns,
                 })
             })).collect::<Vec<_>>(),
         }));
@@ -1618,7 +1646,8 @@ fn main() -> Result<()> {
              same end whatever forwarded it); \"forwarded\" is the share of the frames at x0 \
              that reached a backend's MAC. \"above drop\" (paired by round) removes the \
              generator, the entry to x0 and the sink; \"above fwd\" (xlb) removes the rig's \
-             XDP_TX path too: xlb's own work. Target: xlb above the drop floor <= 1/3 of \
+             XDP_TX path too: xlb's own work; \"XDP ns/pkt\" (xlb) is the kernel's run time \
+             of its XDP programs per run (bpf_stats). Target: xlb above the drop floor <= 1/3 of \
              nftables above the drop floor (each one's whole forwarding work at the edge), \
              nftables doing the mode's job: DNAT for dsr and nat, DNAT+SNAT for fullnat.",
             packets.min(u64::from(NEW_FLOWS))
