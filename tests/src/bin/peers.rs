@@ -1255,7 +1255,8 @@ fn pp_flood(
     let xdp_ns = match xdp0 {
         Some((ns0, runs0)) => {
             let (ns, runs) = bpf_run(&is_xlb_prog)?;
-            Some((ns - ns0) as f64 / (runs - runs0).max(1) as f64)
+            // Saturating: a program unloaded between the two reads takes its counts.
+            Some(ns.saturating_sub(ns0) as f64 / runs.saturating_sub(runs0).max(1) as f64)
         }
         None => None,
     };
