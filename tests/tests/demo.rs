@@ -7,10 +7,10 @@
 use std::{
     io::Read,
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use xlb_tests::netns::xlb_bin;
+use xlb_tests::netns::{PREFIX, wait_until, xlb_bin};
 
 /// The whole tour takes under a minute here; a stuck step fails the test, not CI.
 const DEMO_LIMIT: Duration = Duration::from_secs(240);
@@ -31,27 +31,23 @@ fn demo_tour_runs_and_cleans_up() {
         let _ = stdout.read_to_string(&mut s);
         s
     });
-    let deadline = Instant::now() + DEMO_LIMIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for xlb-demo") {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            // SIGINT: the demo cleans up as on Ctrl-C.
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(pid as i32, libc::SIGINT) };
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let finished = wait_until("xlb-demo to finish", DEMO_LIMIT, || {
+        !matches!(child.try_wait(), Ok(None))
+    });
+    if finished.is_err() {
+        // SIGINT: the demo cleans up as on Ctrl-C.
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    }
+    let status = child.wait().expect("waiting for xlb-demo");
     let out = reader.join().expect("stdout reader");
     let mut err = String::new();
     if let Some(mut e) = child.stderr.take() {
         let _ = e.read_to_string(&mut err);
     }
-    let status = status
-        .unwrap_or_else(|| panic!("xlb-demo still running after {DEMO_LIMIT:?}:\n{out}\n{err}"));
+    if let Err(e) = finished {
+        panic!("{e:#}:\n{out}\n{err}");
+    }
     assert!(status.success(), "xlb-demo failed: {status}\n{out}\n{err}");
 
     for expected in [
@@ -84,14 +80,14 @@ fn demo_tour_runs_and_cleans_up() {
         "the attacker was not dropped: {attacker:?}\n{out}"
     );
 
-    // Its namespaces are named after its pid (xlbt-<pid>-...).
+    // Its namespaces are named after its pid (PREFIX-<pid>-...).
     let netns = Command::new("ip")
         .args(["netns", "list"])
         .output()
         .expect("ip netns list");
     let left: Vec<String> = String::from_utf8_lossy(&netns.stdout)
         .lines()
-        .filter(|l| l.starts_with(&format!("xlbt-{pid}-")))
+        .filter(|l| l.starts_with(&format!("{PREFIX}-{pid}-")))
         .map(str::to_string)
         .collect();
     assert!(left.is_empty(), "the demo left namespaces behind: {left:?}");
