@@ -122,6 +122,13 @@ fn bpf_run(pick: &dyn Fn(&str) -> bool) -> Result<(u64, u64)> {
     Ok((ns, cnt))
 }
 
+/// Run time per run of the programs `pick` names since `since` (a `bpf_run` reading).
+/// Saturating: a program unloaded in between takes its counts with it.
+fn bpf_ns_per_run(pick: &dyn Fn(&str) -> bool, since: (u64, u64)) -> Result<f64> {
+    let (ns, runs) = bpf_run(pick)?;
+    Ok(ns.saturating_sub(since.0) as f64 / runs.saturating_sub(since.1).max(1) as f64)
+}
+
 // ---------------------------------------------------------------------------------------
 // Firewall.
 // ---------------------------------------------------------------------------------------
@@ -506,10 +513,7 @@ fn firewall_run(peer: Fw, packets: u64) -> Result<FwRun> {
     let fl = flood(&t, frame, None, packets, vec![client_tid]);
     let arrived = frames_to_x0(&t.switch)? - to_x0;
     let bpf_ns = match (pick, bpf0) {
-        (Some(p), Some((ns0, c0))) => {
-            let (ns1, c1) = bpf_run(&p)?;
-            Some((ns1 - ns0) as f64 / (c1 - c0).max(1) as f64)
-        }
+        (Some(p), Some(since)) => Some(bpf_ns_per_run(&p, since)?),
         _ => None,
     };
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -934,7 +938,6 @@ fn balancer_row(peer: Lb, secs: u64) -> Result<LbRow> {
     wait_until(peer.name(), Duration::from_secs(10), || {
         c.ok(&["curl", "-sf", "-o", "/dev/null", &url])
     })?;
-    let pick = |n: &str| n == "xlb" || n == "xlb_balance";
     let xlb = matches!(peer, Lb::XlbDsr | Lb::XlbNat | Lb::XlbFullnat);
     let (rx0, tx0) = (
         x0_counter(&t.edge, "rx_packets")?,
@@ -943,7 +946,7 @@ fn balancer_row(peer: Lb, secs: u64) -> Result<LbRow> {
     let own = || -> Result<u64> {
         match &guard {
             LbGuard::Proc { _proc: p } => process_cpu_ns(p.child.id()),
-            _ => Ok(bpf_run(&pick)?.0),
+            _ => Ok(bpf_run(&is_xlb_prog)?.0),
         }
     };
     let own_known = xlb || matches!(peer, Lb::Haproxy);
@@ -1253,11 +1256,7 @@ fn pp_flood(
     };
     let fl = flood(t, frame.to_vec(), Some(ports), n, Vec::new())?;
     let xdp_ns = match xdp0 {
-        Some((ns0, runs0)) => {
-            let (ns, runs) = bpf_run(&is_xlb_prog)?;
-            // Saturating: a program unloaded between the two reads takes its counts.
-            Some(ns.saturating_sub(ns0) as f64 / runs.saturating_sub(runs0).max(1) as f64)
-        }
+        Some(since) => Some(bpf_ns_per_run(&is_xlb_prog, since)?),
         None => None,
     };
     let arrived = frames_to_x0(&t.switch)? - to_x0;
