@@ -9,7 +9,10 @@
 // `impl Borrow` arguments) copies them onto the 512-byte stack, which is full.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
-use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
+use aya_ebpf::{
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
+    programs::XdpContext,
+};
 use lb_common::*;
 
 use crate::{
@@ -497,7 +500,7 @@ fn schedule(ctx: &XdpContext, svc: &Service, key: &FlowKey, now: u64) -> Result<
         let _ = XLB_FLOWS.insert(&scratch.reply, &scratch.back, 0);
     }
     if svc.mode == MODE_FULLNAT {
-        scratch.flow.nat_port = claim_port(svc, b, key, h)?;
+        scratch.flow.nat_port = claim_port(svc, b, key)?;
     }
     let _ = XLB_FLOWS.insert(key, &scratch.flow, 0);
     Ok(id)
@@ -505,23 +508,36 @@ fn schedule(ctx: &XdpContext, svc: &Service, key: &FlowKey, now: u64) -> Result<
 
 /// Claims a source port for a new fullnat flow: its reply entry is inserted only if no
 /// flow holds that (backend, port) pair yet, so two flows never share a port.
+///
+/// Ports come from a per-CPU cursor, one after another: a port comes round again only
+/// after every other port has been handed out on that CPU, so it goes to the flow that
+/// has had the longest to end (and whose reply entry the LRU evicts first). Ports drawn
+/// at random collide with the live flows' ports from the first claim on; each collision
+/// costs a whole failed insert. After one, the cursor jumps to a random port (another
+/// CPU's cursor, or a stretch of long-lived flows, may be just ahead).
 #[inline(always)]
-fn claim_port(svc: &Service, b: &Backend, key: &FlowKey, h: u32) -> Result<u16, Reason> {
+fn claim_port(svc: &Service, b: &Backend, key: &FlowKey) -> Result<u16, Reason> {
     let snat = XLB_SNAT.get(svc.id).ok_or(Reason::NoPort)?;
     let scratch = unsafe { &mut *XLB_SCRATCH.get_ptr_mut(0).ok_or(Reason::NoPort)? };
     scratch.back.nat_port = key.src_port;
     scratch.back.client = key.src;
+    if scratch.nat_cursor == 0 {
+        // The first claim on this CPU since the program was loaded: CPUs start apart.
+        scratch.nat_cursor = unsafe { bpf_get_prandom_u32() } | 1;
+    }
     let span = 65536 - FULLNAT_PORT_MIN as u32;
     let mut i = 0;
     while i < FULLNAT_PORT_TRIES {
-        let port = FULLNAT_PORT_MIN + (mix32(h ^ i.wrapping_mul(0x9e37_79b9)) % span) as u16;
+        let port = FULLNAT_PORT_MIN + (scratch.nat_cursor % span) as u16;
         scratch.reply = reply_key(b, key, snat, port);
         if XLB_FLOWS
             .insert(&scratch.reply, &scratch.back, BPF_NOEXIST)
             .is_ok()
         {
+            scratch.nat_cursor = scratch.nat_cursor.wrapping_add(1);
             return Ok(port);
         }
+        scratch.nat_cursor = unsafe { bpf_get_prandom_u32() };
         i += 1;
     }
     Err(Reason::NoPort)

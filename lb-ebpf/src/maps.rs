@@ -110,6 +110,9 @@ pub struct Scratch {
     pub flow: Flow,
     pub back: Flow,
     pub fib: [u64; 8],
+    /// The next fullnat source port to try on this CPU (balance::claim_port), offset
+    /// from FULLNAT_PORT_MIN; 0 before the first claim.
+    pub nat_cursor: u32,
 }
 
 #[map]

@@ -141,18 +141,26 @@ fn fullnat_rewrites_both_ends_and_replies_come_back() {
     assert_checksums(&back);
 }
 
-/// Many flows from one client address: each gets a port no other flow to the same
-/// backend holds (hash-chosen ports collide at this count, so the retry path runs), and
-/// each reply finds its own client port.
+/// More flows from one client address than there are source ports: the ports come
+/// round again (each CPU hands them out in turn), so later flows find ports a live flow
+/// to the same backend holds and the retry path runs. No (backend, port) pair is given
+/// twice, every flow gets a port, and each reply finds its own client.
 #[test]
 fn fullnat_ports_never_collide() {
     let mut lb = setup();
     add_service(&mut lb, &V4, Mode::Fullnat);
+    let span = 65536 - u32::from(lb_common::FULLNAT_PORT_MIN);
+    let flows = span + 2000;
     let mut taken = HashSet::new();
-    for cport in 10_000..13_000u16 {
-        let out = lb
-            .run(&lb.frame(Pkt::tcp(V4.client, V4.vip_ip, cport, 80)))
-            .1;
+    let (mut client, mut cport) = (0u32, 1024u16);
+    for _ in 0..flows {
+        // A new client address every 60000 ports (all in 192.0.2.0/24).
+        if cport == 61024 {
+            (client, cport) = (client + 1, 1024);
+        }
+        let addr = format!("192.0.2.{}", 2 + client);
+        let (action, out) = lb.run(&lb.frame(Pkt::tcp(&addr, V4.vip_ip, cport, 80)));
+        assert_eq!(action, XDP_TX, "flow {addr}:{cport}: forwarded");
         let i = backend_index(&out);
         let sport = ports(&out).0;
         assert!(
@@ -161,7 +169,12 @@ fn fullnat_ports_never_collide() {
         );
         let reply = from_backend(&lb, i, Pkt::tcp(V4.backends[i], V4.snat, 8080, sport));
         let back = lb.run(&reply).1;
-        assert_eq!(ports(&back), (80, cport), "reply of client port {cport}");
+        assert_eq!(
+            (dst_ip(&back), ports(&back)),
+            (ip(&addr), (80, cport)),
+            "reply of {addr}:{cport}"
+        );
+        cport += 1;
     }
 }
 
