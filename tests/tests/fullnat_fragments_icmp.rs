@@ -141,7 +141,7 @@ fn fullnat_rewrites_both_ends_and_replies_come_back() {
     assert_checksums(&back);
 }
 
-/// More flows from one client address than there are source ports: the ports come
+/// More flows (from two client addresses) than there are source ports: the ports come
 /// round again (each CPU hands them out in turn), so later flows find ports a live flow
 /// to the same backend holds and the retry path runs. No (backend, port) pair is given
 /// twice, every flow gets a port, and each reply finds its own client.
