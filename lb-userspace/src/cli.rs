@@ -1,6 +1,9 @@
 //! The command line: clap definitions, dispatch and output (human or `--json`).
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -203,6 +206,36 @@ pub enum VipCmd {
         /// fullnat: the source address the backends see (an address of this host).
         #[arg(long)]
         snat: Option<String>,
+    },
+    /// Health-check the service's backends (HAProxy semantics: down after `fall`
+    /// failures in a row, up after `rise` successes), or `off`: `xlb vip check
+    /// 192.0.2.10:80/tcp http --path /healthz --interval 2s`. Kept across restarts;
+    /// a configuration file's `[service.health]` for the service wins.
+    Check {
+        vip: String,
+        /// tcp, http, https, tls, or off (no check: every backend counts as up).
+        kind: String,
+        /// Time between two checks of a backend (100ms to 1h; default 2s).
+        #[arg(long)]
+        interval: Option<String>,
+        /// Time a check may take (at most the interval; default 1s).
+        #[arg(long)]
+        timeout: Option<String>,
+        /// Successes in a row that bring a backend up (default 2).
+        #[arg(long)]
+        rise: Option<String>,
+        /// Failures in a row that take a backend down (default 3).
+        #[arg(long)]
+        fall: Option<String>,
+        /// The port checked (default: the backend's own).
+        #[arg(long)]
+        port: Option<String>,
+        /// http and https: the path requested (default /).
+        #[arg(long)]
+        path: Option<String>,
+        /// http and https: the status that counts as a success (default 200).
+        #[arg(long)]
+        expect_status: Option<String>,
     },
     /// Remove a service and its backends.
     Del { vip: String },
@@ -486,6 +519,42 @@ pub fn main(cli: Cli) -> Result<()> {
                     udp_idle,
                     snat,
                 },
+                VipCmd::Check {
+                    vip,
+                    kind,
+                    interval,
+                    timeout,
+                    rise,
+                    fall,
+                    port,
+                    path,
+                    expect_status,
+                } => {
+                    let settings = [
+                        ("interval", interval),
+                        ("timeout", timeout),
+                        ("rise", rise),
+                        ("fall", fall),
+                        ("port", port),
+                        ("path", path),
+                        ("expect_status", expect_status),
+                    ];
+                    let check = if kind == "off" {
+                        if let Some((k, _)) = settings.iter().find(|(_, v)| v.is_some()) {
+                            bail!("--{} has no meaning with `off`", k.replace('_', "-"));
+                        }
+                        None
+                    } else {
+                        let mut words = BTreeMap::from([("kind".to_string(), kind)]);
+                        for (k, v) in settings {
+                            if let Some(v) = v {
+                                words.insert(k.to_string(), v);
+                            }
+                        }
+                        Some(words)
+                    };
+                    Request::VipCheck { vip, check }
+                }
                 VipCmd::Del { vip } => Request::VipDel { vip },
                 VipCmd::List { json } => {
                     let v = call(Request::VipList)?;
@@ -668,8 +737,12 @@ fn print_services(v: &Value, backends_only: Option<()>) {
     }
     for s in list {
         if backends_only.is_none() {
+            let check = match s["health_check"].get("kind") {
+                Some(k) => format!("  check {}", text(k)),
+                None => String::new(),
+            };
             println!(
-                "{:<32} mode {:<4} affinity {:<6} echo {}",
+                "{:<32} mode {:<4} affinity {:<6} echo {}{check}",
                 text(&s["service"]),
                 text(&s["mode"]),
                 text(&s["affinity"]),

@@ -1205,6 +1205,90 @@ fn health_check(r: &mut Report, h: &HealthTable, section: &str) -> Option<Health
     })
 }
 
+impl CheckKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckKind::Tcp => "tcp",
+            CheckKind::Http => "http",
+            CheckKind::Https => "https",
+            CheckKind::Tls => "tls",
+        }
+    }
+}
+
+/// The keys of a health check's word form (`kind=http interval=2s ...`: the CLI's and
+/// the state file's), those of a `[service.health]` table; the integer ones are written
+/// as numbers in the table, the others as strings.
+pub const CHECK_KEYS: [&str; 8] = [
+    "kind",
+    "interval",
+    "timeout",
+    "rise",
+    "fall",
+    "port",
+    "path",
+    "expect_status",
+];
+const CHECK_INT_KEYS: [&str; 4] = ["rise", "fall", "port", "expect_status"];
+
+impl HealthCheck {
+    /// A check from `key=value` pairs, with the defaults, limits and messages of a
+    /// `[service.health]` table (it is read as one); errors name `section.key`.
+    pub fn from_words<'a>(
+        words: impl IntoIterator<Item = (&'a str, &'a str)>,
+        section: &str,
+    ) -> Result<HealthCheck, String> {
+        let mut table = toml::Table::new();
+        for (k, v) in words {
+            if !CHECK_KEYS.contains(&k) {
+                return Err(format!(
+                    "{section}: '{k}' is not a health-check setting (expected one of {})",
+                    CHECK_KEYS.join(", ")
+                ));
+            }
+            let value = if CHECK_INT_KEYS.contains(&k) {
+                toml::Value::Integer(
+                    v.parse()
+                        .map_err(|_| format!("{section}.{k}: '{v}' is not a whole number"))?,
+                )
+            } else {
+                toml::Value::String(v.to_string())
+            };
+            if table.insert(k.to_string(), value).is_some() {
+                return Err(format!("{section}.{k}: given twice"));
+            }
+        }
+        if !table.contains_key("kind") {
+            return Err(format!(
+                "{section}: no kind: expected tcp, http, https or tls"
+            ));
+        }
+        let text = toml::to_string(&table).map_err(|e| format!("{section}: {e}"))?;
+        let raw: HealthTable = toml::from_str(&text).map_err(|e| format!("{section}: {e}"))?;
+        raw.check(section)
+    }
+
+    /// The `key=value` words of this check (every setting, so a reader needs no
+    /// defaults): `from_words` reads them back.
+    pub fn words(&self) -> Vec<String> {
+        let mut w = vec![
+            format!("kind={}", self.kind.name()),
+            format!("interval={}ms", self.interval.as_millis()),
+            format!("timeout={}ms", self.timeout.as_millis()),
+            format!("rise={}", self.rise),
+            format!("fall={}", self.fall),
+        ];
+        if let Some(p) = self.port {
+            w.push(format!("port={p}"));
+        }
+        if self.kind.is_http() {
+            w.push(format!("path={}", self.path));
+            w.push(format!("expect_status={}", self.expect_status));
+        }
+        w
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Reloads: diff(old file, new file) applied to the running desired state.
 
@@ -1298,6 +1382,8 @@ pub fn plan(
         let mut check = Services::default();
         let mut conf = n.clone();
         conf.backends.clear();
+        // A check set with the CLI stays (the file's own [service.health] wins anyway).
+        conf.check = next.by_vip.get(vip).and_then(|c| c.check.clone());
         check.by_vip.insert(*vip, conf);
         for (k, w) in std::mem::take(&mut backends) {
             check.add_backend(vip, k, w).map_err(|e| {

@@ -3,6 +3,7 @@
 //! than `run` and `check-config` is a client of it.
 
 use std::{
+    collections::BTreeMap,
     io::{BufRead, BufReader, Write},
     os::unix::net::UnixStream,
     path::Path,
@@ -67,6 +68,12 @@ pub enum Request {
         /// fullnat: the source address towards the backends.
         #[serde(default)]
         snat: Option<String>,
+    },
+    /// Sets a service's health check from its `key=value` settings (the keys of a
+    /// `[service.health]` table, `kind` among them), or removes it (None).
+    VipCheck {
+        vip: String,
+        check: Option<BTreeMap<String, String>>,
     },
     VipDel {
         vip: String,

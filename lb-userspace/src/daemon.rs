@@ -261,6 +261,20 @@ impl Edge {
                     s.set_idle(&vip, tcp_idle, udp_idle)
                 })
             }
+            Request::VipCheck { vip, check } => {
+                let vip: Vip = vip.parse()?;
+                let check = match check {
+                    None => None,
+                    Some(words) => Some(
+                        HealthCheck::from_words(
+                            words.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                            "check",
+                        )
+                        .map_err(|e| anyhow!(e))?,
+                    ),
+                };
+                self.services_change(|s| s.set_check(&vip, check))
+            }
             Request::VipDel { vip } => {
                 let vip: Vip = vip.parse()?;
                 self.services_change(|s| s.del_service(&vip).map(|_| ()))
@@ -638,6 +652,7 @@ impl Edge {
                     "tcp_idle": s.tcp_idle,
                     "udp_idle": s.udp_idle,
                     "snat": s.snat.map(|a| a.to_string()),
+                    "health_check": s.check,
                     "backends": backends,
                 })
             })
@@ -902,6 +917,10 @@ impl Running {
                     "interfaces": self.edge.dp.attached().into_iter().map(|(i, _)| i).collect::<Vec<_>>(),
                 })))
             }
+            Request::VipList => Ok(Response::ok(self.vip_list())),
+            Request::VipCheck { vip, .. } if self.config_check(&vip).is_some() => Err(anyhow!(
+                "service {vip} is checked by the configuration file's [service.health]: change the check there"
+            )),
             other => Ok(self.edge.handle(other)),
         };
         if !reads {
@@ -913,15 +932,43 @@ impl Running {
         }
     }
 
-    /// Runs the checks of the configuration's services over their current backends.
+    /// The services as `xlb vip list` shows them, each with its check from wherever it
+    /// was set.
+    fn vip_list(&self) -> Value {
+        let mut v = self.edge.vip_list();
+        for (svc, vip) in v["services"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+            .zip(self.edge.services.by_vip.keys())
+        {
+            svc["health_check"] = json!(self.check_of(vip));
+        }
+        v
+    }
+
+    /// The configuration file's check of service `vip` (written as the CLI takes it).
+    fn config_check(&self, vip: &str) -> Option<&HealthCheck> {
+        let vip: Vip = vip.parse().ok()?;
+        self.config.as_ref()?.health.get(&vip)
+    }
+
+    /// A service's check: the configuration file's, else the one set with the CLI.
+    fn check_of(&self, vip: &Vip) -> Option<&HealthCheck> {
+        self.config
+            .as_ref()
+            .and_then(|c| c.health.get(vip))
+            .or_else(|| self.edge.services.by_vip.get(vip)?.check.as_ref())
+    }
+
+    /// Runs the services' checks over their current backends.
     pub fn reconcile_checks(&mut self) {
-        let Some(checker) = self.checker.as_mut() else {
+        if self.checker.is_none() {
             return;
-        };
+        }
         let mut targets = Vec::new();
-        let checks = self.config.as_ref().map(|c| &c.health);
-        for (vip, check) in checks.into_iter().flatten() {
-            let Some(s) = self.edge.services.by_vip.get(vip) else {
+        for (vip, s) in &self.edge.services.by_vip {
+            let Some(check) = self.check_of(vip) else {
                 continue;
             };
             for b in s.backends.keys() {
@@ -932,6 +979,9 @@ impl Running {
                 });
             }
         }
+        let Some(checker) = self.checker.as_mut() else {
+            return;
+        };
         let checked = checker.reconcile(targets);
         self.edge.set_checked(&checked);
     }
@@ -953,20 +1003,13 @@ impl Running {
             .map(|(name, mode)| json!({ "name": name, "mode": mode }))
             .collect();
         let rules = &self.edge.rules;
-        let health = |vip: &Vip| {
-            self.config
-                .as_ref()
-                .and_then(|c| c.health.get(vip))
-                .map(|h| serde_json::to_value(h).unwrap_or(Value::Null))
-        };
-        let mut services = self.edge.vip_list()["services"].take();
+        let mut services = self.vip_list()["services"].take();
         for (svc, vip) in services
             .as_array_mut()
             .into_iter()
             .flatten()
             .zip(self.edge.services.by_vip.keys())
         {
-            svc["health_check"] = json!(health(vip));
             let draining = self.edge.draining.by_vip.get(vip);
             for b in draining.into_iter().flat_map(|d| d.keys()) {
                 let left = self.edge.draining.left(vip, b, now).unwrap_or_default();

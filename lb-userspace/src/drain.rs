@@ -22,8 +22,10 @@ pub struct Draining {
 }
 
 fn settings(c: &ServiceConf) -> ServiceConf {
+    // A health check changes no flow's path: it is not a setting here.
     ServiceConf {
         backends: BTreeMap::new(),
+        check: None,
         ..c.clone()
     }
 }

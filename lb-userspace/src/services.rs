@@ -11,7 +11,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::rules::Proto;
+use crate::{config::HealthCheck, rules::Proto};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ServiceError {
@@ -234,6 +234,9 @@ pub struct ServiceConf {
     pub udp_idle: u32,
     /// fullnat: the source address the backends see (an address of this host).
     pub snat: Option<IpAddr>,
+    /// The backends' health check set with the CLI (`xlb vip check`); a configuration
+    /// file's `[service.health]` is kept with the file's other checks and wins.
+    pub check: Option<HealthCheck>,
     pub backends: BTreeMap<BackendAddr, u32>,
 }
 
@@ -257,6 +260,9 @@ impl ServiceConf {
             head.push_str(&format!(" snat={a}"));
         }
         let mut out = vec![head];
+        if let Some(c) = &self.check {
+            out.push(format!("check {} {}", self.vip, c.words().join(" ")));
+        }
         for (b, w) in &self.backends {
             out.push(format!("backend {} {b} weight={w}", self.vip));
         }
@@ -291,9 +297,29 @@ impl Services {
                 tcp_idle: DEFAULT_TCP_IDLE,
                 udp_idle: DEFAULT_UDP_IDLE,
                 snat: None,
+                check: None,
                 backends: BTreeMap::new(),
             },
         );
+        Ok(())
+    }
+
+    /// Sets (or with None removes) a service's health check. A service that balances
+    /// every port has no port of its own to check: its check must name one.
+    pub fn set_check(&mut self, vip: &Vip, check: Option<HealthCheck>) -> Result<(), ServiceError> {
+        let svc = self
+            .by_vip
+            .get_mut(vip)
+            .ok_or_else(|| ServiceError::UnknownService(vip.to_string()))?;
+        if let Some(c) = &check
+            && vip.port.is_none()
+            && c.port.is_none()
+        {
+            return Err(ServiceError::Invalid(format!(
+                "service {vip} balances every port: give the check a port (port=80)"
+            )));
+        }
+        svc.check = check;
         Ok(())
     }
 
@@ -472,6 +498,15 @@ impl Services {
                 self.add_service(vip, mode.parse()?, affinity, echo)?;
                 self.set_snat(&vip, snat)?;
                 self.set_idle(&vip, tcp, udp)
+            }
+            ["check", vip, words @ ..] => {
+                let words = words
+                    .iter()
+                    .map(|w| w.split_once('=').ok_or_else(bad))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let check =
+                    HealthCheck::from_words(words, "check").map_err(ServiceError::Invalid)?;
+                self.set_check(&vip.parse()?, Some(check))
             }
             ["backend", vip, b, w] => {
                 let w: u32 = w

@@ -151,7 +151,7 @@ pub fn parse(text: &str) -> Result<Stored> {
                     action,
                 });
             }
-            "service" | "backend" => services.parse_line(line).map_err(|e| fail(&e))?,
+            "service" | "check" | "backend" => services.parse_line(line).map_err(|e| fail(&e))?,
             "backup" => {
                 backups.insert(parse_flag(&services, rest.trim()).map_err(|e| fail(&e))?);
             }
@@ -193,7 +193,7 @@ fn parse_base(base: &mut Projection, line: &str) -> Result<()> {
     match word {
         "default" => base.default_policy = rest.trim().parse()?,
         "malformed" => base.malformed_policy = rest.trim().parse()?,
-        "service" | "backend" => base.services.parse_line(line)?,
+        "service" | "check" | "backend" => base.services.parse_line(line)?,
         "backup" => {
             let flag = parse_flag(&base.services, rest.trim())?;
             base.backups.insert(flag);
@@ -296,6 +296,72 @@ mod tests {
             vec![1, 3]
         );
         assert_eq!(back.services, services);
+    }
+
+    #[test]
+    fn a_cli_check_round_trips_and_a_broken_one_names_its_line() {
+        let mut services = Services::default();
+        services
+            .parse_line("service 192.0.2.10:80/tcp nat")
+            .unwrap();
+        services.parse_line("service 192.0.2.11:*/udp nat").unwrap();
+        let vip: crate::services::Vip = "192.0.2.10:80/tcp".parse().unwrap();
+        let words = [
+            ("kind", "http"),
+            ("path", "/healthz"),
+            ("interval", "500ms"),
+            ("fall", "2"),
+        ];
+        let check = crate::config::HealthCheck::from_words(words, "check").unwrap();
+        assert_eq!(
+            (
+                check.interval.as_millis(),
+                check.timeout.as_millis(),
+                check.rise,
+                check.fall
+            ),
+            (500, 500, 2, 2),
+            "the defaults of a [service.health] table, the timeout at most the interval"
+        );
+        services.set_check(&vip, Some(check.clone())).unwrap();
+        // A service of every port has no port of its own to check.
+        let all: crate::services::Vip = "192.0.2.11:*/udp".parse().unwrap();
+        let e = services.set_check(&all, Some(check.clone())).unwrap_err();
+        assert!(e.to_string().contains("give the check a port"), "{e}");
+        let stored = Stored {
+            services,
+            ..Default::default()
+        };
+        let text = render(&stored.as_state());
+        assert!(
+            text.contains("\ncheck 192.0.2.10:80/tcp kind=http interval=500ms timeout=500ms rise=2 fall=2 path=/healthz expect_status=200\n"),
+            "{text}"
+        );
+        let back = parse(&text).unwrap();
+        assert_eq!(back.services.by_vip[&vip].check, Some(check));
+        assert_eq!(render(&back.as_state()), text);
+        // A hand-edited check is read with the file's rules and messages.
+        let bad = text.replace("interval=500ms", "interval=5ms");
+        let e = format!("{:#}", parse(&bad).unwrap_err());
+        assert!(
+            e.contains("line 5: check.interval: interval '5ms' is out of range"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            parse(&text.replace("kind=http", "kind=htp")).unwrap_err()
+        );
+        assert!(e.contains("'htp' is not a check kind"), "{e}");
+        let e = format!(
+            "{:#}",
+            parse(&text.replace("rise=2", "rize=2")).unwrap_err()
+        );
+        assert!(e.contains("'rize' is not a health-check setting"), "{e}");
+        let e = format!(
+            "{:#}",
+            parse(&text.replace("fall=2", "fall=two")).unwrap_err()
+        );
+        assert!(e.contains("check.fall: 'two' is not a whole number"), "{e}");
     }
 
     #[test]

@@ -142,6 +142,85 @@ fn http_checks_take_a_dead_backend_out_and_bring_it_back() {
         (0..3).all(|i| state(&xlb, i) == "up")
     });
     assert_eq!(spread(&t).len(), 3);
+    // The file's check is the file's to change.
+    let out = xlb.cli(&["vip", "check", SVC, "tcp"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("checked by the configuration file"), "{err}");
+}
+
+/// A service added with the CLI, checked with the CLI: a bad check is refused with the
+/// file's message and changes nothing; a good one takes a dead backend out; `off` ends
+/// the checks (every backend takes flows again).
+#[test]
+fn a_check_set_with_the_cli_takes_a_dead_backend_out_until_turned_off() {
+    let mut t = Topology::build("clichk", 3, 8080, Backends::ViaEdge).unwrap();
+    let xlb = Daemon::start(&t.edge, "x0", &t.dir, &[]).unwrap();
+    xlb.ok(&["vip", "add", SVC, "--mode", "nat"]);
+    let addrs: Vec<String> = (0..3).map(backend_v4).collect();
+    for a in &addrs {
+        xlb.ok(&["backend", "add", SVC, &format!("{a}:8080")]);
+    }
+    t.wait_neighbours(&addrs).unwrap();
+    let check_kind = |xlb: &Daemon| {
+        xlb.json(&["vip", "list", "--json"])["services"][0]["health_check"]["kind"].clone()
+    };
+
+    for (args, want) in [
+        (vec!["tcpx"], "'tcpx' is not a check kind"),
+        (
+            vec!["http", "--interval", "5ms"],
+            "check.interval: interval '5ms' is out of range",
+        ),
+        (
+            vec!["tcp", "--path", "/"],
+            "only http and https checks have path",
+        ),
+        (
+            vec!["off", "--fall", "2"],
+            "--fall has no meaning with `off`",
+        ),
+    ] {
+        let mut cmd = vec!["vip", "check", SVC];
+        cmd.extend(args);
+        let out = xlb.cli(&cmd);
+        assert!(!out.status.success(), "{cmd:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{cmd:?}: {err}");
+        assert!(check_kind(&xlb).is_null(), "{cmd:?} set a check");
+    }
+
+    xlb.ok(&[
+        "vip",
+        "check",
+        SVC,
+        "http",
+        "--path",
+        "/health",
+        "--interval",
+        "200ms",
+        "--timeout",
+        "150ms",
+        "--rise",
+        "1",
+        "--fall",
+        "2",
+    ]);
+    assert_eq!(check_kind(&xlb), "http");
+    let human = xlb.ok(&["vip", "list"]);
+    assert!(human.contains("check http"), "{human}");
+    wait_checked(&xlb, 1);
+    assert!((0..3).all(|i| state(&xlb, i) == "up"));
+    drop(t.servers.remove(1));
+    wait_for("web2 down", || state(&xlb, 1) == "down");
+    let count = spread(&t);
+    assert!(!count.contains_key("web2"), "{count:?}");
+
+    // No check: web2 takes flows again (unchecked backends count as up).
+    xlb.ok(&["vip", "check", SVC, "off"]);
+    assert!(check_kind(&xlb).is_null());
+    assert!((0..3).all(|i| state(&xlb, i) == "unchecked"));
+    assert_eq!(backends(&xlb)[1]["effective_weight"], 1);
 }
 
 #[test]
