@@ -1811,16 +1811,23 @@ address = "203.0.113.13:8080"
         )
         .unwrap();
         apply(&mut rules, &mut services, &p);
-        // CLI changes: a rule and a backend of the file's service.
+        // CLI changes: a rule, a backend of the file's service and a check.
         let cli_rule = Match::Prefix("2001:db8::/32".parse().unwrap());
         rules.upsert(cli_rule, Action::Deny).unwrap();
         let vip: Vip = "198.51.100.10:80/tcp".parse().unwrap();
         services
             .add_backend(&vip, "203.0.113.14:8080".parse().unwrap(), 1)
             .unwrap();
+        let check = HealthCheck::from_words([("kind", "tcp")], "check").unwrap();
+        services.set_check(&vip, Some(check.clone())).unwrap();
 
         let p = plan(&rules, &services, &Flags::new(), &old, &new).unwrap();
         apply(&mut rules, &mut services, &p);
+        assert_eq!(
+            services.by_vip[&vip].check,
+            Some(check),
+            "the CLI's check stays"
+        );
         let lines: Vec<String> = rules.rules().map(|r| r.line()).collect();
         assert!(lines.contains(&"deny 192.0.2.0/24".to_string()));
         assert!(lines.contains(&"deny 203.0.113.0/24".to_string()));
