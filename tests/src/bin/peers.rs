@@ -90,13 +90,18 @@ fn busy_ns() -> Result<u64> {
         .collect();
     // user nice system idle iowait irq softirq steal
     let busy = f[0] + f[1] + f[2] + f[5] + f[6] + f.get(7).copied().unwrap_or(0);
-    Ok(busy * 1_000_000_000 / ticks_per_sec())
+    Ok(ticks_to_ns(busy))
+}
+
+/// USER_HZ ticks (/proc's CPU times) in nanoseconds.
+fn ticks_to_ns(ticks: u64) -> u64 {
+    ticks * 1_000_000_000 / ticks_per_sec()
 }
 
 /// CPU time (user + system, all threads) process `pid` has used so far.
 fn process_cpu_ns(pid: u32) -> Result<u64> {
     let ticks = process_cpu_ticks(pid).with_context(|| format!("reading /proc/{pid}/stat"))?;
-    Ok(ticks * 1_000_000_000 / ticks_per_sec())
+    Ok(ticks_to_ns(ticks))
 }
 
 /// xlb's XDP programs (the entry and the balancer it tail-calls), by name.
@@ -938,18 +943,19 @@ fn balancer_row(peer: Lb, secs: u64) -> Result<LbRow> {
     wait_until(peer.name(), Duration::from_secs(10), || {
         c.ok(&["curl", "-sf", "-o", "/dev/null", &url])
     })?;
-    let xlb = matches!(peer, Lb::XlbDsr | Lb::XlbNat | Lb::XlbFullnat);
     let (rx0, tx0) = (
         x0_counter(&t.edge, "rx_packets")?,
         x0_counter(&t.edge, "tx_packets")?,
     );
-    let own = || -> Result<u64> {
-        match &guard {
-            LbGuard::Proc { _proc: p } => process_cpu_ns(p.child.id()),
-            _ => Ok(bpf_run(&is_xlb_prog)?.0),
-        }
+    // The balancer's own CPU so far, where it has one: xlb's XDP programs' run time,
+    // HAProxy's process time (the floors and nftables work in the kernel's own paths).
+    let own = || -> Result<Option<u64>> {
+        Ok(match &guard {
+            LbGuard::Proc { _proc: p } => Some(process_cpu_ns(p.child.id())?),
+            LbGuard::Xlb { .. } => Some(bpf_run(&is_xlb_prog)?.0),
+            LbGuard::Ebpf { .. } | LbGuard::Nothing => None,
+        })
     };
-    let own_known = xlb || matches!(peer, Lb::Haproxy);
     let own0 = own()?;
     let cpu0 = busy_ns()?;
     let conn = wrk(&t.client, &url, secs, true)?;
@@ -967,7 +973,9 @@ fn balancer_row(peer: Lb, secs: u64) -> Result<LbRow> {
         cpu_ns_per_conn: (cpu1 - cpu0) as f64 / per,
         rx_per_conn: (rx1 - rx0) as f64 / per,
         tx_per_conn: (tx1 - tx0) as f64 / per,
-        own_ns_per_conn: own_known.then(|| own1.saturating_sub(own0) as f64 / per),
+        own_ns_per_conn: own0
+            .zip(own1)
+            .map(|(a, b)| b.saturating_sub(a) as f64 / per),
         conn,
         keepalive,
     })
