@@ -95,6 +95,24 @@ pub enum CheckKind {
 }
 
 impl CheckKind {
+    const ALL: [CheckKind; 4] = [
+        CheckKind::Tcp,
+        CheckKind::Http,
+        CheckKind::Https,
+        CheckKind::Tls,
+    ];
+
+    /// The name a `[service.health]` table, the CLI and the state file give it (and
+    /// its JSON, through serde's lowercase names).
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckKind::Tcp => "tcp",
+            CheckKind::Http => "http",
+            CheckKind::Https => "https",
+            CheckKind::Tls => "tls",
+        }
+    }
+
     fn is_http(self) -> bool {
         matches!(self, CheckKind::Http | CheckKind::Https)
     }
@@ -1102,16 +1120,14 @@ impl HealthTable {
 /// "tls.pools.health"); None when it has errors (reported into `r`).
 fn health_check(r: &mut Report, h: &HealthTable, section: &str) -> Option<HealthCheck> {
     let field = |k: &str| format!("{section}.{k}");
-    let kind = match h.kind.get_ref().as_str() {
-        "tcp" => CheckKind::Tcp,
-        "http" => CheckKind::Http,
-        "https" => CheckKind::Https,
-        "tls" => CheckKind::Tls,
-        other => {
+    let written = h.kind.get_ref().as_str();
+    let kind = match CheckKind::ALL.into_iter().find(|k| k.name() == written) {
+        Some(k) => k,
+        None => {
             r.at(
                 h.kind.span(),
                 &field("kind"),
-                format!("'{other}' is not a check kind: expected \"tcp\", \"http\", \"https\" or \"tls\""),
+                format!("'{written}' is not a check kind: expected \"tcp\", \"http\", \"https\" or \"tls\""),
             );
             return None;
         }
@@ -1205,21 +1221,10 @@ fn health_check(r: &mut Report, h: &HealthTable, section: &str) -> Option<Health
     })
 }
 
-impl CheckKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            CheckKind::Tcp => "tcp",
-            CheckKind::Http => "http",
-            CheckKind::Https => "https",
-            CheckKind::Tls => "tls",
-        }
-    }
-}
-
 /// The keys of a health check's word form (`kind=http interval=2s ...`: the CLI's and
 /// the state file's), those of a `[service.health]` table; the integer ones are written
 /// as numbers in the table, the others as strings.
-pub const CHECK_KEYS: [&str; 8] = [
+const CHECK_KEYS: [&str; 8] = [
     "kind",
     "interval",
     "timeout",

@@ -963,9 +963,6 @@ impl Running {
 
     /// Runs the services' checks over their current backends.
     pub fn reconcile_checks(&mut self) {
-        if self.checker.is_none() {
-            return;
-        }
         let mut targets = Vec::new();
         for (vip, s) in &self.edge.services.by_vip {
             let Some(check) = self.check_of(vip) else {
