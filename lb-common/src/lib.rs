@@ -43,9 +43,12 @@ pub const MAP_BACKENDS: &str = "XLB_BACKENDS";
 /// Mmapable `Array<[u32; 2]>`: the pool holding every service's Maglev table
 /// (backend ids), two entries per element.
 pub const MAP_MAGLEV: &str = "XLB_MAGLEV";
-/// `LruHashMap<FlowKey, Flow>`: established flows; the reply direction too for fullnat
-/// and for nat to a backend that does not own its endpoint (see BACKEND_OWNS_ENDPOINT).
+/// `LruHashMap<FlowKey, Flow>`: established flows; the reply direction too for nat to a
+/// backend that does not own its endpoint (see BACKEND_OWNS_ENDPOINT).
 pub const MAP_FLOWS: &str = "XLB_FLOWS";
+/// `Array<NatPort>` of NAT_PORT_SLOTS: the source ports fullnat flows hold, in blocks
+/// of 65536 slots, one per port (see [`NatPort`]).
+pub const MAP_NAT_PORTS: &str = "XLB_NAT_PORTS";
 /// `HashMap<EndpointKey, u32>`: a nat backend's (address, port, protocol) -> the id of
 /// the backend that owns it (see BACKEND_OWNS_ENDPOINT).
 pub const MAP_ENDPOINTS: &str = "XLB_ENDPOINTS";
@@ -80,7 +83,7 @@ pub const JUMP_SLOTS: u32 = 1;
 /// pinned by name under the daemon's bpffs directory and adopted by the next `xlb run`,
 /// so a restart or an upgrade keeps flows, rules and counters. MAP_JUMP (it holds one
 /// build's balancer) and MAP_HANDOFF (per-packet scratch) belong to one build.
-pub const STATE_MAPS: [&str; 22] = [
+pub const STATE_MAPS: [&str; 23] = [
     MAP_BACKEND_STATS,
     MAP_EVENTS,
     MAP_SAMPLE,
@@ -92,6 +95,7 @@ pub const STATE_MAPS: [&str; 22] = [
     MAP_BACKENDS,
     MAP_MAGLEV,
     MAP_FLOWS,
+    MAP_NAT_PORTS,
     MAP_ENDPOINTS,
     MAP_CONFIG,
     MAP_COUNTERS,
@@ -132,11 +136,16 @@ pub const MAX_FRAGS: u32 = 1 << 16;
 /// fullnat source ports are taken from FULLNAT_PORT_MIN..=65535.
 pub const FULLNAT_PORT_MIN: u16 = 1024;
 /// Candidate source ports tried for a new fullnat flow before it is dropped
-/// (Reason::NoPort): each try is one insert that fails only if the port is in use
-/// (the first is the CPU's next port in turn, the others random). With one port in
-/// three held, all fail for one new flow in 43 million; with two in three (a flow table
-/// full of fullnat flows to three backends) one in 650.
+/// (Reason::NoPort): each try reads one MAP_NAT_PORTS slot, and fails if a live flow
+/// holds it (then a quiet flow's port is taken, see NAT_PORT_STEAL_TICKS).
 pub const FULLNAT_PORT_TRIES: u32 = 16;
+/// Of those tries, how many may look up the flow holding a claimed slot (is it still in
+/// the flow table?): with the ports exhausted, each costs one lookup.
+pub const FULLNAT_PORT_LOOKUPS: u32 = 2;
+/// MAP_NAT_PORTS slots: 16 blocks of 65536 ports (32 bytes each, 32 MiB), four times
+/// the flow table, so blocks shared by backends still leave ports to spare.
+pub const NAT_PORT_SLOTS: u32 = 4 * DEFAULT_FLOWS;
+const _: () = assert!(NAT_PORT_SLOTS.is_power_of_two() && NAT_PORT_SLOTS >= 1 << 16);
 /// IPv6 extension headers walked before the packet is called malformed.
 pub const MAX_IPV6_EXT_HEADERS: usize = 8;
 /// Bytes of the drop-event ring buffer (a power of two, a multiple of the page size):
@@ -398,14 +407,52 @@ pub struct Flow {
     /// bpf_ktime_get_ns of the last packet (refreshed at most once a second).
     pub seen_ns: u64,
     /// The client's (or its router's) MAC, from the forward packet: in the reply entry,
-    /// and in the forward entry of a flow that has none (BACKEND_OWNS_ENDPOINT).
+    /// and in the forward entry of a flow that has none (fullnat, BACKEND_OWNS_ENDPOINT).
     pub mac: [u8; 6],
     /// fullnat: the forward entry's source port on the backend side (allocated by
-    /// xlb); the reply entry's client port.
+    /// xlb); a reply's client port.
     pub nat_port: u16,
     /// fullnat reply: the client's address.
     pub client: Addr16,
 }
+
+/// A fullnat flow's source port: slot `port` of the MAP_NAT_PORTS block that the rest
+/// of its reply's tuple (backend address and port, xlb's source address, protocol)
+/// hashes to (backends whose tuples hash to one block share its ports). A reply finds
+/// its flow's forward entry from it (client end here, service address from the
+/// backend's service), and so does nothing else: a fullnat flow writes one flow-table
+/// entry. A slot is free when its flow is gone: no forward entry of that backend and
+/// generation with this port (evicted, idle and rescheduled, its backend removed).
+/// Slots are never cleared. Ports handed out one after another fill one block's slots
+/// in order, in cache lines and pages just touched: a second (reply) flow-table entry
+/// cost a new flow about 300 ns more on the bench's machine (a cold bucket and an LRU
+/// node), as did an array slot at a random place.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct NatPort {
+    /// Changed only by compare-and-swap, so two CPUs never claim one slot: the backend
+    /// id (low 32 bits) and a claim count (high 32 bits) whose NAT_PORT_BUSY bit is set
+    /// while the claimer writes the rest. 0: never claimed.
+    pub claim: u64,
+    pub client: Addr16,
+    pub client_port: u16,
+    /// The service port the client used (the service may take any port).
+    pub vport: u16,
+    /// The source port itself (a reply checks it with the rest of its tuple).
+    pub nat_port: u16,
+    /// When the flow last refreshed its entry (Flow::seen_ns, at most once a second),
+    /// in ticks of 2^30 ns, wrapping: a flow of the claimer's service quiet past its
+    /// idle timeout frees the slot without a flow-table lookup.
+    pub seen: u16,
+}
+
+/// NatPort::claim: the rest of the slot is being written.
+pub const NAT_PORT_BUSY: u64 = 1 << 63;
+/// With every candidate port of a new fullnat flow held, the slot of the flow quiet
+/// longest is taken if quiet this many ticks (2.1 s): its flow refreshes at most once a
+/// second, so its next packet finds the slot gone and is rescheduled before any packet
+/// of it could go out with the port (as when the LRU evicts a flow).
+pub const NAT_PORT_STEAL_TICKS: u16 = 2;
 
 /// A fragmented datagram: addresses, IP identification and protocol.
 #[repr(C)]
@@ -713,5 +760,10 @@ mod tests {
     fn dir24_covers_every_slash24() {
         assert_eq!(DIR24_BLOCKS as usize * DIR24_BLOCK, 1 << 24);
         assert_eq!(core::mem::size_of::<Dir24Block>(), 64);
+    }
+
+    #[test]
+    fn nat_ports_pack_two_per_cache_line() {
+        assert_eq!(core::mem::size_of::<NatPort>(), 32);
     }
 }

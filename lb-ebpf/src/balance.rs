@@ -1,6 +1,8 @@
 //! Stage 3: load balancing. A packet for a service goes to the backend its flow already
 //! has (flow table) or, for a new flow, to the one the service's Maglev table picks;
 //! a nat or fullnat reply from a backend is rewritten back to the service address.
+//! A fullnat flow's source port is claimed in a slot of XLB_NAT_PORTS, through which
+//! its replies find it (see lb_common::NatPort).
 //! Fragments after the first follow the flow their first fragment took (fragment
 //! table); ICMP errors about a flow (fragmentation needed, packet too big) go to the
 //! flow's backend, rewritten like the flow, so path-MTU discovery works.
@@ -8,6 +10,10 @@
 // Map keys and values go by reference: passing them by value (as clippy suggests for
 // `impl Borrow` arguments) copies them onto the 512-byte stack, which is full.
 #![allow(clippy::needless_borrows_for_generic_args)]
+
+use core::intrinsics::{AtomicOrdering, atomic_and, atomic_cxchg, atomic_or};
+
+use core::sync::atomic::{Ordering, compiler_fence};
 
 use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
@@ -19,16 +25,14 @@ use crate::{
     bounds::{frame_len, load},
     count, icmp,
     maps::{
-        XLB_BACKENDS, XLB_ENDPOINTS, XLB_FLOWS, XLB_FRAGS, XLB_HOPS, XLB_MAGLEV, XLB_SCRATCH,
-        XLB_SERVICE_KEYS, XLB_SERVICES, XLB_SNAT,
+        XLB_BACKENDS, XLB_ENDPOINTS, XLB_FLOWS, XLB_FRAGS, XLB_HOPS, XLB_MAGLEV, XLB_NAT_PORTS,
+        Scratch, Victim, XLB_SCRATCH, XLB_SERVICE_KEYS, XLB_SERVICES, XLB_SNAT,
     },
     parse::{Addr, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, Packet},
     rewrite::{self, End},
 };
 
 const NS_PER_SEC: u64 = 1_000_000_000;
-/// bpf_map_update_elem flag: fail if the key exists.
-const BPF_NOEXIST: u64 = 1;
 
 /// The addresses in 16 bytes and the family.
 #[inline(always)]
@@ -71,6 +75,9 @@ fn flow_hash(k: &FlowKey, source_only: bool) -> u32 {
 /// BPF functions return one scalar (a struct would come back through a pointer to the
 /// caller's stack, which the verifier refuses): outcomes travel packed in a u32.
 const NONE: u32 = u32::MAX;
+/// forward's outcome for a new fullnat flow: scheduled (scratch.flow), without a port
+/// yet (forward_fullnat claims one; both would not fit one frame).
+const NEEDS_PORT: u32 = u32::MAX - 1;
 
 #[inline(always)]
 fn pack(o: Option<(Verdict, Reason)>) -> u32 {
@@ -147,7 +154,10 @@ fn balance_inner(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Option<(Verdic
     };
     let key = &scratch.key;
     match service(&dst, pkt.dst_port, pkt.proto, family) {
-        Some(svc) => unpack(forward(ctx, pkt, &svc, key, now)),
+        Some(svc) => match forward(ctx, pkt, &svc, key, now) {
+            NEEDS_PORT => unpack(forward_fullnat(ctx, pkt, &svc, now)),
+            out => unpack(out),
+        },
         None if cfg.nat_services != 0 => unpack(reply(ctx, pkt, key, now)),
         None => None,
     }
@@ -307,7 +317,7 @@ fn still_valid(
     Some(*b)
 }
 
-/// A fullnat flow's reply entry: (backend, backend port) -> (xlb's source address,
+/// A fullnat flow's reply tuple: (backend, backend port) -> (xlb's source address,
 /// the flow's allocated port).
 #[inline(always)]
 fn reply_key(b: &Backend, fwd: &FlowKey, snat: &Addr16, nat_port: u16) -> FlowKey {
@@ -322,10 +332,45 @@ fn reply_key(b: &Backend, fwd: &FlowKey, snat: &Addr16, nat_port: u16) -> FlowKe
     }
 }
 
-/// A fullnat flow keeps its port only while its reply entry still points back at it
-/// (the LRU may have evicted it and given the port to another flow).
+/// The XLB_NAT_PORTS slot of a fullnat reply tuple: slot `port` of the block of 65536
+/// that the rest of the tuple (backend end, xlb's address, protocol) hashes to. Ports
+/// come from a per-CPU cursor, one after another (claim_port): in a block, one flow's
+/// slot follows the last one's, in cache lines and pages the claims before it just
+/// touched, where a hash of the whole tuple would touch a cold line of a 32 MiB array
+/// for every flow. Backends whose tuples share a block share its ports.
 #[inline(always)]
-fn reply_intact(f: &Flow, b: &Backend, key: &FlowKey) -> bool {
+fn nat_slot(reply: &FlowKey) -> u32 {
+    let h = hash_addr(hash_addr(0x5bd1_e995, &reply.src), &reply.dst);
+    let block = mix32(h ^ (reply.src_port as u32) << 16 ^ (reply.proto as u32) << 8);
+    (block & (NAT_PORT_SLOTS / 65536 - 1)) << 16 | reply.dst_port as u32
+}
+
+/// A slot's claim word (NatPort::claim), read before the rest of the slot by a reader
+/// that only checks a slot: an ordinary load (BPF has atomic loads only from cpu v4),
+/// kept before the reads of the slot's fields by a compiler fence. A claimer reads it
+/// with a full barrier instead (probe).
+#[inline(always)]
+fn load_claim(slot: *mut NatPort) -> u64 {
+    let c = unsafe { core::ptr::read_volatile(&raw const (*slot).claim) };
+    compiler_fence(Ordering::Acquire);
+    c
+}
+
+/// Compare-and-swap of a slot's claim word (BPF_CMPXCHG, kernel 5.12+). Through the
+/// intrinsic: core's AtomicU64 has no read-modify-write methods on the bpf target (its
+/// spec declares no compare-and-swap), though LLVM emits the instruction.
+#[inline(always)]
+fn swap_claim(slot: *mut NatPort, old: u64, new: u64) -> bool {
+    let p = unsafe { &raw mut (*slot).claim };
+    unsafe { atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(p, old, new) }
+        .1
+}
+
+/// A fullnat flow keeps its port only while its slot still holds it (a slot whose flow
+/// was evicted may have gone to another flow); if it does, the slot's time is
+/// refreshed with the flow's.
+#[inline(always)]
+fn reply_intact(f: &Flow, b: &Backend, key: &FlowKey, now: u64) -> bool {
     let Some(scratch) = XLB_SCRATCH.get_ptr_mut(0) else {
         return false;
     };
@@ -334,15 +379,58 @@ fn reply_intact(f: &Flow, b: &Backend, key: &FlowKey) -> bool {
     };
     let scratch = unsafe { &mut *scratch };
     scratch.reply = reply_key(b, key, snat, f.nat_port);
-    match unsafe { XLB_FLOWS.get(&scratch.reply) } {
-        Some(r) => r.direction == FLOW_REPLY && r.client == key.src && r.nat_port == key.src_port,
-        None => false,
+    let Some(slot) = XLB_NAT_PORTS.get_ptr_mut(nat_slot(&scratch.reply)) else {
+        return false;
+    };
+    let claim = load_claim(slot);
+    let held = unsafe { &*slot };
+    let intact = claim & NAT_PORT_BUSY == 0
+        && claim as u32 == f.backend
+        && held.nat_port == f.nat_port
+        && held.client == key.src
+        && held.client_port == key.src_port
+        && held.vport == key.dst_port;
+    if intact {
+        unsafe { (*slot).seen = ticks(now) };
     }
+    intact
+}
+
+/// The flow holding a claimed slot (`id`: the backend in its claim word): the forward
+/// entry with the slot's client end and service port, if it is a fullnat flow of that
+/// backend, of its generation, with the slot's port. Its key is left in scratch.reply.
+#[inline(always)]
+fn slot_flow(slot: &NatPort, id: u32) -> Option<(&'static Flow, &'static Backend)> {
+    let b = XLB_BACKENDS.get(id)?;
+    let vip = XLB_SERVICE_KEYS.get(b.service)?;
+    let scratch = unsafe { &mut *XLB_SCRATCH.get_ptr_mut(0)? };
+    scratch.reply = FlowKey {
+        src: slot.client,
+        dst: vip.addr,
+        src_port: slot.client_port,
+        dst_port: slot.vport,
+        proto: vip.proto,
+        family: vip.family,
+        _pad: [0; 2],
+    };
+    let f = unsafe { XLB_FLOWS.get(&scratch.reply) }?;
+    if f.direction != FLOW_FORWARD
+        || f.mode != MODE_FULLNAT
+        || f.backend != id
+        || f.generation != b.generation
+        || f.nat_port != slot.nat_port
+    {
+        return None;
+    }
+    Some((f, b))
 }
 
 #[inline(never)]
 fn forward(ctx: &XdpContext, pkt: &Packet, svc: &Service, key: &FlowKey, now: u64) -> u32 {
-    pack(Some(forward_inner(ctx, pkt, svc, key, now)))
+    match forward_inner(ctx, pkt, svc, key, now) {
+        Some(out) => pack(Some(out)),
+        None => NEEDS_PORT,
+    }
 }
 
 #[inline(always)]
@@ -352,7 +440,7 @@ fn forward_inner(
     svc: &Service,
     key: &FlowKey,
     now: u64,
-) -> (Verdict, Reason) {
+) -> Option<(Verdict, Reason)> {
     let idle = (svc.tcp_idle_secs, svc.udp_idle_secs);
     let known = XLB_FLOWS.get_ptr_mut(key).and_then(|f| {
         let f = unsafe { &mut *f };
@@ -361,10 +449,9 @@ fn forward_inner(
             return None;
         }
         // Refresh at most once a second: fewer writes to a shared cache line. A fullnat
-        // flow checks its reply entry at the same pace (a lookup that also keeps the
-        // entry recent in the LRU), rather than on every packet.
+        // flow checks (and refreshes) its port's slot at the same pace.
         if now.wrapping_sub(f.seen_ns) > NS_PER_SEC {
-            if f.mode == MODE_FULLNAT && !reply_intact(f, &b, key) {
+            if f.mode == MODE_FULLNAT && !reply_intact(f, &b, key, now) {
                 return None;
             }
             f.seen_ns = now;
@@ -375,19 +462,52 @@ fn forward_inner(
     let (flow, backend) = match known {
         Some(kb) => kb,
         None => match schedule(ctx, svc, key, now) {
-            Err(r) => return (Verdict::Drop, r),
+            Err(r) => return Some((Verdict::Drop, r)),
+            Ok(_) if svc.mode == MODE_FULLNAT => return None,
             Ok(id) => match (XLB_BACKENDS.get(id), XLB_SCRATCH.get_ptr(0)) {
                 (Some(b), Some(s)) => (unsafe { &(*s).flow as *const Flow }, *b),
-                _ => return (Verdict::Drop, Reason::NoBackend),
+                _ => return Some((Verdict::Drop, Reason::NoBackend)),
             },
         },
     };
-    let flow = unsafe { &*flow };
+    Some(deliver(ctx, pkt, unsafe { &*flow }, &backend, new_flow, now))
+}
+
+/// A new fullnat flow, scheduled by forward (scratch.flow, for scratch.key): its
+/// source port is claimed, then its entry written and the packet sent.
+#[inline(never)]
+fn forward_fullnat(ctx: &XdpContext, pkt: &Packet, svc: &Service, now: u64) -> u32 {
+    let Some(scratch) = XLB_SCRATCH.get_ptr_mut(0) else {
+        return NONE;
+    };
+    let scratch = unsafe { &mut *scratch };
+    let Some(b) = XLB_BACKENDS.get(scratch.flow.backend) else {
+        return pack(Some((Verdict::Drop, Reason::NoBackend)));
+    };
+    let port = claim_port(svc, scratch.flow.backend, now);
+    if port == 0 {
+        return pack(Some((Verdict::Drop, Reason::NoPort)));
+    }
+    scratch.flow.nat_port = port as u16;
+    let _ = XLB_FLOWS.insert(&scratch.key, &scratch.flow, 0);
+    pack(Some(deliver(ctx, pkt, &scratch.flow, b, true, now)))
+}
+
+/// Sends a forward packet of `flow` to `backend` and counts it.
+#[inline(always)]
+fn deliver(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    flow: &Flow,
+    backend: &Backend,
+    new_flow: bool,
+    now: u64,
+) -> (Verdict, Reason) {
     if pkt.fragment {
-        remember_fragment(pkt, key.family, flow);
+        remember_fragment(pkt, pkt_family(pkt), flow);
     }
     let len = frame_len(ctx);
-    let out = send(ctx, pkt, flow, &backend, now);
+    let out = send(ctx, pkt, flow, backend, now);
     if out.1 == Reason::Balanced {
         count::backend(flow.backend, len, new_flow);
     }
@@ -441,8 +561,9 @@ fn send(ctx: &XdpContext, pkt: &Packet, f: &Flow, b: &Backend, now: u64) -> (Ver
     }
 }
 
-/// A new flow: the Maglev table picks the backend, and the flow (both directions for
-/// nat and fullnat) goes into the flow table; its forward entry is left in scratch.
+/// A new flow: the Maglev table picks the backend, and the flow goes into the flow table
+/// (with a reply entry for nat to a shared endpoint; a fullnat flow's entry is written
+/// once it has a port, by forward_fullnat); its forward entry is left in scratch.
 /// Returns the backend id.
 #[inline(always)]
 fn schedule(ctx: &XdpContext, svc: &Service, key: &FlowKey, now: u64) -> Result<u32, Reason> {
@@ -474,20 +595,17 @@ fn schedule(ctx: &XdpContext, svc: &Service, key: &FlowKey, now: u64) -> Result<
         client: Addr16([0; 4]),
     };
     let owned = svc.mode == MODE_NAT && b.flags & BACKEND_OWNS_ENDPOINT != 0;
-    if owned {
-        // Its replies find the flow through the forward entry (reply_by_forward): the
-        // client's MAC goes there, and no reply entry is written.
+    if svc.mode == MODE_FULLNAT || owned {
+        // Its replies find the flow through the forward entry (reply_by_port,
+        // reply_by_forward): the client's MAC goes there, and no reply entry is written.
         scratch.flow.mac = load::<[u8; 6]>(ctx, 6).unwrap_or([0; 6]);
-    } else if svc.mode == MODE_NAT || svc.mode == MODE_FULLNAT {
-        // The reply entry (written below for nat, by claim_port for fullnat).
+    } else if svc.mode == MODE_NAT {
         scratch.back = Flow {
             direction: FLOW_REPLY,
             mac: load::<[u8; 6]>(ctx, 6).unwrap_or([0; 6]),
             vport: key.dst_port,
             ..scratch.flow
         };
-    }
-    if svc.mode == MODE_NAT && !owned {
         scratch.reply = FlowKey {
             src: b.addr,
             dst: key.src,
@@ -499,59 +617,211 @@ fn schedule(ctx: &XdpContext, svc: &Service, key: &FlowKey, now: u64) -> Result<
         };
         let _ = XLB_FLOWS.insert(&scratch.reply, &scratch.back, 0);
     }
-    if svc.mode == MODE_FULLNAT {
-        scratch.flow.nat_port = claim_port(svc, b, key)?;
+    if svc.mode != MODE_FULLNAT {
+        let _ = XLB_FLOWS.insert(key, &scratch.flow, 0);
     }
-    let _ = XLB_FLOWS.insert(key, &scratch.flow, 0);
     Ok(id)
 }
 
-/// Claims a source port for a new fullnat flow: its reply entry is inserted only if no
-/// flow holds that (backend, port) pair yet, so two flows never share a port.
-///
-/// Ports come from a per-CPU cursor, one after another: a port comes round again only
-/// after every other port has been handed out on that CPU, so it goes to the flow that
-/// has had the longest to end (and whose reply entry the LRU evicts first). Ports drawn
-/// at random collide with the live flows' ports from the first claim on; each collision
-/// costs a whole failed insert. After one, the cursor jumps to a random port (another
-/// CPU's cursor, or a stretch of long-lived flows, may be just ahead).
+/// Claims a source port for a new fullnat flow (to backend `id`): the first candidate
+/// whose slot no live flow holds, so two flows never share a (backend, port) pair. If
+/// every candidate is held (the backends' ports are exhausted), the one whose flow has
+/// been quiet longest, if quiet for NAT_PORT_STEAL_TICKS (see NatPort::seen). The flow
+/// is scratch.key. Returns the port, 0 if none.
 #[inline(always)]
-fn claim_port(svc: &Service, b: &Backend, key: &FlowKey) -> Result<u16, Reason> {
-    let snat = XLB_SNAT.get(svc.id).ok_or(Reason::NoPort)?;
-    let scratch = unsafe { &mut *XLB_SCRATCH.get_ptr_mut(0).ok_or(Reason::NoPort)? };
-    scratch.back.nat_port = key.src_port;
-    scratch.back.client = key.src;
+fn claim_port(svc: &Service, id: u32, now: u64) -> u32 {
+    let (Some(snat), Some(b), Some(scratch)) = (
+        XLB_SNAT.get(svc.id),
+        XLB_BACKENDS.get(id),
+        XLB_SCRATCH.get_ptr_mut(0),
+    ) else {
+        return 0;
+    };
+    let scratch = unsafe { &mut *scratch };
+    let key = unsafe { &(*(scratch as *const Scratch)).key };
+    let idle = if key.proto == IPPROTO_TCP {
+        svc.tcp_idle_secs
+    } else {
+        svc.udp_idle_secs
+    };
+    // Seconds as ticks of 1.07 s: a slot older than this has outlived its flow.
+    let limit = idle.min(u16::MAX as u32 - 1) as u16;
+    let now_t = ticks(now);
     if scratch.nat_cursor == 0 {
         // The first claim on this CPU since the program was loaded: CPUs start apart.
         scratch.nat_cursor = unsafe { bpf_get_prandom_u32() } | 1;
     }
     let span = 65536 - FULLNAT_PORT_MIN as u32;
+    // The quietest held candidate (in scratch: the stack is full).
+    scratch.victim.age = 0;
+    // Flow-table lookups left (probe): with the ports exhausted every candidate would
+    // cost one, so later candidates recently refreshed count as held without one.
+    let mut lookups = FULLNAT_PORT_LOOKUPS;
     let mut i = 0;
     while i < FULLNAT_PORT_TRIES {
         let port = FULLNAT_PORT_MIN + (scratch.nat_cursor % span) as u16;
         scratch.reply = reply_key(b, key, snat, port);
-        if XLB_FLOWS
-            .insert(&scratch.reply, &scratch.back, BPF_NOEXIST)
-            .is_ok()
-        {
-            scratch.nat_cursor = scratch.nat_cursor.wrapping_add(1);
-            return Ok(port);
+        let slot = nat_slot(&scratch.reply);
+        let (word, held) = probe(slot, svc.id, limit, now_t, &mut lookups);
+        match held {
+            None => {
+                if take(slot, word, id, key, port, now_t) {
+                    scratch.nat_cursor = scratch.nat_cursor.wrapping_add(1);
+                    return port as u32;
+                }
+            }
+            Some(age) if age >= NAT_PORT_STEAL_TICKS && age > scratch.victim.age => {
+                scratch.victim = Victim {
+                    word,
+                    slot,
+                    port,
+                    age,
+                };
+            }
+            Some(_) => {}
         }
         scratch.nat_cursor = unsafe { bpf_get_prandom_u32() };
         i += 1;
     }
-    Err(Reason::NoPort)
+    let v = &scratch.victim;
+    if v.age != 0 && take(v.slot, v.word, id, key, v.port, now_t) {
+        return v.port as u32;
+    }
+    0
+}
+
+/// NatPort::seen's clock: ticks of 2^30 ns (1.07 s), wrapping at 16 bits (19.5 hours).
+#[inline(always)]
+fn ticks(now: u64) -> u16 {
+    (now >> 30) as u16
+}
+
+/// Reads slot `i` for a claim by a flow of service `svc` (idle timeout `limit` ticks):
+/// its claim word, and if a live flow holds it, how many ticks since that flow's last
+/// refresh (0 while another CPU is claiming it). Free: never claimed, its flow idle
+/// past `limit` (a flow of this service: it is rescheduled on its next packet), or its
+/// flow gone (slot_flow, while `lookups` last; after that the slot counts as held).
+#[inline(always)]
+fn probe(i: u32, svc: u32, limit: u16, now_t: u16, lookups: &mut u32) -> (u64, Option<u16>) {
+    let Some(slot) = XLB_NAT_PORTS.get_ptr_mut(i) else {
+        return (0, Some(0));
+    };
+    // A fetching atomic or of 0 (BPF_FETCH): the read is ordered before the reads of
+    // the slot's fields on every architecture, which an ordinary load is not.
+    let word = unsafe { atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*slot).claim, 0) };
+    if word == 0 {
+        return (word, None);
+    }
+    if word & NAT_PORT_BUSY != 0 {
+        return (word, Some(0));
+    }
+    let slot = unsafe { &*slot };
+    let age = now_t.wrapping_sub(slot.seen);
+    let same_service = XLB_BACKENDS
+        .get(word as u32)
+        .is_some_and(|b| b.service == svc);
+    if same_service && age > limit {
+        return (word, None);
+    }
+    if *lookups == 0 {
+        return (word, Some(age));
+    }
+    *lookups -= 1;
+    match slot_flow(slot, word as u32) {
+        None => (word, None),
+        Some(_) => (word, Some(age)),
+    }
+}
+
+/// Takes slot `i`, read as `old`, for flow `key` (to backend `id`, source port `port`).
+/// The claim word goes from `old` to BUSY and back by compare-and-swap: of two CPUs
+/// taking one slot only one succeeds, and a third sees BUSY (held) while the winner
+/// writes the rest.
+#[inline(always)]
+fn take(i: u32, old: u64, id: u32, key: &FlowKey, port: u16, now_t: u16) -> bool {
+    let Some(slot) = XLB_NAT_PORTS.get_ptr_mut(i) else {
+        return false;
+    };
+    // A new claim count (31 bits, wrapping), so the word differs from every value the
+    // slot held lately, even for the same backend.
+    let count = ((old >> 32) + 1) & 0x7fff_ffff;
+    let busy = count << 32 | NAT_PORT_BUSY | id as u64;
+    if !swap_claim(slot, old, busy) {
+        return false;
+    }
+    unsafe {
+        (*slot).client = key.src;
+        (*slot).client_port = key.src_port;
+        (*slot).vport = key.dst_port;
+        (*slot).nat_port = port;
+        (*slot).seen = now_t;
+        atomic_and::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*slot).claim, !NAT_PORT_BUSY);
+    }
+    true
 }
 
 /// A backend's reply in nat or fullnat mode: through the flow's forward entry if the
-/// backend owns its endpoint, else through the flow's reply entry.
+/// backend owns its endpoint (nat) or the reply's port slot holds the flow (fullnat),
+/// else through the flow's reply entry.
 #[inline(never)]
 fn reply(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, now: u64) -> u32 {
     let out = reply_by_forward(ctx, pkt, key);
     if out != NONE {
         return out;
     }
+    let out = reply_by_port(ctx, pkt, key);
+    if out != NONE {
+        return out;
+    }
     pack(reply_inner(ctx, pkt, key, now))
+}
+
+/// A fullnat reply: its tuple's slot (nat_slot) names the flow (slot_flow), whose
+/// backend and source address must be the reply's source and destination (backends
+/// may share a block of slots). NONE when any of it does not hold.
+#[inline(never)]
+fn reply_by_port(ctx: &XdpContext, pkt: &Packet, key: &FlowKey) -> u32 {
+    let Some(slot) = XLB_NAT_PORTS.get_ptr_mut(nat_slot(key)) else {
+        return NONE;
+    };
+    let claim = load_claim(slot);
+    let slot = unsafe { &*slot };
+    if claim == 0 || claim & NAT_PORT_BUSY != 0 || slot.nat_port != key.dst_port {
+        return NONE;
+    }
+    let Some((f, b)) = slot_flow(slot, claim as u32) else {
+        return NONE;
+    };
+    let Some(scratch) = XLB_SCRATCH.get_ptr_mut(0) else {
+        return NONE;
+    };
+    let bport = if b.port != 0 { b.port } else { slot.vport };
+    // scratch.reply holds the forward key slot_flow looked up: its protocol and family
+    // are the service's.
+    let (proto, family) = unsafe { ((*scratch).reply.proto, (*scratch).reply.family) };
+    if b.addr != key.src || bport != key.src_port || proto != key.proto || family != key.family
+    {
+        return NONE;
+    }
+    match XLB_SNAT.get(b.service) {
+        Some(snat) if *snat == key.dst => {}
+        _ => return NONE,
+    }
+    // Fields are written through the pointer: `key` borrows another field of scratch.
+    unsafe {
+        (*scratch).back = Flow {
+            direction: FLOW_REPLY,
+            vport: slot.vport,
+            nat_port: slot.client_port,
+            client: slot.client,
+            ..*f
+        };
+    }
+    let back = unsafe { &(*scratch).back };
+    if pkt.fragment {
+        remember_fragment(pkt, key.family, back);
+    }
+    pack(send_reply(ctx, pkt, back))
 }
 
 /// A nat reply from a backend that owns its endpoint (BACKEND_OWNS_ENDPOINT): the
@@ -676,4 +946,9 @@ fn send_reply(ctx: &XdpContext, pkt: &Packet, f: &Flow) -> Option<(Verdict, Reas
 #[inline(always)]
 fn pkt_v6(pkt: &Packet) -> bool {
     matches!(pkt.src, Addr::V6(_))
+}
+
+#[inline(always)]
+fn pkt_family(pkt: &Packet) -> u8 {
+    if pkt_v6(pkt) { FAMILY_V6 } else { FAMILY_V4 }
 }

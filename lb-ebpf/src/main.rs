@@ -6,6 +6,9 @@
 #![no_std]
 #![no_main]
 #![feature(asm_experimental_arch)]
+// BPF_CMPXCHG for fullnat port claims (see balance::swap_claim).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod balance;
 mod bounds;

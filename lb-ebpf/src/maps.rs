@@ -74,6 +74,10 @@ pub static XLB_FRAGS: LruHashMap<FragKey, Flow> = LruHashMap::with_max_entries(M
 #[map]
 pub static XLB_SNAT: Array<Addr16> = Array::with_max_entries(MAX_SERVICES, 0);
 
+/// fullnat source ports in use, claimed by compare-and-swap (see NatPort).
+#[map]
+pub static XLB_NAT_PORTS: Array<NatPort> = Array::with_max_entries(NAT_PORT_SLOTS, 0);
+
 /// Next hops per backend (see HOP_CACHE_NS). Shared: a race only costs a lookup.
 #[map]
 pub static XLB_HOPS: Array<HopCache> = Array::with_max_entries(MAX_BACKENDS, 0);
@@ -113,6 +117,16 @@ pub struct Scratch {
     /// The next fullnat source port to try on this CPU (balance::claim_port), offset
     /// from FULLNAT_PORT_MIN; 0 before the first claim.
     pub nat_cursor: u32,
+    pub victim: Victim,
+}
+
+/// A new fullnat flow's fallback port while it tries others (balance::claim_port).
+#[repr(C)]
+pub struct Victim {
+    pub word: u64,
+    pub slot: u32,
+    pub port: u16,
+    pub age: u16,
 }
 
 #[map]

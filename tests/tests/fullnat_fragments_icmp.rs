@@ -6,7 +6,7 @@
 use std::{collections::HashSet, net::IpAddr};
 
 use lb_common::{Reason, Verdict};
-use xlb::services::Mode;
+use xlb::{control::Request, services::Mode};
 use xlb_tests::{
     fixture::{
         BACKEND_MACS, CLIENT_MAC, Lb, XDP_PASS, XDP_TX, backend_index, dst_ip, ports, setup, src_ip,
@@ -176,6 +176,13 @@ fn fullnat_ports_never_collide() {
         );
         cport += 1;
     }
+    // One flow-table entry per fullnat flow: its replies find it through its port's slot.
+    let stats = lb.fx.req(Request::Stats);
+    assert_eq!(
+        (&stats["flows"]["forward"], &stats["flows"]["reply"]),
+        (&serde_json::json!(flows), &serde_json::json!(0)),
+        "flow-table entries"
+    );
 }
 
 #[test]
