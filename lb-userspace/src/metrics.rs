@@ -731,7 +731,7 @@ impl Snapshot {
             .set(self.flows.reply as i64);
         reg.register(
             "flow_entries",
-            "Entries in the flow table (LRU), by direction (fullnat flows have both, nat flows when their backend's endpoint is shared with another service)",
+            "Entries in the flow table (LRU), by direction (nat flows have both when their backend's endpoint is shared with another service)",
             flows,
         );
         let cap = Gauge::<i64>::default();
