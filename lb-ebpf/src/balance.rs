@@ -177,12 +177,12 @@ fn frag_key(pkt: &Packet, family: u8, src: &Addr16, dst: &Addr16) -> FragKey {
 
 /// A first fragment: later fragments of its datagram will follow `flow`.
 #[inline(always)]
-fn remember_fragment(pkt: &Packet, family: u8, flow: &Flow) {
+fn remember_fragment(pkt: &Packet, flow: &Flow) {
     let Some(scratch) = XLB_SCRATCH.get_ptr_mut(0) else {
         return;
     };
     let scratch = unsafe { &mut *scratch };
-    let Some((_, src, dst)) = addrs(pkt) else {
+    let Some((family, src, dst)) = addrs(pkt) else {
         return;
     };
     scratch.frag = frag_key(pkt, family, &src, &dst);
@@ -504,7 +504,7 @@ fn deliver(
     now: u64,
 ) -> (Verdict, Reason) {
     if pkt.fragment {
-        remember_fragment(pkt, pkt_family(pkt), flow);
+        remember_fragment(pkt, flow);
     }
     let len = frame_len(ctx);
     let out = send(ctx, pkt, flow, backend, now);
@@ -819,7 +819,7 @@ fn reply_by_port(ctx: &XdpContext, pkt: &Packet, key: &FlowKey) -> u32 {
     }
     let back = unsafe { &(*scratch).back };
     if pkt.fragment {
-        remember_fragment(pkt, key.family, back);
+        remember_fragment(pkt, back);
     }
     pack(send_reply(ctx, pkt, back))
 }
@@ -884,7 +884,7 @@ fn reply_by_forward(ctx: &XdpContext, pkt: &Packet, key: &FlowKey) -> u32 {
     }
     let back = unsafe { &(*scratch).back };
     if pkt.fragment {
-        remember_fragment(pkt, key.family, back);
+        remember_fragment(pkt, back);
     }
     pack(send_reply(ctx, pkt, back))
 }
@@ -910,7 +910,7 @@ fn reply_inner(
         f.seen_ns = now;
     }
     if pkt.fragment {
-        remember_fragment(pkt, key.family, f);
+        remember_fragment(pkt, f);
     }
     send_reply(ctx, pkt, f)
 }
@@ -946,9 +946,4 @@ fn send_reply(ctx: &XdpContext, pkt: &Packet, f: &Flow) -> Option<(Verdict, Reas
 #[inline(always)]
 fn pkt_v6(pkt: &Packet) -> bool {
     matches!(pkt.src, Addr::V6(_))
-}
-
-#[inline(always)]
-fn pkt_family(pkt: &Packet) -> u8 {
-    if pkt_v6(pkt) { FAMILY_V6 } else { FAMILY_V4 }
 }
