@@ -628,6 +628,12 @@ fn schedule(ctx: &XdpContext, svc: &Service, key: &FlowKey, now: u64) -> Result<
 /// every candidate is held (the backends' ports are exhausted), the one whose flow has
 /// been quiet longest, if quiet for NAT_PORT_STEAL_TICKS (see NatPort::seen). The flow
 /// is scratch.key. Returns the port, 0 if none.
+///
+/// Ports come from a per-CPU cursor, one after another: a port comes round again only
+/// after every other port has been handed out on that CPU, so it goes to the flow that
+/// has had the longest to end, and a block's slots are written in order (nat_slot).
+/// After a held port the cursor jumps to a random one (another CPU's cursor, or a
+/// stretch of long-lived flows, may be just ahead).
 #[inline(always)]
 fn claim_port(svc: &Service, id: u32, now: u64) -> u32 {
     let (Some(snat), Some(b), Some(scratch)) = (
