@@ -20,12 +20,13 @@ use aya::{
 use clap::Parser;
 use serde_json::json;
 use xlb::{
-    control::Request,
-    datapath::Datapath,
-    maglev::{self, Member},
-    metrics::{Metrics, Snapshot, to_text_format},
-    rules::Action,
-    services::Mode,
+    api::Request,
+    kernel::{
+        Datapath,
+        maglev::{self, Member},
+    },
+    metrics::{Metrics, Snapshot, http::to_text_format},
+    model::{rules::Action, services::Mode},
 };
 use xlb_tests::{
     fixture::{CLIENT_MAC, Fixture, LbNet},
@@ -69,7 +70,8 @@ struct Bench {
 
 impl Bench {
     fn load(repeat: u32) -> Result<Self> {
-        let mut ebpf = Ebpf::load(xlb::object::BENCH).context("loading the bench object")?;
+        let mut ebpf =
+            Ebpf::load(xlb::kernel::object::BENCH).context("loading the bench object")?;
         for name in ["bench_floor", "bench_lpm", "bench_entry"] {
             let p: &mut Xdp = ebpf
                 .program_mut(name)
@@ -246,7 +248,7 @@ struct MonitoringRows {
 
 /// A scrape as `xlb run` serves it: the kernel read, the encoding, the text format.
 fn scrape_once(edge: &xlb::daemon::Edge, m: &Metrics) -> Result<usize> {
-    let snap = Snapshot::read(edge)?;
+    let snap = Snapshot::read(&edge.dp, &edge.rules)?;
     Ok(to_text_format(&m.render(&snap)).len())
 }
 
@@ -319,7 +321,7 @@ fn monitoring(
     bench.ifindex = 0;
     bench.set_frame(Pkt::tcp("192.0.2.10", "198.51.100.1", 40000, 80).build())?;
     let nolog = xlb::daemon::Edge::new(
-        Datapath::load_object(xlb::object::XLB_NOLOG, None)?,
+        Datapath::load_object(xlb::kernel::object::XLB_NOLOG, None)?,
         Default::default(),
         None,
         std::time::Duration::ZERO,
@@ -358,13 +360,13 @@ fn monitoring(
     // flow table, and the per-CPU counters of 10,000 backend ids in one batch walk),
     // the encoding and the text format. (The Maglev pool holds about 127 services of
     // the default table size, so the services themselves are not installed.)
-    use xlb::balancer::stats::{BackendTraffic, ServiceTraffic};
+    use xlb::kernel::balancer::stats::{BackendTraffic, ServiceTraffic};
     let (services, per) = (1000u32, 10u32);
     let mut times = Vec::new();
     let mut sizes = (0, 0);
     for _ in 0..5 {
         let t = Instant::now();
-        let mut snap = Snapshot::read(&fx.edge)?;
+        let mut snap = Snapshot::read(&fx.edge.dp, &fx.edge.rules)?;
         let counters = fx
             .edge
             .dp
