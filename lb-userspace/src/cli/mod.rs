@@ -92,7 +92,7 @@ pub enum Command {
     /// proxying; no XDP, no root needed unless a port below 1024 is bound). SIGHUP
     /// re-reads the file.
     Proxy {
-        /// The https service's configuration (TOML, see the README).
+        /// The https service's configuration (TOML, see docs/https.md).
         #[arg(long)]
         config: PathBuf,
         /// Check the file and everything it names (certificates, keys, CAs), then exit.
