@@ -53,6 +53,26 @@ pub struct RuleView {
     pub matches: String,
     pub action: Action,
     pub hits: u64,
+    /// Where the rule comes from: the configuration file, or a CLI change (which a
+    /// `reload --reset` drops).
+    pub source: Source,
+}
+
+/// Where a rule comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    File,
+    Cli,
+}
+
+/// `stats reset`: the counters are zero again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountersReset {
+    /// Rule hit counters zeroed.
+    pub rules: usize,
+    /// Backends whose counters were zeroed.
+    pub backends: usize,
 }
 
 /// `vip list`, `backend list` and the services of `status`.
@@ -363,6 +383,7 @@ pub enum Reply {
     Status(Box<Status>),
     Reloaded(Box<Reloaded>),
     Stopping(Stopping),
+    CountersReset(CountersReset),
 }
 
 /// The names the JSON gives them (padded like strings, so widths apply).
@@ -387,6 +408,7 @@ display_as_serde_name!(BackendState {
     Draining => "draining",
 });
 display_as_serde_name!(OnStop { Keep => "keep", Detach => "detach" });
+display_as_serde_name!(Source { File => "file", Cli => "cli" });
 display_as_serde_name!(HttpsChanged {
     Unchanged => "unchanged",
     Reloaded => "reloaded",

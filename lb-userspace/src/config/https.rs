@@ -268,8 +268,7 @@ impl HttpsConfig {
     /// Reads, parses, resolves relative paths against the file's directory and
     /// validates.
     pub fn load(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = super::files::read_text(path)?;
         let mut cfg = Self::from_toml(&text).with_context(|| format!("{}", path.display()))?;
         cfg.resolve_paths(path.parent().unwrap_or(Path::new(".")));
         cfg.validate()

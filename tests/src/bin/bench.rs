@@ -488,6 +488,7 @@ fn xdp(args: &Args) -> Result<serde_json::Value> {
         fx.req(Request::Load {
             action: Action::Deny,
             text,
+            replace: false,
         });
         let load = t.elapsed();
         let _ = std::fs::remove_file(&state);
