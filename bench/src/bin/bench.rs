@@ -2,8 +2,8 @@
 //! BPF_PROG_TEST_RUN. Every row runs `bench_entry`, which writes the source address
 //! (fixed, or random per packet) and tail-calls the program under test, so the entry's
 //! own cost is the same in every row and cancels in the differences. `--only https`
-//! runs the https comparison (https_bench.rs), `--only daemon` a real `xlb run` in
-//! namespaces (daemon_bench.rs).
+//! runs the https comparison (https.rs), `--only daemon` a real `xlb run` in
+//! namespaces (daemon.rs).
 
 use std::{
     path::PathBuf,
@@ -27,10 +27,10 @@ use xlb::{
     rules::Action,
     services::Mode,
 };
+use xlb_bench::prefixes;
 use xlb_tests::{
     fixture::{CLIENT_MAC, Fixture, LbNet},
     packet::Pkt,
-    prefixes,
 };
 
 #[derive(Parser)]
@@ -429,15 +429,14 @@ fn main() -> Result<()> {
         out.insert("xdp".into(), xdp(&args)?);
     }
     if part(Part::Https) {
-        let https = xlb_tests::https_bench::run(&xlb_tests::https_bench::Options {
+        let https = xlb_bench::https::run(&xlb_bench::https::Options {
             quick: args.quick,
             testssl: !args.quick,
         })?;
         out.insert("https".into(), https);
     }
     if part(Part::Daemon) {
-        let daemon =
-            xlb_tests::daemon_bench::run(&xlb_tests::daemon_bench::Options { quick: args.quick })?;
+        let daemon = xlb_bench::daemon::run(&xlb_bench::daemon::Options { quick: args.quick })?;
         out.insert("daemon".into(), daemon);
     }
     if let Some(dir) = args.out.parent() {

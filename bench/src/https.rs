@@ -24,7 +24,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::{
+use xlb_tests::{
     netns::{Netns, TestDir, enter, in_ns},
     tls::{Pki, date_in},
 };

@@ -27,9 +27,9 @@
 //!   connection is printed as information only (too noisy on 2 shared vCPUs).
 //! - TLS termination: xlb's https proxy beside nginx (new handshakes per second,
 //!   keep-alive requests per second over HTTP/1.1 and h2, p99), the comparison of
-//!   `cargo xtask bench --only https` (https_bench.rs), without testssl.sh.
+//!   `cargo xtask bench --only https` (bench/src/https.rs), without testssl.sh.
 //!
-//! The peers' configurations are in tests/peers/.
+//! The peers' configurations are in bench/peers/.
 
 use std::time::{Duration, Instant};
 
@@ -37,9 +37,11 @@ use anyhow::{Context, Result, bail};
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
 use clap::Parser;
 use serde_json::json;
-use xlb_tests::{
-    https_bench,
+use xlb_bench::{
+    https,
     machine::{Machine, process_cpu_ticks, ticks_per_sec},
+};
+use xlb_tests::{
     netns::{Daemon, Netns, NsServer, Spawned, cleanup_stale, fill, http_get, in_ns, wait_until},
     packet::Pkt,
     topology::{Backends, Topology, attach_bench_xdp, backend_v4},
@@ -882,7 +884,7 @@ fn xlb_service(t: &Topology, mode: &str, proto: &str, port: u16) -> Result<Daemo
 }
 
 /// nftables on the edge: DNAT of `proto` `port` of the VIP to the three backends
-/// (`rules`: tests/peers/balancer.nft, or balancer-fullnat.nft with SNAT too).
+/// (`rules`: bench/peers/balancer.nft, or balancer-fullnat.nft with SNAT too).
 fn nft_balancer(t: &Topology, rules: &str, proto: &str, port: u16) -> Result<()> {
     let b: Vec<String> = (0..3).map(backend_v4).collect();
     let file = t.dir.path.join("balancer.nft");
@@ -1695,7 +1697,7 @@ fn main() -> Result<()> {
     // TLS termination: the https bench's comparison, printed as it runs.
     let tls = if args.only.is_none_or(|p| p == Part::Tls) {
         eprintln!("tls: xlb https proxy vs nginx ...");
-        https_bench::run(&https_bench::Options {
+        https::run(&https::Options {
             quick: args.quick,
             testssl: false,
         })

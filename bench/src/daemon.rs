@@ -19,11 +19,12 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use xlb::{control::Request, rules::Action};
 
-use crate::{
+use xlb_tests::{
     netns::{Daemon, Spawned, xlb_bin},
-    prefixes,
     topology::{Backends, Topology, backend_v4},
 };
+
+use crate::prefixes;
 
 pub struct Options {
     pub quick: bool,

@@ -1,0 +1,7 @@
+//! xlb's benchmarks, beside the test harness (`xlb-tests`) they run on: the https
+//! comparison with nginx, the daemon's own figures, and what both binaries share (the
+//! machine's description, deterministic prefix sets).
+pub mod daemon;
+pub mod https;
+pub mod machine;
+pub mod prefixes;
