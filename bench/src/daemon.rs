@@ -24,7 +24,7 @@ use xlb_tests::{
     topology::{Backends, Topology, backend_v4},
 };
 
-use crate::prefixes;
+use crate::{nginx::NginxBackends, prefixes};
 
 pub struct Options {
     pub quick: bool,

@@ -40,6 +40,7 @@ use serde_json::json;
 use xlb_bench::{
     https,
     machine::{Machine, process_cpu_ticks, ticks_per_sec},
+    nginx::NginxBackends,
 };
 use xlb_tests::{
     netns::{Daemon, Netns, NsServer, Spawned, cleanup_stale, fill, http_get, in_ns, wait_until},
