@@ -27,7 +27,7 @@
 //!   connection is printed as information only (too noisy on 2 shared vCPUs).
 //! - TLS termination: xlb's https proxy beside nginx (new handshakes per second,
 //!   keep-alive requests per second over HTTP/1.1 and h2, p99), the comparison of
-//!   `cargo xtask bench --only https` (bench/src/https.rs), without testssl.sh.
+//!   `cargo xtask bench --only https` (`xlb_bench::https`), without testssl.sh.
 //!
 //! The peers' configurations are in bench/peers/.
 //!
