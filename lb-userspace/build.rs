@@ -1,6 +1,6 @@
 //! Builds the kernel crate (../lb-ebpf) for bpfel-unknown-none with Debian's rustc and
-//! bpf-linker (installed by `cargo xtask setup`, see ../shared TOOLCHAIN notes in the
-//! README), then hands the objects to `src/object.rs` through OUT_DIR.
+//! bpf-linker (installed by `cargo xtask setup`, see docs/install.md), then hands the
+//! objects to `src/kernel/object.rs` through OUT_DIR.
 //!
 //! aya's own `aya-build` runs `rustup run nightly ... -Z build-std`, which cannot work on
 //! machines without rust-src; Debian ships a precompiled `core` for the BPF targets.

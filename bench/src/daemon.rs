@@ -4,7 +4,7 @@
 //! - health-check detection: a backend's server process is killed (SIGKILL) and the
 //!   control socket is polled every 10 ms until the daemon reports the backend down;
 //! - a change's round trip (`fw deny` and `fw del` of a /32, alternately), as one raw
-//!   control-socket request (the library's client, `xlb::control::call`) and as a whole
+//!   control-socket request (the library's client, `xlb::api::call_raw`) and as a whole
 //!   `xlb` CLI process;
 //! - a bulk load of 100,000 distinct prefixes through `xlb fw load FILE`, end to end.
 //!
@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
-use xlb::{control::Request, rules::Action};
+use xlb::{api::Request, model::rules::Action};
 
 use xlb_tests::{
     netns::{Daemon, Spawned, xlb_bin},
@@ -74,7 +74,7 @@ fn verdict(met: bool) -> &'static str {
 
 /// Backend `i` as the daemon reports it (state, health with its check count).
 fn backend(socket: &Path, i: usize) -> Result<Value> {
-    let mut v = xlb::control::call(socket, &Request::VipList)?;
+    let mut v = xlb::api::call_raw(socket, &Request::VipList)?;
     let want = format!("{}:80", backend_v4(i));
     let list = v["services"][0]["backends"].take();
     list.as_array()
@@ -191,7 +191,7 @@ fn round_trips(xlb: &Daemon, dir: &Path, n: usize) -> Result<RoundTrips> {
                 targets: targets.to_vec(),
             }
         };
-        xlb::control::call(&xlb.socket, &req).map(drop)
+        xlb::api::call_raw(&xlb.socket, &req).map(drop)
     })?;
     let cli = changes(n, limit, |targets, deny| {
         let mut args = vec!["fw", if deny { "deny" } else { "del" }];
@@ -203,8 +203,8 @@ fn round_trips(xlb: &Daemon, dir: &Path, n: usize) -> Result<RoundTrips> {
         Ok(())
     })?;
     let path = dir.join("state-write-alone");
-    let empty = xlb::state::Stored::default();
-    let state_write = changes(n, limit, |_, _| xlb::state::save(&path, &empty.as_state()))?;
+    let empty = xlb::model::desired::Desired::default();
+    let state_write = changes(n, limit, |_, _| xlb::store::save(&path, &empty.borrowed()))?;
     Ok(RoundTrips {
         socket: sorted(socket),
         cli: sorted(cli),
@@ -218,7 +218,7 @@ fn bulk(xlb: &Daemon, file: &Path, runs: usize) -> Result<(Vec<f64>, String)> {
     let mut secs = Vec::new();
     let mut said = String::new();
     for _ in 0..runs {
-        xlb::control::call(&xlb.socket, &Request::Flush)?;
+        xlb::api::call_raw(&xlb.socket, &Request::Flush)?;
         let t = Instant::now();
         let out = xlb.cli(&["fw", "load", file.to_str().context("a UTF-8 path")?]);
         secs.push(t.elapsed().as_secs_f64());
@@ -226,7 +226,7 @@ fn bulk(xlb: &Daemon, file: &Path, runs: usize) -> Result<(Vec<f64>, String)> {
             bail!("xlb fw load: {}", String::from_utf8_lossy(&out.stderr));
         }
         said = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let stats = xlb::control::call(&xlb.socket, &Request::Stats)?;
+        let stats = xlb::api::call_raw(&xlb.socket, &Request::Stats)?;
         let rules = stats["rules"].as_u64().unwrap_or(0);
         if rules != (BULK_V4 + BULK_V6) as u64 {
             bail!(

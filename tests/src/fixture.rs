@@ -9,11 +9,11 @@ use crate::packet::Pkt;
 
 use lb_common::{Counter, Reason, Verdict};
 use xlb::{
-    control::Request,
+    api::Request,
     daemon::Edge,
-    datapath::Datapath,
-    rules::{Action, Rule},
-    services::Mode,
+    kernel::Datapath,
+    model::{rules::Action, services::Mode},
+    store::lines::parse_rule,
 };
 
 pub struct Fixture {
@@ -53,15 +53,14 @@ impl Fixture {
                     action: a.parse().unwrap(),
                 },
                 _ => {
-                    let (m, action) =
-                        Rule::parse_line(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+                    let (m, action) = parse_rule(line).unwrap_or_else(|e| panic!("{line}: {e}"));
                     let target = vec![m.to_string()];
                     match m {
-                        xlb::rules::Match::Prefix(_) => Request::Prefix {
+                        xlb::model::rules::Match::Prefix(_) => Request::Prefix {
                             action,
                             targets: target,
                         },
-                        xlb::rules::Match::Port(_) => Request::Port {
+                        xlb::model::rules::Match::Port(_) => Request::Port {
                             action,
                             targets: target,
                         },
@@ -103,7 +102,7 @@ impl Fixture {
         self.edge
             .rules
             .rules()
-            .map(|r| self.edge.dp.rule_hits(r.id).unwrap())
+            .map(|r| self.edge.dp.fw.rule_hits(r.id).unwrap())
             .sum()
     }
 }

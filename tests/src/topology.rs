@@ -54,7 +54,8 @@ pub fn backend_v6(i: usize) -> String {
 pub fn attach_bench_xdp(ns: &Netns, iface: &str, prog: &str) -> Result<aya::Ebpf> {
     let (iface, name) = (iface.to_string(), prog.to_string());
     in_ns(ns, move || -> Result<aya::Ebpf> {
-        let mut obj = aya::Ebpf::load(xlb::object::BENCH).context("loading the bench object")?;
+        let mut obj =
+            aya::Ebpf::load(xlb::kernel::object::BENCH).context("loading the bench object")?;
         let prog: &mut aya::programs::Xdp = obj
             .program_mut(&name)
             .with_context(|| format!("no program {name} in the bench object"))?

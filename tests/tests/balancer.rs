@@ -5,8 +5,8 @@
 
 use std::net::IpAddr;
 
-use xlb::control::Request;
-use xlb::services::Mode;
+use xlb::api::Request;
+use xlb::model::services::Mode;
 use xlb_tests::{
     fixture::{
         BACKEND_MACS, CLIENT_MAC, XDP_DROP, XDP_PASS, XDP_TX, backend_index, dst_ip, ports, setup,

@@ -6,7 +6,7 @@
 use std::{collections::HashSet, net::IpAddr};
 
 use lb_common::{Reason, Verdict};
-use xlb::{control::Request, services::Mode};
+use xlb::{api::Request, model::services::Mode};
 use xlb_tests::{
     fixture::{
         BACKEND_MACS, CLIENT_MAC, Lb, XDP_PASS, XDP_TX, backend_index, dst_ip, ports, setup, src_ip,

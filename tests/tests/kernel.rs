@@ -608,7 +608,7 @@ fn precedence() {
 /// Adding and removing overlapping prefixes repaints the IPv4 table correctly.
 #[test]
 fn ipv4_table_repaints_on_removal() {
-    use xlb::control::Request;
+    use xlb::api::Request;
     let mut fx = Fixture::new();
     let frame = Pkt::tcp(C4, S4, 1, 80).build();
     let verdict = |fx: &Fixture| fx.run(&frame).0;
@@ -646,7 +646,7 @@ fn ipv4_table_repaints_on_removal() {
 /// slot is reused, and every length is found (longest first).
 #[test]
 fn long_ipv4_prefixes_add_remove_reuse() {
-    use xlb::control::Request;
+    use xlb::api::Request;
     let mut fx = Fixture::new();
     // 4096 hosts in 16 /24s, plus one prefix of every length 25..=32 in 192.0.2.0/24.
     let hosts: Vec<String> = (0..4096u32)
@@ -705,14 +705,14 @@ fn long_ipv4_prefixes_add_remove_reuse() {
     }
 }
 
-fn lb_common_deny() -> xlb::rules::Action {
-    xlb::rules::Action::Deny
+fn lb_common_deny() -> xlb::model::rules::Action {
+    xlb::model::rules::Action::Deny
 }
 
 /// Scale: a million IPv4 and a million IPv6 prefixes load, and are looked up.
 #[test]
 fn a_million_ipv4_and_a_million_ipv6_prefixes_load() {
-    use xlb::control::Request;
+    use xlb::api::Request;
     let mut fx = Fixture::new();
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = move || {
@@ -765,7 +765,7 @@ fn a_million_ipv4_and_a_million_ipv6_prefixes_load() {
 /// first batch of 65536 ids too.
 #[test]
 fn batched_hit_counters_match() {
-    use xlb::control::Request;
+    use xlb::api::Request;
     let mut fx = Fixture::new();
     let text: String = (0..70_000u32)
         .map(|i| format!("{}\n", std::net::Ipv4Addr::from(0x0a00_0000 + i * 256)))
@@ -780,11 +780,11 @@ fn batched_hit_counters_match() {
     }
     assert_eq!(fx.run(&Pkt::tcp("10.0.0.0", S4, 1, 80).build()).0, XDP_DROP);
     let last = fx.edge.rules.rules().map(|r| r.id).max().unwrap();
-    let all = fx.edge.dp.all_rule_hits(last + 1).unwrap();
+    let all = fx.edge.dp.fw.all_rule_hits(last + 1).unwrap();
     for r in fx.edge.rules.rules() {
         assert_eq!(
             all[r.id as usize],
-            fx.edge.dp.rule_hits(r.id).unwrap(),
+            fx.edge.dp.fw.rule_hits(r.id).unwrap(),
             "rule {}",
             r.id
         );

@@ -186,7 +186,7 @@ fn restarts_an_upgrade_and_a_crash_lose_no_request() {
 
     // An upgrade: another build of the program (without the kernel log calls).
     let next = t.dir.path.join("xlb-next.o");
-    std::fs::write(&next, xlb::object::XLB_NOLOG).unwrap();
+    std::fs::write(&next, xlb::kernel::object::XLB_NOLOG).unwrap();
     client.wait(client.done() + 200);
     xlb = hand_over(
         &t,

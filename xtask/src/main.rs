@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
-/// Debian packages the build needs (see TOOLCHAIN notes in the README).
+/// Debian packages the build needs (see docs/install.md).
 const BUILD_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",

@@ -72,7 +72,7 @@ impl Server {
         full.extend_from_slice(args);
         let child = ns
             .cmd(&full)
-            .env("XLB_LOG", "warn,xlb::tls=info")
+            .env("XLB_LOG", "warn,xlb::https=info")
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use serde_json::json;
-use xlb::maglev::{self, Member};
+use xlb::kernel::maglev::{self, Member};
 
 /// A Maglev table builder: (backends, M) -> slot -> backend index.
 type Fill = fn(&[Member], u32) -> Vec<Option<u32>>;

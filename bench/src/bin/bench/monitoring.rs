@@ -11,10 +11,10 @@ use anyhow::Result;
 use aya::programs::ProgramFd;
 use serde_json::json;
 use xlb::{
-    control::Request,
-    datapath::Datapath,
-    metrics::{Metrics, Snapshot, to_text_format},
-    services::Mode,
+    api::Request,
+    kernel::Datapath,
+    metrics::{Metrics, Snapshot, http::to_text_format},
+    model::services::Mode,
 };
 use xlb_tests::{
     fixture::{CLIENT_MAC, Fixture, LbNet},
@@ -31,7 +31,7 @@ pub struct MonitoringRows {
 
 /// A scrape as `xlb run` serves it: the kernel read, the encoding, the text format.
 fn scrape_once(edge: &xlb::daemon::Edge, m: &Metrics) -> Result<usize> {
-    let snap = Snapshot::read(edge)?;
+    let snap = Snapshot::read(&edge.dp, &edge.rules)?;
     Ok(to_text_format(&m.render(&snap)).len())
 }
 
@@ -145,7 +145,7 @@ fn kernel_log(
     bench.ifindex = 0;
     bench.set_frame(Pkt::tcp("192.0.2.10", "198.51.100.1", 40000, 80).build())?;
     let nolog = xlb::daemon::Edge::new(
-        Datapath::load_object(xlb::object::XLB_NOLOG, None)?,
+        Datapath::load_object(xlb::kernel::object::XLB_NOLOG, None)?,
         Default::default(),
         None,
         std::time::Duration::ZERO,
@@ -193,13 +193,13 @@ fn big_scrape(
     // flow table, and the per-CPU counters of 10,000 backend ids in one batch walk),
     // the encoding and the text format. (The Maglev pool holds about 127 services of
     // the default table size, so the services themselves are not installed.)
-    use xlb::balancer::stats::{BackendTraffic, ServiceTraffic};
+    use xlb::kernel::balancer::stats::{BackendTraffic, ServiceTraffic};
     let (services, per) = (1000u32, 10u32);
     let mut times = Vec::new();
     let mut sizes = (0, 0);
     for _ in 0..5 {
         let t = Instant::now();
-        let mut snap = Snapshot::read(&fx.edge)?;
+        let mut snap = Snapshot::read(&fx.edge.dp, &fx.edge.rules)?;
         let counters = fx
             .edge
             .dp

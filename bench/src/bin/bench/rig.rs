@@ -21,7 +21,8 @@ pub struct Bench {
 
 impl Bench {
     pub fn load(repeat: u32) -> Result<Self> {
-        let mut ebpf = Ebpf::load(xlb::object::BENCH).context("loading the bench object")?;
+        let mut ebpf =
+            Ebpf::load(xlb::kernel::object::BENCH).context("loading the bench object")?;
         for name in ["bench_floor", "bench_lpm", "bench_entry"] {
             let p: &mut Xdp = ebpf
                 .program_mut(name)

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Result;
 use aya::programs::ProgramFd;
 use serde_json::{Value, json};
-use xlb::{control::Request, rules::Action, services::Mode};
+use xlb::{api::Request, model::rules::Action, model::services::Mode};
 use xlb_bench::prefixes;
 use xlb_tests::{
     fixture::{CLIENT_MAC, Fixture, LbNet},

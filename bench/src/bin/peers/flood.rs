@@ -88,7 +88,8 @@ pub fn flood(
         pin()?;
         // SAFETY: gettid has no preconditions.
         let me = unsafe { libc::gettid() };
-        let mut obj = aya::Ebpf::load(xlb::object::BENCH).context("loading the bench object")?;
+        let mut obj =
+            aya::Ebpf::load(xlb::kernel::object::BENCH).context("loading the bench object")?;
         let name = match ports {
             Some((first, count)) => {
                 let mut flows: aya::maps::Array<_, u32> = obj

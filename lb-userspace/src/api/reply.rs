@@ -1,0 +1,418 @@
+//! The daemon's replies, one type per kind of request: the daemon builds them and the
+//! CLI prints them, so a field renamed on one side is a compile error on the other. On
+//! the wire each is the `data` of a [`Response`](super::client::Response), as JSON
+//! (`--json` prints it as it came).
+
+use std::{collections::BTreeMap, fmt};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::plan::ServicesDiff,
+    kernel::Adoption,
+    model::{health_check::HealthCheck, interface::AttachMode, rules::Action, services::Mode},
+};
+
+/// What a rule change did (`fw allow|deny|port|except|del|load|flush`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleChanges {
+    pub added: usize,
+    pub updated: usize,
+    pub removed: usize,
+    /// Rules in the set afterwards.
+    pub rules: usize,
+}
+
+/// A policy set (`fw default`, `fw malformed`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicySet {
+    pub policy: Action,
+}
+
+/// A change of the services or their backends (`vip ...`, `backend ...`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicesChanged {
+    /// Services afterwards.
+    pub services: usize,
+}
+
+/// `fw list`: the policies and every rule with its hits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleList {
+    pub default: Action,
+    pub malformed: Action,
+    pub rules: Vec<RuleView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleView {
+    pub id: u32,
+    /// `prefix`, `port`, `except-prefix` or `except-port`.
+    pub kind: String,
+    #[serde(rename = "match")]
+    pub matches: String,
+    pub action: Action,
+    pub hits: u64,
+}
+
+/// `vip list`, `backend list` and the services of `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceList {
+    pub services: Vec<ServiceView>,
+}
+
+/// How a service picks backends for a client's flows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Affinity {
+    /// Each flow on its own (the 5-tuple hash).
+    None,
+    /// Every flow of a client to the same backend.
+    Source,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub service: String,
+    pub mode: Mode,
+    pub affinity: Affinity,
+    pub echo: bool,
+    /// Idle timeouts in seconds.
+    pub tcp_idle: u32,
+    pub udp_idle: u32,
+    pub snat: Option<String>,
+    /// The check in use: the configuration file's, else the one set with the CLI.
+    pub health_check: Option<HealthCheck>,
+    pub backends: Vec<BackendView>,
+}
+
+/// A backend as the operator sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendState {
+    /// Not health-checked: it takes flows by its weight.
+    Unchecked,
+    Up,
+    Down,
+    /// Drained by the operator (`xlb backend drain`): no new flows.
+    Drained,
+    /// Removed from its service, keeping its established flows a while.
+    Draining,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendView {
+    pub backend: String,
+    pub weight: u32,
+    /// The weight the kernel has (0: no new flows).
+    pub effective_weight: u32,
+    pub backup: bool,
+    pub state: BackendState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthReport>,
+    /// Draining backends: seconds until it leaves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_left_secs: Option<u64>,
+}
+
+/// A checked backend's health.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthReport {
+    pub up: bool,
+    pub checks: u64,
+    pub since_unix: u64,
+    pub last_unix: Option<u64>,
+    /// What the last check saw, or why it failed.
+    pub last: Option<String>,
+    pub last_ok: Option<bool>,
+}
+
+/// `stats`: counters by verdict and reason, per service and backend, the flow table.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// By verdict name (`pass`, `drop`, `tx`, `redirect`).
+    pub verdicts: BTreeMap<String, Count>,
+    pub reasons: Vec<ReasonCount>,
+    pub rules: usize,
+    #[serde(flatten)]
+    pub traffic: Traffic,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Count {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReasonCount {
+    pub reason: String,
+    pub verdict: String,
+    pub malformed: bool,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Per-service and per-backend traffic and the flow table (the metrics' numbers).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traffic {
+    pub services: Vec<ServiceTraffic>,
+    pub flows: Flows,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceTraffic {
+    pub service: String,
+    pub mode: Mode,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub backends: Vec<BackendTraffic>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendTraffic {
+    pub backend: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    /// `up`, `down` or `unchecked`.
+    pub health: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flows {
+    pub forward: u64,
+    pub reply: u64,
+    pub capacity: u64,
+}
+
+/// `status`: the daemon and everything it runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub started_unix: u64,
+    pub uptime_secs: u64,
+    pub drain_timeout_secs: u64,
+    pub program_id: u32,
+    pub interfaces: Vec<InterfaceView>,
+    pub datapath: DatapathView,
+    pub socket: String,
+    pub socket_group: Option<String>,
+    pub config: Option<ConfigView>,
+    pub https: Option<HttpsView>,
+    pub rules: RuleCounts,
+    pub services: Vec<ServiceView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceView {
+    pub name: String,
+    pub mode: AttachMode,
+}
+
+/// What the datapath does when the daemon stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStop {
+    /// Keeps forwarding for the next `xlb run` (the default).
+    Keep,
+    /// Detaches and removes the pins (`--detach`, `xlb down`).
+    Detach,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatapathView {
+    pub pins: Option<String>,
+    pub at_start: Adoption,
+    pub on_stop: OnStop,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigView {
+    pub file: String,
+    pub generation: u64,
+    pub last_reload: Option<ReloadView>,
+}
+
+/// The last reload: when, why, and what it changed or why it was refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadView {
+    pub ok: bool,
+    pub at_unix: u64,
+    /// `cli` or `sighup`.
+    pub trigger: String,
+    pub error: Option<String>,
+    pub changes: Option<Reloaded>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpsView {
+    pub listen: Vec<String>,
+    pub redirect_listen: Vec<String>,
+    pub stats: HttpsStats,
+    pub pools: Vec<PoolView>,
+}
+
+/// The https service's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpsStats {
+    pub connections: u64,
+    pub handshakes: u64,
+    pub handshake_failures: u64,
+    pub handshake_timeouts: u64,
+    pub idle_timeouts: u64,
+    pub requests: u64,
+    pub status_2xx: u64,
+    pub status_3xx: u64,
+    pub status_4xx: u64,
+    pub status_5xx: u64,
+    pub status_502: u64,
+    pub status_503: u64,
+    pub status_504: u64,
+    pub retries: u64,
+    pub upstream_connects: u64,
+    pub upstream_tls_failures: u64,
+    pub cert_reloads: u64,
+    pub cert_reload_failures: u64,
+    pub config_reloads: u64,
+    pub config_reload_failures: u64,
+}
+
+/// A pool of the https service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolView {
+    pub pool: String,
+    pub health_check: Option<HealthCheck>,
+    pub backends: Vec<PoolBackendView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolBackendView {
+    pub backend: String,
+    /// `up`, `down` or `unchecked` (the active check's verdict).
+    pub state: BackendState,
+    /// What the balancing sees: the check's verdict and the passive failures together.
+    pub takes_requests: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthReport>,
+}
+
+/// The rules of `status`, by kind, and the policies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleCounts {
+    pub total: usize,
+    pub prefix: usize,
+    pub port: usize,
+    pub except_prefix: usize,
+    pub except_port: usize,
+    pub default: Action,
+    pub malformed: Action,
+}
+
+/// What applying a configuration's plan changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanApplied {
+    pub rules_added: usize,
+    pub rules_updated: usize,
+    pub rules_removed: usize,
+    pub policies_changed: usize,
+    pub services: ServicesDiff,
+}
+
+/// What happened to the https service in a reload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpsChanged {
+    Unchanged,
+    Reloaded,
+    Started,
+    Stopped,
+}
+
+/// `reload`: what the new file changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reloaded {
+    #[serde(flatten)]
+    pub applied: PlanApplied,
+    pub https: HttpsChanged,
+    /// The configuration's generation after the reload.
+    pub generation: u64,
+    pub interfaces_attached: Vec<String>,
+    pub interfaces_detached: Vec<String>,
+}
+
+/// `down` (to the daemon): it stops, detaching from these interfaces.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stopping {
+    pub stopping: u32,
+    pub interfaces: Vec<String>,
+}
+
+/// Every reply, for the daemon's side (serialized as the variant's own JSON).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Reply {
+    RuleChanges(RuleChanges),
+    PolicySet(PolicySet),
+    ServicesChanged(ServicesChanged),
+    RuleList(RuleList),
+    ServiceList(ServiceList),
+    Stats(Box<Stats>),
+    Status(Box<Status>),
+    Reloaded(Box<Reloaded>),
+    Stopping(Stopping),
+}
+
+/// The names the JSON gives them (padded like strings, so widths apply).
+macro_rules! display_as_serde_name {
+    ($t:ty { $($v:ident => $name:literal),+ $(,)? }) => {
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.pad(match self {
+                    $(Self::$v => $name),+
+                })
+            }
+        }
+    };
+}
+
+display_as_serde_name!(Affinity { None => "none", Source => "source" });
+display_as_serde_name!(BackendState {
+    Unchecked => "unchecked",
+    Up => "up",
+    Down => "down",
+    Drained => "drained",
+    Draining => "draining",
+});
+display_as_serde_name!(OnStop { Keep => "keep", Detach => "detach" });
+display_as_serde_name!(HttpsChanged {
+    Unchanged => "unchanged",
+    Reloaded => "reloaded",
+    Started => "started",
+    Stopped => "stopped",
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Display names are the JSON names (the printers and `--json` agree).
+    #[test]
+    fn display_names_are_the_json_names() {
+        for s in [
+            BackendState::Unchecked,
+            BackendState::Up,
+            BackendState::Down,
+            BackendState::Drained,
+            BackendState::Draining,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.to_string());
+        }
+        for a in [Affinity::None, Affinity::Source] {
+            assert_eq!(serde_json::to_value(a).unwrap(), a.to_string());
+        }
+        assert_eq!(format!("{:<6}|", Affinity::None), "none  |");
+    }
+}

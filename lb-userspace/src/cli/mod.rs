@@ -1,0 +1,266 @@
+//! The command line: clap definitions and dispatch. One module per verb group, each
+//! with its printers (human text, or the typed reply as JSON with `--json`):
+//! `run` (`run`, `proxy`, `check-config`, `down`), `fw`, `services` (`vip`, `backend`),
+//! `status` (`status`, `reload`, `stats`), `top`; `format` holds the shared helpers.
+
+pub mod format;
+pub mod fw;
+pub mod run;
+pub mod services;
+pub mod status;
+pub mod top;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+pub use fw::Fw;
+pub use services::{BackendCmd, VipCmd};
+
+use crate::{
+    api::{DEFAULT_BPFFS, DEFAULT_SOCKET, DEFAULT_STATE},
+    metrics::kernel_log::KernelLog,
+    model::interface::AttachMode,
+};
+
+#[derive(Parser, Debug)]
+#[command(name = "xlb", version, about = "XDP firewall and load balancer")]
+pub struct Cli {
+    /// The daemon's control socket.
+    #[arg(long, global = true, env = "XLB_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Load and attach the XDP program, serve the control socket until SIGINT/SIGTERM
+    /// (SIGHUP reloads the configuration file). A datapath left running by an earlier
+    /// run (a restart, an upgrade, a crash) is taken over without a lost packet.
+    Run {
+        /// The interface to attach to (replaces the configuration's [[interface]] list).
+        #[arg(long)]
+        iface: Option<String>,
+        /// The XDP mode for --iface.
+        #[arg(long, value_enum, default_value = "native", requires = "iface")]
+        mode: AttachMode,
+        /// The configuration file: validated whole before anything changes, applied as
+        /// a diff against the one the stored state was built from.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// A group whose members may use the control socket (mode 0660 instead of 0600;
+        /// overrides the configuration's `control.group`).
+        #[arg(long)]
+        socket_group: Option<String>,
+        /// A directory on a bpffs holding the datapath (maps, links): it outlives the
+        /// daemon, so the next `xlb run` adopts it.
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+        /// The stored rules (restored at start, rewritten atomically on every change).
+        #[arg(long, default_value = DEFAULT_STATE)]
+        state: PathBuf,
+        /// When stopped, detach from the interfaces and remove the pins (default: the
+        /// datapath keeps forwarding until the next `xlb run` or `xlb down`).
+        #[arg(long)]
+        detach: bool,
+        /// Another build of the XDP program (an ELF object built from lb-ebpf) instead
+        /// of the one inside this binary: swapped in atomically for the running one,
+        /// keeping its flows, rules and counters if its maps have the same layout.
+        #[arg(long, value_name = "OBJECT")]
+        program: Option<PathBuf>,
+        /// Log format (`json`: one JSON object a line, for log shippers).
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+        /// Where `/metrics` listens (Prometheus), or `off` (default: the configuration's
+        /// `[metrics] listen`, else 127.0.0.1:9100).
+        #[arg(long, value_parser = parse_metrics_addr)]
+        metrics: Option<MetricsAddr>,
+        /// Log one dropped packet in N (sampled per CPU in the kernel); 0: none.
+        #[arg(long, default_value_t = 1000)]
+        drop_sample: u32,
+        /// Drop events logged per second at most (the others are counted).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+        drop_log_rate: u32,
+        /// Kernel debug log (aya-log) level; off by default, when the program skips the
+        /// log calls.
+        #[arg(long, value_enum, default_value = "off")]
+        kernel_log: KernelLog,
+    },
+    /// Run only the https service of a configuration file (TLS termination and HTTP
+    /// proxying; no XDP, no root needed unless a port below 1024 is bound). SIGHUP
+    /// re-reads the file.
+    Proxy {
+        /// The https service's configuration (TOML, see docs/https.md).
+        #[arg(long)]
+        config: PathBuf,
+        /// Check the file and everything it names (certificates, keys, CAs), then exit.
+        #[arg(long)]
+        check: bool,
+        /// Log format.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Remove the datapath: stop the daemon if one runs, detach the program from every
+    /// interface, remove the pins. The stored rules stay (unless --purge).
+    Down {
+        /// The pin directory of a datapath left without a daemon.
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+        /// Also delete the stored state (rules and services).
+        #[arg(long)]
+        purge: bool,
+        #[arg(long, default_value = DEFAULT_STATE)]
+        state: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Firewall rules.
+    #[command(subcommand)]
+    Fw(Fw),
+    /// Layer-4 services (service addresses).
+    #[command(subcommand)]
+    Vip(VipCmd),
+    /// The backends of a service.
+    #[command(subcommand)]
+    Backend(BackendCmd),
+    /// Packet and byte counters by verdict and reason, per service and backend.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a configuration file and change nothing (no daemon, no root needed).
+    CheckConfig {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The daemon: interfaces, program, configuration and its last reload, rules,
+    /// services and backends.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read the daemon's configuration file and apply what changed in it (like
+    /// SIGHUP); a file with errors is refused whole and nothing changes.
+    Reload {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A live view of rates per service, backend and drop reason, refreshed every
+    /// interval (Ctrl-C ends it).
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0, value_parser = parse_interval)]
+        interval: f64,
+        /// Print this many frames, then exit (no screen control codes).
+        #[arg(long)]
+        iterations: Option<u64>,
+        /// Frame width in columns (default: the terminal's, else 100).
+        #[arg(long)]
+        width: Option<usize>,
+        /// Frame height in lines (default: the terminal's, else 30).
+        #[arg(long)]
+        height: Option<usize>,
+    },
+}
+
+/// `--metrics`: an address, or `off`.
+#[derive(Clone, Copy, Debug)]
+pub struct MetricsAddr(pub Option<std::net::SocketAddr>);
+
+fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, String> {
+    if s == "off" {
+        return Ok(MetricsAddr(None));
+    }
+    s.parse()
+        .map(|a| MetricsAddr(Some(a)))
+        .map_err(|_| format!("'{s}' is not ADDR:PORT (e.g. 127.0.0.1:9100, [::1]:9100) or off"))
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.05..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "'{s}' is not an interval: use 0.05 to 3600 seconds"
+        )),
+    }
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Runs one command line.
+pub fn main(cli: Cli) -> Result<()> {
+    let socket = cli.socket;
+    match cli.command {
+        Command::Run {
+            iface,
+            mode,
+            config,
+            socket_group,
+            bpffs,
+            state,
+            detach,
+            program,
+            log_format,
+            metrics,
+            drop_sample,
+            drop_log_rate,
+            kernel_log,
+        } => run::run(
+            run::RunArgs {
+                iface,
+                mode,
+                config,
+                socket_group,
+                bpffs,
+                state,
+                detach,
+                program,
+                log_format,
+                metrics,
+                drop_sample,
+                drop_log_rate,
+                kernel_log,
+            },
+            socket,
+        ),
+        Command::CheckConfig { file, json } => run::check_config(&file, json),
+        Command::Down {
+            bpffs,
+            purge,
+            state,
+            json,
+        } => run::down(&socket, &bpffs, purge.then_some(state.as_path()), json),
+        Command::Status { json } => status::status(&socket, json),
+        Command::Reload { json } => status::reload(&socket, json),
+        Command::Stats { json } => status::stats(&socket, json),
+        Command::Proxy {
+            config,
+            check,
+            log_format,
+        } => run::proxy(config, check, log_format),
+        Command::Top {
+            interval,
+            iterations,
+            width,
+            height,
+        } => top::run(
+            &socket,
+            top::TopOptions {
+                interval: std::time::Duration::from_secs_f64(interval),
+                iterations,
+                width,
+                height,
+            },
+        ),
+        Command::Vip(cmd) => services::vip(&socket, cmd),
+        Command::Backend(cmd) => services::backend(&socket, cmd),
+        Command::Fw(cmd) => fw::fw(&socket, cmd),
+    }
+}

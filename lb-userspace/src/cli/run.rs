@@ -1,0 +1,225 @@
+//! The verbs that work without a daemon: `run` (becomes one), `proxy` (the https
+//! service alone), `check-config` and `down`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use super::{LogFormat, MetricsAddr, format::or_none};
+use crate::{
+    api::{self, Request, reply::Stopping},
+    config::{Config, HttpsConfig},
+    daemon::{self, RunOptions, monitor::MonitorOptions},
+    https::{self, HttpsProxy},
+    kernel::pins::PinDir,
+    metrics::kernel_log::KernelLog,
+    model::interface::{AttachMode, Interface},
+};
+
+/// The flags of `xlb run`.
+pub struct RunArgs {
+    pub iface: Option<String>,
+    pub mode: AttachMode,
+    pub config: Option<PathBuf>,
+    pub socket_group: Option<String>,
+    pub bpffs: PathBuf,
+    pub state: PathBuf,
+    pub detach: bool,
+    pub program: Option<PathBuf>,
+    pub log_format: LogFormat,
+    pub metrics: Option<MetricsAddr>,
+    pub drop_sample: u32,
+    pub drop_log_rate: u32,
+    pub kernel_log: KernelLog,
+}
+
+/// `xlb run`: the daemon, until SIGINT, SIGTERM or `xlb down`.
+pub fn run(a: RunArgs, socket: PathBuf) -> Result<()> {
+    init_logging(a.log_format, a.kernel_log);
+    let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    rt.block_on(daemon::run(RunOptions {
+        iface: a.iface,
+        mode: a.mode,
+        config: a.config,
+        socket_group: a.socket_group,
+        bpffs: a.bpffs,
+        state: a.state,
+        socket,
+        detach: a.detach,
+        program: a.program,
+        metrics: a.metrics.map(|m| m.0),
+        monitor: MonitorOptions {
+            metrics: None,
+            drop_sample: a.drop_sample,
+            drop_log_rate: a.drop_log_rate,
+            kernel_log: a.kernel_log,
+        },
+    }))
+}
+
+/// `xlb proxy`: the https service of a file, or with `check` only its validation.
+pub fn proxy(config: PathBuf, check: bool, log_format: LogFormat) -> Result<()> {
+    if check {
+        let cfg = HttpsConfig::load(&config)?;
+        HttpsProxy::new(cfg)?;
+        println!("{}: ok", config.display());
+        return Ok(());
+    }
+    init_logging(log_format, KernelLog::Off);
+    // One CPU (e.g. pinned with taskset): one thread, no work-stealing machinery.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let rt = if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Runtime::new()
+    }
+    .context("starting the runtime")?;
+    rt.block_on(https::run_proxy(config))
+}
+
+/// `check-config --json`: what a valid file holds.
+#[derive(Serialize)]
+struct ConfigSummary<'a> {
+    ok: bool,
+    file: String,
+    interfaces: &'a [Interface],
+    rules: usize,
+    services: usize,
+    backends: usize,
+    health_checks: usize,
+    tls: bool,
+    metrics: Option<String>,
+}
+
+/// `check-config --json`: why a file is refused.
+#[derive(Serialize)]
+struct ConfigRefused<'a> {
+    ok: bool,
+    errors: &'a [crate::config::ConfigError],
+}
+
+/// `xlb check-config FILE`: validates it as `xlb run` would, changes nothing.
+pub fn check_config(file: &Path, json: bool) -> Result<()> {
+    match Config::load(file) {
+        Ok(c) => {
+            if json {
+                let services = &c.projection.services.by_vip;
+                let v = ConfigSummary {
+                    ok: true,
+                    file: file.display().to_string(),
+                    interfaces: &c.interfaces,
+                    rules: c.projection.rules.len(),
+                    services: services.len(),
+                    backends: services.values().map(|s| s.backends.len()).sum(),
+                    health_checks: c.health.len(),
+                    tls: c.https.is_some(),
+                    metrics: c.metrics.map(|m| m.to_string()),
+                };
+                println!("{}", serde_json::to_string(&v)?);
+            } else {
+                println!("{}: ok: {}", file.display(), c.summary());
+            }
+            Ok(())
+        }
+        Err(e) => {
+            if json {
+                let v = ConfigRefused {
+                    ok: false,
+                    errors: &e.0,
+                };
+                println!("{}", serde_json::to_string(&v)?);
+                bail!("{}: refused ({} errors)", file.display(), e.0.len());
+            }
+            Err(anyhow::anyhow!("{e}"))
+        }
+    }
+}
+
+/// What `xlb down` did.
+#[derive(Serialize)]
+struct DownReport {
+    daemon_stopped: Option<u32>,
+    detached: Vec<String>,
+}
+
+/// `xlb down`: through the daemon if one runs (it detaches, removes its pins and
+/// exits), else directly on the pin directory a stopped or crashed run left.
+pub fn down(socket: &Path, bpffs: &Path, purge: Option<&Path>, json: bool) -> Result<()> {
+    let report = take_down(socket, bpffs, purge)?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    match report.daemon_stopped {
+        Some(pid) => println!("stopped the daemon (pid {pid})"),
+        None => println!("no daemon was running"),
+    }
+    println!("detached from: {}", or_none(&report.detached.join(", ")));
+    println!("removed the pins under {}", bpffs.display());
+    if let Some(state) = purge {
+        println!("deleted the stored state {}", state.display());
+    }
+    Ok(())
+}
+
+fn take_down(socket: &Path, bpffs: &Path, purge: Option<&Path>) -> Result<DownReport> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("xlb down needs root (it detaches XDP programs): run it with sudo");
+    }
+    let mut out = DownReport {
+        daemon_stopped: None,
+        detached: Vec::new(),
+    };
+    if api::daemon_running(socket) {
+        let v: Stopping = api::call(socket, &Request::Down)?;
+        out.daemon_stopped = Some(v.stopping);
+        out.detached = v.interfaces;
+        // It removes its pins and socket on its way out.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while api::daemon_running(socket) || socket.exists() {
+            if std::time::Instant::now() > deadline {
+                bail!("the daemon did not stop within 20 s of `xlb down`");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    if bpffs.exists() {
+        let dir = PinDir::open(bpffs)?;
+        let detached = dir.remove_all()?;
+        if !detached.is_empty() {
+            out.detached = detached;
+        }
+    }
+    let _ = std::fs::remove_file(socket);
+    if let Some(state) = purge {
+        match std::fs::remove_file(state) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("deleting {}", state.display())),
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn init_logging(format: LogFormat, kernel: KernelLog) {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("XLB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The kernel's records are as verbose as asked for with --kernel-log.
+    if kernel != KernelLog::Off
+        && let Ok(d) = format!("xlb::kernel={}", format!("{kernel:?}").to_lowercase()).parse()
+    {
+        filter = filter.add_directive(d);
+    }
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

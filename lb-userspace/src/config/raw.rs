@@ -1,0 +1,92 @@
+//! The configuration file as written (serde, `deny_unknown_fields` everywhere), before
+//! validation: every value keeps its span, so an error can name its line and column.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{health::HealthTable, https::HttpsConfig, values::DurationText};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    pub(crate) control: Option<RawControl>,
+    #[serde(default)]
+    pub(crate) interface: Vec<Spanned<RawInterface>>,
+    pub(crate) firewall: Option<RawFirewall>,
+    pub(crate) balancer: Option<RawBalancer>,
+    #[serde(default)]
+    pub(crate) service: Vec<Spanned<RawService>>,
+    pub(crate) tls: Option<Spanned<HttpsConfig>>,
+    pub(crate) metrics: Option<RawMetrics>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawControl {
+    pub(crate) group: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawInterface {
+    pub(crate) name: Spanned<String>,
+    pub(crate) mode: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFirewall {
+    pub(crate) default: Option<Spanned<String>>,
+    pub(crate) malformed: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) deny: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) except: Vec<Spanned<String>>,
+    pub(crate) ports: Option<RawPorts>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPorts {
+    #[serde(default)]
+    pub(crate) deny: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) allow: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBalancer {
+    pub(crate) drain_timeout: Option<Spanned<DurationText>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawService {
+    pub(crate) address: Spanned<String>,
+    pub(crate) mode: Spanned<String>,
+    pub(crate) affinity: Option<Spanned<String>>,
+    pub(crate) echo: Option<bool>,
+    pub(crate) tcp_idle: Option<Spanned<DurationText>>,
+    pub(crate) udp_idle: Option<Spanned<DurationText>>,
+    pub(crate) snat: Option<Spanned<String>>,
+    pub(crate) health: Option<Spanned<HealthTable>>,
+    #[serde(default)]
+    pub(crate) backend: Vec<Spanned<RawBackend>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBackend {
+    pub(crate) address: Spanned<String>,
+    pub(crate) weight: Option<Spanned<i64>>,
+    pub(crate) backup: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMetrics {
+    pub(crate) listen: Spanned<String>,
+}

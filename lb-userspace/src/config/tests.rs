@@ -1,0 +1,459 @@
+//! The configuration file's tests: whole files accepted and refused, reload plans.
+
+use std::time::Duration;
+
+use super::{
+    health::check_from_words,
+    plan::{Plan, RuleOp, plan},
+    raw::RawConfig,
+    *,
+};
+use crate::model::{
+    health_check::{CheckKind, DEFAULT_FALL},
+    rules::{Action, Match, RuleSet},
+    services::Services,
+    weights::Flags,
+};
+
+fn parse(src: &str) -> Result<Config, ConfigErrors> {
+    Config::parse(src, Path::new("/etc/xlb/test.toml"))
+}
+
+fn err(src: &str) -> ConfigError {
+    let e = parse(src).expect_err("must be refused");
+    e.0[0].clone()
+}
+
+#[test]
+fn the_shipped_example_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/xlb.toml");
+    let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!c.interfaces.is_empty());
+    assert!(!c.projection.rules.is_empty());
+    assert!(!c.projection.services.by_vip.is_empty());
+    assert!(!c.health.is_empty());
+}
+
+#[test]
+fn a_full_file_parses() {
+    let c = parse(
+        r#"
+[[interface]]
+name = "eth0"
+mode = "generic"
+
+[firewall]
+default = "deny"
+deny = ["203.0.113.0/24", "2001:db8:bad::/48"]
+allow = ["203.0.113.7"]
+except = ["22/tcp", "198.51.100.0/24"]
+[firewall.ports]
+deny = ["23/tcp", "6000-6063/tcp"]
+allow = ["443/tcp"]
+
+[[service]]
+address = "198.51.100.10:80/tcp"
+mode = "nat"
+affinity = "source"
+tcp_idle = "1h"
+[service.health]
+kind = "http"
+interval = "500ms"
+timeout = "200ms"
+path = "/healthz"
+expect_status = 204
+[[service.backend]]
+address = "203.0.113.11:8080"
+weight = 3
+[[service.backend]]
+address = "203.0.113.12:8080"
+
+[[service]]
+address = "198.51.100.10:*/udp"
+mode = "dsr"
+echo = false
+[[service.backend]]
+address = "203.0.113.11"
+
+[metrics]
+listen = "127.0.0.1:9100"
+"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.interfaces[0].mode, AttachMode::Generic);
+    assert_eq!(c.projection.default_policy, Action::Deny);
+    assert_eq!(c.projection.malformed_policy, Action::Deny);
+    assert_eq!(c.projection.rules.len(), 8);
+    let vip: Vip = "198.51.100.10:80/tcp".parse().unwrap();
+    let s = &c.projection.services.by_vip[&vip];
+    assert!(s.affinity_source);
+    assert_eq!(s.tcp_idle, 3600);
+    assert_eq!(s.backends.values().copied().collect::<Vec<_>>(), vec![3, 1]);
+    let h = &c.health[&vip];
+    assert_eq!(h.kind, CheckKind::Http);
+    assert_eq!(h.interval, Duration::from_millis(500));
+    assert_eq!((h.rise, h.fall, h.expect_status), (2, 3, 204));
+    assert_eq!(
+        c.metrics,
+        Some(MetricsListen::At("127.0.0.1:9100".parse().unwrap()))
+    );
+    let off = parse("[metrics]\nlisten = \"off\"\n").unwrap();
+    assert_eq!(off.metrics, Some(MetricsListen::Off));
+    assert_eq!(parse("").unwrap().projection, Projection::default());
+}
+
+#[test]
+fn errors_name_file_line_field_and_expectation() {
+    let cases: &[(&str, usize, &str, &str)] = &[
+        (
+            "[[interface]]\nname = \"eth0\"\nmoed = \"native\"\n",
+            3,
+            "interface.moed",
+            "unknown field `moed`",
+        ),
+        ("bogus = 1\n", 1, "bogus", "unknown field `bogus`"),
+        (
+            "[firewall]\ndeny = [\"192.0.2.0/24\",\n  \"192.0.2.1/24\"]\n",
+            3,
+            "firewall.deny",
+            "did you mean 192.0.2.0/24",
+        ),
+        (
+            "[firewall]\ndefault = \"maybe\"\n",
+            2,
+            "firewall.default",
+            "expected \"allow\" or \"deny\"",
+        ),
+        (
+            "[firewall.ports]\ndeny = [\"70000/tcp\"]\n",
+            2,
+            "firewall.ports.deny",
+            "outside 1-65535",
+        ),
+        (
+            "[firewall]\ndeny = [\"80/tcp\"]\n",
+            2,
+            "firewall.deny",
+            "[firewall.ports]",
+        ),
+        (
+            "[firewall]\ndeny = [\"192.0.2.0/24\"]\nallow = [\"192.0.2.0/24\"]\n",
+            3,
+            "firewall.allow",
+            "listed twice (also at line 2)",
+        ),
+        (
+            "[[service]]\naddress = \"198.51.100.10:80/tcp\"\nmode = \"tunnel\"\n",
+            3,
+            "service.mode",
+            "'tunnel' is not a mode",
+        ),
+        (
+            "[[service]]\naddress = \"198.51.100.10:80/tcp\"\n",
+            1,
+            "service",
+            "missing field `mode`",
+        ),
+        (
+            "[[service]]\naddress = \"198.51.100.10:80/tcp\"\nmode = \"nat\"\n[[service.backend]]\naddress = \"203.0.113.11:8080\"\nweight = 0\n",
+            6,
+            "service.backend.weight",
+            "expected 1 to 100",
+        ),
+        (
+            "[[service]]\naddress = \"198.51.100.10:80/tcp\"\nmode = \"nat\"\n[[service.backend]]\naddress = \"203.0.113.11:8080\"\nweight = \"2\"\n",
+            6,
+            "service.backend.weight",
+            "invalid type",
+        ),
+        (
+            "[[service]]\naddress = \"198.51.100.10:80/tcp\"\nmode = \"nat\"\ntcp_idle = 30\n",
+            4,
+            "service.tcp_idle",
+            "has no unit",
+        ),
+        (
+            "[[service]]\naddress = \"198.51.100.10:80/tcp\"\nmode = \"nat\"\n[service.health]\nkind = \"tcp\"\npath = \"/\"\n",
+            6,
+            "service.health.path",
+            "only http and https",
+        ),
+        (
+            "[[service]]\naddress = \"198.51.100.10:80/tcp\"\nmode = \"nat\"\n[service.health]\nkind = \"http\"\ninterval = \"1s\"\ntimeout = \"2s\"\n",
+            7,
+            "service.health.timeout",
+            "at most the interval",
+        ),
+        (
+            "[[service]]\naddress = \"198.51.100.30:443/tcp\"\nmode = \"https\"\n",
+            3,
+            "service.mode",
+            "needs a [tls] section",
+        ),
+        (
+            "[[service]]\naddress = \"198.51.100.30:443/udp\"\nmode = \"https\"\n",
+            2,
+            "service.address",
+            "one TCP port",
+        ),
+        (
+            "[[service]]\naddress = \"198.51.100.30:443/tcp\"\nmode = \"https\"\nsnat = \"203.0.113.1\"\n",
+            4,
+            "service.snat",
+            "an https service has no snat",
+        ),
+        (
+            "[metrics]\nlisten = \"localhost\"\n",
+            2,
+            "metrics.listen",
+            "expected ADDR:PORT",
+        ),
+        // A TLS pool's health table: the same keys, checks and locations.
+        (
+            &pool_health("kind = \"http\"\nfall = 0\n"),
+            11,
+            "tls.pools.health.fall",
+            "fall 0 is out of range: expected 1 to 100",
+        ),
+        (
+            &pool_health("kind = \"tcp\"\nexpect_status = 204\n"),
+            11,
+            "tls.pools.health.expect_status",
+            "only http and https",
+        ),
+        (
+            &pool_health("kind = \"http\"\nintervall = \"1s\"\n"),
+            11,
+            "tls.pools.health.intervall",
+            "unknown field `intervall`",
+        ),
+        ("[firewall\n", 1, "firewall", ""),
+    ];
+    for (src, line, field, msg) in cases {
+        let e = err(src);
+        assert_eq!(e.line, *line, "{src}: {e}");
+        assert_eq!(e.field, *field, "{src}: {e}");
+        assert!(e.message.contains(msg), "{src}: {e}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("/etc/xlb/test.toml:{line}:")),
+            "{e}"
+        );
+    }
+}
+
+/// A [tls] section whose one pool has the health table `table` (from line 10).
+fn pool_health(table: &str) -> String {
+    format!(
+        "[tls]\nlisten = [\"192.0.2.1:443\"]\ndefault_cert = {{ chain = \"a.pem\", key = \"a.key\" }}\n\
+         [[tls.routes]]\npool = \"web\"\n[[tls.pools]]\nname = \"web\"\nbackends = [\"203.0.113.11:8080\"]\n\
+         [tls.pools.health]\n{table}"
+    )
+}
+
+#[test]
+fn a_pool_health_table_gives_the_services_check() {
+    let mut tls: HttpsConfig = toml::from_str::<RawConfig>(&pool_health(
+        "kind = \"http\"\ninterval = \"200ms\"\nrise = 3\npath = \"/health\"\n",
+    ))
+    .unwrap()
+    .tls
+    .unwrap()
+    .into_inner();
+    let check = tls.pools[0].health_check().unwrap().unwrap();
+    assert_eq!(
+        (check.kind, check.interval, check.rise, check.fall),
+        (CheckKind::Http, Duration::from_millis(200), 3, DEFAULT_FALL)
+    );
+    assert_eq!(
+        (check.path.as_str(), check.timeout),
+        ("/health", Duration::from_millis(200))
+    );
+    // Without the file's text the first problem is named by its field.
+    tls.pools[0].health = toml::from_str::<RawConfig>(&pool_health("kind = \"udp\"\n"))
+        .unwrap()
+        .tls
+        .unwrap()
+        .into_inner()
+        .pools[0]
+        .health
+        .clone();
+    let e = tls.validate().unwrap_err();
+    assert!(
+        format!("{e:#}").contains("health.kind: 'udp' is not a check kind"),
+        "{e:#}"
+    );
+}
+
+#[test]
+fn every_error_is_reported() {
+    let e = parse(
+        "[firewall]\ndeny = [\"192.0.2.1/24\", \"x\"]\n[[service]]\naddress = \"198.51.100.10:0/tcp\"\nmode = \"nat\"\n",
+    )
+    .unwrap_err();
+    assert_eq!(e.0.len(), 3, "{e}");
+    assert_eq!(e.to_string().lines().count(), 3);
+}
+
+fn proj(src: &str) -> Projection {
+    parse(src).unwrap_or_else(|e| panic!("{e}")).projection
+}
+
+fn apply(rules: &mut RuleSet, services: &mut Services, p: &Plan) {
+    for op in &p.rule_ops {
+        match op {
+            RuleOp::Upsert(m, a) => {
+                rules.upsert(*m, *a).unwrap();
+            }
+            RuleOp::Remove(m) => {
+                rules.remove(m).unwrap();
+            }
+        }
+    }
+    rules.default_policy = p.default_policy;
+    rules.malformed_policy = p.malformed_policy;
+    *services = p.services.clone();
+}
+
+#[test]
+fn reload_applies_the_file_diff_and_keeps_cli_changes() {
+    let old = proj(
+        r#"
+[firewall]
+deny = ["192.0.2.0/24", "198.51.100.0/24"]
+[[service]]
+address = "198.51.100.10:80/tcp"
+mode = "nat"
+[[service.backend]]
+address = "203.0.113.11:8080"
+[[service.backend]]
+address = "203.0.113.12:8080"
+"#,
+    );
+    let new = proj(
+        r#"
+[firewall]
+default = "deny"
+deny = ["192.0.2.0/24", "203.0.113.0/24"]
+[[service]]
+address = "198.51.100.10:80/tcp"
+mode = "nat"
+[[service.backend]]
+address = "203.0.113.11:8080"
+weight = 2
+[[service.backend]]
+address = "203.0.113.13:8080"
+"#,
+    );
+    let (mut rules, mut services) = (RuleSet::default(), Services::default());
+    let p = plan(
+        &rules,
+        &services,
+        &Flags::new(),
+        &Projection::default(),
+        &old,
+    )
+    .unwrap();
+    apply(&mut rules, &mut services, &p);
+    // CLI changes: a rule, a backend of the file's service and a check.
+    let cli_rule = Match::Prefix("2001:db8::/32".parse().unwrap());
+    rules.upsert(cli_rule, Action::Deny).unwrap();
+    let vip: Vip = "198.51.100.10:80/tcp".parse().unwrap();
+    services
+        .add_backend(&vip, "203.0.113.14:8080".parse().unwrap(), 1)
+        .unwrap();
+    let check = check_from_words([("kind", "tcp")], "check").unwrap();
+    services.set_check(&vip, Some(check.clone())).unwrap();
+
+    let p = plan(&rules, &services, &Flags::new(), &old, &new).unwrap();
+    apply(&mut rules, &mut services, &p);
+    assert_eq!(
+        services.by_vip[&vip].check,
+        Some(check),
+        "the CLI's check stays"
+    );
+    let lines: Vec<String> = rules
+        .rules()
+        .map(|r| format!("{} {}", r.action, r.matches))
+        .collect();
+    assert!(lines.contains(&"deny 192.0.2.0/24".to_string()));
+    assert!(lines.contains(&"deny 203.0.113.0/24".to_string()));
+    assert!(!lines.contains(&"deny 198.51.100.0/24".to_string()));
+    assert!(rules.get(&cli_rule).is_some(), "the CLI's rule stays");
+    assert_eq!(rules.default_policy, Action::Deny);
+    let b: Vec<(String, u32)> = services.by_vip[&vip]
+        .backends
+        .iter()
+        .map(|(b, w)| (b.to_string(), *w))
+        .collect();
+    assert_eq!(
+        b,
+        vec![
+            ("203.0.113.11:8080".into(), 2),
+            ("203.0.113.13:8080".into(), 1),
+            ("203.0.113.14:8080".into(), 1),
+        ]
+    );
+    // The same file again changes nothing.
+    let p = plan(&rules, &services, &Flags::new(), &new, &new).unwrap();
+    assert!(p.rule_ops.is_empty());
+    assert_eq!(p.services, services);
+    // Removing the service from the file removes it, CLI backends too.
+    let p = plan(
+        &rules,
+        &services,
+        &Flags::new(),
+        &new,
+        &Projection::default(),
+    )
+    .unwrap();
+    assert!(p.services.by_vip.is_empty());
+    assert_eq!(p.default_policy, Action::Allow);
+}
+
+#[test]
+fn a_reload_that_does_not_fit_cli_backends_is_refused() {
+    let old = proj("[[service]]\naddress = \"198.51.100.10:80/tcp\"\nmode = \"nat\"\n");
+    let new = proj("[[service]]\naddress = \"198.51.100.10:80/tcp\"\nmode = \"dsr\"\n");
+    let (mut rules, mut services) = (RuleSet::default(), Services::default());
+    let p = plan(
+        &rules,
+        &services,
+        &Flags::new(),
+        &Projection::default(),
+        &old,
+    )
+    .unwrap();
+    apply(&mut rules, &mut services, &p);
+    let vip: Vip = "198.51.100.10:80/tcp".parse().unwrap();
+    services
+        .add_backend(&vip, "203.0.113.14:8080".parse().unwrap(), 1)
+        .unwrap();
+    let e = plan(&rules, &services, &Flags::new(), &old, &new).unwrap_err();
+    assert!(e.contains("dsr cannot change ports"), "{e}");
+}
+
+#[test]
+fn fullnat_services_take_their_snat_address() {
+    let c = parse(
+        "[[service]]\naddress = \"198.51.100.10:80/tcp\"\nmode = \"fullnat\"\nsnat = \"203.0.113.1\"\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let vip: Vip = "198.51.100.10:80/tcp".parse().unwrap();
+    assert_eq!(
+        c.projection.services.by_vip[&vip].snat,
+        Some("203.0.113.1".parse().unwrap())
+    );
+    let e =
+        err("[[service]]\naddress = \"198.51.100.10:80/tcp\"\nmode = \"fullnat\"\nsnat = \"x\"\n");
+    assert_eq!((e.line, e.field.as_str()), (4, "service.snat"), "{e}");
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+    assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+    for bad in ["", "2", "s", "1.5s", "2 s", "-1s", "3w"] {
+        assert!(parse_duration(bad).is_err(), "{bad}");
+    }
+}

@@ -1,0 +1,160 @@
+//! The value kinds of a configuration file (durations with units, actions, bounded
+//! integers, groups) and their checks, each reporting into the file's [`Report`].
+
+use std::{fmt, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use super::report::Report;
+use crate::model::{rules::Action, services::MAX_IDLE};
+
+/// A duration as written: a string with a unit (`"2s"`); numbers are refused with a
+/// message that says so.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(transparent)]
+pub(crate) struct DurationText(pub(crate) String);
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = DurationText;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration with a unit, e.g. \"2s\" or \"500ms\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<DurationText, E> {
+                Ok(DurationText(s.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<DurationText, E> {
+                Err(E::custom(format!(
+                    "{n} has no unit: write a duration with a unit, e.g. \"{n}s\" or \"{n}ms\""
+                )))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Parses `500ms`, `2s`, `5m`, `2h`, `1d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || {
+        format!(
+            "'{s}' is not a duration: expected a whole number with a unit (ms, s, m, h, d), e.g. \"2s\" or \"500ms\""
+        )
+    };
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(digits);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let ms = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(ms).map(Duration::from_millis).ok_or_else(bad)
+}
+
+pub(crate) fn action(
+    r: &mut Report,
+    v: &Option<Spanned<String>>,
+    field: &str,
+    default: Action,
+) -> Action {
+    let Some(v) = v else { return default };
+    match v.get_ref().as_str() {
+        "allow" => Action::Allow,
+        "deny" => Action::Deny,
+        other => {
+            r.at(
+                v.span(),
+                field,
+                format!("'{other}' is not an action: expected \"allow\" or \"deny\""),
+            );
+            default
+        }
+    }
+}
+
+pub(crate) fn int_in(
+    r: &mut Report,
+    v: &Option<Spanned<i64>>,
+    field: &str,
+    range: std::ops::RangeInclusive<i64>,
+    what: &str,
+) -> Option<i64> {
+    let v = v.as_ref()?;
+    let n = *v.get_ref();
+    if range.contains(&n) {
+        Some(n)
+    } else {
+        r.at(
+            v.span(),
+            field,
+            format!(
+                "{what} {n} is out of range: expected {} to {}",
+                range.start(),
+                range.end()
+            ),
+        );
+        None
+    }
+}
+
+pub(crate) fn duration(r: &mut Report, v: &Spanned<DurationText>, field: &str) -> Option<Duration> {
+    match parse_duration(&v.get_ref().0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            r.at(v.span(), field, e);
+            None
+        }
+    }
+}
+
+pub(crate) fn idle(
+    r: &mut Report,
+    v: &Option<Spanned<DurationText>>,
+    field: &str,
+    default: u32,
+) -> u32 {
+    let Some(v) = v else { return default };
+    let Some(d) = duration(r, v, field) else {
+        return default;
+    };
+    if d.subsec_millis() != 0 || d.as_secs() == 0 || d.as_secs() > MAX_IDLE as u64 {
+        r.at(
+            v.span(),
+            field,
+            format!(
+                "idle timeout '{}' is out of range: expected whole seconds from 1s to {}s (7d)",
+                v.get_ref().0,
+                MAX_IDLE
+            ),
+        );
+        return default;
+    }
+    d.as_secs() as u32
+}
+
+/// The numeric id of a group name (or a number), if it exists.
+pub fn group_id(name: &str) -> Result<u32, String> {
+    if let Ok(n) = name.parse::<u32>() {
+        return Ok(n);
+    }
+    let c = std::ffi::CString::new(name).map_err(|_| format!("'{name}' is not a group name"))?;
+    // SAFETY: getgrnam_r writes into the buffers given; a null result means not found.
+    unsafe {
+        let mut grp: libc::group = std::mem::zeroed();
+        let mut buf = vec![0 as libc::c_char; 16384];
+        let mut out: *mut libc::group = std::ptr::null_mut();
+        let rc = libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut out);
+        if rc == 0 && !out.is_null() {
+            return Ok(grp.gr_gid);
+        }
+    }
+    Err(format!(
+        "there is no group '{name}' on this machine: create it (groupadd {name}) or name an existing group"
+    ))
+}

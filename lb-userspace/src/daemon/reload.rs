@@ -1,0 +1,311 @@
+//! Reloads: the configuration file re-read and applied as diff(last file, new file),
+//! interfaces, the https service and the desired state all changed or none; and what a
+//! configuration asks of the start.
+
+use std::{path::Path, sync::Arc, time::SystemTime};
+
+use anyhow::{Context, Result, anyhow, bail};
+use tracing::{error, info, warn};
+
+use super::{
+    DEFAULT_METRICS,
+    host::check_new_services,
+    running::{ReloadRecord, Running},
+    socket::set_socket_access,
+};
+use crate::{
+    api::reply::{HttpsChanged, Reloaded},
+    config::{
+        Config, MetricsListen, group_id,
+        https::HttpsConfig,
+        plan::{Plan, RuleOp, plan},
+    },
+    https::HttpsProxy,
+    metrics,
+    model::{
+        desired::{Desired, Projection},
+        interface::{AttachMode, Interface},
+        weights,
+    },
+};
+
+/// The https service run by the daemon.
+pub(super) struct Https {
+    pub proxy: Arc<HttpsProxy>,
+    pub config: HttpsConfig,
+    stop: Arc<tokio::sync::Notify>,
+}
+
+impl Https {
+    /// Loads everything `cfg` names and checks that its addresses can be bound; starts
+    /// nothing.
+    pub(super) fn prepare(cfg: &HttpsConfig) -> Result<Arc<HttpsProxy>> {
+        for a in cfg.listen.iter().chain(&cfg.redirect_listen) {
+            std::net::TcpListener::bind(a)
+                .with_context(|| format!("the https service cannot listen on {a}"))?;
+        }
+        HttpsProxy::new(cfg.clone()).context("the https service ([tls])")
+    }
+
+    /// Serves until `stop`.
+    pub(super) fn start(
+        proxy: Arc<HttpsProxy>,
+        config: HttpsConfig,
+        rt: &tokio::runtime::Handle,
+    ) -> Https {
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let (p, s) = (proxy.clone(), stop.clone());
+        rt.spawn(async move {
+            if let Err(e) = p.serve(async move { s.notified().await }).await {
+                error!("the https service stopped: {e:#}");
+            }
+        });
+        Https {
+            proxy,
+            config,
+            stop,
+        }
+    }
+
+    pub(super) fn stop(&self) {
+        self.stop.notify_one();
+    }
+}
+
+/// What a reload does to the https service.
+enum HttpsChange {
+    Keep,
+    Start(Arc<HttpsProxy>, HttpsConfig),
+    /// Applied (before the datapath), with the configuration to go back to.
+    Reloaded(HttpsConfig),
+    Stop,
+}
+
+impl Running {
+    /// Re-reads the configuration file and applies diff(last file, this file); a bad
+    /// file changes nothing. Recorded for `xlb status`.
+    pub(super) fn reload(&mut self, trigger: &'static str) -> Result<Reloaded> {
+        let Some(path) = self.config_path.clone() else {
+            bail!(
+                "this daemon runs without a configuration file: start it with `xlb run --config FILE` to reload one"
+            );
+        };
+        let res = self.try_reload(&path);
+        match &res {
+            Ok(v) => {
+                let changes = serde_json::to_string(v).unwrap_or_default();
+                info!(file = %path.display(), generation = self.generation, %changes, trigger, "configuration reloaded")
+            }
+            Err(e) => {
+                warn!(file = %path.display(), trigger, "reload refused, the running state is unchanged: {e:#}")
+            }
+        }
+        metrics::global().config_loaded(self.generation, res.is_ok());
+        self.last_reload = Some(ReloadRecord {
+            at: SystemTime::now(),
+            trigger,
+            result: res.as_ref().map(Clone::clone).map_err(|e| format!("{e:#}")),
+        });
+        res.context("reload refused, the running state is unchanged")
+    }
+
+    fn try_reload(&mut self, path: &Path) -> Result<Reloaded> {
+        let cfg = Config::load(path).map_err(|e| anyhow!("{e}"))?;
+        let plan = plan(
+            &self.edge.rules,
+            &self.edge.services,
+            &self.edge.backups,
+            &self.edge.base,
+            &cfg.projection,
+        )
+        .map_err(|e| anyhow!("{e}"))?;
+        let ifaces: Vec<Interface> = if self.cli_iface {
+            self.current_interfaces()
+        } else if cfg.interfaces.is_empty() {
+            bail!(
+                "{} lists no [[interface]]: xlb would detach from every interface (stop it instead)",
+                path.display()
+            );
+        } else {
+            cfg.interfaces.clone()
+        };
+        let names: Vec<String> = ifaces.iter().map(|i| i.name.clone()).collect();
+        check_new_services(&self.edge.services, &plan.services, &names)?;
+        let new_group = self.cli_group.clone().or_else(|| cfg.group.clone());
+        let gid = new_group
+            .as_deref()
+            .map(group_id)
+            .transpose()
+            .map_err(|e| anyhow!(e))?;
+        if !self.metrics_from_cli && metrics_listen(Some(&cfg)) != self.metrics {
+            bail!(
+                "metrics.listen changes only at a restart of xlb (/metrics listens on {})",
+                self.metrics
+                    .map_or("nothing (off)".to_string(), |a| a.to_string())
+            );
+        }
+        let https = self.prepare_https(cfg.https.as_ref())?;
+        // Interfaces first (new ones attached, changed modes re-attached), so a refusal
+        // there leaves the state untouched; the ones the file dropped go last.
+        let undo = self.attach_interfaces(&ifaces)?;
+        // A changed https service is reloaded whole or not at all, before the datapath.
+        let https = match https {
+            HttpsChange::Reloaded(new) => {
+                let h = self.https.as_mut().expect("running");
+                if let Err(e) = h.proxy.reload(new.clone()) {
+                    self.undo_interfaces(undo);
+                    return Err(e.context("the https service ([tls])"));
+                }
+                HttpsChange::Reloaded(std::mem::replace(&mut h.config, new))
+            }
+            other => other,
+        };
+        let old_drain = std::mem::replace(&mut self.edge.drain_timeout, cfg.drain_timeout);
+        let applied = match self.edge.apply_plan(plan, cfg.projection.clone()) {
+            Ok(v) => v,
+            Err(e) => {
+                self.edge.drain_timeout = old_drain;
+                if let HttpsChange::Reloaded(old) = https {
+                    let h = self.https.as_mut().expect("running");
+                    if let Err(e) = h.proxy.reload(old.clone()) {
+                        warn!("restoring the https service's configuration: {e:#}");
+                    }
+                    h.config = old;
+                }
+                self.undo_interfaces(undo);
+                return Err(e);
+            }
+        };
+        let https = match https {
+            HttpsChange::Keep => HttpsChanged::Unchanged,
+            HttpsChange::Reloaded(_) => HttpsChanged::Reloaded,
+            HttpsChange::Start(proxy, config) => {
+                self.https = Some(Https::start(proxy, config, &self.rt));
+                HttpsChanged::Started
+            }
+            HttpsChange::Stop => {
+                if let Some(h) = self.https.take() {
+                    h.stop();
+                }
+                HttpsChanged::Stopped
+            }
+        };
+        let mut detached = Vec::new();
+        for (name, _) in self.edge.dp.attached() {
+            if !names.contains(&name) {
+                if let Err(e) = self.edge.dp.detach_from(&name) {
+                    warn!("{e:#}");
+                }
+                detached.push(name);
+            }
+        }
+        self.edge.ifaces = names;
+        if let Err(e) = set_socket_access(&self.socket, gid) {
+            warn!("control socket permissions: {e:#}");
+        }
+        self.generation += 1;
+        self.config = Some(cfg);
+        Ok(Reloaded {
+            applied,
+            https,
+            generation: self.generation,
+            interfaces_attached: undo.into_iter().map(|u| u.0).collect(),
+            interfaces_detached: detached,
+        })
+    }
+
+    /// Checks what a reload asks of the https service; changes nothing.
+    fn prepare_https(&self, new: Option<&HttpsConfig>) -> Result<HttpsChange> {
+        Ok(match (&self.https, new) {
+            (None, None) => HttpsChange::Keep,
+            (Some(h), Some(n)) if h.config == *n => HttpsChange::Keep,
+            (Some(h), Some(n)) => {
+                if n.listen != h.config.listen || n.redirect_listen != h.config.redirect_listen {
+                    bail!("tls.listen and tls.redirect_listen change only at a restart of xlb");
+                }
+                if n.limits.max_connections != h.config.limits.max_connections {
+                    bail!("tls.limits.max_connections changes only at a restart of xlb");
+                }
+                HttpsChange::Reloaded(n.clone())
+            }
+            (None, Some(n)) => HttpsChange::Start(Https::prepare(n)?, n.clone()),
+            (Some(_), None) => HttpsChange::Stop,
+        })
+    }
+
+    fn current_interfaces(&self) -> Vec<Interface> {
+        self.edge
+            .dp
+            .attached()
+            .into_iter()
+            .map(|(name, mode)| Interface { name, mode })
+            .collect()
+    }
+
+    /// Attaches to the interfaces of `want` not attached in that mode. Returns what was
+    /// done (interface, the mode it had before), for `undo_interfaces`.
+    fn attach_interfaces(
+        &mut self,
+        want: &[Interface],
+    ) -> Result<Vec<(String, Option<AttachMode>)>> {
+        let current = self.edge.dp.attached();
+        let mut done = Vec::new();
+        for i in want {
+            let before = current.iter().find(|(n, _)| *n == i.name).map(|(_, m)| *m);
+            if before == Some(i.mode) {
+                continue;
+            }
+            if before.is_some() {
+                self.edge.dp.detach_from(&i.name)?;
+            }
+            if let Err(e) = self.edge.dp.attach(&i.name, i.mode) {
+                done.push((i.name.clone(), before));
+                self.undo_interfaces(done);
+                return Err(e);
+            }
+            done.push((i.name.clone(), before));
+        }
+        Ok(done)
+    }
+
+    fn undo_interfaces(&mut self, done: Vec<(String, Option<AttachMode>)>) {
+        for (name, before) in done.into_iter().rev() {
+            let _ = self.edge.dp.detach_from(&name);
+            if let Some(mode) = before
+                && let Err(e) = self.edge.dp.attach(&name, mode)
+            {
+                warn!("re-attaching {name}: {e:#}");
+            }
+        }
+    }
+}
+
+/// Where `/metrics` listens for a configuration (without `--metrics`).
+pub(super) fn metrics_listen(config: Option<&Config>) -> Option<std::net::SocketAddr> {
+    match config.and_then(|c| c.metrics) {
+        Some(MetricsListen::At(a)) => Some(a),
+        Some(MetricsListen::Off) => None,
+        None => Some(DEFAULT_METRICS),
+    }
+}
+
+/// Applies a plan to a stored state (before anything is loaded).
+pub(super) fn apply_to_stored(stored: &mut Desired, plan: Plan, base: Projection) -> Result<()> {
+    for op in plan.rule_ops {
+        match op {
+            RuleOp::Upsert(m, a) => {
+                stored.rules.upsert(m, a)?;
+            }
+            RuleOp::Remove(m) => {
+                stored.rules.remove(&m)?;
+            }
+        }
+    }
+    stored.rules.default_policy = plan.default_policy;
+    stored.rules.malformed_policy = plan.malformed_policy;
+    stored.services = plan.services;
+    stored.backups = plan.backups;
+    weights::retain(&mut stored.drained, &stored.services);
+    stored.base = base;
+    Ok(())
+}

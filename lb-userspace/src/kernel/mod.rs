@@ -1,0 +1,18 @@
+//! The loaded program and its maps: loading and adopting a running datapath
+//! (`datapath`, `pins`), attaching (`attach`), the firewall's tables (`firewall`), the
+//! services' maps and their Maglev tables (`balancer`, `maglev`), and the batch readers
+//! that statistics use (`stats`, `flows`).
+
+pub mod attach;
+pub mod balancer;
+pub mod datapath;
+pub mod firewall;
+pub mod flows;
+pub mod maglev;
+pub mod mmap;
+pub mod object;
+pub mod pins;
+pub mod stats;
+
+pub use datapath::{Adoption, Datapath};
+pub use pins::check_bpffs;

@@ -1,0 +1,81 @@
+//! The desired state as a whole: what the daemon keeps, stores and projects onto the
+//! kernel's maps.
+
+use std::collections::BTreeMap;
+
+use super::{
+    drain::Draining,
+    rules::{Action, Match, RuleSet},
+    services::Services,
+    weights::Flags,
+};
+
+/// The part of the desired state a configuration file manages: what the file asked
+/// for, kept so that a reload applies diff(last file, new file) and leaves the CLI's
+/// own changes alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Projection {
+    pub default_policy: Action,
+    pub malformed_policy: Action,
+    pub rules: BTreeMap<Match, Action>,
+    pub services: Services,
+    /// Backends that take flows only while every primary of their service is out.
+    pub backups: Flags,
+}
+
+impl Default for Projection {
+    fn default() -> Self {
+        let r = RuleSet::default();
+        Projection {
+            default_policy: r.default_policy,
+            malformed_policy: r.malformed_policy,
+            rules: BTreeMap::new(),
+            services: Services::default(),
+            backups: Flags::new(),
+        }
+    }
+}
+
+/// Everything the daemon stores: firewall rules and services, the backends' flags, and
+/// the configuration file's projection they were last built from.
+#[derive(Clone, Debug, Default)]
+pub struct Desired {
+    pub rules: RuleSet,
+    pub services: Services,
+    /// Backends that serve only while their service's primaries are out.
+    pub backups: Flags,
+    /// Backends the operator drained (`xlb backend drain`).
+    pub drained: Flags,
+    pub base: Projection,
+}
+
+/// The desired state, borrowed (what the daemon writes to the state file).
+pub struct DesiredRef<'a> {
+    pub rules: &'a RuleSet,
+    pub services: &'a Services,
+    pub backups: &'a Flags,
+    pub drained: &'a Flags,
+    pub base: &'a Projection,
+}
+
+impl Desired {
+    pub fn borrowed(&self) -> DesiredRef<'_> {
+        DesiredRef {
+            rules: &self.rules,
+            services: &self.services,
+            backups: &self.backups,
+            drained: &self.drained,
+            base: &self.base,
+        }
+    }
+}
+
+/// The services with their backends' flags and drains: what the kernel's view of the
+/// services is made of (see `weights::effective`).
+#[derive(Clone, Debug)]
+pub struct Pools {
+    pub services: Services,
+    pub backups: Flags,
+    pub drained: Flags,
+    pub draining: Draining,
+}

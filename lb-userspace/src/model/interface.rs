@@ -1,0 +1,55 @@
+//! The interfaces xlb attaches to, and how.
+
+use serde::{Deserialize, Serialize};
+
+/// How to attach the XDP program to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// The driver's own XDP hook (veth, most 10G+ NICs).
+    Native,
+    /// The generic (skb) hook: works everywhere, slower.
+    Generic,
+}
+
+impl AttachMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachMode::Native => "native",
+            AttachMode::Generic => "generic",
+        }
+    }
+
+    pub fn from_str_opt(s: &str) -> Option<Self> {
+        [AttachMode::Native, AttachMode::Generic]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+    }
+}
+
+/// An interface xlb attaches to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interface {
+    pub name: String,
+    pub mode: AttachMode,
+}
+
+/// Checks an interface name as the kernel takes it (IFNAMSIZ, no '/', ':' or spaces).
+pub fn valid_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 15 {
+        return Err(format!(
+            "'{name}' is not an interface name: expected 1 to 15 characters"
+        ));
+    }
+    if name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "'{name}' is not an interface name: no '/', ':', spaces, '.' or '..'"
+        ));
+    }
+    Ok(())
+}
