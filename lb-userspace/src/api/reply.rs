@@ -97,8 +97,10 @@ pub struct ServiceView {
     pub mode: Mode,
     pub affinity: Affinity,
     pub echo: bool,
-    /// Idle timeouts in seconds.
+    /// Idle timeouts in seconds (the JSON names say so).
+    #[serde(rename = "tcp_idle_secs")]
     pub tcp_idle: u32,
+    #[serde(rename = "udp_idle_secs")]
     pub udp_idle: u32,
     pub snat: Option<String>,
     /// The check in use: the configuration file's, else the one set with the CLI.

@@ -190,11 +190,11 @@ pub enum Command {
         #[arg(long)]
         iterations: Option<u64>,
         /// Frame width in columns (default: the terminal's, else 100).
-        #[arg(long)]
-        width: Option<usize>,
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        width: Option<u16>,
         /// Frame height in lines (default: the terminal's, else 30).
-        #[arg(long)]
-        height: Option<usize>,
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        height: Option<u16>,
     },
 }
 
@@ -309,10 +309,11 @@ pub fn main(cli: Cli) -> Result<()> {
         } => top::run(
             &ctx.socket,
             top::TopOptions {
+                json: ctx.json,
                 interval,
                 iterations,
-                width,
-                height,
+                width: width.map(usize::from),
+                height: height.map(usize::from),
             },
         ),
         Command::Vip(cmd) => services::vip(&ctx, cmd),

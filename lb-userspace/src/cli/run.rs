@@ -59,6 +59,7 @@ pub fn run(a: RunArgs, socket: PathBuf) -> Result<()> {
             drop_sample: a.drop_sample,
             drop_log_rate: a.drop_log_rate,
             kernel_log: a.kernel_log,
+            metrics_connections: crate::metrics::http::MAX_CONNECTIONS,
         },
     }))
 }

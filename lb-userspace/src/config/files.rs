@@ -33,11 +33,8 @@ pub fn limit() -> u64 {
 /// Why a file was not read.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("reading {path}: {err}")]
+    Io { path: String, err: std::io::Error },
     #[error(
         "{path} is {kind}, not a regular file: xlb reads configuration, state, rule and certificate files only from regular files"
     )]
@@ -54,17 +51,15 @@ impl FileError {
     /// What is wrong, without the path (for messages that name the file already).
     pub fn why(&self) -> String {
         let full = self.to_string();
-        let (path, io) = match self {
-            FileError::Io { path, .. } => (path, true),
+        let path = match self {
+            FileError::Io { err, .. } => return format!("cannot read the file: {err}"),
             FileError::NotRegular { path, .. }
             | FileError::TooLarge { path, .. }
-            | FileError::NotText { path, .. } => (path, false),
+            | FileError::NotText { path, .. } => path,
         };
         let rest = full.strip_prefix(path.as_str()).unwrap_or(&full);
         let rest = rest.trim_start_matches(':').trim_start();
-        if io {
-            format!("cannot read the file: {rest}")
-        } else if rest.starts_with("is ") {
+        if rest.starts_with("is ") {
             format!("it {rest}")
         } else {
             rest.to_string()
@@ -73,7 +68,7 @@ impl FileError {
 
     /// Whether the file does not exist (callers for which that is not an error).
     pub fn is_missing(&self) -> bool {
-        matches!(self, FileError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+        matches!(self, FileError::Io { err, .. } if err.kind() == std::io::ErrorKind::NotFound)
     }
 }
 
@@ -132,9 +127,9 @@ pub fn read_bytes(path: &Path) -> Result<Vec<u8>, FileError> {
 /// The bytes of a regular file of at most `limit` bytes.
 fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, FileError> {
     let shown = path.display().to_string();
-    let io = |source| FileError::Io {
+    let io = |err| FileError::Io {
         path: shown.clone(),
-        source,
+        err,
     };
     let f = std::fs::OpenOptions::new()
         .read(true)

@@ -18,10 +18,28 @@ pub const RESERVE: u64 = 1024;
 /// The limit the daemon asks for (the kernel's `nr_open` caps it).
 const WANT: u64 = 1 << 20;
 
+/// Connections each listener serves at once, from the descriptors there are.
+#[derive(Clone, Copy, Debug)]
+pub struct Caps {
+    pub control: usize,
+    pub metrics: usize,
+}
+
+/// The listeners' caps for a descriptor limit: what the reserve leaves, a quarter to
+/// the control socket (at most 4096), an eighth to `/metrics` (at most 512).
+pub fn caps_for(limit: u64) -> Caps {
+    let reserve = RESERVE.min(limit / 2);
+    let budget = limit.saturating_sub(reserve);
+    Caps {
+        control: (budget / 4).clamp(8, super::socket::MAX_CONNECTIONS as u64) as usize,
+        metrics: (budget / 8).clamp(4, crate::metrics::http::MAX_CONNECTIONS as u64) as usize,
+    }
+}
+
 /// Raises the descriptor limit as far as allowed (root may raise the hard limit), and
-/// says if the listeners' caps (`https`: the https service's `max_connections`) could
-/// still run it out.
-pub fn raise_limit(https: Option<usize>) {
+/// gives the listeners' caps for it; says if they and the https service's
+/// `max_connections` (`https`) could still run it out.
+pub fn raise_limit(https: Option<usize>) -> Caps {
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
@@ -32,7 +50,7 @@ pub fn raise_limit(https: Option<usize>) {
     };
     // SAFETY: getrlimit writes into `lim`.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return;
+        return caps_for(1024);
     }
     let target = WANT.min(nr_open).max(lim.rlim_cur);
     let wanted = libc::rlimit {
@@ -50,19 +68,19 @@ pub fn raise_limit(https: Option<usize>) {
         unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) == 0 }
     };
     let now = limit().unwrap_or(lim.rlim_cur);
+    let caps = caps_for(now);
     if raised {
-        info!(descriptors = now, "descriptor limit");
+        info!(descriptors = now, ?caps, "descriptor limit");
     }
-    let clients = super::socket::MAX_CONNECTIONS as u64
-        + crate::metrics::http::MAX_CONNECTIONS as u64
-        + https.unwrap_or(0) as u64;
-    if clients + RESERVE > now {
+    let clients = (caps.control + caps.metrics + https.unwrap_or(0)) as u64;
+    if clients + RESERVE.min(now / 2) > now {
         warn!(
             descriptors = now,
             clients,
-            "the listeners' connection caps (control, metrics, https max_connections) leave fewer than {RESERVE} descriptors for health checks: lower [tls] limits.max_connections or raise the limit"
+            "the https service's limits.max_connections leaves too few descriptors for health checks and the control socket: lower it or raise the limit"
         );
     }
+    caps
 }
 
 /// The soft descriptor limit now.
@@ -107,5 +125,19 @@ impl Throttled {
         );
         self.last = Some(now);
         self.quiet = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_leave_the_reserve() {
+        let small = caps_for(512);
+        assert_eq!((small.control, small.metrics), (64, 32));
+        let big = caps_for(1 << 20);
+        assert_eq!((big.control, big.metrics), (4096, 512));
+        assert!(caps_for(16).control >= 8);
     }
 }

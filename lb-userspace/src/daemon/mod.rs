@@ -139,7 +139,12 @@ fn check(opts: &RunOptions) -> Result<Checked> {
         None => None,
     };
     let program = match &opts.program {
-        Some(p) => files::read_bytes(p).context("reading the XDP program (--program)")?,
+        Some(p) => files::read_bytes(p).map_err(|e| match e {
+            files::FileError::Io { err, .. } => {
+                anyhow!("reading the XDP program {}: {err}", p.display())
+            }
+            other => anyhow!("the XDP program (--program): {other}"),
+        })?,
         None => object::XLB.to_vec(),
     };
     Ok(Checked {
@@ -202,7 +207,7 @@ async fn start_datapath(
 pub async fn run(opts: RunOptions) -> Result<()> {
     // Everything is validated before anything changes.
     let mut checked = check(&opts)?;
-    fds::raise_limit(
+    let caps = fds::raise_limit(
         checked
             .https
             .as_ref()
@@ -211,6 +216,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let listener = bind(&opts.socket, checked.gid).await?;
     let guard = SocketGuard::new(&opts.socket);
     let mut monitor_opts = opts.monitor.clone();
+    monitor_opts.metrics_connections = caps.metrics;
     monitor_opts.metrics = match opts.metrics {
         Some(flag) => flag,
         None => metrics_listen(checked.config.as_ref()),
@@ -253,7 +259,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         r.reconcile_checks()
     });
     tokio::spawn(apply_outcomes(running.clone(), outcomes));
-    serve(&running, listener, &stop).await?;
+    serve(&running, listener, &stop, caps.control).await?;
     shut_down(&running, &opts)?;
     drop(guard);
     Ok(())
@@ -283,12 +289,17 @@ async fn apply_outcomes(
 
 /// The main loop: control connections, SIGHUP reloads, drain expiry, until SIGINT,
 /// SIGTERM or `xlb down`.
-async fn serve(running: &Shared, listener: UnixListener, stop: &tokio::sync::Notify) -> Result<()> {
+async fn serve(
+    running: &Shared,
+    listener: UnixListener,
+    stop: &tokio::sync::Notify,
+    cap: usize,
+) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let connections = Arc::new(tokio::sync::Semaphore::new(socket::MAX_CONNECTIONS));
+    let connections = Arc::new(tokio::sync::Semaphore::new(cap));
     let mut accept_failed = fds::Throttled::new("the control socket");
     loop {
         tokio::select! {

@@ -27,7 +27,8 @@ pub type Source = Arc<dyn Fn() -> anyhow::Result<Snapshot> + Send + Sync>;
 const MAX_HEAD: usize = 16 * 1024;
 /// How long a scraper may take to send its request head.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Scrape connections served at once; more are closed at once.
+/// Scrape connections served at once at most (fewer with few descriptors); more are
+/// closed at once.
 pub const MAX_CONNECTIONS: usize = 512;
 
 /// Binds the listener (so a bad address fails `xlb run` at start).
@@ -38,8 +39,8 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 }
 
 /// Serves scrapes until the task is dropped.
-pub async fn serve(listener: TcpListener, source: Source, metrics: &'static Metrics) {
-    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+pub async fn serve(listener: TcpListener, source: Source, metrics: &'static Metrics, cap: usize) {
+    let connections = Arc::new(tokio::sync::Semaphore::new(cap));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -53,7 +54,7 @@ pub async fn serve(listener: TcpListener, source: Source, metrics: &'static Metr
         // Beyond the cap a connection is closed at once (anyone on the host can open
         // them: they must not use up the daemon's descriptors).
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            debug!(%peer, "metrics connection refused: {MAX_CONNECTIONS} open");
+            debug!(%peer, "metrics connection refused: {cap} open");
             continue;
         };
         let source = source.clone();
