@@ -80,4 +80,39 @@ fn main() {
     let src = nolog_dir.join(TARGET).join("release").join("xlb");
     std::fs::copy(&src, out.join("xlb-nolog.o"))
         .unwrap_or_else(|e| panic!("copying {}: {e}", src.display()));
+    let xlb = std::fs::read(out.join("xlb.o")).expect("the XDP object just built");
+    println!("cargo:rustc-env=XLB_OBJECT_ID={:016x}", fnv1a(&xlb));
+    println!("cargo:rustc-env=XLB_COMMIT={}", commit(&root));
+    for f in [".git/HEAD", ".git/index"] {
+        println!("cargo:rerun-if-changed={}", root.join(f).display());
+    }
+}
+
+/// FNV-1a over the object: the kernel program's build id in `xlb --version`.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The source's commit (with `-dirty` for uncommitted changes), or `unknown` outside git.
+fn commit(root: &std::path::Path) -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short=12", "HEAD"]) {
+        Some(c) if !c.is_empty() => {
+            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
+            if dirty { format!("{c}-dirty") } else { c }
+        }
+        _ => "unknown".into(),
+    }
 }

@@ -410,6 +410,16 @@ impl Daemon {
     /// Starts `xlb run ARGS` in `ns` with its socket, state and pins in `dir` (e.g.
     /// `--config FILE`), and waits until the control socket answers.
     pub fn start_with(ns: &Netns, dir: &TestDir, args: &[&str]) -> Result<Self> {
+        Daemon::start_env(ns, dir, args, &[])
+    }
+
+    /// `start_with`, with `env` set for the daemon (e.g. `NOTIFY_SOCKET`).
+    pub fn start_env(
+        ns: &Netns,
+        dir: &TestDir,
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<Self> {
         let socket = dir.path.join("xlb.sock");
         let log = dir.path.join("xlb.log");
         let logf = append_log(&log)?;
@@ -425,6 +435,7 @@ impl Daemon {
             .arg("--state")
             .arg(dir.path.join("state"))
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(logf);
         // If the test process dies without dropping us (SIGKILL, abort), the daemon gets

@@ -12,6 +12,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod package;
+
 /// Debian packages the build needs (see docs/install.md).
 const BUILD_PACKAGES: &[&str] = &[
     "rustc-web",
@@ -36,6 +38,8 @@ const TOOLS: &[(&str, &str)] = &[
     // The monitoring test scrapes xlb with a real Prometheus and checks the exposition.
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),
+    // The package test: lintian checks the .deb.
+    ("lintian", "lintian"),
 ];
 /// What `bench --peers` compares xlb with, and drives the traffic with.
 const PEER_TOOLS: &[(&str, &str)] = &[
@@ -101,6 +105,16 @@ enum Task {
         /// topology instead (installs them); writes target/peers.json and .svg.
         #[arg(long, conflicts_with = "only")]
         peers: bool,
+    },
+    /// Build the Debian package (target/debian/xlb_VERSION_ARCH.deb): the binary, a
+    /// systemd unit, the example configuration, man pages, completions, the docs.
+    Package {
+        /// Package the existing debug build instead of building a release (tests).
+        #[arg(long)]
+        debug: bool,
+        /// Where the package goes (default: target/debian).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Set up, build and run `xlb run` with these arguments.
     Run {
@@ -402,6 +416,10 @@ fn main() -> Result<()> {
                 c.args(["--only", &part]);
             }
             run(&mut c)
+        }
+        Task::Package { debug, out } => {
+            setup()?;
+            package::package(debug, out).map(|_| ())
         }
         Task::Run { args } => {
             setup()?;

@@ -25,8 +25,19 @@ use crate::{
     model::interface::AttachMode,
 };
 
+/// `xlb --version`: the version, the commit it was built from, and the build of the
+/// XDP program inside it.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("XLB_COMMIT"),
+    ", XDP object ",
+    env!("XLB_OBJECT_ID"),
+    ")"
+);
+
 #[derive(Parser, Debug)]
-#[command(name = "xlb", version, about = "XDP firewall and load balancer")]
+#[command(name = "xlb", version = VERSION, about = "XDP firewall and load balancer")]
 pub struct Cli {
     /// The daemon's control socket.
     #[arg(long, global = true, env = "XLB_SOCKET", default_value = DEFAULT_SOCKET)]
@@ -55,6 +66,14 @@ impl Command {
     pub fn serves(&self) -> bool {
         matches!(self, Command::Run { .. } | Command::Proxy { .. })
     }
+}
+
+/// The shells `xlb completions` writes for.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 /// `xlb stats` actions.
@@ -179,6 +198,19 @@ pub enum Command {
         /// with the CLI (what the file does not define goes, what it defines comes back).
         #[arg(long)]
         reset: bool,
+    },
+    /// Shell completions for bash, zsh or fish, on stdout (e.g. `xlb completions bash
+    /// > /etc/bash_completion.d/xlb`).
+    Completions {
+        /// bash, zsh or fish.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Write the man pages (xlb.1 and one per verb) into a directory.
+    #[command(hide = true)]
+    Manpages {
+        /// The directory (created if missing).
+        dir: PathBuf,
     },
     /// A live view of rates per service, backend and drop reason, refreshed every
     /// interval (Ctrl-C ends it).
@@ -316,10 +348,43 @@ pub fn main(cli: Cli) -> Result<()> {
                 height: height.map(usize::from),
             },
         ),
+        Command::Completions { shell } => {
+            let shell = match shell {
+                Shell::Bash => clap_complete::Shell::Bash,
+                Shell::Zsh => clap_complete::Shell::Zsh,
+                Shell::Fish => clap_complete::Shell::Fish,
+            };
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "xlb", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Manpages { dir } => manpages(&dir),
         Command::Vip(cmd) => services::vip(&ctx, cmd),
         Command::Backend(cmd) => services::backend(&ctx, cmd),
         Command::Fw(cmd) => fw::fw(&ctx, cmd),
     }
+}
+
+/// `xlb manpages DIR`: xlb.1, and xlb-VERB.1 (and xlb-VERB-SUB.1) for every verb.
+fn manpages(dir: &std::path::Path) -> Result<()> {
+    use anyhow::Context;
+    fn write(cmd: clap::Command, name: &str, dir: &std::path::Path) -> Result<()> {
+        let path = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd.clone().name(name.to_string())).render(&mut out)?;
+        std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
+        for sub in cmd
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+        {
+            write(sub.clone(), &format!("{name}-{}", sub.get_name()), dir)?;
+        }
+        Ok(())
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    cmd.build();
+    write(cmd, "xlb", dir)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod edge;
 pub mod fds;
 pub mod host;
 pub mod monitor;
+pub mod notify;
 pub mod reload;
 pub mod requests;
 pub mod running;
@@ -259,7 +260,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         r.reconcile_checks()
     });
     tokio::spawn(apply_outcomes(running.clone(), outcomes));
+    // Attached, rules and services in the maps, the control socket bound (connections
+    // wait in its backlog for the loop below): ready.
+    notify::notify(&format!(
+        "READY=1\nMAINPID={}\nSTATUS=serving {}",
+        std::process::id(),
+        opts.socket.display()
+    ));
     serve(&running, listener, &stop, caps.control).await?;
+    notify::notify("STOPPING=1");
     shut_down(&running, &opts)?;
     drop(guard);
     Ok(())

@@ -87,6 +87,15 @@ enum HttpsChange {
     Stop,
 }
 
+/// Says `READY=1` to systemd when dropped: after a reload, whatever its outcome.
+struct Ready;
+
+impl Drop for Ready {
+    fn drop(&mut self) {
+        super::notify::notify("READY=1");
+    }
+}
+
 /// A configuration file as read and validated for a reload: its path, and the
 /// configuration or why it was refused.
 pub(super) type Loaded = (PathBuf, Result<Config, String>);
@@ -108,7 +117,9 @@ pub(super) fn reload(running: &Shared, trigger: &'static str, reset: bool) -> Re
         Ok(p) => p,
         Err(e) => return Response::err(e),
     };
+    super::notify::notify("RELOADING=1");
     let loaded = load(path);
+    let _ready = Ready;
     locked(running, "a reload", |r| {
         let res = r.reload(loaded, trigger, reset);
         r.reconcile_checks();
