@@ -8,4 +8,5 @@ pub mod health_check;
 pub mod interface;
 pub mod rules;
 pub mod services;
+pub mod text;
 pub mod weights;
