@@ -9,27 +9,33 @@ use toml::Spanned;
 
 use super::{
     report::Report,
-    values::{DurationText, duration, int_in},
+    values::{DurationText, Whole, duration, int_in},
 };
-use crate::model::health_check::{
-    CheckKind, DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_RISE, DEFAULT_TIMEOUT, HealthCheck,
-    MAX_INTERVAL, MAX_RISE_FALL, MIN_INTERVAL,
+use crate::model::{
+    health_check::{
+        CheckKind, DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_RISE, DEFAULT_TIMEOUT, HealthCheck,
+        MAX_INTERVAL, MAX_RISE_FALL, MIN_INTERVAL,
+    },
+    text::shown,
 };
 
 /// A `health` table as written: a service's `[service.health]` and a TLS pool's
 /// `health` share it (and its validation, [`HealthTable::check`]). The spans locate
 /// errors in the file it was read from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a health table: kind, and optionally interval, timeout, rise, fall, port, path, expect_status"
+)]
 pub struct HealthTable {
     pub(crate) kind: Spanned<String>,
     pub(crate) interval: Option<Spanned<DurationText>>,
     pub(crate) timeout: Option<Spanned<DurationText>>,
-    pub(crate) rise: Option<Spanned<i64>>,
-    pub(crate) fall: Option<Spanned<i64>>,
-    pub(crate) port: Option<Spanned<i64>>,
+    pub(crate) rise: Option<Spanned<Whole>>,
+    pub(crate) fall: Option<Spanned<Whole>>,
+    pub(crate) port: Option<Spanned<Whole>>,
     pub(crate) path: Option<Spanned<String>>,
-    pub(crate) expect_status: Option<Spanned<i64>>,
+    pub(crate) expect_status: Option<Spanned<Whole>>,
 }
 
 impl HealthTable {
@@ -198,6 +204,7 @@ pub fn check_from_words<'a>(
         ));
     }
     let text = toml::to_string(&table).map_err(|e| format!("{section}: {e}"))?;
-    let raw: HealthTable = toml::from_str(&text).map_err(|e| format!("{section}: {e}"))?;
+    let raw: HealthTable =
+        toml::from_str(&text).map_err(|e| format!("{section}: {}", shown(e.message())))?;
     raw.check(section)
 }

@@ -457,3 +457,141 @@ fn durations() {
         assert!(parse_duration(bad).is_err(), "{bad}");
     }
 }
+
+/// A layer-4 service of `mode` at `address`, with `extra` lines in its table.
+fn svc(address: &str, mode: &str, extra: &str) -> String {
+    format!("[[service]]\naddress = \"{address}\"\nmode = \"{mode}\"\n{extra}")
+}
+
+#[test]
+fn errors_speak_of_tables_and_numbers_not_types() {
+    let weight = |w: &str| {
+        svc(
+            "198.51.100.10:80/tcp",
+            "nat",
+            &format!("[[service.backend]]\naddress = \"203.0.113.11:8080\"\nweight = {w}\n"),
+        )
+    };
+    let tls = |extra: &str| format!("[tls]\nlisten = [\"192.0.2.1:443\"]\n{extra}");
+    let cases = [
+        ("firewall = 5\n".to_string(), "expected a [firewall] table"),
+        ("control = []\n".into(), "expected a [control] table"),
+        (
+            "interface = [1]\n".into(),
+            "expected an [[interface]] table",
+        ),
+        ("balancer = \"x\"\n".into(), "expected a [balancer] table"),
+        ("metrics = 1\n".into(), "expected a [metrics] table"),
+        ("service = [1]\n".into(), "expected a [[service]] table"),
+        (
+            "[firewall]\nports = 1\n".into(),
+            "expected a [firewall.ports] table",
+        ),
+        (
+            svc("198.51.100.10:80/tcp", "nat", "backend = [1]\n"),
+            "expected a [[service.backend]] table",
+        ),
+        (
+            svc("198.51.100.10:80/tcp", "nat", "health = 1\n"),
+            "expected a health table",
+        ),
+        (weight("1.5"), "expected a whole number, e.g. 3"),
+        (weight("\"2\""), "expected a whole number, e.g. 3"),
+        ("tls = 1\n".into(), "expected a [tls] table"),
+        (tls("hsts = 1\n"), "expected an hsts table"),
+        (
+            tls("hsts = { max_age = -1 }\n"),
+            "expected a whole number of 0 or more",
+        ),
+        (tls("default_cert = 1\n"), "expected a certificate table"),
+        (tls("certs = [1]\n"), "expected a [[tls.certs]] table"),
+        (tls("routes = [1]\n"), "expected a [[tls.routes]] table"),
+        (tls("pools = [1]\n"), "expected a [[tls.pools]] table"),
+        (tls("limits = 1\n"), "expected a [tls.limits] table"),
+        (
+            tls("cert_check_interval = \"1s\"\n"),
+            "expected a number of seconds",
+        ),
+        (
+            tls("[limits]\nmax_header_bytes = \"x\"\n"),
+            "expected a whole number, e.g. 3",
+        ),
+        (
+            tls("[limits]\nretries = -1\n"),
+            "expected a whole number of 0 or more",
+        ),
+        (
+            tls("[limits]\nidle_timeout = true\n"),
+            "expected a number of seconds",
+        ),
+        (
+            "[tls]\nlisten = [\"x\"]\n".into(),
+            "'x' is not ADDR:PORT, e.g. \"192.0.2.1:443\"",
+        ),
+        (
+            tls("[[pools]]\nname = \"a\"\nbackends = [\"203.0.113.11:80\"]\nmax_fails = 1.5\n"),
+            "expected a whole number, e.g. 3",
+        ),
+        (
+            tls(
+                "[[pools]]\nname = \"a\"\nbackends = [\"203.0.113.11:80\"]\nfail_timeout = \"1s\"\n",
+            ),
+            "expected a number of seconds",
+        ),
+    ];
+    for (src, want) in &cases {
+        let src = src
+            .replace("[limits]", "[tls.limits]")
+            .replace("[[pools]]", "[[tls.pools]]");
+        let e = parse(&src).expect_err(&src).to_string();
+        assert!(e.contains(want), "{src}: {e}");
+        for internal in [
+            "Raw",
+            "struct ",
+            "HttpsConfig",
+            "i64",
+            "u32",
+            "u64",
+            "usize",
+            "f64",
+        ] {
+            assert!(!e.contains(internal), "{src}: {e} names {internal}");
+        }
+    }
+}
+
+#[test]
+fn an_https_file_error_is_one_line_naming_file_line_and_column() {
+    let dir = std::env::temp_dir().join(format!("xlb-https-err-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("proxy.toml");
+    std::fs::write(
+        &path,
+        "listen = [\"192.0.2.1:443\"]\nroutes = [\n[[pools]]\n",
+    )
+    .unwrap();
+    let e = format!("{:#}", HttpsConfig::load(&path).unwrap_err());
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(e.starts_with(&format!("{}:3:", path.display())), "{e}");
+    std::fs::write(&path, "listen = 5\n").unwrap();
+    let e = format!("{:#}", HttpsConfig::load(&path).unwrap_err());
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(
+        e.starts_with(&format!("{}:1:10: listen: ", path.display())),
+        "{e}"
+    );
+    // Validation errors too, with what they quote shown.
+    std::fs::write(
+        &path,
+        "listen = [\"192.0.2.1:443\"]\ndefault_cert = { chain = \"a\", key = \"b\" }\n\
+         [[routes]]\nhost = \"a\\u200b.example\"\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\nbackends = [\"203.0.113.11:80\"]\n",
+    )
+    .unwrap();
+    let e = format!("{:#}", HttpsConfig::load(&path).unwrap_err());
+    assert!(e.contains("'a\\u{200b}.example' is not a host name"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    let e = format!("{:#}", HttpsConfig::from_toml("listen = [\n").unwrap_err());
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(e.starts_with("line 1, column "), "{e}");
+}

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::report::Report;
-use crate::model::{rules::Action, services::MAX_IDLE};
+use crate::model::{rules::Action, services::MAX_IDLE, text::shown};
 
 /// A duration as written: a string with a unit (`"2s"`); numbers are refused with a
 /// message that says so.
@@ -34,6 +34,93 @@ impl<'de> Deserialize<'de> for DurationText {
         }
         d.deserialize_any(V)
     }
+}
+
+/// A whole number as written (a TOML integer): refused in operator words otherwise
+/// (not "expected i64").
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(transparent)]
+pub(crate) struct Whole(pub(crate) i64);
+
+impl<'de> Deserialize<'de> for Whole {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(WholeVisitor).map(Whole)
+    }
+}
+
+/// Whole numbers of every integer type of the https configuration: the visitor says
+/// "a whole number" where serde would say "u32" or "usize".
+struct WholeVisitor;
+
+impl serde::de::Visitor<'_> for WholeVisitor {
+    type Value = i64;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a whole number, e.g. 3")
+    }
+    fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<i64, E> {
+        Ok(n)
+    }
+    fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<i64, E> {
+        i64::try_from(n).map_err(|_| E::custom(format!("{n} is too large")))
+    }
+}
+
+/// A count of something (`max_fails`, `retries`, bytes, connections): a whole number
+/// of 0 or more that fits `T`, said so in operator words.
+pub(crate) fn count<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    use serde::de::{Error, Unexpected};
+    let n = d.deserialize_any(WholeVisitor)?;
+    if n < 0 {
+        return Err(D::Error::invalid_value(
+            Unexpected::Signed(n),
+            &"a whole number of 0 or more",
+        ));
+    }
+    T::try_from(n).map_err(|_| D::Error::custom(format!("{n} is too large")))
+}
+
+/// Seconds as the https configuration writes them: a number, fractions allowed
+/// (`5`, `0.5`).
+pub(crate) fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = f64;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a number of seconds, e.g. 5 or 0.5")
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<f64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// Socket addresses (`listen`, a pool's `backends`): each `ADDR:PORT`, said so.
+pub(crate) fn socket_addrs<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<std::net::SocketAddr>, D::Error> {
+    use serde::de::Error;
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|a| {
+            a.parse().map_err(|_| {
+                D::Error::custom(format!(
+                    "'{}' is not ADDR:PORT, e.g. \"192.0.2.1:443\" or \"[2001:db8::1]:443\"",
+                    shown(a)
+                ))
+            })
+        })
+        .collect()
 }
 
 /// Parses `500ms`, `2s`, `5m`, `2h`, `1d`.
@@ -80,13 +167,13 @@ pub(crate) fn action(
 
 pub(crate) fn int_in(
     r: &mut Report,
-    v: &Option<Spanned<i64>>,
+    v: &Option<Spanned<Whole>>,
     field: &str,
     range: std::ops::RangeInclusive<i64>,
     what: &str,
 ) -> Option<i64> {
     let v = v.as_ref()?;
-    let n = *v.get_ref();
+    let n = v.get_ref().0;
     if range.contains(&n) {
         Some(n)
     } else {
