@@ -464,6 +464,84 @@ fn svc(address: &str, mode: &str, extra: &str) -> String {
 }
 
 #[test]
+fn firewall_values_that_cannot_work_are_refused_where_they_are_written() {
+    let cases: Vec<(String, usize, &str, &str)> = vec![
+        (
+            "[firewall]\ndeny = [\"::ffff:192.0.2.0/120\"]\n".into(),
+            2,
+            "firewall.deny",
+            "never matches an IPv4 packet (the firewall sees those as IPv4): use 192.0.2.0/24",
+        ),
+        (
+            "[firewall.ports]\ndeny = [\"1000-2000/tcp\"]\nallow = [\"1500-2500/tcp\"]\n".into(),
+            3,
+            "firewall.ports.allow",
+            "port 1500-2500/tcp overlaps 1000-2000/tcp (line 2) and is as wide (1001 ports): the narrowest range decides a port",
+        ),
+        (
+            "[firewall]\nexcept = [\"1000-2000/udp\",\n  \"1001-2001/udp\"]\n".into(),
+            3,
+            "firewall.except",
+            "except-port 1001-2001/udp overlaps 1000-2000/udp (line 2)",
+        ),
+        (
+            "[firewall]\nallow = [\"fe80::%eth0/64\"]\n".into(),
+            2,
+            "firewall.allow",
+            "a zone (%IFACE) is not part of a prefix",
+        ),
+        (
+            "[firewall.ports]\ndeny = [\"192.0.2.0/24\"]\n".into(),
+            2,
+            "firewall.ports.deny",
+            "'192.0.2.0/24' is a prefix: put prefix rules in [firewall] deny or allow",
+        ),
+        (
+            "[firewall]\ndeny = [\"80/sctp\"]\n".into(),
+            2,
+            "firewall.deny",
+            "'80/sctp' is a port spec: put port rules in [firewall.ports]",
+        ),
+        (
+            "[firewall.ports]\ndeny = [\"99999999999/tcp\"]\n".into(),
+            2,
+            "firewall.ports.deny",
+            "port 99999999999 is outside 1-65535",
+        ),
+        (
+            "[firewall]\ndeny = [\"192.0.2.0/99999\"]\n".into(),
+            2,
+            "firewall.deny",
+            "the length is over 32: use 0 to 32",
+        ),
+        (
+            "[firewall.ports]\ndeny = [\"+80/tcp\"]\n".into(),
+            2,
+            "firewall.ports.deny",
+            "'+80' is not a port: write 1-65535 in digits",
+        ),
+        (
+            "[firewall]\nallow = [\"2001:db8::/+32\"]\n".into(),
+            2,
+            "firewall.allow",
+            "the length '+32' is not a number",
+        ),
+    ];
+    for (src, line, field, msg) in &cases {
+        let e = err(src);
+        assert_eq!((e.line, e.field.as_str()), (*line, *field), "{src}: {e}");
+        assert!(e.message.contains(msg), "{src}: {e}");
+        assert_eq!(e.to_string().lines().count(), 1, "{e}");
+    }
+    // The same range is one rule; other widths and kinds have a winner.
+    let c = parse(
+        "[firewall]\nexcept = [\"1500-2500/tcp\"]\n[firewall.ports]\ndeny = [\"1000-2000/tcp\", \"1000-2001/tcp\"]\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.projection.rules.len(), 3);
+}
+
+#[test]
 fn errors_speak_of_tables_and_numbers_not_types() {
     let weight = |w: &str| {
         svc(

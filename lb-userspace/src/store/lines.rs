@@ -29,7 +29,7 @@ use crate::{
     model::{
         desired::{Desired, DesiredRef, Projection},
         health_check::HealthCheck,
-        rules::{Action, Match, Rule, RuleError, RuleSet, Target, parse_target},
+        rules::{Action, Match, Rule, RuleError, RuleSet, Target, parse_id, parse_target},
         services::{
             BackendAddr, DEFAULT_TCP_IDLE, DEFAULT_UDP_IDLE, ServiceConf, ServiceError, Services,
             Vip,
@@ -254,12 +254,7 @@ fn parse_rule_with_id(rules: &mut RuleSet, rest: &str) -> Result<()> {
     let Some((id, rule)) = rest.split_once(' ') else {
         bail!("a rule needs an id");
     };
-    let Ok(id) = id.parse::<u32>() else {
-        bail!("'{id}' is not a rule id");
-    };
-    if id == 0 || id >= lb_common::MAX_RULES {
-        bail!("rule id {id} is out of range");
-    }
+    let id = parse_id(id).map_err(anyhow::Error::msg)?;
     let (matches, action) = parse_rule(rule)?;
     if rules.get(&matches).is_some() {
         bail!("duplicate rule '{rule}'");
@@ -268,7 +263,7 @@ fn parse_rule_with_id(rules: &mut RuleSet, rest: &str) -> Result<()> {
         id,
         matches,
         action,
-    });
+    })?;
     Ok(())
 }
 
