@@ -542,6 +542,150 @@ fn firewall_values_that_cannot_work_are_refused_where_they_are_written() {
 }
 
 #[test]
+fn service_values_that_cannot_work_are_refused_where_they_are_written() {
+    let backend = |b: &str| {
+        svc(
+            "198.51.100.10:80/tcp",
+            "nat",
+            &format!("[[service.backend]]\naddress = \"{b}\"\n"),
+        )
+    };
+    let cases: Vec<(String, usize, &str, &str)> = vec![
+        (
+            svc("127.0.0.1:80/tcp", "nat", ""),
+            2,
+            "service.address",
+            "service address 127.0.0.1:80/tcp cannot work: 127.0.0.1 is a loopback address",
+        ),
+        (
+            svc("0.0.0.0:80/tcp", "nat", ""),
+            2,
+            "service.address",
+            "0.0.0.0 is the unspecified address",
+        ),
+        (
+            svc("[ff02::1]:80/udp", "nat", ""),
+            2,
+            "service.address",
+            "ff02::1 is a multicast address",
+        ),
+        (
+            svc("[::ffff:198.51.100.10]:80/tcp", "nat", ""),
+            2,
+            "service.address",
+            "use its IPv4 form, 198.51.100.10:80/tcp",
+        ),
+        (
+            svc("[fe80::10]:80/tcp", "nat", ""),
+            2,
+            "service.address",
+            "link-local IPv6 address",
+        ),
+        (
+            backend("255.255.255.255:8080"),
+            5,
+            "service.backend.address",
+            "backend 255.255.255.255:8080 cannot work: 255.255.255.255 is the broadcast address",
+        ),
+        (
+            backend("127.0.0.1:8080"),
+            5,
+            "service.backend.address",
+            "127.0.0.1 is a loopback address",
+        ),
+        (
+            backend("198.51.100.10:80"),
+            5,
+            "service.backend.address",
+            "it is service 198.51.100.10:80/tcp's own address",
+        ),
+        (
+            backend("[fe80::1%2]:80"),
+            5,
+            "service.backend.address",
+            "it names a zone (%IFACE)",
+        ),
+        (
+            svc("198.51.100.10:80/tcp", "fullnat", "snat = \"0.0.0.0\"\n"),
+            4,
+            "service.snat",
+            "snat address 0.0.0.0 cannot work: 0.0.0.0 is the unspecified address",
+        ),
+        (
+            svc(
+                "198.51.100.10:80/tcp",
+                "fullnat",
+                "snat = \"fe80::1%eth0\"\n",
+            ),
+            4,
+            "service.snat",
+            "it names a zone",
+        ),
+        (
+            svc("198.51.100.10:53/udp", "nat", "tcp_idle = \"1h\"\n"),
+            4,
+            "service.tcp_idle",
+            "tcp_idle is for tcp services; 198.51.100.10:53/udp is a udp service: give it udp_idle",
+        ),
+        (
+            svc("198.51.100.10:80/tcp", "nat", "udp_idle = \"10s\"\n"),
+            4,
+            "service.udp_idle",
+            "udp_idle is for udp services; 198.51.100.10:80/tcp is a tcp service: give it tcp_idle",
+        ),
+        (
+            svc("198.51.100.10:70000/tcp", "nat", ""),
+            2,
+            "service.address",
+            "port 70000 is outside 1-65535 (or * for every port)",
+        ),
+        (
+            svc(
+                "198.51.100.10:80/tcp",
+                "nat",
+                "tcp_idle = \"99999999999999999999s\"\n",
+            ),
+            4,
+            "service.tcp_idle",
+            "idle timeout '99999999999999999999s' is out of range",
+        ),
+        (
+            svc("198.51.100.10:0/tcp", "nat", ""),
+            2,
+            "service.address",
+            "port 0 is not a port: use * for every port",
+        ),
+        (
+            svc(
+                "198.51.100.10:80/tcp",
+                "nat",
+                "[service.health]\nkind = \"tcp\"\nport = 0\n",
+            ),
+            6,
+            "service.health.port",
+            "port 0 is out of range: expected 1 to 65535",
+        ),
+        (
+            backend("203.0.113.11:0"),
+            5,
+            "service.backend.address",
+            "port 0 is not a port",
+        ),
+    ];
+    for (src, line, field, msg) in &cases {
+        let e = err(src);
+        assert_eq!((e.line, e.field.as_str()), (*line, *field), "{src}: {e}");
+        assert!(e.message.contains(msg), "{src}: {e}");
+        assert_eq!(e.to_string().lines().count(), 1, "{e}");
+    }
+    // The timeout of the service's protocol is taken.
+    let c = parse(&svc("198.51.100.10:53/udp", "nat", "udp_idle = \"10s\"\n"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let vip: Vip = "198.51.100.10:53/udp".parse().unwrap();
+    assert_eq!(c.projection.services.by_vip[&vip].udp_idle, 10);
+}
+
+#[test]
 fn errors_speak_of_tables_and_numbers_not_types() {
     let weight = |w: &str| {
         svc(
@@ -636,6 +780,82 @@ fn errors_speak_of_tables_and_numbers_not_types() {
             assert!(!e.contains(internal), "{src}: {e} names {internal}");
         }
     }
+}
+
+#[test]
+fn errors_show_hidden_characters_on_one_line() {
+    let e = err("[firewall]\ndeny = [\"\u{feff}192.0.2.0/24\"]\n");
+    assert_eq!(
+        e.message,
+        "'\\u{feff}192.0.2.0/24' is not a prefix: not an IPv4 or IPv6 address"
+    );
+    let e = err(&svc("198.51.100.10:80/tcp", "nat\\u0000", ""));
+    assert_eq!(
+        e.message,
+        "'nat\\u{0}' is not a mode: use dsr, nat or fullnat"
+    );
+    let e = err("[[interface]]\nname = \"eth0\\n\"\n");
+    assert!(
+        e.message.starts_with("'eth0\\n' is not an interface name"),
+        "{e}"
+    );
+    let e = err("[firewall]\ndefault = \"deny\\u200b\"\n");
+    assert!(
+        e.message.starts_with("'deny\\u{200b}' is not an action"),
+        "{e}"
+    );
+    // The JSON of check-config carries the same text.
+    let json = serde_json::to_string(&e).unwrap();
+    assert!(json.contains("deny\\\\u{200b}"), "{json}");
+}
+
+#[test]
+fn numbers_of_the_cli_and_state_file_words_are_digits_only() {
+    let words =
+        |k: &'static str, v: &'static str| check_from_words([("kind", "tcp"), (k, v)], "check");
+    assert_eq!(
+        words("rise", "+2").unwrap_err(),
+        "check.rise: '+2' is not a whole number: write 1 to 100 in digits"
+    );
+    assert!(words("fall", " 2").is_err());
+    assert_eq!(
+        words("port", "99999999999999999999").unwrap_err(),
+        "check.port: port 99999999999999999999 is out of range: expected 1 to 65535"
+    );
+    assert_eq!(
+        words("port", "0").unwrap_err(),
+        "check.port: port 0 is out of range: expected 1 to 65535"
+    );
+    assert_eq!(words("rise", "3").unwrap().rise, 3);
+    let e = check_from_words([("kind", "tcp"), ("r\u{0}ise", "3")], "check").unwrap_err();
+    assert!(
+        e.starts_with("check: 'r\\u{0}ise' is not a health-check setting"),
+        "{e}"
+    );
+    // A group id too.
+    assert_eq!(group_id("0"), Ok(0));
+    assert!(
+        group_id("+0")
+            .unwrap_err()
+            .contains("there is no group '+0'")
+    );
+    assert!(
+        group_id("99999999999")
+            .unwrap_err()
+            .contains("out of range")
+    );
+    // A duration too long for any range is out of range, not "not a duration".
+    assert_eq!(parse_duration("99999999999999999999s"), Ok(Duration::MAX));
+    assert!(parse_duration("+5s").is_err());
+    let e = err(&svc(
+        "198.51.100.10:80/tcp",
+        "nat",
+        "[service.health]\nkind = \"tcp\"\ninterval = \"99999999999999999999h\"\n",
+    ));
+    assert!(
+        e.message.contains("is out of range: expected 100ms to 1h"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -7,7 +7,11 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::report::Report;
-use crate::model::{rules::Action, services::MAX_IDLE, text::shown};
+use crate::model::{
+    rules::Action,
+    services::{MAX_IDLE, MIN_IDLE},
+    text::{self, NumberError, shown},
+};
 
 /// A duration as written: a string with a unit (`"2s"`); numbers are refused with a
 /// message that says so.
@@ -123,16 +127,18 @@ pub(crate) fn socket_addrs<'de, D: serde::Deserializer<'de>>(
         .collect()
 }
 
-/// Parses `500ms`, `2s`, `5m`, `2h`, `1d`.
+/// Parses `500ms`, `2s`, `5m`, `2h`, `1d`: digits and a unit. A number too large for
+/// any duration gives `Duration::MAX`, so the caller's range check names it (a value
+/// out of range is not "not a duration").
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || {
         format!(
-            "'{s}' is not a duration: expected a whole number with a unit (ms, s, m, h, d), e.g. \"2s\" or \"500ms\""
+            "'{}' is not a duration: expected a whole number with a unit (ms, s, m, h, d), e.g. \"2s\" or \"500ms\"",
+            shown(s)
         )
     };
     let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(digits);
-    let n: u64 = n.parse().map_err(|_| bad())?;
     let ms = match unit {
         "ms" => 1,
         "s" => 1000,
@@ -141,7 +147,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "d" => 86_400_000,
         _ => return Err(bad()),
     };
-    n.checked_mul(ms).map(Duration::from_millis).ok_or_else(bad)
+    match text::number(n, 0..=u64::MAX) {
+        Ok(n) => Ok(n
+            .checked_mul(ms)
+            .map_or(Duration::MAX, Duration::from_millis)),
+        Err(NumberError::OutOfRange) => Ok(Duration::MAX),
+        Err(NumberError::NotDigits) => Err(bad()),
+    }
 }
 
 pub(crate) fn action(
@@ -200,37 +212,39 @@ pub(crate) fn duration(r: &mut Report, v: &Spanned<DurationText>, field: &str) -
     }
 }
 
-pub(crate) fn idle(
-    r: &mut Report,
-    v: &Option<Spanned<DurationText>>,
-    field: &str,
-    default: u32,
-) -> u32 {
-    let Some(v) = v else { return default };
-    let Some(d) = duration(r, v, field) else {
-        return default;
-    };
-    if d.subsec_millis() != 0 || d.as_secs() == 0 || d.as_secs() > MAX_IDLE as u64 {
+/// An idle timeout in whole seconds (`MIN_IDLE` to `MAX_IDLE`); None when not given
+/// or refused (reported).
+pub(crate) fn idle(r: &mut Report, v: &Option<Spanned<DurationText>>, field: &str) -> Option<u32> {
+    let v = v.as_ref()?;
+    let d = duration(r, v, field)?;
+    if d.subsec_millis() != 0 || d.as_secs() < MIN_IDLE as u64 || d.as_secs() > MAX_IDLE as u64 {
         r.at(
             v.span(),
             field,
             format!(
-                "idle timeout '{}' is out of range: expected whole seconds from 1s to {}s (7d)",
+                "idle timeout '{}' is out of range: expected whole seconds from {MIN_IDLE}s to {MAX_IDLE}s (7d)",
                 v.get_ref().0,
-                MAX_IDLE
             ),
         );
-        return default;
+        return None;
     }
-    d.as_secs() as u32
+    Some(d.as_secs() as u32)
 }
 
 /// The numeric id of a group name (or a number), if it exists.
 pub fn group_id(name: &str) -> Result<u32, String> {
-    if let Ok(n) = name.parse::<u32>() {
-        return Ok(n);
+    match text::number(name, 0..=u32::MAX as u64 - 1) {
+        Ok(n) => return Ok(n as u32),
+        Err(NumberError::OutOfRange) => {
+            return Err(format!(
+                "group id {name} is out of range: expected 0 to {}",
+                u32::MAX - 1
+            ));
+        }
+        Err(NumberError::NotDigits) => {}
     }
-    let c = std::ffi::CString::new(name).map_err(|_| format!("'{name}' is not a group name"))?;
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| format!("'{}' is not a group name", shown(name)))?;
     // SAFETY: getgrnam_r writes into the buffers given; a null result means not found.
     unsafe {
         let mut grp: libc::group = std::mem::zeroed();
@@ -241,6 +255,7 @@ pub fn group_id(name: &str) -> Result<u32, String> {
             return Ok(grp.gr_gid);
         }
     }
+    let name = shown(name);
     Err(format!(
         "there is no group '{name}' on this machine: create it (groupadd {name}) or name an existing group"
     ))

@@ -32,7 +32,7 @@ use crate::{
         rules::{Action, Match, Rule, RuleError, RuleSet, Target, parse_id, parse_target},
         services::{
             BackendAddr, DEFAULT_TCP_IDLE, DEFAULT_UDP_IDLE, ServiceConf, ServiceError, Services,
-            Vip,
+            Vip, parse_idle, parse_weight,
         },
     },
 };
@@ -136,8 +136,12 @@ pub fn parse_service_line(services: &mut Services, line: &str) -> Result<(), Ser
                     Some(("affinity", "source")) => affinity = true,
                     Some(("snat", a)) => snat = Some(a.parse().map_err(|_| bad())?),
                     Some(("echo", "off")) => echo = false,
-                    Some(("tcp_idle", n)) => tcp = Some(n.parse().map_err(|_| bad())?),
-                    Some(("udp_idle", n)) => udp = Some(n.parse().map_err(|_| bad())?),
+                    Some(("tcp_idle", n)) => {
+                        tcp = Some(parse_idle(n).map_err(ServiceError::Invalid)?)
+                    }
+                    Some(("udp_idle", n)) => {
+                        udp = Some(parse_idle(n).map_err(ServiceError::Invalid)?)
+                    }
                     _ => return Err(bad()),
                 }
             }
@@ -157,7 +161,7 @@ pub fn parse_service_line(services: &mut Services, line: &str) -> Result<(), Ser
         ["backend", vip, b, w] => {
             let w: u32 = w
                 .strip_prefix("weight=")
-                .and_then(|w| w.parse().ok())
+                .and_then(|w| parse_weight(w).ok())
                 .ok_or_else(bad)?;
             services
                 .add_backend(&vip.parse()?, b.parse()?, w)
@@ -464,9 +468,9 @@ mod tests {
     fn state_lines_round_trip() {
         let mut s = Services::default();
         for l in [
-            "service [2001:db8::10]:80/tcp nat affinity=source tcp_idle=600 udp_idle=5",
+            "service [2001:db8::10]:80/tcp nat affinity=source tcp_idle=600",
             "backend [2001:db8::10]:80/tcp [2001:db8::11]:8080 weight=2",
-            "service 192.0.2.10:*/udp dsr echo=off",
+            "service 192.0.2.10:*/udp dsr echo=off udp_idle=5",
             "backend 192.0.2.10:*/udp 203.0.113.11 weight=1",
         ] {
             parse_service_line(&mut s, l).unwrap();
