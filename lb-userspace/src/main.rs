@@ -8,11 +8,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let cli = xlb::cli::Cli::parse();
+    if !cli.command.serves() {
+        // A client writing into a closed pipe (`xlb fw list | head -1`) ends quietly,
+        // as other tools do, instead of panicking on the write.
+        // SAFETY: restoring the default disposition of SIGPIPE before any thread runs.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    let json = cli.json;
     match xlb::cli::main(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("xlb: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(e) => std::process::ExitCode::from(xlb::cli::exit::report(&e, json)),
     }
 }

@@ -14,11 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::netns::{Netns, NsServer, Spawned, TestDir, fill, in_ns, veth, wait_until};
-
-/// nginx as a backend on port 80, answering every request with its name: one process,
-/// no master, so killing it stops the backend at once and leaves nothing behind.
-const BACKEND_NGINX: &str = include_str!("../peers/backend-nginx.conf");
+use crate::netns::{Netns, NsServer, TestDir, in_ns, veth};
 
 pub struct Topology {
     // Drop order: servers, the peer program, namespaces, then the directory.
@@ -234,34 +230,6 @@ impl Topology {
         Ok(self
             .peer_xdp
             .insert(attach_bench_xdp(&self.switch, "sw-x", prog)?))
-    }
-
-    /// nginx on port 80 of every backend (see `nginx_backend`).
-    pub fn nginx_backends(&self) -> Result<Vec<Spawned>> {
-        (0..self.backends.len())
-            .map(|i| self.nginx_backend(i))
-            .collect()
-    }
-
-    /// nginx on port 80 of backend `i`, answering "web<i+1>", once it answers; killed
-    /// when the guard drops.
-    pub fn nginx_backend(&self, i: usize) -> Result<Spawned> {
-        let b = &self.backends[i];
-        let name = format!("web{}", i + 1);
-        let dir = self.dir.path.to_str().context("a UTF-8 directory")?;
-        let conf = self.dir.path.join(format!("{name}.nginx.conf"));
-        std::fs::write(&conf, fill(BACKEND_NGINX, &[("dir", dir), ("name", &name)]))?;
-        let mut s = Spawned::start(
-            b,
-            &["nginx", "-c", conf.to_str().unwrap(), "-g", "daemon off;"],
-            &self.dir.path.join(format!("{name}.log")),
-        )?;
-        let addr = backend_v4(i);
-        wait_until(&format!("nginx on {name}"), Duration::from_secs(10), || {
-            b.ok(&["curl", "-sf", "-o", "/dev/null", &format!("http://{addr}/")])
-        })?;
-        s.check_running(&name)?;
-        Ok(s)
     }
 
     /// Waits until the edge has a resolved neighbour entry for every address given

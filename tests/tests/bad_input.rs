@@ -213,7 +213,7 @@ fn cli_refuses_bad_input_and_changes_nothing() {
             "--weight",
             "0",
         ],
-        "weight 0 is out of range",
+        "'0' is not a weight: expected a whole number from 1 to 100",
     );
     refused(
         &xlb,
@@ -225,7 +225,7 @@ fn cli_refuses_bad_input_and_changes_nothing() {
             "--weight",
             "101",
         ],
-        "weight 101",
+        "'101' is not a weight",
     );
     refused(
         &xlb,

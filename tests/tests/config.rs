@@ -366,12 +366,14 @@ fn check_config_accepts_the_example_and_refuses_bad_files_without_root() {
     let dir = TestDir::plain("check").unwrap();
     std::fs::set_permissions(&dir.path, std::fs::Permissions::from_mode(0o755)).unwrap();
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/xlb.toml");
-    // As nobody: no root, no daemon.
+    // As nobody: no root, no daemon; the file alone (the example names eth0, which
+    // this test's host need not have).
     let check = |file: &Path| -> Output {
         Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
             .arg(xlb_bin())
             .args(["--socket", "/nonexistent/xlb.sock", "check-config"])
+            .arg("--no-host-checks")
             .arg(file)
             .output()
             .unwrap()
@@ -480,22 +482,33 @@ fn a_refused_reload_keeps_the_running_state_and_restarts_apply_the_file_diff() {
         "{err}"
     );
     assert_eq!(state(&xlb), before);
-    // A fullnat source address that is not this host's: refused by the daemon (the
-    // file itself is valid, so check-config accepts it).
+    // A fullnat source address that is not this host's: refused by the daemon, and by
+    // check-config on this host (the file alone is valid: --no-host-checks).
     let fullnat = GOOD.replace(
         "mode = \"nat\"",
         "mode = \"fullnat\"\nsnat = \"203.0.113.99\"",
     );
     std::fs::write(&file, &fullnat).unwrap();
-    let out = Command::new(xlb_bin())
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let bin = xlb_bin();
+    let check = |extra: &[&str]| {
+        e.edge
+            .cmd(&[bin.to_str().unwrap(), "check-config"])
+            .args(extra)
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let out = check(&["--no-host-checks"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    let out = check(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("203.0.113.99 is not an address of this host"),
+        "{err}"
     );
     let out = xlb.cli(&["reload"]);
     let err = String::from_utf8_lossy(&out.stderr);

@@ -469,7 +469,7 @@ fn pool_backends_follow_the_active_health_check_in_status_metrics_and_picking() 
     .unwrap();
     let check = &xlb.json(&["status", "--json"])["https"]["pools"][0]["health_check"];
     assert_eq!(
-        (check["kind"].as_str(), check["interval"].as_u64()),
+        (check["kind"].as_str(), check["interval_ms"].as_u64()),
         (Some("http"), Some(200))
     );
     // A kept-alive connection from the client.

@@ -655,6 +655,7 @@ fn long_ipv4_prefixes_add_remove_reuse() {
     fx.req(Request::Load {
         action: lb_common_deny(),
         text: hosts.join("\n"),
+        replace: false,
     });
     let probe = |fx: &Fixture, ip: &str| fx.run(&Pkt::tcp(ip, S4, 1, 80).build()).0;
     for ip in hosts.iter().step_by(97) {
@@ -672,6 +673,7 @@ fn long_ipv4_prefixes_add_remove_reuse() {
     fx.req(Request::Load {
         action: lb_common_deny(),
         text: removed.join("\n"),
+        replace: false,
     });
     for ip in hosts.iter().step_by(13) {
         assert_eq!(probe(&fx, ip), XDP_DROP, "{ip} re-added");
@@ -732,6 +734,7 @@ fn a_million_ipv4_and_a_million_ipv6_prefixes_load() {
     let r = fx.req(Request::Load {
         action: lb_common_deny(),
         text,
+        replace: false,
     });
     assert_eq!(r["added"], 1_000_000);
     let v6: String = (0..1_000_000u64)
@@ -740,6 +743,7 @@ fn a_million_ipv4_and_a_million_ipv6_prefixes_load() {
     let r = fx.req(Request::Load {
         action: lb_common_deny(),
         text: v6,
+        replace: false,
     });
     assert_eq!(r["added"], 1_000_000);
     assert_eq!(r["rules"], 2_000_000);
@@ -773,6 +777,7 @@ fn batched_hit_counters_match() {
     fx.req(Request::Load {
         action: lb_common_deny(),
         text,
+        replace: false,
     });
     fx.rules(&["deny 192.0.2.0/24"]);
     for _ in 0..3 {

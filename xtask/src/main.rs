@@ -377,7 +377,16 @@ fn main() -> Result<()> {
         Task::Bench { quick, only, peers } => {
             setup_with(if peers { PEER_TOOLS } else { &[] })?;
             need_root("bench")?;
-            run(cargo().args(["build", "--release", "--bins"]))?;
+            // xlb itself, and the benchmarks' crate (xlb-bench and xlb-peers).
+            run(cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "lb-userspace",
+                "-p",
+                "xlb-bench",
+                "--bins",
+            ]))?;
             let (bin, out) = if peers {
                 ("xlb-peers", "target/peers.json")
             } else {

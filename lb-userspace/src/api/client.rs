@@ -6,7 +6,7 @@ use std::{
     path::Path,
 };
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::{reply::Reply, request::Request};
@@ -62,16 +62,10 @@ pub fn call_raw(socket: &Path, req: &Request) -> Result<serde_json::Value> {
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
             ) =>
         {
-            bail!(
-                "no xlb daemon is running (nothing listens on {}): start one with `xlb run --config FILE` or `xlb run --iface IF`",
-                socket.display()
-            )
+            return Err(ClientError::NoDaemon(socket.display().to_string()).into());
         }
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            bail!(
-                "permission denied on {}: the control socket is root-only, use sudo",
-                socket.display()
-            )
+            return Err(ClientError::Permission(socket.display().to_string()).into());
         }
         Err(e) => return Err(e).with_context(|| format!("connecting to {}", socket.display())),
     };
@@ -89,8 +83,20 @@ pub fn call_raw(socket: &Path, req: &Request) -> Result<serde_json::Value> {
     if resp.ok {
         Ok(resp.data)
     } else {
-        Err(anyhow!(
-            resp.error.unwrap_or_else(|| "unknown error".into())
-        ))
+        Err(ClientError::Refused(resp.error.unwrap_or_else(|| "unknown error".into())).into())
     }
+}
+
+/// Why a request got no reply data: the kinds the CLI's exit codes tell apart.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "no xlb daemon is running (nothing listens on {0}): start one with `xlb run --config FILE` or `xlb run --iface IF`"
+    )]
+    NoDaemon(String),
+    #[error("permission denied on {0}: the control socket is root-only, use sudo")]
+    Permission(String),
+    /// The daemon answered with an error (nothing was changed).
+    #[error("{0}")]
+    Refused(String),
 }

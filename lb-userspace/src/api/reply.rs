@@ -53,6 +53,26 @@ pub struct RuleView {
     pub matches: String,
     pub action: Action,
     pub hits: u64,
+    /// Where the rule comes from: the configuration file, or a CLI change (which a
+    /// `reload --reset` drops).
+    pub source: Source,
+}
+
+/// Where a rule comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    File,
+    Cli,
+}
+
+/// `stats reset`: the counters are zero again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountersReset {
+    /// Rule hit counters zeroed.
+    pub rules: usize,
+    /// Backends whose counters were zeroed.
+    pub backends: usize,
 }
 
 /// `vip list`, `backend list` and the services of `status`.
@@ -77,8 +97,10 @@ pub struct ServiceView {
     pub mode: Mode,
     pub affinity: Affinity,
     pub echo: bool,
-    /// Idle timeouts in seconds.
+    /// Idle timeouts in seconds (the JSON names say so).
+    #[serde(rename = "tcp_idle_secs")]
     pub tcp_idle: u32,
+    #[serde(rename = "udp_idle_secs")]
     pub udp_idle: u32,
     pub snat: Option<String>,
     /// The check in use: the configuration file's, else the one set with the CLI.
@@ -363,6 +385,7 @@ pub enum Reply {
     Status(Box<Status>),
     Reloaded(Box<Reloaded>),
     Stopping(Stopping),
+    CountersReset(CountersReset),
 }
 
 /// The names the JSON gives them (padded like strings, so widths apply).
@@ -387,6 +410,7 @@ display_as_serde_name!(BackendState {
     Draining => "draining",
 });
 display_as_serde_name!(OnStop { Keep => "keep", Detach => "detach" });
+display_as_serde_name!(Source { File => "file", Cli => "cli" });
 display_as_serde_name!(HttpsChanged {
     Unchanged => "unchanged",
     Reloaded => "reloaded",

@@ -37,9 +37,17 @@ pub enum Request {
     Malformed {
         action: Action,
     },
-    /// Bulk prefixes, one a line (see rules::parse_bulk).
+    /// Bulk prefixes, one a line (see rules::parse_bulk); with `replace`, they replace
+    /// every prefix rule at once (a blocklist swapped without a moment of no rules).
     Load {
         action: Action,
+        text: String,
+        #[serde(default)]
+        replace: bool,
+    },
+    /// The whole firewall as `fw save` writes it (policies and rule lines): it
+    /// replaces the running one at once.
+    Restore {
         text: String,
     },
     /// Removes every rule (the policies stay).
@@ -69,6 +77,23 @@ pub enum Request {
     VipDel {
         vip: String,
     },
+    /// Changes a service's settings in place (None: kept); its flows stay where they
+    /// are unless the change moves them (a new mode).
+    VipSet {
+        vip: String,
+        #[serde(default)]
+        mode: Option<Mode>,
+        #[serde(default)]
+        affinity_source: Option<bool>,
+        #[serde(default)]
+        echo: Option<bool>,
+        #[serde(default)]
+        tcp_idle: Option<u32>,
+        #[serde(default)]
+        udp_idle: Option<u32>,
+        #[serde(default)]
+        snat: Option<String>,
+    },
     /// Reply: `ServiceList`.
     VipList,
     BackendAdd {
@@ -78,6 +103,15 @@ pub enum Request {
         /// Takes flows only while every primary of the service is out.
         #[serde(default)]
         backup: bool,
+    },
+    /// Changes a backend in place (None: kept): its weight, whether it is a backup.
+    BackendSet {
+        vip: String,
+        backend: String,
+        #[serde(default)]
+        weight: Option<u32>,
+        #[serde(default)]
+        backup: Option<bool>,
     },
     /// Takes a backend out of new flows (weight 0) until `BackendEnable`.
     BackendDrain {
@@ -99,10 +133,81 @@ pub enum Request {
     /// The daemon: interfaces, program, configuration, rules and services. Reply:
     /// `Status`.
     Status,
-    /// Re-reads the configuration file and applies what changed in it. Reply:
-    /// `Reloaded`.
-    Reload,
+    /// Re-reads the configuration file and applies what changed in it; with `reset`,
+    /// returns to the file exactly (the CLI's changes go). Reply: `Reloaded`.
+    Reload {
+        #[serde(default)]
+        reset: bool,
+    },
+    /// Zeroes the counters. Reply: `CountersReset`.
+    ResetCounters,
     /// Stops the daemon and removes the datapath: detaches from every interface,
     /// removes the pins (`xlb down`). Reply: `Stopping`.
     Down,
+}
+
+impl Request {
+    /// The request's `op` (its JSON tag), for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Prefix { .. } => "prefix",
+            Request::Port { .. } => "port",
+            Request::Except { .. } => "except",
+            Request::Del { .. } => "del",
+            Request::Default { .. } => "default",
+            Request::Malformed { .. } => "malformed",
+            Request::Load { .. } => "load",
+            Request::Restore { .. } => "restore",
+            Request::VipSet { .. } => "vip_set",
+            Request::BackendSet { .. } => "backend_set",
+            Request::ResetCounters => "reset_counters",
+            Request::Flush => "flush",
+            Request::VipAdd { .. } => "vip_add",
+            Request::VipCheck { .. } => "vip_check",
+            Request::VipDel { .. } => "vip_del",
+            Request::VipList => "vip_list",
+            Request::BackendAdd { .. } => "backend_add",
+            Request::BackendDrain { .. } => "backend_drain",
+            Request::BackendEnable { .. } => "backend_enable",
+            Request::BackendDel { .. } => "backend_del",
+            Request::List => "list",
+            Request::Stats => "stats",
+            Request::Status => "status",
+            Request::Reload { .. } => "reload",
+            Request::Down => "down",
+        }
+    }
+
+    /// Whether the request changes something (and is logged with its caller).
+    pub fn changes(&self) -> bool {
+        !matches!(
+            self,
+            Request::VipList | Request::List | Request::Stats | Request::Status
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `name` is the JSON tag.
+    #[test]
+    fn names_are_the_wire_names() {
+        for r in [
+            Request::Flush,
+            Request::VipList,
+            Request::Reload { reset: true },
+            Request::Default {
+                action: Action::Deny,
+            },
+            Request::BackendDrain {
+                vip: String::new(),
+                backend: String::new(),
+            },
+        ] {
+            let v = serde_json::to_value(&r).unwrap();
+            assert_eq!(v["op"], r.name());
+        }
+    }
 }

@@ -42,3 +42,15 @@ pub fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string(v)?);
     Ok(())
 }
+
+/// A duration argument: the configuration's syntax (`500ms`, `2s`, `5m`, `2h`, `1d`),
+/// or a bare number of seconds (`1.5`).
+pub fn duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    if let Ok(secs) = s.parse::<f64>()
+        && s.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && secs.is_finite()
+    {
+        return Ok(std::time::Duration::from_secs_f64(secs));
+    }
+    crate::config::parse_duration(s)
+}

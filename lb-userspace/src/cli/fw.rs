@@ -2,66 +2,93 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Subcommand;
+use serde::Serialize;
 
-use super::format::print_json;
+use super::{Ctx, format::print_json};
 use crate::{
     api::{
         self, Request,
         reply::{PolicySet, RuleChanges, RuleList},
     },
-    model::rules::Action,
+    config::files,
+    model::rules::{Action, Match},
+    store::lines::rule_line,
 };
 
 #[derive(Subcommand, Debug)]
 pub enum Fw {
     /// Drop packets from these source prefixes (longest prefix wins).
     Deny {
+        /// Prefixes (`192.0.2.0/24`, `2001:db8::/32`; a bare address is a /32 or /128).
         #[arg(required = true)]
         prefixes: Vec<String>,
     },
     /// Pass packets from these source prefixes (longest prefix wins).
     Allow {
+        /// Prefixes (`192.0.2.0/24`, `2001:db8::/32`; a bare address is a /32 or /128).
         #[arg(required = true)]
         prefixes: Vec<String>,
     },
     /// Port rules: `xlb fw port deny 80/tcp 1000-2000/udp`.
     Port {
+        /// allow or deny.
         action: ActionArg,
+        /// Port specs: PORT/PROTO or LOW-HIGH/PROTO (tcp, udp).
         #[arg(required = true)]
         ports: Vec<String>,
     },
     /// Always allow these source prefixes or destination ports, whatever else matches.
     Except {
+        /// Prefixes or port specs.
         #[arg(required = true)]
         targets: Vec<String>,
     },
     /// Remove rules by prefix or port spec (`--except` for the always-allow list).
     Del {
+        /// Remove from the always-allow list.
         #[arg(long)]
         except: bool,
+        /// Prefixes or port specs, as they were added.
         #[arg(required = true)]
         targets: Vec<String>,
     },
     /// Remove every rule (the policies stay).
     Flush,
     /// The policy for packets no rule matches.
-    Default { action: ActionArg },
+    Default {
+        /// allow or deny.
+        action: ActionArg,
+    },
     /// The policy for truncated or malformed packets (default deny).
-    Malformed { action: ActionArg },
-    /// List the policies and rules with their hit counts.
-    List {
-        #[arg(long)]
-        json: bool,
+    Malformed {
+        /// allow or deny.
+        action: ActionArg,
+    },
+    /// List the policies and rules with their hit counts and where each comes from
+    /// (the configuration file, or the CLI).
+    List,
+    /// Print the policies and rules in the form `fw restore` reads back.
+    Save,
+    /// Replace the whole firewall (policies and rules) with a file `fw save` wrote,
+    /// at once: one bad line refuses the whole file.
+    Restore {
+        /// The file (`-`: standard input is not read; give a file).
+        file: PathBuf,
     },
     /// Load prefixes from a file, one a line (optionally `allow`/`deny` before it, `#`
     /// comments). One bad line refuses the whole file.
     Load {
+        /// The file of prefixes.
         file: PathBuf,
         /// The action of lines that name none.
         #[arg(long, value_enum, default_value = "deny")]
         action: ActionArg,
+        /// Replace every prefix rule with the file's, at once (a blocklist swapped
+        /// without a moment of no rules); port and except rules stay.
+        #[arg(long)]
+        replace: bool,
     },
 }
 
@@ -81,7 +108,7 @@ impl From<ActionArg> for Action {
 }
 
 /// Runs one `xlb fw` verb.
-pub fn fw(socket: &Path, cmd: Fw) -> Result<()> {
+pub fn fw(ctx: &Ctx, cmd: Fw) -> Result<()> {
     let req = match cmd {
         Fw::Deny { prefixes } => Request::Prefix {
             action: Action::Deny,
@@ -100,7 +127,7 @@ pub fn fw(socket: &Path, cmd: Fw) -> Result<()> {
         Fw::Flush => Request::Flush,
         Fw::Default { action } => {
             return policy(
-                socket,
+                ctx,
                 Request::Default {
                     action: action.into(),
                 },
@@ -108,38 +135,91 @@ pub fn fw(socket: &Path, cmd: Fw) -> Result<()> {
         }
         Fw::Malformed { action } => {
             return policy(
-                socket,
+                ctx,
                 Request::Malformed {
                     action: action.into(),
                 },
             );
         }
-        Fw::List { json } => {
-            let v: RuleList = api::call(socket, &Request::List)?;
-            return if json { print_json(&v) } else { print_list(&v) };
+        Fw::List => {
+            let v: RuleList = api::call(&ctx.socket, &Request::List)?;
+            return if ctx.json {
+                print_json(&v)
+            } else {
+                print_list(&v);
+                Ok(())
+            };
         }
-        Fw::Load { file, action } => return load(socket, &file, action.into()),
+        Fw::Save => return save(ctx),
+        Fw::Restore { file } => Request::Restore { text: read(&file)? },
+        Fw::Load {
+            file,
+            action,
+            replace,
+        } => Request::Load {
+            action: action.into(),
+            text: read(&file)?,
+            replace,
+        },
     };
-    let v: RuleChanges = api::call(socket, &req)?;
+    let v: RuleChanges = api::call(&ctx.socket, &req)?;
+    if ctx.json {
+        return print_json(&v);
+    }
     print_change(&v);
     Ok(())
 }
 
-/// `fw load FILE`: one request with the whole file.
-fn load(socket: &Path, file: &PathBuf, action: Action) -> Result<()> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let req = Request::Load { action, text };
-    let v: RuleChanges =
-        api::call(socket, &req).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    print_change(&v);
-    Ok(())
+/// A file the request carries, read here (regular, bounded: see `config::files`).
+fn read(file: &Path) -> Result<String> {
+    Ok(files::read_text(file)?)
 }
 
-fn policy(socket: &Path, req: Request) -> Result<()> {
-    let v: PolicySet = api::call(socket, &req)?;
+fn policy(ctx: &Ctx, req: Request) -> Result<()> {
+    let v: PolicySet = api::call(&ctx.socket, &req)?;
+    if ctx.json {
+        return print_json(&v);
+    }
     println!("policy set to {}", v.policy);
     Ok(())
+}
+
+/// `fw save --json`: the same lines, as a list.
+#[derive(Serialize)]
+struct Saved {
+    lines: Vec<String>,
+}
+
+/// `fw save`: the policies, then every rule, as `fw restore` reads them.
+fn save(ctx: &Ctx) -> Result<()> {
+    let v: RuleList = api::call(&ctx.socket, &Request::List)?;
+    let mut lines = vec![
+        format!("default {}", v.default),
+        format!("malformed {}", v.malformed),
+    ];
+    for r in &v.rules {
+        let m: Match = saved_match(&r.kind, &r.matches)?;
+        lines.push(rule_line(&m, r.action));
+    }
+    if ctx.json {
+        return print_json(&Saved { lines });
+    }
+    println!("# xlb fw save: restore with `xlb fw restore FILE`");
+    for l in lines {
+        println!("{l}");
+    }
+    Ok(())
+}
+
+/// A listed rule's match from its kind and text.
+fn saved_match(kind: &str, text: &str) -> Result<Match> {
+    Ok(match kind {
+        "prefix" => Match::Prefix(text.parse()?),
+        "port" => Match::Port(text.parse()?),
+        "except-prefix" => Match::ExceptPrefix(text.parse()?),
+        "except-port" => Match::ExceptPort(text.parse()?),
+        other => anyhow::bail!("the daemon listed a rule of an unknown kind '{other}'"),
+    })
 }
 
 fn print_change(v: &RuleChanges) {
@@ -149,26 +229,26 @@ fn print_change(v: &RuleChanges) {
     );
 }
 
-fn print_list(v: &RuleList) -> Result<()> {
+fn print_list(v: &RuleList) {
     println!("default policy:   {}", v.default);
     println!("malformed policy: {}", v.malformed);
     if v.rules.is_empty() {
         println!("no rules");
-        return Ok(());
+        return;
     }
     println!(
-        "{:>8}  {:<14} {:<44} {:<6} {:>12}",
+        "{:>8}  {:<14} {:<44} {:<6} {:>12}  source",
         "id", "kind", "match", "action", "hits"
     );
     for r in &v.rules {
         println!(
-            "{:>8}  {:<14} {:<44} {:<6} {:>12}",
+            "{:>8}  {:<14} {:<44} {:<6} {:>12}  {}",
             r.id,
             r.kind,
             r.matches,
             r.action.to_string(),
-            r.hits
+            r.hits,
+            r.source
         );
     }
-    Ok(())
 }

@@ -3,6 +3,7 @@
 //! `run` (`run`, `proxy`, `check-config`, `down`), `fw`, `services` (`vip`, `backend`),
 //! `status` (`status`, `reload`, `stats`), `top`; `format` holds the shared helpers.
 
+pub mod exit;
 pub mod format;
 pub mod fw;
 pub mod run;
@@ -30,8 +31,38 @@ pub struct Cli {
     /// The daemon's control socket.
     #[arg(long, global = true, env = "XLB_SOCKET", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// The largest file xlb reads (configuration, state, rules, certificates), e.g.
+    /// 64MiB or 1GiB; the daemon applies it to reloads and to `fw load` requests too.
+    #[arg(long, global = true, env = "XLB_MAX_FILE_SIZE", default_value = "64MiB", value_parser = parse_size)]
+    pub max_file_size: u64,
+    /// Print the result as JSON (every verb), and errors as a JSON object on stderr.
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// What every verb is given besides its own arguments.
+pub struct Ctx {
+    /// The daemon's control socket.
+    pub socket: PathBuf,
+    /// `--json`.
+    pub json: bool,
+}
+
+impl Command {
+    /// Whether the command serves (a daemon or the proxy) rather than runs and exits.
+    pub fn serves(&self) -> bool {
+        matches!(self, Command::Run { .. } | Command::Proxy { .. })
+    }
+}
+
+/// `xlb stats` actions.
+#[derive(Subcommand, Debug)]
+pub enum StatsCmd {
+    /// Zero every counter: packets and bytes by reason, rule hits, services' and
+    /// backends' traffic (the metrics' counters restart too).
+    Reset,
 }
 
 #[derive(Subcommand, Debug)]
@@ -111,58 +142,59 @@ pub enum Command {
         /// Also delete the stored state (rules and services).
         #[arg(long)]
         purge: bool,
+        /// The stored state `--purge` deletes.
         #[arg(long, default_value = DEFAULT_STATE)]
         state: PathBuf,
-        #[arg(long)]
-        json: bool,
     },
     /// Firewall rules.
     #[command(subcommand)]
     Fw(Fw),
-    /// Layer-4 services (service addresses).
-    #[command(subcommand)]
+    /// Layer-4 services (service addresses); also `xlb service`.
+    #[command(subcommand, visible_alias = "service")]
     Vip(VipCmd),
     /// The backends of a service.
     #[command(subcommand)]
     Backend(BackendCmd),
     /// Packet and byte counters by verdict and reason, per service and backend.
     Stats {
-        #[arg(long)]
-        json: bool,
+        #[command(subcommand)]
+        action: Option<StatsCmd>,
     },
     /// Validate a configuration file and change nothing (no daemon, no root needed).
     CheckConfig {
+        /// The configuration file.
         file: PathBuf,
+        /// Check only the file, not what it asks of this host (interfaces, forwarding,
+        /// fullnat source addresses): for checking a file on another machine.
         #[arg(long)]
-        json: bool,
+        no_host_checks: bool,
     },
     /// The daemon: interfaces, program, configuration and its last reload, rules,
     /// services and backends.
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
+    Status,
     /// Re-read the daemon's configuration file and apply what changed in it (like
     /// SIGHUP); a file with errors is refused whole and nothing changes.
     Reload {
+        /// Return to the file exactly: drop every rule, service and backend change made
+        /// with the CLI (what the file does not define goes, what it defines comes back).
         #[arg(long)]
-        json: bool,
+        reset: bool,
     },
     /// A live view of rates per service, backend and drop reason, refreshed every
     /// interval (Ctrl-C ends it).
     Top {
-        /// Seconds between refreshes.
-        #[arg(long, default_value_t = 1.0, value_parser = parse_interval)]
-        interval: f64,
+        /// Time between refreshes (50ms to 1h; a bare number is seconds).
+        #[arg(long, default_value = "1s", value_parser = parse_interval)]
+        interval: std::time::Duration,
         /// Print this many frames, then exit (no screen control codes).
         #[arg(long)]
         iterations: Option<u64>,
         /// Frame width in columns (default: the terminal's, else 100).
-        #[arg(long)]
-        width: Option<usize>,
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        width: Option<u16>,
         /// Frame height in lines (default: the terminal's, else 30).
-        #[arg(long)]
-        height: Option<usize>,
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        height: Option<u16>,
     },
 }
 
@@ -179,13 +211,12 @@ fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, String> {
         .map_err(|_| format!("'{s}' is not ADDR:PORT (e.g. 127.0.0.1:9100, [::1]:9100) or off"))
 }
 
-fn parse_interval(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if (0.05..=3600.0).contains(&v) => Ok(v),
-        _ => Err(format!(
-            "'{s}' is not an interval: use 0.05 to 3600 seconds"
-        )),
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let d = format::duration_arg(s)?;
+    if !(std::time::Duration::from_millis(50)..=std::time::Duration::from_secs(3600)).contains(&d) {
+        return Err(format!("'{s}' is out of range: use 50ms to 1h"));
     }
+    Ok(d)
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -194,9 +225,32 @@ pub enum LogFormat {
     Json,
 }
 
+/// `--max-file-size`: bytes, or a whole number with a unit (KiB, MiB, GiB).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(digits);
+    let scale: u64 = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => 0,
+    };
+    match n.parse::<u64>().ok().and_then(|n| n.checked_mul(scale)) {
+        Some(b) if b > 0 => Ok(b),
+        _ => Err(format!(
+            "'{s}' is not a size: expected a whole number of bytes, or with KiB, MiB or GiB (e.g. 256MiB)"
+        )),
+    }
+}
+
 /// Runs one command line.
 pub fn main(cli: Cli) -> Result<()> {
-    let socket = cli.socket;
+    crate::config::files::set_limit(cli.max_file_size);
+    let ctx = Ctx {
+        socket: cli.socket,
+        json: cli.json,
+    };
     match cli.command {
         Command::Run {
             iface,
@@ -228,18 +282,20 @@ pub fn main(cli: Cli) -> Result<()> {
                 drop_log_rate,
                 kernel_log,
             },
-            socket,
+            ctx.socket,
         ),
-        Command::CheckConfig { file, json } => run::check_config(&file, json),
+        Command::CheckConfig {
+            file,
+            no_host_checks,
+        } => run::check_config(&file, ctx.json, !no_host_checks),
         Command::Down {
             bpffs,
             purge,
             state,
-            json,
-        } => run::down(&socket, &bpffs, purge.then_some(state.as_path()), json),
-        Command::Status { json } => status::status(&socket, json),
-        Command::Reload { json } => status::reload(&socket, json),
-        Command::Stats { json } => status::stats(&socket, json),
+        } => run::down(&ctx, &bpffs, purge.then_some(state.as_path())),
+        Command::Status => status::status(&ctx),
+        Command::Reload { reset } => status::reload(&ctx, reset),
+        Command::Stats { action } => status::stats(&ctx, action),
         Command::Proxy {
             config,
             check,
@@ -251,16 +307,49 @@ pub fn main(cli: Cli) -> Result<()> {
             width,
             height,
         } => top::run(
-            &socket,
+            &ctx.socket,
             top::TopOptions {
-                interval: std::time::Duration::from_secs_f64(interval),
+                json: ctx.json,
+                interval,
                 iterations,
-                width,
-                height,
+                width: width.map(usize::from),
+                height: height.map(usize::from),
             },
         ),
-        Command::Vip(cmd) => services::vip(&socket, cmd),
-        Command::Backend(cmd) => services::backend(&socket, cmd),
-        Command::Fw(cmd) => fw::fw(&socket, cmd),
+        Command::Vip(cmd) => services::vip(&ctx, cmd),
+        Command::Backend(cmd) => services::backend(&ctx, cmd),
+        Command::Fw(cmd) => fw::fw(&ctx, cmd),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Every verb and every argument says what it is (`xlb help VERB`).
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("{path} {}", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "xlb", &mut missing);
+        assert!(missing.is_empty(), "without help: {missing:?}");
     }
 }

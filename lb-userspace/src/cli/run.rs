@@ -6,15 +6,19 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use super::{LogFormat, MetricsAddr, format::or_none};
+use super::{Ctx, LogFormat, MetricsAddr, exit, format::or_none};
 use crate::{
     api::{self, Request, reply::Stopping},
-    config::{Config, HttpsConfig},
+    config::{
+        Config, HttpsConfig,
+        files::{self, Existing},
+    },
     daemon::{self, RunOptions, monitor::MonitorOptions},
     https::{self, HttpsProxy},
     kernel::pins::PinDir,
     metrics::kernel_log::KernelLog,
     model::interface::{AttachMode, Interface},
+    store,
 };
 
 /// The flags of `xlb run`.
@@ -36,6 +40,7 @@ pub struct RunArgs {
 
 /// `xlb run`: the daemon, until SIGINT, SIGTERM or `xlb down`.
 pub fn run(a: RunArgs, socket: PathBuf) -> Result<()> {
+    exit::need_root("xlb run needs root (CAP_BPF, CAP_NET_ADMIN)")?;
     init_logging(a.log_format, a.kernel_log);
     let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
     rt.block_on(daemon::run(RunOptions {
@@ -54,6 +59,7 @@ pub fn run(a: RunArgs, socket: PathBuf) -> Result<()> {
             drop_sample: a.drop_sample,
             drop_log_rate: a.drop_log_rate,
             kernel_log: a.kernel_log,
+            metrics_connections: crate::metrics::http::MAX_CONNECTIONS,
         },
     }))
 }
@@ -101,9 +107,33 @@ struct ConfigRefused<'a> {
     errors: &'a [crate::config::ConfigError],
 }
 
-/// `xlb check-config FILE`: validates it as `xlb run` would, changes nothing.
-pub fn check_config(file: &Path, json: bool) -> Result<()> {
-    match Config::load(file) {
+/// `xlb check-config FILE`: validates it as `xlb run` would, changes nothing. With
+/// `host`, also what `xlb run` would refuse on this host (interfaces, forwarding,
+/// fullnat source addresses).
+pub fn check_config(file: &Path, json: bool, host: bool) -> Result<()> {
+    let loaded = Config::load(file).and_then(|c| {
+        let problems = if host {
+            daemon::host::problems(&c)
+        } else {
+            Vec::new()
+        };
+        if problems.is_empty() {
+            return Ok(c);
+        }
+        Err(crate::config::ConfigErrors(
+            problems
+                .into_iter()
+                .map(|message| crate::config::ConfigError {
+                    file: file.to_path_buf(),
+                    line: 0,
+                    column: 0,
+                    field: "host".into(),
+                    message,
+                })
+                .collect(),
+        ))
+    });
+    match loaded {
         Ok(c) => {
             if json {
                 let services = &c.projection.services.by_vip;
@@ -116,7 +146,7 @@ pub fn check_config(file: &Path, json: bool) -> Result<()> {
                     backends: services.values().map(|s| s.backends.len()).sum(),
                     health_checks: c.health.len(),
                     tls: c.https.is_some(),
-                    metrics: c.metrics.map(|m| m.to_string()),
+                    metrics: c.metrics_listen().map(|a| a.to_string()),
                 };
                 println!("{}", serde_json::to_string(&v)?);
             } else {
@@ -143,36 +173,52 @@ pub fn check_config(file: &Path, json: bool) -> Result<()> {
 struct DownReport {
     daemon_stopped: Option<u32>,
     detached: Vec<String>,
+    /// Whether there was a pin directory to remove.
+    pins_removed: bool,
+    /// Whether the stored state was deleted (`--purge`).
+    state_deleted: bool,
 }
 
 /// `xlb down`: through the daemon if one runs (it detaches, removes its pins and
 /// exits), else directly on the pin directory a stopped or crashed run left.
-pub fn down(socket: &Path, bpffs: &Path, purge: Option<&Path>, json: bool) -> Result<()> {
+pub fn down(ctx: &Ctx, bpffs: &Path, purge: Option<&Path>) -> Result<()> {
+    let socket = &ctx.socket;
     let report = take_down(socket, bpffs, purge)?;
-    if json {
+    if ctx.json {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
     match report.daemon_stopped {
         Some(pid) => println!("stopped the daemon (pid {pid})"),
-        None => println!("no daemon was running"),
+        None => println!("no daemon was running on {}", socket.display()),
     }
     println!("detached from: {}", or_none(&report.detached.join(", ")));
-    println!("removed the pins under {}", bpffs.display());
+    if report.pins_removed {
+        println!("removed the pins under {}", bpffs.display());
+    } else {
+        println!("no datapath was pinned at {}", bpffs.display());
+    }
     if let Some(state) = purge {
-        println!("deleted the stored state {}", state.display());
+        if report.state_deleted {
+            println!("deleted the stored state {}", state.display());
+        } else {
+            println!("there was no stored state at {}", state.display());
+        }
     }
     Ok(())
 }
 
 fn take_down(socket: &Path, bpffs: &Path, purge: Option<&Path>) -> Result<DownReport> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("xlb down needs root (it detaches XDP programs): run it with sudo");
+    exit::need_root("xlb down needs root (it detaches XDP programs)")?;
+    if let Some(state) = purge {
+        // Checked first: a refusal here leaves everything running.
+        store::check_path(state)?;
     }
     let mut out = DownReport {
         daemon_stopped: None,
         detached: Vec::new(),
+        pins_removed: false,
+        state_deleted: false,
     };
     if api::daemon_running(socket) {
         let v: Stopping = api::call(socket, &Request::Down)?;
@@ -182,7 +228,10 @@ fn take_down(socket: &Path, bpffs: &Path, purge: Option<&Path>) -> Result<DownRe
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while api::daemon_running(socket) || socket.exists() {
             if std::time::Instant::now() > deadline {
-                bail!("the daemon did not stop within 20 s of `xlb down`");
+                return Err(exit::fail(
+                    exit::Exit::Partial,
+                    "the daemon was told to stop but did not within 20 s of `xlb down`: nothing else was removed",
+                ));
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
@@ -190,14 +239,18 @@ fn take_down(socket: &Path, bpffs: &Path, purge: Option<&Path>) -> Result<DownRe
     if bpffs.exists() {
         let dir = PinDir::open(bpffs)?;
         let detached = dir.remove_all()?;
+        out.pins_removed = true;
         if !detached.is_empty() {
             out.detached = detached;
         }
     }
-    let _ = std::fs::remove_file(socket);
+    // A socket left by a crashed daemon; nothing else at that path is ours.
+    if files::existing(socket).ok() == Some(Existing::Socket) && !api::daemon_running(socket) {
+        let _ = std::fs::remove_file(socket);
+    }
     if let Some(state) = purge {
         match std::fs::remove_file(state) {
-            Ok(()) => {}
+            Ok(()) => out.state_deleted = true,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("deleting {}", state.display())),
         }

@@ -1,40 +1,74 @@
 //! `xlb vip` and `xlb backend`: layer-4 services and their backends.
 
-use std::{collections::BTreeMap, path::Path};
+use std::collections::BTreeMap;
 
 use anyhow::{Result, bail};
 use clap::Subcommand;
 
-use super::format::print_json;
+use super::{
+    Ctx,
+    format::{duration_arg, print_json},
+};
 use crate::{
     api::{
         self, Request,
         reply::{BackendState, BackendView, ServiceList, ServicesChanged},
     },
-    model::services::{Mode, Vip},
+    model::services::{MAX_IDLE, MAX_WEIGHT, Mode, Vip},
 };
+
+/// A service address: `ADDR:PORT/PROTO`, or `ADDR:*/PROTO` for every port.
+const VIP_HELP: &str = "The service address: ADDR:PORT/PROTO, or ADDR:*/PROTO for every port (e.g. 192.0.2.10:80/tcp, [2001:db8::10]:443/tcp)";
 
 #[derive(Subcommand, Debug)]
 pub enum VipCmd {
     /// Add a service: `xlb vip add 192.0.2.10:80/tcp --mode nat` (`ADDR:*/PROTO` for
     /// every port).
     Add {
+        #[arg(help = VIP_HELP)]
         vip: String,
+        /// How packets reach the backends: dsr, nat or fullnat (see docs/load-balancing.md).
         #[arg(long, value_enum)]
         mode: Mode,
-        /// `source`: every flow of a client goes to the same backend.
+        /// `source`: every flow of a client goes to the same backend; `none` (the
+        /// default): each flow on its own.
         #[arg(long, value_enum)]
         affinity: Option<Affinity>,
         /// Do not answer echo requests to the service address.
         #[arg(long)]
         no_echo: bool,
-        /// Seconds a TCP flow may idle before it is rescheduled (default 7200).
-        #[arg(long)]
+        /// How long a TCP flow may idle before it is rescheduled (e.g. 2h, 300s; a
+        /// bare number is seconds; default 2h).
+        #[arg(long, value_parser = idle_arg)]
         tcp_idle: Option<u32>,
-        /// Seconds a UDP flow may idle before it is rescheduled (default 30).
-        #[arg(long)]
+        /// How long a UDP flow may idle before it is rescheduled (default 30s).
+        #[arg(long, value_parser = idle_arg)]
         udp_idle: Option<u32>,
         /// fullnat: the source address the backends see (an address of this host).
+        #[arg(long)]
+        snat: Option<String>,
+    },
+    /// Change a service in place (what is not given stays): its flows keep their
+    /// backends unless the change moves them (a new mode).
+    Set {
+        #[arg(help = VIP_HELP)]
+        vip: String,
+        /// dsr, nat or fullnat.
+        #[arg(long, value_enum)]
+        mode: Option<Mode>,
+        /// source or none.
+        #[arg(long, value_enum)]
+        affinity: Option<Affinity>,
+        /// Answer echo requests to the service address: on or off.
+        #[arg(long, value_enum)]
+        echo: Option<OnOff>,
+        /// TCP idle timeout (e.g. 2h, 300s).
+        #[arg(long, value_parser = idle_arg)]
+        tcp_idle: Option<u32>,
+        /// UDP idle timeout (e.g. 30s).
+        #[arg(long, value_parser = idle_arg)]
+        udp_idle: Option<u32>,
+        /// fullnat: the source address the backends see.
         #[arg(long)]
         snat: Option<String>,
     },
@@ -43,6 +77,7 @@ pub enum VipCmd {
     /// 192.0.2.10:80/tcp http --path /healthz --interval 2s`. Kept across restarts;
     /// a configuration file's `[service.health]` for the service wins.
     Check {
+        #[arg(help = VIP_HELP)]
         vip: String,
         /// tcp, http, https, tls, or off (no check: every backend counts as up).
         kind: String,
@@ -69,50 +104,115 @@ pub enum VipCmd {
         expect_status: Option<String>,
     },
     /// Remove a service and its backends.
-    Del { vip: String },
-    /// List the services.
-    List {
-        #[arg(long)]
-        json: bool,
+    Del {
+        #[arg(help = VIP_HELP)]
+        vip: String,
     },
+    /// List the services.
+    List,
 }
 
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Affinity {
+    /// Each flow on its own.
+    None,
+    /// Every flow of a client to the same backend.
     Source,
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+/// A backend: `ADDR:PORT`, or `ADDR` for the service's port.
+const BACKEND_HELP: &str =
+    "The backend: ADDR:PORT, or ADDR to use the service's port (e.g. 203.0.113.11:8080)";
 
 #[derive(Subcommand, Debug)]
 pub enum BackendCmd {
     /// Add a backend: `xlb backend add 192.0.2.10:80/tcp 203.0.113.11:8080 --weight 2`.
     Add {
+        #[arg(help = VIP_HELP)]
         vip: String,
+        #[arg(help = BACKEND_HELP)]
         backend: String,
-        #[arg(long, default_value_t = 1)]
+        /// Its share of new flows against the service's other backends (1 to 100).
+        #[arg(long, default_value = "1", value_parser = weight_arg)]
         weight: u32,
         /// A backup: takes flows only while every primary of the service is down or
         /// drained.
         #[arg(long)]
         backup: bool,
     },
+    /// Change a backend in place (what is not given stays): its weight, whether it is
+    /// a backup. Its established flows stay.
+    Set {
+        #[arg(help = VIP_HELP)]
+        vip: String,
+        #[arg(help = BACKEND_HELP)]
+        backend: String,
+        /// Its share of new flows (1 to 100).
+        #[arg(long, value_parser = weight_arg)]
+        weight: Option<u32>,
+        /// Whether it is a backup: on or off.
+        #[arg(long, value_enum)]
+        backup: Option<OnOff>,
+    },
     /// Take a backend out of new flows (weight 0; its established flows stay) until
     /// `xlb backend enable`; kept across restarts and reloads.
-    Drain { vip: String, backend: String },
+    Drain {
+        #[arg(help = VIP_HELP)]
+        vip: String,
+        #[arg(help = BACKEND_HELP)]
+        backend: String,
+    },
     /// Give a drained backend new flows again.
-    Enable { vip: String, backend: String },
+    Enable {
+        #[arg(help = VIP_HELP)]
+        vip: String,
+        #[arg(help = BACKEND_HELP)]
+        backend: String,
+    },
     /// Remove a backend: it takes no new flows and drains (keeps its established flows
     /// for the drain timeout, `[balancer] drain_timeout`, default 30 s).
-    Del { vip: String, backend: String },
+    Del {
+        #[arg(help = VIP_HELP)]
+        vip: String,
+        #[arg(help = BACKEND_HELP)]
+        backend: String,
+    },
     /// List backends (of one service, or of all).
     List {
+        /// Only this service's.
         vip: Option<String>,
-        #[arg(long)]
-        json: bool,
     },
 }
 
+/// `--weight`: a whole number from 1 to MAX_WEIGHT.
+fn weight_arg(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(w) if s.bytes().all(|b| b.is_ascii_digit()) && (1..=MAX_WEIGHT).contains(&w) => Ok(w),
+        _ => Err(format!(
+            "'{s}' is not a weight: expected a whole number from 1 to {MAX_WEIGHT}"
+        )),
+    }
+}
+
+/// An idle timeout: a duration in whole seconds (`2h`, `300s`, or bare seconds).
+fn idle_arg(s: &str) -> Result<u32, String> {
+    let d = duration_arg(s)?;
+    if d.subsec_millis() != 0 || d.as_secs() == 0 || d.as_secs() > MAX_IDLE as u64 {
+        return Err(format!(
+            "'{s}' is out of range: expected whole seconds from 1s to {MAX_IDLE}s (7d)"
+        ));
+    }
+    Ok(d.as_secs() as u32)
+}
+
 /// Runs one `xlb vip` verb.
-pub fn vip(socket: &Path, cmd: VipCmd) -> Result<()> {
+pub fn vip(ctx: &Ctx, cmd: VipCmd) -> Result<()> {
     let req = match cmd {
         VipCmd::Add {
             vip,
@@ -125,7 +225,7 @@ pub fn vip(socket: &Path, cmd: VipCmd) -> Result<()> {
         } => Request::VipAdd {
             vip,
             mode,
-            affinity_source: affinity.is_some(),
+            affinity_source: affinity == Some(Affinity::Source),
             echo: !no_echo,
             tcp_idle,
             udp_idle,
@@ -156,17 +256,42 @@ pub fn vip(socket: &Path, cmd: VipCmd) -> Result<()> {
                 check: check_words(kind, settings)?,
             }
         }
+        VipCmd::Set {
+            vip,
+            mode,
+            affinity,
+            echo,
+            tcp_idle,
+            udp_idle,
+            snat,
+        } => Request::VipSet {
+            vip,
+            mode,
+            affinity_source: affinity.map(|a| a == Affinity::Source),
+            echo: echo.map(|e| e == OnOff::On),
+            tcp_idle,
+            udp_idle,
+            snat,
+        },
         VipCmd::Del { vip } => Request::VipDel { vip },
-        VipCmd::List { json } => {
-            let v: ServiceList = api::call(socket, &Request::VipList)?;
-            if json {
+        VipCmd::List => {
+            let v: ServiceList = api::call(&ctx.socket, &Request::VipList)?;
+            if ctx.json {
                 return print_json(&v);
             }
             print_services(&v, false);
             return Ok(());
         }
     };
-    let _: ServicesChanged = api::call(socket, &req)?;
+    changed(ctx, &req)
+}
+
+/// Sends a change and says it was made (`--json`: the reply).
+fn changed(ctx: &Ctx, req: &Request) -> Result<()> {
+    let v: ServicesChanged = api::call(&ctx.socket, req)?;
+    if ctx.json {
+        return print_json(&v);
+    }
     println!("ok");
     Ok(())
 }
@@ -192,7 +317,7 @@ fn check_words(
 }
 
 /// Runs one `xlb backend` verb.
-pub fn backend(socket: &Path, cmd: BackendCmd) -> Result<()> {
+pub fn backend(ctx: &Ctx, cmd: BackendCmd) -> Result<()> {
     let req = match cmd {
         BackendCmd::Add {
             vip,
@@ -205,19 +330,28 @@ pub fn backend(socket: &Path, cmd: BackendCmd) -> Result<()> {
             weight,
             backup,
         },
+        BackendCmd::Set {
+            vip,
+            backend,
+            weight,
+            backup,
+        } => Request::BackendSet {
+            vip,
+            backend,
+            weight,
+            backup: backup.map(|b| b == OnOff::On),
+        },
         BackendCmd::Drain { vip, backend } => Request::BackendDrain { vip, backend },
         BackendCmd::Enable { vip, backend } => Request::BackendEnable { vip, backend },
         BackendCmd::Del { vip, backend } => Request::BackendDel { vip, backend },
-        BackendCmd::List { vip, json } => return list_backends(socket, vip, json),
+        BackendCmd::List { vip } => return list_backends(ctx, vip),
     };
-    let _: ServicesChanged = api::call(socket, &req)?;
-    println!("ok");
-    Ok(())
+    changed(ctx, &req)
 }
 
 /// `backend list [VIP]`: the backends of one service, or of all.
-fn list_backends(socket: &Path, vip: Option<String>, json: bool) -> Result<()> {
-    let mut v: ServiceList = api::call(socket, &Request::VipList)?;
+fn list_backends(ctx: &Ctx, vip: Option<String>) -> Result<()> {
+    let mut v: ServiceList = api::call(&ctx.socket, &Request::VipList)?;
     if let Some(want) = &vip {
         let want: Vip = want.parse()?;
         v.services.retain(|s| s.service == want.to_string());
@@ -225,7 +359,7 @@ fn list_backends(socket: &Path, vip: Option<String>, json: bool) -> Result<()> {
             bail!("no service {want}: add it with `xlb vip add`");
         }
     }
-    if json {
+    if ctx.json {
         return print_json(&v);
     }
     print_services(&v, true);

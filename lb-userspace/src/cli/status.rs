@@ -1,46 +1,56 @@
 //! `xlb status`, `xlb reload` and `xlb stats`.
 
-use std::path::Path;
-
 use anyhow::Result;
 
 use super::{
+    Ctx, StatsCmd,
     format::{duration_text, print_json, utc},
     services::backend_line,
 };
 use crate::{
     api::{
         self, Request,
-        reply::{ConfigView, HttpsView, Reloaded, Stats, Status},
+        reply::{ConfigView, CountersReset, HttpsView, Reloaded, Stats, Status},
     },
     config::plan::ServicesDiff,
     kernel::Adoption,
 };
 
 /// `xlb status`.
-pub fn status(socket: &Path, json: bool) -> Result<()> {
-    let v: Status = api::call(socket, &Request::Status)?;
-    if json {
+pub fn status(ctx: &Ctx) -> Result<()> {
+    let v: Status = api::call(&ctx.socket, &Request::Status)?;
+    if ctx.json {
         return print_json(&v);
     }
     print_status(&v);
     Ok(())
 }
 
-/// `xlb reload`.
-pub fn reload(socket: &Path, json: bool) -> Result<()> {
-    let v: Reloaded = api::call(socket, &Request::Reload)?;
-    if json {
+/// `xlb reload [--reset]`.
+pub fn reload(ctx: &Ctx, reset: bool) -> Result<()> {
+    let v: Reloaded = api::call(&ctx.socket, &Request::Reload { reset })?;
+    if ctx.json {
         return print_json(&v);
     }
     println!("reloaded: generation {}: {}", v.generation, reload_text(&v));
     Ok(())
 }
 
-/// `xlb stats`.
-pub fn stats(socket: &Path, json: bool) -> Result<()> {
-    let v: Stats = api::call(socket, &Request::Stats)?;
-    if json {
+/// `xlb stats`, and `xlb stats reset`.
+pub fn stats(ctx: &Ctx, action: Option<StatsCmd>) -> Result<()> {
+    if let Some(StatsCmd::Reset) = action {
+        let v: CountersReset = api::call(&ctx.socket, &Request::ResetCounters)?;
+        if ctx.json {
+            return print_json(&v);
+        }
+        println!(
+            "counters reset ({} rules, {} backends)",
+            v.rules, v.backends
+        );
+        return Ok(());
+    }
+    let v: Stats = api::call(&ctx.socket, &Request::Stats)?;
+    if ctx.json {
         return print_json(&v);
     }
     print_stats(&v);

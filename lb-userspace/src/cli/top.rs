@@ -11,6 +11,8 @@ use anyhow::Result;
 use crate::api::{self, Request, reply::Stats};
 
 pub struct TopOptions {
+    /// `--json`: each sample as one JSON line (`stats`' reply), no frames.
+    pub json: bool,
     pub interval: Duration,
     pub iterations: Option<u64>,
     pub width: Option<usize>,
@@ -71,14 +73,27 @@ fn sort_rows(rows: &mut [Row]) {
 
 /// One frame: exactly `height` lines, each at most `width` characters.
 pub fn render(prev: &Stats, cur: &Stats, dt: f64, width: usize, height: usize) -> Vec<String> {
-    let width = width.max(MIN_WIDTH);
-    let height = height.max(MIN_HEIGHT);
     let dt = dt.max(1e-3);
     let before = counters(prev);
     let get = |k: String| before.get(&k).copied();
     let services = service_rows(cur, &get, dt);
     let (verdict_rates, drops) = reason_rates(cur, &get, dt);
-    frame(&services, &verdict_rates, &drops, cur, dt, width, height)
+    // Laid out at least MIN_WIDTH x MIN_HEIGHT, then cut to exactly what was asked.
+    let layout = (width.max(MIN_WIDTH), height.max(MIN_HEIGHT));
+    let mut lines = frame(
+        &services,
+        &verdict_rates,
+        &drops,
+        cur,
+        dt,
+        layout.0,
+        layout.1,
+    );
+    lines.truncate(height);
+    lines
+        .into_iter()
+        .map(|l| l.chars().take(width).collect())
+        .collect()
 }
 
 /// The counters of a sample by key (`s SERVICE`, `b SERVICE BACKEND`, `r REASON
@@ -294,6 +309,16 @@ pub fn run(socket: &Path, opts: TopOptions) -> Result<()> {
         std::thread::sleep(opts.interval);
         let cur: Stats = api::call(socket, &Request::Stats)?;
         let now = std::time::Instant::now();
+        if opts.json {
+            let mut out = stdout.lock();
+            writeln!(out, "{}", serde_json::to_string(&cur)?)?;
+            out.flush()?;
+            frames += 1;
+            if opts.iterations.is_some_and(|n| frames >= n) {
+                return Ok(());
+            }
+            continue;
+        }
         let (tw, th) = if interactive {
             terminal_size().unwrap_or(DEFAULT_SIZE)
         } else {
@@ -373,6 +398,10 @@ mod tests {
         let lines = render(&sample(0, 0, 0), &sample(1, 1, 1), 1.0, 40, 8);
         assert_eq!(lines.len(), 8);
         assert!(lines.iter().all(|l| l.chars().count() <= 40));
+        // Smaller than the layout's minimum: still exactly the size asked for.
+        let lines = render(&sample(0, 0, 0), &sample(1, 1, 1), 1.0, 20, 3);
+        assert_eq!(lines.len(), 3);
+        assert!(lines.iter().all(|l| l.chars().count() <= 20), "{lines:?}");
     }
 
     #[test]

@@ -312,8 +312,7 @@ impl HttpsConfig {
     /// validates (`xlb proxy`). An error is one line that names the file (with the line,
     /// column and key of a TOML error), its quoted input shown as [`shown`] shows it.
     pub fn load(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = super::files::read_text(path)?;
         let mut cfg: HttpsConfig =
             toml::from_str(&text).map_err(|e| anyhow!("{}", toml_error(path, &text, &e)))?;
         cfg.resolve_paths(path.parent().unwrap_or(Path::new(".")));

@@ -8,6 +8,7 @@
 //! written, `values` the value kinds, `report` the errors; `plan` is what a reload
 //! applies.
 
+pub mod files;
 pub mod firewall;
 pub mod health;
 pub mod https;
@@ -60,6 +61,10 @@ impl fmt::Display for MetricsListen {
     }
 }
 
+/// Where `/metrics` listens when neither the file nor `--metrics` says.
+pub const DEFAULT_METRICS: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9100);
+
 /// The `mode` of a service the daemon's https listener serves (TLS termination and the
 /// HTTP proxy of `[tls]`) instead of the kernel's balancer.
 pub const HTTPS_MODE: &str = "https";
@@ -85,13 +90,13 @@ pub struct Config {
 impl Config {
     /// Reads and validates a file. Every error found is reported, in file order.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let src = std::fs::read_to_string(path).map_err(|e| {
+        let src = files::read_text(path).map_err(|e| {
             ConfigErrors(vec![ConfigError {
                 file: path.to_path_buf(),
                 line: 0,
                 column: 0,
                 field: String::new(),
-                message: format!("cannot read the file: {e}"),
+                message: e.why(),
             }])
         })?;
         Config::parse(&src, path)
@@ -152,8 +157,21 @@ impl Config {
             n(backends, "backend"),
             n(self.health.len(), "health check"),
             if self.https.is_some() { "on" } else { "off" },
-            self.metrics.map_or("off".to_string(), |m| m.to_string())
+            match self.metrics_listen() {
+                Some(a) if self.metrics.is_none() => format!("{a} (the default)"),
+                Some(a) => a.to_string(),
+                None => "off".to_string(),
+            }
         )
+    }
+
+    /// Where `/metrics` listens for this file (without `--metrics`).
+    pub fn metrics_listen(&self) -> Option<SocketAddr> {
+        match self.metrics {
+            Some(MetricsListen::At(a)) => Some(a),
+            Some(MetricsListen::Off) => None,
+            None => Some(DEFAULT_METRICS),
+        }
     }
 }
 

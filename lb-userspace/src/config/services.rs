@@ -16,6 +16,7 @@ use super::{
     report::{Report, line_col},
     values::{idle, int_in},
 };
+use crate::kernel::maglev;
 use crate::model::{
     desired::Projection,
     health_check::HealthCheck,
@@ -95,7 +96,39 @@ pub(crate) fn section(
             }
         }
     }
+    pool_fits(r, services, projection);
     out
+}
+
+/// Whether the services' Maglev tables fit the kernel's pool (as `xlb run` would find
+/// when it installs them).
+fn pool_fits(r: &mut Report, services: &[Spanned<RawService>], projection: &Projection) {
+    let counts = projection
+        .services
+        .by_vip
+        .values()
+        .map(|s| s.backends.len());
+    let need = maglev::pool_need(counts);
+    let pool = lb_common::MAGLEV_POOL as u64;
+    if need.is_some_and(|n| n <= pool) {
+        return;
+    }
+    let span = services.last().map_or(0..0, |s| s.span());
+    let per = maglev::DEFAULT_TABLE_SIZE as u64;
+    r.at(
+        span,
+        "service",
+        match need {
+            Some(n) => format!(
+                "the services' Maglev tables need {n} slots and the kernel's pool holds {pool} (about {} services of up to 163 backends): remove services",
+                pool / per - 1
+            ),
+            None => format!(
+                "a service has more backends than the largest Maglev table takes ({} slots)",
+                maglev::TABLE_SIZES[maglev::TABLE_SIZES.len() - 1]
+            ),
+        },
+    );
 }
 
 /// A layer-4 service's settings into `projection.services`; false when refused.

@@ -16,12 +16,14 @@ use rustls::{
     sign::CertifiedKey,
 };
 
-use super::https::{CertFiles, HttpsConfig, PoolConfig};
+use super::{
+    files::read_bytes,
+    https::{CertFiles, HttpsConfig, PoolConfig},
+};
 
 /// Reads a PEM certificate chain (leaf first).
 pub fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("reading certificate chain {}", path.display()))?;
+    let bytes = read_bytes(path).context("reading a certificate chain")?;
     let chain = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow!("{}: not a PEM certificate chain: {e}", path.display()))?;
@@ -33,8 +35,7 @@ pub fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
 
 /// Reads a PEM private key (PKCS#8, SEC1 or PKCS#1).
 pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("reading private key {}", path.display()))?;
+    let bytes = read_bytes(path).context("reading a private key")?;
     PrivateKeyDer::from_pem_slice(&bytes)
         .map_err(|e| anyhow!("{}: no usable PEM private key in it: {e}", path.display()))
 }

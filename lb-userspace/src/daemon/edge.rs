@@ -102,8 +102,9 @@ impl Edge {
     }
 
     /// Applies a reload's plan: rules, policies, services and the new base go to the
-    /// desired state, the maps and the state file, or to none of them.
-    pub fn apply_plan(&mut self, plan: Plan, base: Projection) -> Result<PlanApplied> {
+    /// desired state, the maps and the state file, or to none of them. `reset`: the
+    /// operator's drains go too (a `reload --reset`).
+    pub fn apply_plan(&mut self, plan: Plan, base: Projection, reset: bool) -> Result<PlanApplied> {
         let mut changes = Vec::new();
         for op in &plan.rule_ops {
             let r = match *op {
@@ -126,7 +127,11 @@ impl Edge {
         let next = self.next_pools(Pools {
             services: plan.services,
             backups: plan.backups,
-            drained: self.drained.clone(),
+            drained: if reset {
+                Flags::new()
+            } else {
+                self.drained.clone()
+            },
             draining: self.draining.clone(),
         });
         let view = self.view(&next);
@@ -308,7 +313,7 @@ impl Edge {
     }
 
     /// The backend as stored (the service's port when given without one), if it exists.
-    fn existing_backend(&self, vip: &Vip, b: BackendAddr) -> Result<BackendAddr> {
+    pub(super) fn existing_backend(&self, vip: &Vip, b: BackendAddr) -> Result<BackendAddr> {
         let svc = self
             .services
             .by_vip
@@ -415,6 +420,20 @@ impl Edge {
                 },
             ),
             None => Ok(()),
+        }
+    }
+}
+
+impl Edge {
+    /// Everything running as a configuration's projection: what a `reload --reset`
+    /// diffs the file against, so that all the file does not define goes.
+    pub fn as_projection(&self) -> Projection {
+        Projection {
+            default_policy: self.rules.default_policy,
+            malformed_policy: self.rules.malformed_policy,
+            rules: self.rules.rules().map(|r| (r.matches, r.action)).collect(),
+            services: self.services.clone(),
+            backups: self.backups.clone(),
         }
     }
 }

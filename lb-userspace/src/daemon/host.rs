@@ -92,3 +92,36 @@ fn local_addresses() -> Result<Vec<IpAddr>> {
     unsafe { libc::freeifaddrs(head) };
     Ok(out)
 }
+
+/// What `xlb run` would refuse on this host for `cfg` (`xlb check-config` reports it
+/// too): interfaces that do not exist, forwarding off for its services, fullnat source
+/// addresses that are not the host's.
+pub fn problems(cfg: &crate::config::Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for i in &cfg.interfaces {
+        let Ok(c) = std::ffi::CString::new(i.name.as_str()) else {
+            continue;
+        };
+        // SAFETY: c is a valid C string.
+        if unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
+            out.push(format!(
+                "interface '{}' does not exist on this host",
+                i.name
+            ));
+        }
+    }
+    let names: Vec<String> = cfg.interfaces.iter().map(|i| i.name.clone()).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for (vip, conf) in &cfg.projection.services.by_vip {
+        if let Err(e) = check_forwarding(&names, vip) {
+            seen.insert(format!("{e:#}"));
+        }
+        if let Some(a) = conf.snat
+            && let Err(e) = ensure_local(a)
+        {
+            seen.insert(format!("service {vip}: {e}"));
+        }
+    }
+    out.extend(seen);
+    out
+}

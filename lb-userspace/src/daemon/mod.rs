@@ -7,6 +7,7 @@
 //! services need of this host.
 
 pub mod edge;
+pub mod fds;
 pub mod host;
 pub mod monitor;
 pub mod reload;
@@ -32,13 +33,13 @@ use tracing::{info, warn};
 pub use edge::Edge;
 pub use running::Running;
 
+use fds::ACCEPT_BACKOFF;
 use host::check_new_services;
 use reload::{Https, apply_to_stored, metrics_listen};
 use socket::{Shared, SocketGuard, bind, locked, serve_one};
 
 use crate::{
-    api::Request,
-    config::{Config, HttpsConfig, group_id, plan::plan},
+    config::{Config, HttpsConfig, files, group_id, plan::plan},
     health,
     https::HttpsProxy,
     kernel::{Adoption, Datapath, check_bpffs, object},
@@ -50,10 +51,6 @@ use crate::{
     },
     store,
 };
-
-/// Where `/metrics` listens unless told otherwise.
-pub const DEFAULT_METRICS: std::net::SocketAddr =
-    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9100);
 
 pub struct RunOptions {
     /// An interface given on the command line (replaces the file's list).
@@ -122,6 +119,7 @@ fn check(opts: &RunOptions) -> Result<Checked> {
         .map(group_id)
         .transpose()
         .map_err(|e| anyhow!("--socket-group: {e}"))?;
+    store::check_path(&opts.state)?;
     let mut stored = store::load(&opts.state)?;
     if let Some(cfg) = &config {
         let plan = plan(
@@ -141,9 +139,12 @@ fn check(opts: &RunOptions) -> Result<Checked> {
         None => None,
     };
     let program = match &opts.program {
-        Some(p) => {
-            std::fs::read(p).with_context(|| format!("reading the XDP program {}", p.display()))?
-        }
+        Some(p) => files::read_bytes(p).map_err(|e| match e {
+            files::FileError::Io { err, .. } => {
+                anyhow!("reading the XDP program {}: {err}", p.display())
+            }
+            other => anyhow!("the XDP program (--program): {other}"),
+        })?,
         None => object::XLB.to_vec(),
     };
     Ok(Checked {
@@ -206,9 +207,16 @@ async fn start_datapath(
 pub async fn run(opts: RunOptions) -> Result<()> {
     // Everything is validated before anything changes.
     let mut checked = check(&opts)?;
+    let caps = fds::raise_limit(
+        checked
+            .https
+            .as_ref()
+            .map(|(_, c)| c.limits.max_connections),
+    );
     let listener = bind(&opts.socket, checked.gid).await?;
-    let guard = SocketGuard(opts.socket.clone());
+    let guard = SocketGuard::new(&opts.socket);
     let mut monitor_opts = opts.monitor.clone();
+    monitor_opts.metrics_connections = caps.metrics;
     monitor_opts.metrics = match opts.metrics {
         Some(flag) => flag,
         None => metrics_listen(checked.config.as_ref()),
@@ -251,7 +259,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         r.reconcile_checks()
     });
     tokio::spawn(apply_outcomes(running.clone(), outcomes));
-    serve(&running, listener, &stop).await?;
+    serve(&running, listener, &stop, caps.control).await?;
     shut_down(&running, &opts)?;
     drop(guard);
     Ok(())
@@ -281,11 +289,18 @@ async fn apply_outcomes(
 
 /// The main loop: control connections, SIGHUP reloads, drain expiry, until SIGINT,
 /// SIGTERM or `xlb down`.
-async fn serve(running: &Shared, listener: UnixListener, stop: &tokio::sync::Notify) -> Result<()> {
+async fn serve(
+    running: &Shared,
+    listener: UnixListener,
+    stop: &tokio::sync::Notify,
+    cap: usize,
+) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let connections = Arc::new(tokio::sync::Semaphore::new(cap));
+    let mut accept_failed = fds::Throttled::new("the control socket");
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -298,20 +313,32 @@ async fn serve(running: &Shared, listener: UnixListener, stop: &tokio::sync::Not
                 });
             }
             conn = listener.accept() => {
-                let (stream, _) = conn?;
+                let stream = match conn {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of descriptors and the like: never a reason to stop.
+                        accept_failed.warn(&e);
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                };
+                // Beyond the cap the connection is closed at once: a runaway client
+                // cannot use up the daemon's descriptors.
+                let Ok(permit) = connections.clone().try_acquire_owned() else {
+                    continue;
+                };
                 let running = running.clone();
                 tokio::spawn(async move {
                     if let Err(e) = serve_one(stream, running).await {
                         warn!("control connection: {e:#}");
                     }
+                    drop(permit);
                 });
             }
             _ = sighup.recv() => {
                 let running = running.clone();
                 // The reload logs its own outcome and records it for `xlb status`.
-                tokio::task::spawn_blocking(move || {
-                    locked(&running, "a reload", |r| r.handle(Request::Reload, "sighup"))
-                });
+                tokio::task::spawn_blocking(move || reload::reload(&running, "sighup", false));
             }
             _ = sigint.recv() => return Ok(()),
             _ = sigterm.recv() => return Ok(()),

@@ -28,6 +28,8 @@ pub struct MonitorOptions {
     /// Drop events logged per second at most (the rest are counted).
     pub drop_log_rate: u32,
     pub kernel_log: KernelLog,
+    /// Scrape connections served at once (from the daemon's descriptors).
+    pub metrics_connections: usize,
 }
 
 impl Default for MonitorOptions {
@@ -37,6 +39,7 @@ impl Default for MonitorOptions {
             drop_sample: 0,
             drop_log_rate: 10,
             kernel_log: KernelLog::Off,
+            metrics_connections: metrics_http::MAX_CONNECTIONS,
         }
     }
 }
@@ -106,7 +109,8 @@ impl Monitor {
                 })
                 .map_err(anyhow::Error::msg)?
             });
-            tasks.push(tokio::spawn(metrics_http::serve(l, source, m)));
+            let cap = self.opts.metrics_connections;
+            tasks.push(tokio::spawn(metrics_http::serve(l, source, m, cap)));
         }
         if let (Some(ring), true) = (self.events, self.opts.drop_sample > 0) {
             let (sample, rate) = (self.opts.drop_sample, self.opts.drop_log_rate);

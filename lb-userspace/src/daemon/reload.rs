@@ -2,21 +2,27 @@
 //! interfaces, the https service and the desired state all changed or none; and what a
 //! configuration asks of the start.
 
-use std::{path::Path, sync::Arc, time::SystemTime};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::SystemTime,
+};
 
 use anyhow::{Context, Result, anyhow, bail};
 use tracing::{error, info, warn};
 
 use super::{
-    DEFAULT_METRICS,
     host::check_new_services,
     running::{ReloadRecord, Running},
-    socket::set_socket_access,
+    socket::{Shared, locked, set_socket_access},
 };
 use crate::{
-    api::reply::{HttpsChanged, Reloaded},
+    api::{
+        Response,
+        reply::{HttpsChanged, Reloaded, Reply},
+    },
     config::{
-        Config, MetricsListen, group_id,
+        Config, DEFAULT_METRICS, group_id,
         https::HttpsConfig,
         plan::{Plan, RuleOp, plan},
     },
@@ -81,16 +87,57 @@ enum HttpsChange {
     Stop,
 }
 
+/// A configuration file as read and validated for a reload: its path, and the
+/// configuration or why it was refused.
+pub(super) type Loaded = (PathBuf, Result<Config, String>);
+
+/// Reads and validates the configuration file (`path`, the daemon's), outside the
+/// daemon's lock: a slow, huge or hostile file never holds up the control socket, the
+/// health checks or a stop.
+pub(super) fn load(path: Option<PathBuf>) -> Option<Loaded> {
+    path.map(|p| {
+        let cfg = Config::load(&p).map_err(|e| e.to_string());
+        (p, cfg)
+    })
+}
+
+/// A whole reload (`xlb reload`, SIGHUP): the file read without the lock, applied
+/// under it.
+pub(super) fn reload(running: &Shared, trigger: &'static str, reset: bool) -> Response {
+    let path = match locked(running, "a reload", |r| r.config_path.clone()) {
+        Ok(p) => p,
+        Err(e) => return Response::err(e),
+    };
+    let loaded = load(path);
+    locked(running, "a reload", |r| {
+        let res = r.reload(loaded, trigger, reset);
+        r.reconcile_checks();
+        match res {
+            Ok(v) => Response::ok(Reply::Reloaded(Box::new(v))),
+            Err(e) => Response::err(format!("{e:#}")),
+        }
+    })
+    .unwrap_or_else(Response::err)
+}
+
 impl Running {
-    /// Re-reads the configuration file and applies diff(last file, this file); a bad
-    /// file changes nothing. Recorded for `xlb status`.
-    pub(super) fn reload(&mut self, trigger: &'static str) -> Result<Reloaded> {
-        let Some(path) = self.config_path.clone() else {
+    /// Applies a configuration file read by [`load`] as diff(last file, this file), or
+    /// with `reset` as the whole desired state (every CLI change goes); a bad file
+    /// changes nothing. Recorded for `xlb status`.
+    pub(super) fn reload(
+        &mut self,
+        loaded: Option<Loaded>,
+        trigger: &'static str,
+        reset: bool,
+    ) -> Result<Reloaded> {
+        let Some((path, cfg)) = loaded else {
             bail!(
                 "this daemon runs without a configuration file: start it with `xlb run --config FILE` to reload one"
             );
         };
-        let res = self.try_reload(&path);
+        let res = cfg
+            .map_err(|e| anyhow!(e))
+            .and_then(|cfg| self.try_reload(&path, cfg, reset));
         match &res {
             Ok(v) => {
                 let changes = serde_json::to_string(v).unwrap_or_default();
@@ -109,16 +156,24 @@ impl Running {
         res.context("reload refused, the running state is unchanged")
     }
 
-    fn try_reload(&mut self, path: &Path) -> Result<Reloaded> {
-        let cfg = Config::load(path).map_err(|e| anyhow!("{e}"))?;
-        let plan = plan(
+    fn try_reload(&mut self, path: &Path, cfg: Config, reset: bool) -> Result<Reloaded> {
+        // A reset diffs the file against everything running, so that what the file does
+        // not define goes (the CLI's rules, services, backends and checks).
+        let running = reset.then(|| self.edge.as_projection());
+        let base = running.as_ref().unwrap_or(&self.edge.base);
+        let mut plan = plan(
             &self.edge.rules,
             &self.edge.services,
             &self.edge.backups,
-            &self.edge.base,
+            base,
             &cfg.projection,
         )
         .map_err(|e| anyhow!("{e}"))?;
+        if reset {
+            for s in plan.services.by_vip.values_mut() {
+                s.check = None;
+            }
+        }
         let ifaces: Vec<Interface> = if self.cli_iface {
             self.current_interfaces()
         } else if cfg.interfaces.is_empty() {
@@ -161,7 +216,7 @@ impl Running {
             other => other,
         };
         let old_drain = std::mem::replace(&mut self.edge.drain_timeout, cfg.drain_timeout);
-        let applied = match self.edge.apply_plan(plan, cfg.projection.clone()) {
+        let applied = match self.edge.apply_plan(plan, cfg.projection.clone(), reset) {
             Ok(v) => v,
             Err(e) => {
                 self.edge.drain_timeout = old_drain;
@@ -282,9 +337,8 @@ impl Running {
 
 /// Where `/metrics` listens for a configuration (without `--metrics`).
 pub(super) fn metrics_listen(config: Option<&Config>) -> Option<std::net::SocketAddr> {
-    match config.and_then(|c| c.metrics) {
-        Some(MetricsListen::At(a)) => Some(a),
-        Some(MetricsListen::Off) => None,
+    match config {
+        Some(c) => c.metrics_listen(),
         None => Some(DEFAULT_METRICS),
     }
 }

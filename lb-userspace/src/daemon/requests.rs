@@ -1,7 +1,7 @@
 //! The edge's side of the control protocol: the requests that change or read the
 //! desired state, each answered with its typed reply.
 
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use anyhow::{Result, anyhow, bail};
 
@@ -12,13 +12,14 @@ use super::{
 use crate::{
     api::{
         Request, Response,
-        reply::{Reply, RuleChanges, ServicesChanged},
+        reply::{CountersReset, Reply, RuleChanges, ServicesChanged},
     },
     config::health::check_from_words,
     model::{
         rules::{self, Action, Match, PortSpec, Prefix, RuleError, Target},
-        services::{BackendAddr, Vip},
+        services::{BackendAddr, MAX_WEIGHT, Mode, ServiceConf, ServiceError, Services, Vip},
     },
+    store::lines::parse_rule,
 };
 
 impl Edge {
@@ -37,6 +38,7 @@ impl Edge {
             | Request::Except { .. }
             | Request::Del { .. }
             | Request::Load { .. }
+            | Request::Restore { .. }
             | Request::Flush => Reply::RuleChanges(self.rule_request(req)?),
             Request::Default { action } => {
                 Reply::PolicySet(self.policy(|r| &mut r.default_policy, action)?)
@@ -47,6 +49,8 @@ impl Edge {
             Request::VipAdd { .. }
             | Request::VipCheck { .. }
             | Request::VipDel { .. }
+            | Request::VipSet { .. }
+            | Request::BackendSet { .. }
             | Request::BackendAdd { .. }
             | Request::BackendDel { .. }
             | Request::BackendDrain { .. }
@@ -54,7 +58,11 @@ impl Edge {
             Request::VipList => Reply::ServiceList(self.service_list()),
             Request::List => Reply::RuleList(self.rule_list()?),
             Request::Stats => Reply::Stats(Box::new(self.stats()?)),
-            Request::Status | Request::Reload | Request::Down => {
+            Request::ResetCounters => {
+                let (rules, backends) = self.dp.reset_counters(&self.rules)?;
+                Reply::CountersReset(CountersReset { rules, backends })
+            }
+            Request::Status | Request::Reload { .. } | Request::Down => {
                 bail!("only a running daemon (`xlb run`) answers status and reload")
             }
         })
@@ -91,9 +99,20 @@ impl Edge {
                 })
             }
             Request::Del { except, targets } => self.delete_rules(except, &targets),
-            Request::Load { action, text } => {
+            Request::Load {
+                action,
+                text,
+                replace,
+            } => {
                 let entries = rules::parse_bulk(&text, action)
                     .map_err(|(line, e)| anyhow!("line {line}: {e}; nothing was loaded"))?;
+                if replace {
+                    let target = entries
+                        .iter()
+                        .map(|(p, a)| (Match::Prefix(*p), *a))
+                        .collect();
+                    return self.replace_rules(&target, |m| matches!(m, Match::Prefix(_)));
+                }
                 self.rules.reserve(entries.len());
                 self.change(|r| {
                     entries
@@ -102,6 +121,7 @@ impl Edge {
                         .collect()
                 })
             }
+            Request::Restore { text } => self.restore(&text),
             Request::Flush => {
                 let all: Vec<Match> = self.rules.rules().map(|r| r.matches).collect();
                 self.change(|r| all.iter().map(|m| r.remove(m).map(Some)).collect())
@@ -143,14 +163,7 @@ impl Edge {
                 snat,
             } => {
                 let vip: Vip = vip.parse()?;
-                let snat: Option<IpAddr> = match snat {
-                    Some(a) => Some(a.parse().map_err(|_| {
-                        anyhow!(
-                            "'{a}' is not an address (expected e.g. 203.0.113.1 or 2001:db8::1)"
-                        )
-                    })?),
-                    None => None,
-                };
+                let snat: Option<IpAddr> = snat.map(|a| parse_snat(&a)).transpose()?;
                 check_forwarding(&self.ifaces, &vip)?;
                 // In tests (no interface) the program runs on crafted frames only.
                 let must_be_local = !self.ifaces.is_empty();
@@ -200,11 +213,183 @@ impl Edge {
                 let (vip, b): (Vip, BackendAddr) = (vip.parse()?, backend.parse()?);
                 self.services_change(|s| s.del_backend(&vip, b))
             }
+            Request::VipSet {
+                vip,
+                mode,
+                affinity_source,
+                echo,
+                tcp_idle,
+                udp_idle,
+                snat,
+            } => {
+                let vip: Vip = vip.parse()?;
+                let snat = snat.map(|a| parse_snat(&a)).transpose()?;
+                if let (Some(a), false) = (snat, self.ifaces.is_empty()) {
+                    ensure_local(a)?;
+                }
+                self.services_change(|s| {
+                    let conf = s
+                        .by_vip
+                        .get(&vip)
+                        .cloned()
+                        .ok_or_else(|| ServiceError::UnknownService(vip.to_string()))?;
+                    let mut next = ServiceConf {
+                        mode: mode.unwrap_or(conf.mode),
+                        affinity_source: affinity_source.unwrap_or(conf.affinity_source),
+                        echo: echo.unwrap_or(conf.echo),
+                        backends: Default::default(),
+                        ..conf.clone()
+                    };
+                    // A mode without a source address forgets it; fullnat needs one.
+                    next.snat = match (next.mode, snat) {
+                        (_, Some(a)) => Some(a),
+                        (Mode::Fullnat, None) => conf.snat,
+                        _ => None,
+                    };
+                    replace_service(s, next, &conf, tcp_idle, udp_idle)
+                })
+            }
+            Request::BackendSet {
+                vip,
+                backend,
+                weight,
+                backup,
+            } => {
+                let (vip, b): (Vip, BackendAddr) = (vip.parse()?, backend.parse()?);
+                let b = self.existing_backend(&vip, b)?;
+                self.pools_change(|p| {
+                    if let Some(w) = weight {
+                        if w == 0 || w > MAX_WEIGHT {
+                            return Err(ServiceError::BadWeight(w));
+                        }
+                        if let Some(conf) = p.services.by_vip.get_mut(&vip) {
+                            conf.backends.insert(b, w);
+                        }
+                    }
+                    match backup {
+                        Some(true) => {
+                            p.backups.insert((vip, b));
+                        }
+                        Some(false) => {
+                            p.backups.remove(&(vip, b));
+                        }
+                        None => {}
+                    }
+                    Ok(())
+                })
+            }
             Request::BackendDrain { vip, backend } => self.set_drained(&vip, &backend, true),
             Request::BackendEnable { vip, backend } => self.set_drained(&vip, &backend, false),
             other => bail!("not a services request: {other:?}"),
         }
     }
+}
+
+impl Edge {
+    /// Makes the rules that `replaced` selects exactly `target` (others stay), in one
+    /// change: rules in both stay as they are, so no moment is without them.
+    fn replace_rules(
+        &mut self,
+        target: &BTreeMap<Match, Action>,
+        replaced: impl Fn(&Match) -> bool,
+    ) -> Result<RuleChanges> {
+        let gone: Vec<Match> = self
+            .rules
+            .rules()
+            .filter(|r| replaced(&r.matches) && !target.contains_key(&r.matches))
+            .map(|r| r.matches)
+            .collect();
+        self.rules.reserve(target.len());
+        self.change(|r| {
+            let removed = gone
+                .iter()
+                .map(|m| r.remove(m).map(Some))
+                .collect::<Vec<_>>();
+            let mut out = removed;
+            out.extend(target.iter().map(|(m, a)| r.upsert(*m, *a)));
+            out
+        })
+    }
+
+    /// `fw restore`: the whole firewall (policies and rules) as `fw save` wrote it.
+    fn restore(&mut self, text: &str) -> Result<RuleChanges> {
+        let (policies, target) = parse_saved(text)?;
+        let old = (self.rules.default_policy, self.rules.malformed_policy);
+        if let Some(d) = policies.0 {
+            self.rules.default_policy = d;
+        }
+        if let Some(m) = policies.1 {
+            self.rules.malformed_policy = m;
+        }
+        // The policies go to the maps and the state file with the rules (`change`
+        // writes the config map and saves); a refusal puts them back.
+        let res = self.replace_rules(&target, |_| true);
+        if res.is_err() {
+            (self.rules.default_policy, self.rules.malformed_policy) = old;
+            let _ = self.dp.set_config(&self.rules);
+        }
+        res
+    }
+}
+
+/// The default and malformed policies a saved firewall sets (None: not in it).
+type Policies = (Option<Action>, Option<Action>);
+
+/// `fw save`'s lines: `default ACTION`, `malformed ACTION`, and rule lines; each rule
+/// once. Errors name their line; nothing is changed.
+fn parse_saved(text: &str) -> Result<(Policies, BTreeMap<Match, Action>)> {
+    let mut policies = (None, None);
+    let mut rules = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fail = |e: &dyn std::fmt::Display| anyhow!("line {}: {e}; nothing was restored", n + 1);
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["default", a] => policies.0 = Some(a.parse().map_err(|e| fail(&e))?),
+            ["malformed", a] => policies.1 = Some(a.parse().map_err(|e| fail(&e))?),
+            _ => {
+                let (m, a) = parse_rule(line).map_err(|e| fail(&e))?;
+                if rules.insert(m, a).is_some() {
+                    return Err(fail(&format!("{} {m} is given twice", m.kind())));
+                }
+            }
+        }
+    }
+    Ok((policies, rules))
+}
+
+/// A fullnat source address as the CLI gives it.
+fn parse_snat(a: &str) -> Result<IpAddr> {
+    a.parse()
+        .map_err(|_| anyhow!("'{a}' is not an address (expected e.g. 203.0.113.1 or 2001:db8::1)"))
+}
+
+/// `services` with the service `conf` replaced by `next` (its settings; its backends
+/// are `conf`'s, checked again against the new settings), through the same checks as
+/// a new service.
+fn replace_service(
+    services: &mut Services,
+    next: ServiceConf,
+    conf: &ServiceConf,
+    tcp_idle: Option<u32>,
+    udp_idle: Option<u32>,
+) -> Result<(), ServiceError> {
+    let vip = conf.vip;
+    let mut fresh = Services::default();
+    fresh.add_service(vip, next.mode, next.affinity_source, next.echo)?;
+    fresh.set_snat(&vip, next.snat)?;
+    fresh.set_idle(&vip, Some(next.tcp_idle), Some(next.udp_idle))?;
+    fresh.set_idle(&vip, tcp_idle, udp_idle)?;
+    fresh.set_check(&vip, next.check.clone())?;
+    for (b, w) in &conf.backends {
+        fresh.add_backend(&vip, *b, *w)?;
+    }
+    let done = fresh.by_vip.remove(&vip).expect("added above");
+    services.by_vip.insert(vip, done);
+    Ok(())
 }
 
 /// Every target parsed, or the first one's error; at least one.

@@ -74,9 +74,12 @@ impl Running {
             Request::Status => self
                 .status()
                 .map(|s| Response::ok(Reply::Status(Box::new(s)))),
-            Request::Reload => self
-                .reload(trigger)
-                .map(|r| Response::ok(Reply::Reloaded(Box::new(r)))),
+            // Normally `reload::reload`, which reads the file without the lock.
+            Request::Reload { reset } => {
+                let loaded = super::reload::load(self.config_path.clone());
+                self.reload(loaded, trigger, reset)
+                    .map(|r| Response::ok(Reply::Reloaded(Box::new(r))))
+            }
             Request::Down => {
                 info!("xlb down: stopping, detaching and removing the pins");
                 // The main loop stops once the answer is sent (serve_one).

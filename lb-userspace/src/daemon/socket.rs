@@ -10,17 +10,21 @@ use std::{
     panic::{AssertUnwindSafe, catch_unwind},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
 };
-use tracing::error;
+use tracing::{error, info};
 
 use super::running::Running;
-use crate::api::{Request, Response};
+use crate::{
+    api::{Request, Response},
+    config::files::{self, Existing},
+};
 
 /// The daemon's state, shared by the control connections, the health checks, the
 /// metrics scrapes and the main loop.
@@ -54,10 +58,25 @@ pub(super) fn set_socket_access(socket: &Path, gid: Option<u32>) -> Result<()> {
 
 /// Refuses to start a second daemon on the same socket; removes a stale socket file.
 pub(super) async fn bind(socket: &Path, gid: Option<u32>) -> Result<UnixListener> {
-    if UnixStream::connect(socket).await.is_ok() {
-        bail!("another xlb daemon is already serving {}", socket.display());
+    match files::existing(socket).with_context(|| format!("looking at {}", socket.display()))? {
+        Existing::Nothing => {}
+        Existing::Socket => {
+            if UnixStream::connect(socket).await.is_ok() {
+                bail!("another xlb daemon is already serving {}", socket.display());
+            }
+            // A stale socket: nobody listens on it any more.
+            std::fs::remove_file(socket)
+                .with_context(|| format!("removing the stale socket {}", socket.display()))?;
+        }
+        Existing::Regular => bail!(
+            "{} exists and is a regular file, not a socket: xlb replaces only a stale socket; remove it or choose another --socket",
+            socket.display()
+        ),
+        Existing::Other(kind) => bail!(
+            "{} exists and is {kind}, not a socket: xlb replaces only a stale socket; remove it or choose another --socket",
+            socket.display()
+        ),
     }
-    let _ = std::fs::remove_file(socket);
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -73,42 +92,119 @@ pub(super) async fn bind(socket: &Path, gid: Option<u32>) -> Result<UnixListener
     Ok(listener)
 }
 
+/// Control connections served at once; more are closed at once (the socket is
+/// root's: this bounds what a runaway script can hold; far more than an operator's
+/// tools open, so that they are never turned away by it).
+pub const MAX_CONNECTIONS: usize = 4096;
+/// How long a connection may take to send its request line.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest request line: a bulk file of the file-size limit, JSON-escaped (a
+/// newline becomes `\n`), and the rest of the request.
+fn max_request() -> u64 {
+    files::limit() / 4 * 5 + (1 << 20)
+}
+
+/// Reads one request line of at most `max` bytes; None for a liveness probe (a
+/// connection closed without a byte).
+async fn read_request(read: impl AsyncRead + Unpin, max: u64) -> Result<Option<String>> {
+    let mut line = Vec::new();
+    let n = BufReader::new(read.take(max + 1))
+        .read_until(b'\n', &mut line)
+        .await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if line.len() as u64 > max {
+        bail!("the request is larger than {max} bytes (raise --max-file-size for bigger files)");
+    }
+    if line.last() != Some(&b'\n') {
+        bail!("the request ended before its end of line");
+    }
+    Ok(Some(
+        String::from_utf8(line).context("the request is not UTF-8")?,
+    ))
+}
+
 /// Serves one connection: one request line, one answer line.
 pub(super) async fn serve_one(stream: UnixStream, running: Shared) -> Result<()> {
+    let caller = stream.peer_cred().ok();
     let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    if BufReader::new(read).read_line(&mut line).await? == 0 {
+    let line = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(read, max_request())).await
+    {
+        Ok(Ok(Some(line))) => line,
         // A liveness probe (`api::daemon_running`): connected, asked nothing.
-        return Ok(());
-    }
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => {
+            return answer(&mut write, Response::err(format!("bad request: {e:#}"))).await;
+        }
+        Err(_) => {
+            let why = format!("bad request: none within {} s", REQUEST_TIMEOUT.as_secs());
+            return answer(&mut write, Response::err(why)).await;
+        }
+    };
     let mut down = false;
     let resp = match serde_json::from_str::<Request>(&line) {
         Ok(req) => {
             down = matches!(req, Request::Down);
+            if req.changes() {
+                let (uid, pid) = caller.map_or((None, None), |c| (Some(c.uid()), c.pid()));
+                info!(?uid, ?pid, op = req.name(), "control request");
+            }
             let running = running.clone();
-            tokio::task::spawn_blocking(move || {
-                locked(&running, "the request", |r| r.handle(req, "cli"))
-                    .unwrap_or_else(Response::err)
+            tokio::task::spawn_blocking(move || match req {
+                Request::Reload { reset } => super::reload::reload(&running, "cli", reset),
+                req => locked(&running, "the request", |r| r.handle(req, "cli"))
+                    .unwrap_or_else(Response::err),
             })
             .await?
         }
         Err(e) => Response::err(format!("bad request: {e}")),
     };
-    let mut out = serde_json::to_vec(&resp)?;
-    out.push(b'\n');
-    let sent = write.write_all(&out).await;
+    drop(line);
+    let sent = answer(&mut write, resp).await;
     if down {
         let _ = locked(&running, "stopping", |r| r.stop.notify_one());
     }
-    Ok(sent?)
+    sent
 }
 
-/// Removes the socket file when the daemon stops.
-pub(super) struct SocketGuard(pub PathBuf);
+/// Writes one answer line.
+async fn answer(write: &mut (impl AsyncWrite + Unpin), resp: Response) -> Result<()> {
+    let mut out = serde_json::to_vec(&resp)?;
+    out.push(b'\n');
+    Ok(write.write_all(&out).await?)
+}
+
+/// Removes the socket file when the daemon stops, if it is still the one it bound.
+pub(super) struct SocketGuard {
+    path: PathBuf,
+    /// The (device, inode) of the socket bound.
+    id: Option<(u64, u64)>,
+}
+
+impl SocketGuard {
+    /// Guards the socket just bound at `path`.
+    pub fn new(path: &Path) -> Self {
+        SocketGuard {
+            path: path.to_path_buf(),
+            id: inode(path),
+        }
+    }
+}
+
+fn inode(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
 
 impl Drop for SocketGuard {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if self.id.is_some() && inode(&self.path) == self.id {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use super::Edge;
 use crate::{
     api::reply::{
         Affinity, BackendState, BackendView, Count, ReasonCount, RuleList, RuleView, ServiceList,
-        ServiceView, Stats,
+        ServiceView, Source, Stats,
     },
     health, metrics,
     model::services::{BackendAddr, ServiceConf, Services, Vip},
@@ -101,6 +101,11 @@ impl Edge {
                 matches: r.matches.to_string(),
                 action: r.action,
                 hits: hits[r.id as usize],
+                source: if self.base.rules.get(&r.matches) == Some(&r.action) {
+                    Source::File
+                } else {
+                    Source::Cli
+                },
             })
             .collect();
         Ok(RuleList {

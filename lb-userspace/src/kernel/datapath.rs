@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, Map, MapData, PerCpuArray, ProgramArray, RingBuf},
+    maps::{Array, Map, MapData, PerCpuArray, PerCpuValues, ProgramArray, RingBuf},
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use lb_common::*;
@@ -218,6 +218,22 @@ impl Datapath {
     /// The pin directory, if any.
     pub fn pin_dir(&self) -> Option<&Path> {
         self.pins.as_ref().map(PinDir::path)
+    }
+
+    /// Zeroes the packet counters, the hit counters of `rules` and the backends'
+    /// counters (`xlb stats reset`): (rules, backends) zeroed.
+    pub fn reset_counters(&mut self, rules: &RuleSet) -> Result<(usize, usize)> {
+        for r in Reason::ALL {
+            for v in Verdict::ALL {
+                let zeros = PerCpuValues::try_from(vec![Counter::default(); self.ncpus])?;
+                self.counters
+                    .set(counter_index(r, v), zeros, 0)
+                    .context("resetting the packet counters")?;
+            }
+        }
+        let rules = self.fw.reset_all_hits(rules)?;
+        let backends = self.lb.reset_all_stats()?;
+        Ok((rules, backends))
     }
 
     /// Packets and bytes per (reason, verdict), summed over CPUs.

@@ -294,6 +294,16 @@ impl Firewall {
         }
     }
 
+    /// Zeroes the hit counters of `rules` (`stats reset`); returns how many.
+    pub fn reset_all_hits(&mut self, rules: &RuleSet) -> Result<usize> {
+        let mut n = 0;
+        for r in rules.rules() {
+            self.reset_hits(r.id)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     fn reset_hits(&mut self, id: u32) -> Result<()> {
         let zeros = PerCpuValues::try_from(vec![0u64; self.ncpus])?;
         self.hits

@@ -51,6 +51,20 @@ pub fn table_size_for(backends: usize) -> Option<u32> {
         .find(|m| *m as u64 >= SLOTS_PER_BACKEND * backends as u64)
 }
 
+/// The pool slots services with these numbers of backends need: each service's table,
+/// and room to write the largest one anew while it is still in use. None when one
+/// service has more backends than the largest table takes.
+pub fn pool_need(backends: impl IntoIterator<Item = usize>) -> Option<u64> {
+    let mut total = 0u64;
+    let mut largest = 0u64;
+    for n in backends {
+        let m = table_size_for(n.max(1))? as u64;
+        total += m;
+        largest = largest.max(m);
+    }
+    Some(total + largest)
+}
+
 /// Spreads the walkers' hash seeds apart (2^64 / golden ratio).
 const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
 

@@ -25,7 +25,11 @@ pub type Source = Arc<dyn Fn() -> anyhow::Result<Snapshot> + Send + Sync>;
 
 /// The most a request head may take.
 const MAX_HEAD: usize = 16 * 1024;
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a scraper may take to send its request head.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Scrape connections served at once at most (fewer with few descriptors); more are
+/// closed at once.
+pub const MAX_CONNECTIONS: usize = 512;
 
 /// Binds the listener (so a bad address fails `xlb run` at start).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
@@ -35,21 +39,30 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 }
 
 /// Serves scrapes until the task is dropped.
-pub async fn serve(listener: TcpListener, source: Source, metrics: &'static Metrics) {
+pub async fn serve(listener: TcpListener, source: Source, metrics: &'static Metrics, cap: usize) {
+    let connections = Arc::new(tokio::sync::Semaphore::new(cap));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
+                // Out of descriptors and the like: pause, never stop serving.
                 warn!("metrics listener: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
+        };
+        // Beyond the cap a connection is closed at once (anyone on the host can open
+        // them: they must not use up the daemon's descriptors).
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            debug!(%peer, "metrics connection refused: {cap} open");
+            continue;
         };
         let source = source.clone();
         tokio::spawn(async move {
             if let Err(e) = handle(stream, source, metrics).await {
                 debug!(%peer, "metrics connection: {e:#}");
             }
+            drop(permit);
         });
     }
 }

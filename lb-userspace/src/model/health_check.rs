@@ -49,10 +49,10 @@ impl CheckKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthCheck {
     pub kind: CheckKind,
-    /// In milliseconds on the wire.
-    #[serde(with = "millis")]
+    /// In milliseconds on the wire (the JSON names say so).
+    #[serde(rename = "interval_ms", with = "millis")]
     pub interval: Duration,
-    #[serde(with = "millis")]
+    #[serde(rename = "timeout_ms", with = "millis")]
     pub timeout: Duration,
     pub rise: u32,
     pub fall: u32,

@@ -34,11 +34,16 @@ use crate::{
             BackendAddr, DEFAULT_TCP_IDLE, DEFAULT_UDP_IDLE, ServiceConf, ServiceError, Services,
             Vip, parse_idle, parse_weight,
         },
+        weights::Flags,
     },
 };
 
+/// The format of the state file this xlb writes.
+pub const FORMAT: u32 = 1;
 /// The first line of every state file xlb writes.
-pub const HEADER: &str = "# xlb state: written by `xlb run`; change it with the xlb CLI";
+pub const HEADER: &str = "# xlb state v1: written by `xlb run`; change it with the xlb CLI";
+/// The first line of format 1 as xlb 0.1 wrote it, before the header had a version.
+const OLD_HEADER: &str = "# xlb state: written by `xlb run`; change it with the xlb CLI";
 
 /// A rule as the state file and `xlb fw list` write it (`deny 192.0.2.0/24`,
 /// `port allow 80/tcp`, `except 22/tcp`).
@@ -218,48 +223,121 @@ fn render_rules(rules: &RuleSet) -> String {
     s
 }
 
-/// Reads a whole state file; an error names its line.
+/// Reads a whole state file, checked whole: its header, every line, no line twice, the
+/// last line ended. Any damage refuses the file with its line (it is never repaired:
+/// the next write would make a loss permanent).
 pub fn parse(text: &str) -> Result<Desired> {
-    let mut st = Desired::default();
+    check_header(text)?;
+    if !text.ends_with('\n') {
+        let n = text.lines().count();
+        bail!(
+            "line {n}: the last line has no end of line: the file was cut short (xlb writes whole lines)"
+        );
+    }
+    let mut p = Parser::default();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        parse_line(&mut st, line).map_err(|e| anyhow::anyhow!("line {}: {e:#}", n + 1))?;
+        p.line(line)
+            .map_err(|e| anyhow::anyhow!("line {}: {e:#}", n + 1))?;
     }
-    st.rules.compact_free();
-    Ok(st)
+    p.st.rules.compact_free();
+    Ok(p.st)
 }
 
-/// One line of the state file into `st`.
-fn parse_line(st: &mut Desired, line: &str) -> Result<()> {
-    let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
-    let rest = rest.trim();
-    match word {
-        "default" => st.rules.default_policy = rest.parse()?,
-        "malformed" => st.rules.malformed_policy = rest.parse()?,
-        "rule" => parse_rule_with_id(&mut st.rules, rest)?,
-        "service" | "check" | "backend" => parse_service_line(&mut st.services, line)?,
-        "backup" => {
-            st.backups.insert(parse_flag(&st.services, rest)?);
+/// The first line must be xlb's header, of a format this xlb reads.
+fn check_header(text: &str) -> Result<()> {
+    if text.trim().is_empty() {
+        bail!(
+            "the file is empty, which xlb never writes (it replaces the file whole): it was truncated or made by hand; move it away to start with no rules and no services"
+        );
+    }
+    let first = text.lines().next().unwrap_or("");
+    if first == HEADER || first == OLD_HEADER {
+        return Ok(());
+    }
+    if let Some(v) = first.strip_prefix("# xlb state v") {
+        let v = v.split_whitespace().next().unwrap_or("");
+        bail!(
+            "line 1: format v{v} was written by another version of xlb; this one reads v{FORMAT}"
+        );
+    }
+    bail!(
+        "line 1: the file does not start with xlb's header ({HEADER:?}): it is not a state file xlb wrote"
+    )
+}
+
+/// What a state file's lines have built so far, and what they named (each once).
+#[derive(Default)]
+struct Parser {
+    st: Desired,
+    policies: std::collections::HashSet<String>,
+}
+
+impl Parser {
+    /// One line into the state.
+    fn line(&mut self, line: &str) -> Result<()> {
+        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+        let rest = rest.trim();
+        if matches!(word, "default" | "malformed") && !self.policies.insert(word.to_string()) {
+            bail!("a second '{word}' line");
         }
-        "drained" => {
-            st.drained.insert(parse_flag(&st.services, rest)?);
+        let st = &mut self.st;
+        match word {
+            "default" => st.rules.default_policy = rest.parse()?,
+            "malformed" => st.rules.malformed_policy = rest.parse()?,
+            "rule" => parse_rule_with_id(&mut st.rules, rest)?,
+            "service" | "backend" => parse_service_line(&mut st.services, line).map_err(damaged)?,
+            "check" => {
+                check_once(&st.services, rest)?;
+                parse_service_line(&mut st.services, line).map_err(damaged)?
+            }
+            "backup" => flag_once(&mut st.backups, parse_flag(&st.services, rest)?, "backup")?,
+            "drained" => flag_once(&mut st.drained, parse_flag(&st.services, rest)?, "drained")?,
+            "base" => parse_base(&mut st.base, rest)?,
+            _ => bail!("unknown keyword '{word}'"),
         }
-        "base" => parse_base(&mut st.base, rest)?,
-        _ => bail!("unknown keyword '{word}'"),
+        Ok(())
+    }
+}
+
+/// A service's second `check` line.
+fn check_once(services: &Services, rest: &str) -> Result<()> {
+    let vip = rest.split_whitespace().next().unwrap_or("");
+    if let Ok(vip) = vip.parse::<Vip>()
+        && services.by_vip.get(&vip).is_some_and(|s| s.check.is_some())
+    {
+        bail!("a second check of service {vip}");
     }
     Ok(())
 }
 
-/// `ID RULE` of a `rule` line.
+fn flag_once(flags: &mut Flags, flag: (Vip, BackendAddr), word: &str) -> Result<()> {
+    if !flags.insert(flag) {
+        bail!("{word} {} {} is given twice", flag.0, flag.1);
+    }
+    Ok(())
+}
+
+/// An error of a line as it is: a state file's value is never "meant" as something
+/// else (a cut `/24` must not be suggested as a `/2`), so suggestions go.
+fn damaged(e: impl std::fmt::Display) -> anyhow::Error {
+    let e = e.to_string();
+    match e.split_once(": did you mean") {
+        Some((what, _)) => anyhow::anyhow!("{what}: the file is damaged (xlb writes none)"),
+        None => anyhow::anyhow!(e),
+    }
+}
+
+/// `ID RULE` of a `rule` line (an id already taken is refused).
 fn parse_rule_with_id(rules: &mut RuleSet, rest: &str) -> Result<()> {
     let Some((id, rule)) = rest.split_once(' ') else {
         bail!("a rule needs an id");
     };
     let id = parse_id(id).map_err(anyhow::Error::msg)?;
-    let (matches, action) = parse_rule(rule)?;
+    let (matches, action) = parse_rule(rule).map_err(damaged)?;
     if rules.get(&matches).is_some() {
         bail!("duplicate rule '{rule}'");
     }
@@ -292,13 +370,15 @@ fn parse_base(base: &mut Projection, line: &str) -> Result<()> {
     match word {
         "default" => base.default_policy = rest.trim().parse()?,
         "malformed" => base.malformed_policy = rest.trim().parse()?,
-        "service" | "check" | "backend" => parse_service_line(&mut base.services, line)?,
+        "service" | "check" | "backend" => {
+            parse_service_line(&mut base.services, line).map_err(damaged)?
+        }
         "backup" => {
             let flag = parse_flag(&base.services, rest.trim())?;
             base.backups.insert(flag);
         }
         _ => {
-            let (m, a) = parse_rule(line)?;
+            let (m, a) = parse_rule(line).map_err(damaged)?;
             if base.rules.insert(m, a).is_some() {
                 bail!("duplicate base rule '{line}'");
             }
@@ -350,6 +430,7 @@ mod tests {
             base,
         };
         let text = render(&stored.borrowed());
+        assert!(text.starts_with(HEADER), "{text}");
         assert!(text.contains("\nbase port allow 80/tcp\n"), "{text}");
         assert!(
             text.contains("\nbackup 192.0.2.10:80/tcp 203.0.113.11:8080\n"),
@@ -432,14 +513,58 @@ mod tests {
         assert!(e.contains("check.fall: 'two' is not a whole number"), "{e}");
     }
 
+    /// A state file's text: xlb's header, then `body`.
+    fn file(body: &str) -> String {
+        format!("{HEADER}\n{body}")
+    }
+
     #[test]
     fn broken_state_names_the_line() {
-        let e = parse("default allow\nrule 1 deny 192.0.2.1/24\n").unwrap_err();
-        assert!(e.to_string().starts_with("line 2:"), "{e}");
-        assert!(parse("bogus\n").is_err());
-        assert!(parse("rule 0 deny 192.0.2.0/24\n").is_err());
-        let e = parse("backup 192.0.2.10:80/tcp 203.0.113.11:8080\n").unwrap_err();
+        let e = parse(&file("default allow\nrule 1 deny 192.0.2.1/24\n")).unwrap_err();
+        assert!(e.to_string().starts_with("line 3:"), "{e}");
+        assert!(parse(&file("bogus\n")).is_err());
+        assert!(parse(&file("rule 0 deny 192.0.2.0/24\n")).is_err());
+        let e = parse(&file("backup 192.0.2.10:80/tcp 203.0.113.11:8080\n")).unwrap_err();
         assert!(e.to_string().contains("not in the state"), "{e}");
+    }
+
+    #[test]
+    fn damage_is_refused_never_repaired() {
+        let err = |text: &str| format!("{:#}", parse(text).unwrap_err());
+        // Empty, not xlb's, or of another format.
+        assert!(err("").contains("the file is empty"), "{}", err(""));
+        assert!(err("\n  \n").contains("the file is empty"));
+        assert!(err("default allow\n").contains("does not start with xlb's header"));
+        assert!(err("# xlb state v9: future\n").contains("format v9"));
+        // The first format's header (xlb 0.1) still reads.
+        assert!(parse(&format!("{OLD_HEADER}\ndefault deny\n")).is_ok());
+        // A cut last line: refused, and a cut prefix is never suggested wider.
+        let e = err(&file("rule 1 deny 192.0.2.0/2"));
+        assert!(
+            e.contains("line 2: the last line has no end of line"),
+            "{e}"
+        );
+        let e = err(&file("rule 1 deny 192.0.2.0/2\n"));
+        assert!(
+            e.contains("host bits set") && !e.contains("did you mean"),
+            "{e}"
+        );
+        // Everything once: rule ids, policies, checks, flags.
+        let e = err(&file(
+            "rule 1 deny 192.0.2.0/24\nrule 1 deny 198.51.100.0/24\n",
+        ));
+        assert!(e.contains("line 3: rule 1: the id is already"), "{e}");
+        let e = err(&file("default deny\ndefault allow\n"));
+        assert!(e.contains("line 3: a second 'default' line"), "{e}");
+        let svc =
+            "service 192.0.2.10:80/tcp nat\nbackend 192.0.2.10:80/tcp 203.0.113.11:80 weight=1\n";
+        let check = "check 192.0.2.10:80/tcp kind=tcp\n";
+        let e = err(&file(&format!("{svc}{check}{check}")));
+        assert!(e.contains("a second check of service"), "{e}");
+        let flag = "drained 192.0.2.10:80/tcp 203.0.113.11:80\n";
+        let e = err(&file(&format!("{svc}{flag}{flag}")));
+        assert!(e.contains("is given twice"), "{e}");
+        assert!(err(&file("rule +1 deny 192.0.2.0/24\n")).contains("is not a rule id"));
     }
 
     #[test]

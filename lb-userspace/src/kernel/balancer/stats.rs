@@ -91,6 +91,21 @@ impl Balancer {
         }
     }
 
+    /// Zeroes every backend's counters and the services' retired totals (`stats
+    /// reset`); returns the backends zeroed.
+    pub fn reset_all_stats(&mut self) -> Result<usize> {
+        self.retired.clear();
+        let ids: Vec<u32> = self
+            .installed
+            .values()
+            .flat_map(|i| i.backend_ids.values().copied())
+            .collect();
+        for id in &ids {
+            self.reset_stats(*id)?;
+        }
+        Ok(ids.len())
+    }
+
     /// A backend id given to a new backend starts from zero.
     pub(super) fn reset_stats(&mut self, id: u32) -> Result<()> {
         let ncpus = aya::util::nr_cpus().map_err(|(m, e)| anyhow::anyhow!("{m}: {e}"))?;
