@@ -5,6 +5,7 @@
 
 use std::{path::Path, process::Command};
 
+use xlb::store::lines::HEADER;
 use xlb_tests::netns::{Daemon, Netns, TestDir, veth, xlb_bin};
 
 /// Everything the daemon holds: rules, services, and its status (less the uptime).
@@ -640,46 +641,47 @@ fn a_state_file_with_values_that_cannot_work_is_refused() {
     for (text, want) in [
         (
             "rule 1 port deny 1000-2000/tcp\nrule 2 port allow 1500-2500/tcp\n",
-            "line 2: port 1500-2500/tcp overlaps rule 1 (port deny 1000-2000/tcp)",
+            "line 3: port 1500-2500/tcp overlaps rule 1 (port deny 1000-2000/tcp)",
         ),
         (
             "rule +1 deny 192.0.2.0/24\n",
-            "line 1: '+1' is not a rule id",
+            "line 2: '+1' is not a rule id",
         ),
         (
             "rule 1 deny 192.0.2.0/24\nrule 1 deny 198.51.100.0/24\n",
-            "line 2: rule 1: the id is already prefix 192.0.2.0/24",
+            "line 3: rule 1: the id is already prefix 192.0.2.0/24",
         ),
         (
             "rule 1 deny ::ffff:192.0.2.0/120\n",
-            "line 1: '::ffff:192.0.2.0/120' is not a prefix",
+            "line 2: '::ffff:192.0.2.0/120' is not a prefix",
         ),
         (
             "service 198.51.100.10:53/udp nat tcp_idle=600\n",
-            "line 1: --tcp-idle is for tcp services",
+            "line 2: --tcp-idle is for tcp services",
         ),
         (
             "service 198.51.100.10:80/tcp nat tcp_idle=+600\n",
-            "line 1: '+600' is not an idle timeout",
+            "line 2: '+600' is not an idle timeout",
         ),
         (
             "service 127.0.0.1:80/tcp nat\n",
-            "line 1: service address 127.0.0.1:80/tcp cannot work",
+            "line 2: service address 127.0.0.1:80/tcp cannot work",
         ),
         (
             "service [2001:db8::10]:80/tcp nat\nbackend [2001:db8::10]:80/tcp [::ffff:203.0.113.11]:8080 weight=1\n",
-            "line 2: backend [::ffff:203.0.113.11]:8080 cannot work: ::ffff:203.0.113.11 is an IPv4-mapped IPv6 address, which never matches an IPv4 packet (those carry IPv4 addresses); use its IPv4 form, 203.0.113.11:8080",
+            "line 3: backend [::ffff:203.0.113.11]:8080 cannot work: ::ffff:203.0.113.11 is an IPv4-mapped IPv6 address, which never matches an IPv4 packet (those carry IPv4 addresses); use its IPv4 form, 203.0.113.11:8080",
         ),
         (
             "service 198.51.100.10:80/tcp nat\nbackend 198.51.100.10:80/tcp 198.51.100.10:8080 weight=1\n",
-            "line 2: backend 198.51.100.10:8080 cannot work: it is service 198.51.100.10:80/tcp's own address",
+            "line 3: backend 198.51.100.10:8080 cannot work: it is service 198.51.100.10:80/tcp's own address",
         ),
         (
             "service 198.51.100.10:80/tcp nat\ncheck 198.51.100.10:80/tcp kind=tcp rise=+2\n",
-            "line 2: check.rise: '+2' is not a whole number",
+            "line 3: check.rise: '+2' is not a whole number",
         ),
     ] {
-        std::fs::write(&state, text).unwrap();
+        // Each after the state file's header, which is line 1.
+        std::fs::write(&state, format!("{HEADER}\n{text}")).unwrap();
         let bin = xlb_bin();
         let out = edge
             .cmd(&[
@@ -708,7 +710,7 @@ fn a_state_file_with_values_that_cannot_work_is_refused() {
         );
         assert_eq!(
             std::fs::read_to_string(&state).unwrap(),
-            text,
+            format!("{HEADER}\n{text}"),
             "the state file is left as it was"
         );
     }
