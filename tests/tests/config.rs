@@ -319,7 +319,7 @@ fn bad_files(dir: &Path) -> Vec<(&'static str, String, usize, &'static str, &'st
         ("TOML syntax", with("[firewall]", "[firewall"), 5, "firewall", "expected"),
         ("unknown key", with("[firewall]", "[firewall]\ndefualt = \"deny\""), 6, "firewall.defualt", "unknown field `defualt`"),
         ("unknown section", format!("{GOOD}[logging]\nlevel = \"debug\"\n"), 22, "logging", "unknown field `logging`"),
-        ("wrong type", with("weight = 2", "weight = \"2\""), 21, "service.backend.weight", "invalid type: string \"2\", expected i64"),
+        ("wrong type", with("weight = 2", "weight = \"2\""), 21, "service.backend.weight", "invalid type: string \"2\", expected a whole number"),
         ("missing field", with("mode = \"nat\"\n", ""), 12, "service", "missing field `mode`"),
         ("interface name", with("name = \"x0\"", "name = \"an-interface-name-too-long\""), 3, "interface.name", "expected 1 to 15 characters"),
         ("XDP mode", with("name = \"x0\"", "name = \"x0\"\nmode = \"turbo\""), 4, "interface.mode", "expected \"native\" or \"generic\""),

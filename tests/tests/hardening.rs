@@ -443,7 +443,7 @@ fn a_damaged_state_file_is_refused_with_its_line() {
         ),
         (
             format!("{header}rule 1 deny 192.0.2.0/24\nrule 1 deny 198.51.100.0/24\n"),
-            "line 3: rule id 1 is given twice",
+            "line 3: rule 1: the id is already",
         ),
         (
             format!("{header}rule 1 deny 192.0.2.0/2"),

@@ -128,10 +128,10 @@ pub enum Command {
         #[arg(long, value_parser = parse_metrics_addr)]
         metrics: Option<MetricsAddr>,
         /// Log one dropped packet in N (sampled per CPU in the kernel); 0: none.
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value = "1000", value_parser = |s: &str| count(s, "sample rate", 0, u32::MAX as u64))]
         drop_sample: u32,
         /// Drop events logged per second at most (the others are counted).
-        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+        #[arg(long, default_value = "10", value_parser = |s: &str| count(s, "log rate", 1, u32::MAX as u64))]
         drop_log_rate: u32,
         /// Kernel debug log (aya-log) level; off by default, when the program skips the
         /// log calls.
@@ -219,13 +219,13 @@ pub enum Command {
         #[arg(long, default_value = "1s", value_parser = parse_interval)]
         interval: std::time::Duration,
         /// Print this many frames, then exit (no screen control codes).
-        #[arg(long)]
-        iterations: Option<u64>,
+        #[arg(long, value_parser = |s: &str| count(s, "number of frames", 1, u32::MAX as u64))]
+        iterations: Option<u32>,
         /// Frame width in columns (default: the terminal's, else 100).
-        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        #[arg(long, value_parser = |s: &str| count(s, "width", 1, u16::MAX as u64).map(|n| n as u16))]
         width: Option<u16>,
         /// Frame height in lines (default: the terminal's, else 30).
-        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        #[arg(long, value_parser = |s: &str| count(s, "height", 1, u16::MAX as u64).map(|n| n as u16))]
         height: Option<u16>,
     },
 }
@@ -255,6 +255,11 @@ fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// A whole number argument in digits only (no sign), from `lo` to `hi`.
+fn count(s: &str, what: &str, lo: u64, hi: u64) -> Result<u32, String> {
+    crate::model::text::number_in(s, what, lo..=hi).map(|n| n as u32)
 }
 
 /// `--max-file-size`: bytes, or a whole number with a unit (KiB, MiB, GiB).
@@ -343,7 +348,7 @@ pub fn main(cli: Cli) -> Result<()> {
             top::TopOptions {
                 json: ctx.json,
                 interval,
-                iterations,
+                iterations: iterations.map(u64::from),
                 width: width.map(usize::from),
                 height: height.map(usize::from),
             },

@@ -9,7 +9,7 @@ use super::{
 };
 use crate::model::{
     desired::Projection,
-    rules::{self, Action, Match, PortSpec, Prefix, Target},
+    rules::{self, Action, Match, PortSpec, Prefix, RuleError, TIE_WHY, Target},
 };
 
 /// Validates `[firewall]` into the projection's policies and rules.
@@ -18,6 +18,7 @@ pub(crate) fn section(r: &mut Report, fw: &RawFirewall, projection: &mut Project
     projection.malformed_policy = action(r, &fw.malformed, "firewall.malformed", Action::Deny);
     let mut rules = Rules {
         seen: HashMap::new(),
+        ports: Vec::new(),
         projection,
     };
     for (list, a, field) in [
@@ -25,17 +26,13 @@ pub(crate) fn section(r: &mut Report, fw: &RawFirewall, projection: &mut Project
         (&fw.allow, Action::Allow, "firewall.allow"),
     ] {
         for v in list {
-            let s = v.get_ref();
-            if s.ends_with("/tcp") || s.ends_with("/udp") {
-                r.at(
+            match v.get_ref().parse::<Prefix>() {
+                Ok(p) => rules.add(r, Match::Prefix(p), a, v.span(), field),
+                Err(RuleError::PortNotPrefix { input }) => r.at(
                     v.span(),
                     field,
-                    format!("'{s}' is a port spec: put port rules in [firewall.ports]"),
-                );
-                continue;
-            }
-            match s.parse::<Prefix>() {
-                Ok(p) => rules.add(r, Match::Prefix(p), a, v.span(), field),
+                    format!("'{input}' is a port spec: put port rules in [firewall.ports]"),
+                ),
                 Err(e) => r.at(v.span(), field, e.to_string()),
             }
         }
@@ -48,6 +45,13 @@ pub(crate) fn section(r: &mut Report, fw: &RawFirewall, projection: &mut Project
             for v in list {
                 match v.get_ref().parse::<PortSpec>() {
                     Ok(p) => rules.add(r, Match::Port(p), a, v.span(), field),
+                    Err(RuleError::PrefixNotPort { input }) => r.at(
+                        v.span(),
+                        field,
+                        format!(
+                            "'{input}' is a prefix: put prefix rules in [firewall] deny or allow"
+                        ),
+                    ),
                     Err(e) => r.at(v.span(), field, e.to_string()),
                 }
             }
@@ -67,10 +71,13 @@ pub(crate) fn section(r: &mut Report, fw: &RawFirewall, projection: &mut Project
     }
 }
 
-/// The rules of the section so far, each listed once.
+/// The rules of the section so far, each listed once, no two port ranges of one kind
+/// tied (as the rule set refuses them).
 struct Rules<'a> {
     /// Where each match was first written.
     seen: HashMap<Match, usize>,
+    /// The port ranges (except or not) with where they were written.
+    ports: Vec<(bool, PortSpec, usize)>,
     projection: &'a mut Projection,
 }
 
@@ -87,6 +94,31 @@ impl Rules<'_> {
                 ),
             );
             return;
+        }
+        let port = match m {
+            Match::Port(p) => Some((false, p)),
+            Match::ExceptPort(p) => Some((true, p)),
+            _ => None,
+        };
+        if let Some((except, spec)) = port {
+            if let Some(&(_, other, at)) = self
+                .ports
+                .iter()
+                .find(|(e, o, _)| *e == except && spec.ties_with(o))
+            {
+                r.at(
+                    span,
+                    field,
+                    format!(
+                        "{} {spec} overlaps {other} (line {}) and is as wide ({} ports): {TIE_WHY}",
+                        m.kind(),
+                        line_col(r.src, at).0,
+                        spec.width()
+                    ),
+                );
+                return;
+            }
+            self.ports.push((except, spec, span.start));
         }
         self.seen.insert(m, span.start);
         self.projection.rules.insert(m, a);

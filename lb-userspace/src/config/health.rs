@@ -2,34 +2,41 @@
 //! words of `xlb vip check` and of the state file's `check` lines are all read as one
 //! table and validated here (same defaults, limits and messages everywhere).
 
-use std::path::Path;
+use std::{ops::RangeInclusive, path::Path};
 
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::{
     report::Report,
-    values::{DurationText, duration, int_in},
+    values::{DurationText, Whole, duration, int_in},
 };
-use crate::model::health_check::{
-    CheckKind, DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_RISE, DEFAULT_TIMEOUT, HealthCheck,
-    MAX_INTERVAL, MAX_RISE_FALL, MIN_INTERVAL,
+use crate::model::{
+    health_check::{
+        CheckKind, DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_RISE, DEFAULT_TIMEOUT, HealthCheck,
+        MAX_INTERVAL, MAX_RISE_FALL, MIN_INTERVAL,
+    },
+    rules::{MAX_PORT, MIN_PORT},
+    text::{self, NumberError, shown},
 };
 
 /// A `health` table as written: a service's `[service.health]` and a TLS pool's
 /// `health` share it (and its validation, [`HealthTable::check`]). The spans locate
 /// errors in the file it was read from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a health table: kind, and optionally interval, timeout, rise, fall, port, path, expect_status"
+)]
 pub struct HealthTable {
     pub(crate) kind: Spanned<String>,
     pub(crate) interval: Option<Spanned<DurationText>>,
     pub(crate) timeout: Option<Spanned<DurationText>>,
-    pub(crate) rise: Option<Spanned<i64>>,
-    pub(crate) fall: Option<Spanned<i64>>,
-    pub(crate) port: Option<Spanned<i64>>,
+    pub(crate) rise: Option<Spanned<Whole>>,
+    pub(crate) fall: Option<Spanned<Whole>>,
+    pub(crate) port: Option<Spanned<Whole>>,
     pub(crate) path: Option<Spanned<String>>,
-    pub(crate) expect_status: Option<Spanned<i64>>,
+    pub(crate) expect_status: Option<Spanned<Whole>>,
 }
 
 impl HealthTable {
@@ -98,11 +105,13 @@ pub(crate) fn health_check(r: &mut Report, h: &HealthTable, section: &str) -> Op
             d
         }
     };
-    let rise = int_in(r, &h.rise, &field("rise"), 1..=MAX_RISE_FALL, "rise")
-        .unwrap_or(DEFAULT_RISE as i64) as u32;
-    let fall = int_in(r, &h.fall, &field("fall"), 1..=MAX_RISE_FALL, "fall")
-        .unwrap_or(DEFAULT_FALL as i64) as u32;
-    let port = int_in(r, &h.port, &field("port"), 1..=65535, "port").map(|p| p as u16);
+    let int = |r: &mut Report, v: &Option<Spanned<Whole>>, key: &str| {
+        let (_, what, range) = int_key(key).expect("an integer key");
+        int_in(r, v, &field(key), range, what)
+    };
+    let rise = int(r, &h.rise, "rise").unwrap_or(DEFAULT_RISE as i64) as u32;
+    let fall = int(r, &h.fall, "fall").unwrap_or(DEFAULT_FALL as i64) as u32;
+    let port = int(r, &h.port, "port").map(|p| p as u16);
     for (set, key) in [
         (h.path.as_ref().map(|p| p.span()), "path"),
         (h.expect_status.as_ref().map(|p| p.span()), "expect_status"),
@@ -131,14 +140,7 @@ pub(crate) fn health_check(r: &mut Report, h: &HealthTable, section: &str) -> Op
             s.clone()
         }
     };
-    let expect_status = int_in(
-        r,
-        &h.expect_status,
-        &field("expect_status"),
-        100..=599,
-        "status",
-    )
-    .unwrap_or(200) as u16;
+    let expect_status = int(r, &h.expect_status, "expect_status").unwrap_or(200) as u16;
     (r.errors.len() == before).then_some(HealthCheck {
         kind,
         interval,
@@ -152,8 +154,8 @@ pub(crate) fn health_check(r: &mut Report, h: &HealthTable, section: &str) -> Op
 }
 
 /// The keys of a health check's word form (`kind=http interval=2s ...`: the CLI's and
-/// the state file's), those of a `[service.health]` table; the integer ones are written
-/// as numbers in the table, the others as strings.
+/// the state file's), those of a `[service.health]` table; the integer ones
+/// ([`INT_KEYS`]) are written as numbers in the table, the others as strings.
 const CHECK_KEYS: [&str; 8] = [
     "kind",
     "interval",
@@ -164,10 +166,22 @@ const CHECK_KEYS: [&str; 8] = [
     "path",
     "expect_status",
 ];
-const CHECK_INT_KEYS: [&str; 4] = ["rise", "fall", "port", "expect_status"];
+
+/// The integer keys of a health table: key, what a message calls it, the range.
+const INT_KEYS: [(&str, &str, RangeInclusive<i64>); 4] = [
+    ("rise", "rise", 1..=MAX_RISE_FALL),
+    ("fall", "fall", 1..=MAX_RISE_FALL),
+    ("port", "port", MIN_PORT as i64..=MAX_PORT as i64),
+    ("expect_status", "status", 100..=599),
+];
+
+fn int_key(key: &str) -> Option<(&'static str, &'static str, RangeInclusive<i64>)> {
+    INT_KEYS.iter().find(|(k, _, _)| *k == key).cloned()
+}
 
 /// A check from `key=value` pairs, with the defaults, limits and messages of a
-/// `[service.health]` table (it is read as one); errors name `section.key`.
+/// `[service.health]` table (it is read as one); errors name `section.key`. Numbers
+/// are digits only (no sign).
 pub fn check_from_words<'a>(
     words: impl IntoIterator<Item = (&'a str, &'a str)>,
     section: &str,
@@ -176,17 +190,30 @@ pub fn check_from_words<'a>(
     for (k, v) in words {
         if !CHECK_KEYS.contains(&k) {
             return Err(format!(
-                "{section}: '{k}' is not a health-check setting (expected one of {})",
+                "{section}: '{}' is not a health-check setting (expected one of {})",
+                shown(k),
                 CHECK_KEYS.join(", ")
             ));
         }
-        let value = if CHECK_INT_KEYS.contains(&k) {
-            toml::Value::Integer(
-                v.parse()
-                    .map_err(|_| format!("{section}.{k}: '{v}' is not a whole number"))?,
-            )
-        } else {
-            toml::Value::String(v.to_string())
+        let value = match int_key(k) {
+            Some((_, what, range)) => {
+                let (lo, hi) = (*range.start(), *range.end());
+                match text::number(v, 0..=i64::MAX as u64) {
+                    Ok(n) => toml::Value::Integer(n as i64),
+                    Err(NumberError::NotDigits) => {
+                        return Err(format!(
+                            "{section}.{k}: '{}' is not a whole number: write {lo} to {hi} in digits",
+                            shown(v)
+                        ));
+                    }
+                    Err(NumberError::OutOfRange) => {
+                        return Err(format!(
+                            "{section}.{k}: {what} {v} is out of range: expected {lo} to {hi}"
+                        ));
+                    }
+                }
+            }
+            None => toml::Value::String(v.to_string()),
         };
         if table.insert(k.to_string(), value).is_some() {
             return Err(format!("{section}.{k}: given twice"));
@@ -198,6 +225,7 @@ pub fn check_from_words<'a>(
         ));
     }
     let text = toml::to_string(&table).map_err(|e| format!("{section}: {e}"))?;
-    let raw: HealthTable = toml::from_str(&text).map_err(|e| format!("{section}: {e}"))?;
+    let raw: HealthTable =
+        toml::from_str(&text).map_err(|e| format!("{section}: {}", shown(e.message())))?;
     raw.check(section)
 }

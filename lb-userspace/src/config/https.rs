@@ -20,21 +20,25 @@ use toml::Spanned;
 
 use super::{
     health::{HealthTable, health_check},
-    report::{Report, locate},
+    report::{Report, locate, toml_error},
     tls_files,
+    values::{count, seconds, socket_addrs},
 };
-use crate::model::health_check::HealthCheck;
+use crate::model::{health_check::HealthCheck, text::shown};
 
 /// One https service: where it listens, its certificates, routes, pools and limits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a [tls] table: listen, default_cert, certs, routes, pools, limits, ..."
+)]
 pub struct HttpsConfig {
     /// Addresses the TLS listener binds (e.g. `"192.0.2.1:443"`, `"[2001:db8::1]:443"`);
     /// under `xlb run`, each `[[service]]` with `mode = "https"` adds its own.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "socket_addrs")]
     pub listen: Vec<SocketAddr>,
     /// Plain-HTTP listeners that answer every request with a redirect to https.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "socket_addrs")]
     pub redirect_listen: Vec<SocketAddr>,
     /// Adds `Strict-Transport-Security` to every response when set.
     #[serde(default)]
@@ -45,7 +49,7 @@ pub struct HttpsConfig {
     #[serde(default)]
     pub certs: Vec<NamedCert>,
     /// Seconds between checks of the certificate files for changes (0: never).
-    #[serde(default = "default_cert_check")]
+    #[serde(default = "default_cert_check", deserialize_with = "seconds")]
     pub cert_check_interval: f64,
     /// Host and path-prefix routes to pools: the most specific host wins (exact, then
     /// wildcard, then none), then the longest path prefix.
@@ -63,8 +67,12 @@ fn default_cert_check() -> f64 {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an hsts table: max_age, include_subdomains, preload"
+)]
 pub struct Hsts {
+    #[serde(deserialize_with = "count")]
     pub max_age: u64,
     #[serde(default)]
     pub include_subdomains: bool,
@@ -87,14 +95,20 @@ impl Hsts {
 
 /// A PEM certificate chain (leaf first) and its PEM private key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a certificate table: chain and key (PEM files)"
+)]
 pub struct CertFiles {
     pub chain: PathBuf,
     pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a [[tls.certs]] table: names, chain, key"
+)]
 pub struct NamedCert {
     /// SNI names served with this certificate: `a.example` or `*.a.example` (one label).
     pub names: Vec<String>,
@@ -112,7 +126,10 @@ impl NamedCert {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a [[tls.routes]] table: host, path, pool"
+)]
 pub struct Route {
     /// `a.example`, `*.a.example`, or absent for any host.
     #[serde(default)]
@@ -129,7 +146,10 @@ fn default_path() -> String {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(
+    rename_all = "snake_case",
+    expecting = "a balance: \"least_outstanding\" or \"client_address\""
+)]
 pub enum Balance {
     /// The healthy backend with the fewest requests in flight.
     #[default]
@@ -140,9 +160,13 @@ pub enum Balance {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a [[tls.pools]] table: name, backends, and its settings"
+)]
 pub struct PoolConfig {
     pub name: String,
+    #[serde(deserialize_with = "socket_addrs")]
     pub backends: Vec<SocketAddr>,
     #[serde(default)]
     pub balance: Balance,
@@ -159,10 +183,10 @@ pub struct PoolConfig {
     #[serde(default)]
     pub client_cert: Option<CertFiles>,
     /// Consecutive connect failures after which a backend is taken out passively.
-    #[serde(default = "default_max_fails")]
+    #[serde(default = "default_max_fails", deserialize_with = "count")]
     pub max_fails: u32,
     /// Seconds a passively failed backend stays out.
-    #[serde(default = "default_fail_timeout")]
+    #[serde(default = "default_fail_timeout", deserialize_with = "seconds")]
     pub fail_timeout: f64,
     /// Active health checks of the backends: the keys of a layer-4 service's
     /// `[service.health]`, with the same validation and rise/fall semantics.
@@ -178,25 +202,34 @@ fn default_fail_timeout() -> f64 {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, default, expecting = "a [tls.limits] table")]
 pub struct Limits {
     /// Bytes of a request's header block (HTTP/1.1) or header list (h2): 431 above.
+    #[serde(deserialize_with = "count")]
     pub max_header_bytes: usize,
     /// Bytes of a request body: 413 above.
+    #[serde(deserialize_with = "count")]
     pub max_body_bytes: u64,
     /// Seconds for the TLS handshake and for each request's headers (slowloris).
+    #[serde(deserialize_with = "seconds")]
     pub header_read_timeout: f64,
     /// Seconds a connection may pass without a byte read or written.
+    #[serde(deserialize_with = "seconds")]
     pub idle_timeout: f64,
     /// Client connections open at once; further ones wait in the listen backlog.
+    #[serde(deserialize_with = "count")]
     pub max_connections: usize,
     /// Seconds to connect to a backend (TCP and TLS).
+    #[serde(deserialize_with = "seconds")]
     pub connect_timeout: f64,
     /// Seconds for a backend to start its response: 504 after.
+    #[serde(deserialize_with = "seconds")]
     pub response_timeout: f64,
     /// Other backends tried when a backend fails and a retry is safe.
+    #[serde(deserialize_with = "count")]
     pub retries: u32,
     /// Idle keep-alive connections kept per backend.
+    #[serde(deserialize_with = "count")]
     pub max_idle_per_backend: usize,
 }
 
@@ -260,19 +293,36 @@ pub fn check_host_pattern(name: &str) -> Result<()> {
 }
 
 impl HttpsConfig {
-    /// Parses TOML text (not validated: see [`HttpsConfig::validate`]).
+    /// Parses TOML text (not validated: see [`HttpsConfig::validate`]); an error is one
+    /// line with its line, column and key.
     pub fn from_toml(text: &str) -> Result<Self> {
-        Ok(toml::from_str(text)?)
+        toml::from_str(text).map_err(|e| {
+            let e = &toml_error(Path::new(""), text, &e).0[0];
+            anyhow!(
+                "line {}, column {}: {}: {}",
+                e.line,
+                e.column,
+                e.field,
+                e.message
+            )
+        })
     }
 
     /// Reads, parses, resolves relative paths against the file's directory and
-    /// validates.
+    /// validates (`xlb proxy`). An error is one line that names the file (with the line,
+    /// column and key of a TOML error), its quoted input shown as [`shown`] shows it.
     pub fn load(path: &Path) -> Result<Self> {
         let text = super::files::read_text(path)?;
-        let mut cfg = Self::from_toml(&text).with_context(|| format!("{}", path.display()))?;
+        let mut cfg: HttpsConfig =
+            toml::from_str(&text).map_err(|e| anyhow!("{}", toml_error(path, &text, &e)))?;
         cfg.resolve_paths(path.parent().unwrap_or(Path::new(".")));
-        cfg.validate()
-            .with_context(|| format!("{}", path.display()))?;
+        cfg.validate().map_err(|e| {
+            anyhow!(
+                "{}: {}",
+                shown(&path.display().to_string()),
+                shown(&format!("{e:#}"))
+            )
+        })?;
         Ok(cfg)
     }
 

@@ -34,7 +34,7 @@ pub use report::{ConfigError, ConfigErrors};
 pub use values::{group_id, parse_duration};
 
 use raw::{RawBalancer, RawConfig, RawControl, RawInterface, RawMetrics};
-use report::{Report, field_at, line_col, one_error};
+use report::{Report, line_col, toml_error};
 use values::duration;
 
 use crate::model::{
@@ -105,10 +105,7 @@ impl Config {
     /// Validates `src`, read from `path` (relative paths inside are relative to its
     /// directory). Checks what a file names on this machine too (group, TLS files).
     pub fn parse(src: &str, path: &Path) -> Result<Config, ConfigErrors> {
-        let raw: RawConfig = toml::from_str(src).map_err(|e| {
-            let off = e.span().map_or(0, |s| s.start);
-            one_error(path, src, off, &field_at(src, off), e.message().to_string())
-        })?;
+        let raw: RawConfig = toml::from_str(src).map_err(|e| toml_error(path, src, &e))?;
         let mut r = Report::new(src, path);
         let dir = path
             .parent()

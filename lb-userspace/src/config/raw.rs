@@ -4,10 +4,17 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{health::HealthTable, https::HttpsConfig, values::DurationText};
+use super::{
+    health::HealthTable,
+    https::HttpsConfig,
+    values::{DurationText, Whole},
+};
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a configuration file: [control], [[interface]], [firewall], [balancer], [[service]], [tls] and [metrics] tables"
+)]
 pub(crate) struct RawConfig {
     pub(crate) control: Option<RawControl>,
     #[serde(default)]
@@ -21,20 +28,23 @@ pub(crate) struct RawConfig {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a [control] table (group)")]
 pub(crate) struct RawControl {
     pub(crate) group: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "an [[interface]] table (name, mode)")]
 pub(crate) struct RawInterface {
     pub(crate) name: Spanned<String>,
     pub(crate) mode: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a [firewall] table (default, malformed, deny, allow, except, [firewall.ports])"
+)]
 pub(crate) struct RawFirewall {
     pub(crate) default: Option<Spanned<String>>,
     pub(crate) malformed: Option<Spanned<String>>,
@@ -48,7 +58,10 @@ pub(crate) struct RawFirewall {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a [firewall.ports] table (deny, allow)"
+)]
 pub(crate) struct RawPorts {
     #[serde(default)]
     pub(crate) deny: Vec<Spanned<String>>,
@@ -57,13 +70,16 @@ pub(crate) struct RawPorts {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a [balancer] table (drain_timeout)")]
 pub(crate) struct RawBalancer {
     pub(crate) drain_timeout: Option<Spanned<DurationText>>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a [[service]] table (address, mode, and its settings and backends)"
+)]
 pub(crate) struct RawService {
     pub(crate) address: Spanned<String>,
     pub(crate) mode: Spanned<String>,
@@ -78,15 +94,18 @@ pub(crate) struct RawService {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a [[service.backend]] table (address, weight, backup)"
+)]
 pub(crate) struct RawBackend {
     pub(crate) address: Spanned<String>,
-    pub(crate) weight: Option<Spanned<i64>>,
+    pub(crate) weight: Option<Spanned<Whole>>,
     pub(crate) backup: Option<bool>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a [metrics] table (listen)")]
 pub(crate) struct RawMetrics {
     pub(crate) listen: Spanned<String>,
 }

@@ -10,6 +10,8 @@ use std::{
 
 use serde::Serialize;
 
+use crate::model::text::shown;
+
 /// One problem in a configuration file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ConfigError {
@@ -23,17 +25,14 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = shown(&self.file.display().to_string());
         if self.line == 0 {
-            return write!(f, "{}: {}", self.file.display(), self.message);
+            return write!(f, "{file}: {}", self.message);
         }
         write!(
             f,
-            "{}:{}:{}: {}: {}",
-            self.file.display(),
-            self.line,
-            self.column,
-            self.field,
-            self.message
+            "{file}:{}:{}: {}: {}",
+            self.line, self.column, self.field, self.message
         )
     }
 }
@@ -113,9 +112,11 @@ impl<'a> Report<'a> {
         }
     }
 
+    /// Records an error at `span`; the input it quotes is shown as [`shown`] shows it
+    /// (control and invisible characters escaped: one line, what was really written).
     pub(crate) fn at(&mut self, span: Range<usize>, field: &str, message: impl Into<String>) {
         self.errors
-            .push((span.start, field.to_string(), message.into()));
+            .push((span.start, shown(field), shown(&message.into())));
     }
 
     pub(crate) fn finish(mut self) -> Result<(), ConfigErrors> {
@@ -151,6 +152,13 @@ pub(crate) fn one_error(
     let mut r = Report::new(src, file);
     r.at(offset..offset, field, message);
     r.finish().unwrap_err()
+}
+
+/// A TOML reader's error in `src` (read from `file`) as one error of that file, one
+/// line with its line, column and key (not the reader's multi-line excerpt).
+pub(crate) fn toml_error(file: &Path, src: &str, e: &toml::de::Error) -> ConfigErrors {
+    let off = e.span().map_or(0, |s| s.start);
+    one_error(file, src, off, &field_at(src, off), e.message().to_string())
 }
 
 /// Where in the section starting at `from` an error message points: the first of the

@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     ops::Range,
 };
 
@@ -21,7 +21,7 @@ use crate::model::{
     desired::Projection,
     health_check::HealthCheck,
     rules::Proto,
-    services::{BackendAddr, DEFAULT_TCP_IDLE, DEFAULT_UDP_IDLE, MAX_WEIGHT, Mode, Vip},
+    services::{BackendAddr, MAX_WEIGHT, MIN_WEIGHT, Mode, ServiceError, Vip, parse_addr},
 };
 
 /// What the services section gives besides the projection's services.
@@ -155,31 +155,43 @@ fn layer4_service(r: &mut Report, s: &RawService, vip: Vip, projection: &mut Pro
             }
         },
     };
-    let tcp = idle(r, &s.tcp_idle, "service.tcp_idle", DEFAULT_TCP_IDLE);
-    let udp = idle(r, &s.udp_idle, "service.udp_idle", DEFAULT_UDP_IDLE);
+    let tcp = idle(r, &s.tcp_idle, "service.tcp_idle");
+    let udp = idle(r, &s.udp_idle, "service.udp_idle");
     let snat = match &s.snat {
         None => None,
-        Some(a) => match a.get_ref().parse::<IpAddr>() {
+        Some(a) => match parse_addr(a.get_ref()) {
             Ok(ip) => Some(ip),
-            Err(_) => {
-                r.at(
-                    a.span(),
-                    "service.snat",
-                    format!(
-                        "'{}' is not an address: expected e.g. \"203.0.113.1\" or \"2001:db8::1\"",
-                        a.get_ref()
-                    ),
-                );
+            Err(e) => {
+                r.at(a.span(), "service.snat", e.to_string());
                 return false;
             }
         },
     };
     let services = &mut projection.services;
-    if let Err(e) = services
-        .add_service(vip, mode, affinity, s.echo.unwrap_or(true))
-        .and_then(|_| services.set_idle(&vip, Some(tcp), Some(udp)))
-    {
-        r.at(s.address.span(), "service", e.to_string());
+    if let Err(e) = services.add_service(vip, mode, affinity, s.echo.unwrap_or(true)) {
+        r.at(s.address.span(), "service.address", e.to_string());
+        return false;
+    }
+    if let Err(e) = services.set_idle(&vip, tcp, udp) {
+        let (span, field) = match (&e, &s.tcp_idle, &s.udp_idle) {
+            (
+                ServiceError::IdleProto {
+                    given: Proto::Tcp, ..
+                },
+                Some(v),
+                _,
+            ) => (v.span(), "service.tcp_idle"),
+            (
+                ServiceError::IdleProto {
+                    given: Proto::Udp, ..
+                },
+                _,
+                Some(v),
+            ) => (v.span(), "service.udp_idle"),
+            _ => (s.address.span(), "service"),
+        };
+        r.at(span, field, file_words(&e.to_string()));
+        services.by_vip.remove(&vip);
         return false;
     }
     if let Err(e) = services.set_snat(&vip, snat) {
@@ -189,12 +201,18 @@ fn layer4_service(r: &mut Report, s: &RawService, vip: Vip, projection: &mut Pro
         } else {
             "service.mode"
         };
-        // The CLI's wording names its flag; the file's key is `snat`.
-        r.at(span, field, e.to_string().replace("--snat", "snat"));
+        r.at(span, field, file_words(&e.to_string()));
         services.by_vip.remove(&vip);
         return false;
     }
     true
+}
+
+/// A model message in the file's words: the CLI's flags are the file's keys.
+fn file_words(msg: &str) -> String {
+    msg.replace("--snat", "snat")
+        .replace("--tcp-idle", "tcp_idle")
+        .replace("--udp-idle", "udp_idle")
 }
 
 /// One `[[service.backend]]` of service `vip`.
@@ -218,7 +236,7 @@ fn backend(
             r,
             &b.weight,
             "service.backend.weight",
-            1..=MAX_WEIGHT as i64,
+            MIN_WEIGHT as i64..=MAX_WEIGHT as i64,
             "weight",
         ) {
             Some(w) => w as u32,

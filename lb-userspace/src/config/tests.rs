@@ -457,3 +457,439 @@ fn durations() {
         assert!(parse_duration(bad).is_err(), "{bad}");
     }
 }
+
+/// A layer-4 service of `mode` at `address`, with `extra` lines in its table.
+fn svc(address: &str, mode: &str, extra: &str) -> String {
+    format!("[[service]]\naddress = \"{address}\"\nmode = \"{mode}\"\n{extra}")
+}
+
+#[test]
+fn firewall_values_that_cannot_work_are_refused_where_they_are_written() {
+    let cases: Vec<(String, usize, &str, &str)> = vec![
+        (
+            "[firewall]\ndeny = [\"::ffff:192.0.2.0/120\"]\n".into(),
+            2,
+            "firewall.deny",
+            "never matches an IPv4 packet (the firewall sees those as IPv4): use 192.0.2.0/24",
+        ),
+        (
+            "[firewall.ports]\ndeny = [\"1000-2000/tcp\"]\nallow = [\"1500-2500/tcp\"]\n".into(),
+            3,
+            "firewall.ports.allow",
+            "port 1500-2500/tcp overlaps 1000-2000/tcp (line 2) and is as wide (1001 ports): the narrowest range decides a port",
+        ),
+        (
+            "[firewall]\nexcept = [\"1000-2000/udp\",\n  \"1001-2001/udp\"]\n".into(),
+            3,
+            "firewall.except",
+            "except-port 1001-2001/udp overlaps 1000-2000/udp (line 2)",
+        ),
+        (
+            "[firewall]\nallow = [\"fe80::%eth0/64\"]\n".into(),
+            2,
+            "firewall.allow",
+            "a zone (%IFACE) is not part of a prefix",
+        ),
+        (
+            "[firewall.ports]\ndeny = [\"192.0.2.0/24\"]\n".into(),
+            2,
+            "firewall.ports.deny",
+            "'192.0.2.0/24' is a prefix: put prefix rules in [firewall] deny or allow",
+        ),
+        (
+            "[firewall]\ndeny = [\"80/sctp\"]\n".into(),
+            2,
+            "firewall.deny",
+            "'80/sctp' is a port spec: put port rules in [firewall.ports]",
+        ),
+        (
+            "[firewall.ports]\ndeny = [\"99999999999/tcp\"]\n".into(),
+            2,
+            "firewall.ports.deny",
+            "port 99999999999 is outside 1-65535",
+        ),
+        (
+            "[firewall]\ndeny = [\"192.0.2.0/99999\"]\n".into(),
+            2,
+            "firewall.deny",
+            "the length is over 32: use 0 to 32",
+        ),
+        (
+            "[firewall.ports]\ndeny = [\"+80/tcp\"]\n".into(),
+            2,
+            "firewall.ports.deny",
+            "'+80' is not a port: write 1-65535 in digits",
+        ),
+        (
+            "[firewall]\nallow = [\"2001:db8::/+32\"]\n".into(),
+            2,
+            "firewall.allow",
+            "the length '+32' is not a number",
+        ),
+    ];
+    for (src, line, field, msg) in &cases {
+        let e = err(src);
+        assert_eq!((e.line, e.field.as_str()), (*line, *field), "{src}: {e}");
+        assert!(e.message.contains(msg), "{src}: {e}");
+        assert_eq!(e.to_string().lines().count(), 1, "{e}");
+    }
+    // The same range is one rule; other widths and kinds have a winner.
+    let c = parse(
+        "[firewall]\nexcept = [\"1500-2500/tcp\"]\n[firewall.ports]\ndeny = [\"1000-2000/tcp\", \"1000-2001/tcp\"]\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.projection.rules.len(), 3);
+}
+
+#[test]
+fn service_values_that_cannot_work_are_refused_where_they_are_written() {
+    let backend = |b: &str| {
+        svc(
+            "198.51.100.10:80/tcp",
+            "nat",
+            &format!("[[service.backend]]\naddress = \"{b}\"\n"),
+        )
+    };
+    let cases: Vec<(String, usize, &str, &str)> = vec![
+        (
+            svc("127.0.0.1:80/tcp", "nat", ""),
+            2,
+            "service.address",
+            "service address 127.0.0.1:80/tcp cannot work: 127.0.0.1 is a loopback address",
+        ),
+        (
+            svc("0.0.0.0:80/tcp", "nat", ""),
+            2,
+            "service.address",
+            "0.0.0.0 is the unspecified address",
+        ),
+        (
+            svc("[ff02::1]:80/udp", "nat", ""),
+            2,
+            "service.address",
+            "ff02::1 is a multicast address",
+        ),
+        (
+            svc("[::ffff:198.51.100.10]:80/tcp", "nat", ""),
+            2,
+            "service.address",
+            "use its IPv4 form, 198.51.100.10:80/tcp",
+        ),
+        (
+            svc("[fe80::10]:80/tcp", "nat", ""),
+            2,
+            "service.address",
+            "link-local IPv6 address",
+        ),
+        (
+            backend("255.255.255.255:8080"),
+            5,
+            "service.backend.address",
+            "backend 255.255.255.255:8080 cannot work: 255.255.255.255 is the broadcast address",
+        ),
+        (
+            backend("127.0.0.1:8080"),
+            5,
+            "service.backend.address",
+            "127.0.0.1 is a loopback address",
+        ),
+        (
+            backend("198.51.100.10:80"),
+            5,
+            "service.backend.address",
+            "it is service 198.51.100.10:80/tcp's own address",
+        ),
+        (
+            backend("[fe80::1%2]:80"),
+            5,
+            "service.backend.address",
+            "it names a zone (%IFACE)",
+        ),
+        (
+            svc("198.51.100.10:80/tcp", "fullnat", "snat = \"0.0.0.0\"\n"),
+            4,
+            "service.snat",
+            "snat address 0.0.0.0 cannot work: 0.0.0.0 is the unspecified address",
+        ),
+        (
+            svc(
+                "198.51.100.10:80/tcp",
+                "fullnat",
+                "snat = \"fe80::1%eth0\"\n",
+            ),
+            4,
+            "service.snat",
+            "it names a zone",
+        ),
+        (
+            svc("198.51.100.10:53/udp", "nat", "tcp_idle = \"1h\"\n"),
+            4,
+            "service.tcp_idle",
+            "tcp_idle is for tcp services; 198.51.100.10:53/udp is a udp service: give it udp_idle",
+        ),
+        (
+            svc("198.51.100.10:80/tcp", "nat", "udp_idle = \"10s\"\n"),
+            4,
+            "service.udp_idle",
+            "udp_idle is for udp services; 198.51.100.10:80/tcp is a tcp service: give it tcp_idle",
+        ),
+        (
+            svc("198.51.100.10:70000/tcp", "nat", ""),
+            2,
+            "service.address",
+            "port 70000 is outside 1-65535 (or * for every port)",
+        ),
+        (
+            svc(
+                "198.51.100.10:80/tcp",
+                "nat",
+                "tcp_idle = \"99999999999999999999s\"\n",
+            ),
+            4,
+            "service.tcp_idle",
+            "idle timeout '99999999999999999999s' is out of range",
+        ),
+        (
+            svc("198.51.100.10:0/tcp", "nat", ""),
+            2,
+            "service.address",
+            "port 0 is not a port: use * for every port",
+        ),
+        (
+            svc(
+                "198.51.100.10:80/tcp",
+                "nat",
+                "[service.health]\nkind = \"tcp\"\nport = 0\n",
+            ),
+            6,
+            "service.health.port",
+            "port 0 is out of range: expected 1 to 65535",
+        ),
+        (
+            backend("203.0.113.11:0"),
+            5,
+            "service.backend.address",
+            "port 0 is not a port",
+        ),
+    ];
+    for (src, line, field, msg) in &cases {
+        let e = err(src);
+        assert_eq!((e.line, e.field.as_str()), (*line, *field), "{src}: {e}");
+        assert!(e.message.contains(msg), "{src}: {e}");
+        assert_eq!(e.to_string().lines().count(), 1, "{e}");
+    }
+    // The timeout of the service's protocol is taken.
+    let c = parse(&svc("198.51.100.10:53/udp", "nat", "udp_idle = \"10s\"\n"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let vip: Vip = "198.51.100.10:53/udp".parse().unwrap();
+    assert_eq!(c.projection.services.by_vip[&vip].udp_idle, 10);
+}
+
+#[test]
+fn errors_speak_of_tables_and_numbers_not_types() {
+    let weight = |w: &str| {
+        svc(
+            "198.51.100.10:80/tcp",
+            "nat",
+            &format!("[[service.backend]]\naddress = \"203.0.113.11:8080\"\nweight = {w}\n"),
+        )
+    };
+    let tls = |extra: &str| format!("[tls]\nlisten = [\"192.0.2.1:443\"]\n{extra}");
+    let cases = [
+        ("firewall = 5\n".to_string(), "expected a [firewall] table"),
+        ("control = []\n".into(), "expected a [control] table"),
+        (
+            "interface = [1]\n".into(),
+            "expected an [[interface]] table",
+        ),
+        ("balancer = \"x\"\n".into(), "expected a [balancer] table"),
+        ("metrics = 1\n".into(), "expected a [metrics] table"),
+        ("service = [1]\n".into(), "expected a [[service]] table"),
+        (
+            "[firewall]\nports = 1\n".into(),
+            "expected a [firewall.ports] table",
+        ),
+        (
+            svc("198.51.100.10:80/tcp", "nat", "backend = [1]\n"),
+            "expected a [[service.backend]] table",
+        ),
+        (
+            svc("198.51.100.10:80/tcp", "nat", "health = 1\n"),
+            "expected a health table",
+        ),
+        (weight("1.5"), "expected a whole number, e.g. 3"),
+        (weight("\"2\""), "expected a whole number, e.g. 3"),
+        ("tls = 1\n".into(), "expected a [tls] table"),
+        (tls("hsts = 1\n"), "expected an hsts table"),
+        (
+            tls("hsts = { max_age = -1 }\n"),
+            "expected a whole number of 0 or more",
+        ),
+        (tls("default_cert = 1\n"), "expected a certificate table"),
+        (tls("certs = [1]\n"), "expected a [[tls.certs]] table"),
+        (tls("routes = [1]\n"), "expected a [[tls.routes]] table"),
+        (tls("pools = [1]\n"), "expected a [[tls.pools]] table"),
+        (tls("limits = 1\n"), "expected a [tls.limits] table"),
+        (
+            tls("cert_check_interval = \"1s\"\n"),
+            "expected a number of seconds",
+        ),
+        (
+            tls("[limits]\nmax_header_bytes = \"x\"\n"),
+            "expected a whole number, e.g. 3",
+        ),
+        (
+            tls("[limits]\nretries = -1\n"),
+            "expected a whole number of 0 or more",
+        ),
+        (
+            tls("[limits]\nidle_timeout = true\n"),
+            "expected a number of seconds",
+        ),
+        (
+            "[tls]\nlisten = [\"x\"]\n".into(),
+            "'x' is not ADDR:PORT, e.g. \"192.0.2.1:443\"",
+        ),
+        (
+            tls("[[pools]]\nname = \"a\"\nbackends = [\"203.0.113.11:80\"]\nmax_fails = 1.5\n"),
+            "expected a whole number, e.g. 3",
+        ),
+        (
+            tls(
+                "[[pools]]\nname = \"a\"\nbackends = [\"203.0.113.11:80\"]\nfail_timeout = \"1s\"\n",
+            ),
+            "expected a number of seconds",
+        ),
+    ];
+    for (src, want) in &cases {
+        let src = src
+            .replace("[limits]", "[tls.limits]")
+            .replace("[[pools]]", "[[tls.pools]]");
+        let e = parse(&src).expect_err(&src).to_string();
+        assert!(e.contains(want), "{src}: {e}");
+        for internal in [
+            "Raw",
+            "struct ",
+            "HttpsConfig",
+            "i64",
+            "u32",
+            "u64",
+            "usize",
+            "f64",
+        ] {
+            assert!(!e.contains(internal), "{src}: {e} names {internal}");
+        }
+    }
+}
+
+#[test]
+fn errors_show_hidden_characters_on_one_line() {
+    let e = err("[firewall]\ndeny = [\"\u{feff}192.0.2.0/24\"]\n");
+    assert_eq!(
+        e.message,
+        "'\\u{feff}192.0.2.0/24' is not a prefix: not an IPv4 or IPv6 address"
+    );
+    let e = err(&svc("198.51.100.10:80/tcp", "nat\\u0000", ""));
+    assert_eq!(
+        e.message,
+        "'nat\\u{0}' is not a mode: use dsr, nat or fullnat"
+    );
+    let e = err("[[interface]]\nname = \"eth0\\n\"\n");
+    assert!(
+        e.message.starts_with("'eth0\\n' is not an interface name"),
+        "{e}"
+    );
+    let e = err("[firewall]\ndefault = \"deny\\u200b\"\n");
+    assert!(
+        e.message.starts_with("'deny\\u{200b}' is not an action"),
+        "{e}"
+    );
+    // The JSON of check-config carries the same text.
+    let json = serde_json::to_string(&e).unwrap();
+    assert!(json.contains("deny\\\\u{200b}"), "{json}");
+}
+
+#[test]
+fn numbers_of_the_cli_and_state_file_words_are_digits_only() {
+    let words =
+        |k: &'static str, v: &'static str| check_from_words([("kind", "tcp"), (k, v)], "check");
+    assert_eq!(
+        words("rise", "+2").unwrap_err(),
+        "check.rise: '+2' is not a whole number: write 1 to 100 in digits"
+    );
+    assert!(words("fall", " 2").is_err());
+    assert_eq!(
+        words("port", "99999999999999999999").unwrap_err(),
+        "check.port: port 99999999999999999999 is out of range: expected 1 to 65535"
+    );
+    assert_eq!(
+        words("port", "0").unwrap_err(),
+        "check.port: port 0 is out of range: expected 1 to 65535"
+    );
+    assert_eq!(words("rise", "3").unwrap().rise, 3);
+    let e = check_from_words([("kind", "tcp"), ("r\u{0}ise", "3")], "check").unwrap_err();
+    assert!(
+        e.starts_with("check: 'r\\u{0}ise' is not a health-check setting"),
+        "{e}"
+    );
+    // A group id too.
+    assert_eq!(group_id("0"), Ok(0));
+    assert!(
+        group_id("+0")
+            .unwrap_err()
+            .contains("there is no group '+0'")
+    );
+    assert!(
+        group_id("99999999999")
+            .unwrap_err()
+            .contains("out of range")
+    );
+    // A duration too long for any range is out of range, not "not a duration".
+    assert_eq!(parse_duration("99999999999999999999s"), Ok(Duration::MAX));
+    assert!(parse_duration("+5s").is_err());
+    let e = err(&svc(
+        "198.51.100.10:80/tcp",
+        "nat",
+        "[service.health]\nkind = \"tcp\"\ninterval = \"99999999999999999999h\"\n",
+    ));
+    assert!(
+        e.message.contains("is out of range: expected 100ms to 1h"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_https_file_error_is_one_line_naming_file_line_and_column() {
+    let dir = std::env::temp_dir().join(format!("xlb-https-err-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("proxy.toml");
+    std::fs::write(
+        &path,
+        "listen = [\"192.0.2.1:443\"]\nroutes = [\n[[pools]]\n",
+    )
+    .unwrap();
+    let e = format!("{:#}", HttpsConfig::load(&path).unwrap_err());
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(e.starts_with(&format!("{}:3:", path.display())), "{e}");
+    std::fs::write(&path, "listen = 5\n").unwrap();
+    let e = format!("{:#}", HttpsConfig::load(&path).unwrap_err());
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(
+        e.starts_with(&format!("{}:1:10: listen: ", path.display())),
+        "{e}"
+    );
+    // Validation errors too, with what they quote shown.
+    std::fs::write(
+        &path,
+        "listen = [\"192.0.2.1:443\"]\ndefault_cert = { chain = \"a\", key = \"b\" }\n\
+         [[routes]]\nhost = \"a\\u200b.example\"\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\nbackends = [\"203.0.113.11:80\"]\n",
+    )
+    .unwrap();
+    let e = format!("{:#}", HttpsConfig::load(&path).unwrap_err());
+    assert!(e.contains("'a\\u{200b}.example' is not a host name"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    let e = format!("{:#}", HttpsConfig::from_toml("listen = [\n").unwrap_err());
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(e.starts_with("line 1, column "), "{e}");
+}

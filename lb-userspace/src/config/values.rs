@@ -7,7 +7,11 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::report::Report;
-use crate::model::{rules::Action, services::MAX_IDLE};
+use crate::model::{
+    rules::Action,
+    services::{MAX_IDLE, MIN_IDLE},
+    text::{self, NumberError, shown},
+};
 
 /// A duration as written: a string with a unit (`"2s"`); numbers are refused with a
 /// message that says so.
@@ -36,16 +40,105 @@ impl<'de> Deserialize<'de> for DurationText {
     }
 }
 
-/// Parses `500ms`, `2s`, `5m`, `2h`, `1d`.
+/// A whole number as written (a TOML integer): refused in operator words otherwise
+/// (not "expected i64").
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(transparent)]
+pub(crate) struct Whole(pub(crate) i64);
+
+impl<'de> Deserialize<'de> for Whole {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(WholeVisitor).map(Whole)
+    }
+}
+
+/// Whole numbers of every integer type of the https configuration: the visitor says
+/// "a whole number" where serde would say "u32" or "usize".
+struct WholeVisitor;
+
+impl serde::de::Visitor<'_> for WholeVisitor {
+    type Value = i64;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a whole number, e.g. 3")
+    }
+    fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<i64, E> {
+        Ok(n)
+    }
+    fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<i64, E> {
+        i64::try_from(n).map_err(|_| E::custom(format!("{n} is too large")))
+    }
+}
+
+/// A count of something (`max_fails`, `retries`, bytes, connections): a whole number
+/// of 0 or more that fits `T`, said so in operator words.
+pub(crate) fn count<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    use serde::de::{Error, Unexpected};
+    let n = d.deserialize_any(WholeVisitor)?;
+    if n < 0 {
+        return Err(D::Error::invalid_value(
+            Unexpected::Signed(n),
+            &"a whole number of 0 or more",
+        ));
+    }
+    T::try_from(n).map_err(|_| D::Error::custom(format!("{n} is too large")))
+}
+
+/// Seconds as the https configuration writes them: a number, fractions allowed
+/// (`5`, `0.5`).
+pub(crate) fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = f64;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a number of seconds, e.g. 5 or 0.5")
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<f64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// Socket addresses (`listen`, a pool's `backends`): each `ADDR:PORT`, said so.
+pub(crate) fn socket_addrs<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<std::net::SocketAddr>, D::Error> {
+    use serde::de::Error;
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|a| {
+            a.parse().map_err(|_| {
+                D::Error::custom(format!(
+                    "'{}' is not ADDR:PORT, e.g. \"192.0.2.1:443\" or \"[2001:db8::1]:443\"",
+                    shown(a)
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Parses `500ms`, `2s`, `5m`, `2h`, `1d`: digits and a unit. A number too large for
+/// any duration gives `Duration::MAX`, so the caller's range check names it (a value
+/// out of range is not "not a duration").
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || {
         format!(
-            "'{s}' is not a duration: expected a whole number with a unit (ms, s, m, h, d), e.g. \"2s\" or \"500ms\""
+            "'{}' is not a duration: expected a whole number with a unit (ms, s, m, h, d), e.g. \"2s\" or \"500ms\"",
+            shown(s)
         )
     };
     let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(digits);
-    let n: u64 = n.parse().map_err(|_| bad())?;
     let ms = match unit {
         "ms" => 1,
         "s" => 1000,
@@ -54,7 +147,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "d" => 86_400_000,
         _ => return Err(bad()),
     };
-    n.checked_mul(ms).map(Duration::from_millis).ok_or_else(bad)
+    match text::number(n, 0..=u64::MAX) {
+        Ok(n) => Ok(n
+            .checked_mul(ms)
+            .map_or(Duration::MAX, Duration::from_millis)),
+        Err(NumberError::OutOfRange) => Ok(Duration::MAX),
+        Err(NumberError::NotDigits) => Err(bad()),
+    }
 }
 
 pub(crate) fn action(
@@ -80,13 +179,13 @@ pub(crate) fn action(
 
 pub(crate) fn int_in(
     r: &mut Report,
-    v: &Option<Spanned<i64>>,
+    v: &Option<Spanned<Whole>>,
     field: &str,
     range: std::ops::RangeInclusive<i64>,
     what: &str,
 ) -> Option<i64> {
     let v = v.as_ref()?;
-    let n = *v.get_ref();
+    let n = v.get_ref().0;
     if range.contains(&n) {
         Some(n)
     } else {
@@ -113,37 +212,39 @@ pub(crate) fn duration(r: &mut Report, v: &Spanned<DurationText>, field: &str) -
     }
 }
 
-pub(crate) fn idle(
-    r: &mut Report,
-    v: &Option<Spanned<DurationText>>,
-    field: &str,
-    default: u32,
-) -> u32 {
-    let Some(v) = v else { return default };
-    let Some(d) = duration(r, v, field) else {
-        return default;
-    };
-    if d.subsec_millis() != 0 || d.as_secs() == 0 || d.as_secs() > MAX_IDLE as u64 {
+/// An idle timeout in whole seconds (`MIN_IDLE` to `MAX_IDLE`); None when not given
+/// or refused (reported).
+pub(crate) fn idle(r: &mut Report, v: &Option<Spanned<DurationText>>, field: &str) -> Option<u32> {
+    let v = v.as_ref()?;
+    let d = duration(r, v, field)?;
+    if d.subsec_millis() != 0 || d.as_secs() < MIN_IDLE as u64 || d.as_secs() > MAX_IDLE as u64 {
         r.at(
             v.span(),
             field,
             format!(
-                "idle timeout '{}' is out of range: expected whole seconds from 1s to {}s (7d)",
+                "idle timeout '{}' is out of range: expected whole seconds from {MIN_IDLE}s to {MAX_IDLE}s (7d)",
                 v.get_ref().0,
-                MAX_IDLE
             ),
         );
-        return default;
+        return None;
     }
-    d.as_secs() as u32
+    Some(d.as_secs() as u32)
 }
 
 /// The numeric id of a group name (or a number), if it exists.
 pub fn group_id(name: &str) -> Result<u32, String> {
-    if let Ok(n) = name.parse::<u32>() {
-        return Ok(n);
+    match text::number(name, 0..=u32::MAX as u64 - 1) {
+        Ok(n) => return Ok(n as u32),
+        Err(NumberError::OutOfRange) => {
+            return Err(format!(
+                "group id {name} is out of range: expected 0 to {}",
+                u32::MAX - 1
+            ));
+        }
+        Err(NumberError::NotDigits) => {}
     }
-    let c = std::ffi::CString::new(name).map_err(|_| format!("'{name}' is not a group name"))?;
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| format!("'{}' is not a group name", shown(name)))?;
     // SAFETY: getgrnam_r writes into the buffers given; a null result means not found.
     unsafe {
         let mut grp: libc::group = std::mem::zeroed();
@@ -154,6 +255,7 @@ pub fn group_id(name: &str) -> Result<u32, String> {
             return Ok(grp.gr_gid);
         }
     }
+    let name = shown(name);
     Err(format!(
         "there is no group '{name}' on this machine: create it (groupadd {name}) or name an existing group"
     ))

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::text::shown;
+
 /// How to attach the XDP program to an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -38,7 +40,8 @@ pub struct Interface {
 pub fn valid_ifname(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 15 {
         return Err(format!(
-            "'{name}' is not an interface name: expected 1 to 15 characters"
+            "'{}' is not an interface name: expected 1 to 15 characters",
+            shown(name)
         ));
     }
     if name == "."
@@ -48,8 +51,27 @@ pub fn valid_ifname(name: &str) -> Result<(), String> {
             .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
     {
         return Err(format!(
-            "'{name}' is not an interface name: no '/', ':', spaces, '.' or '..'"
+            "'{}' is not an interface name: no '/', ':', spaces, '.' or '..'",
+            shown(name)
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_name_is_shown_with_its_hidden_characters() {
+        assert!(valid_ifname("eth0").is_ok());
+        assert_eq!(
+            valid_ifname("eth\n0").unwrap_err(),
+            "'eth\\n0' is not an interface name: no '/', ':', spaces, '.' or '..'"
+        );
+        assert_eq!(
+            valid_ifname("\u{feff}eth0-and-more-x").unwrap_err(),
+            "'\\u{feff}eth0-and-more-x' is not an interface name: expected 1 to 15 characters"
+        );
+    }
 }

@@ -1,29 +1,83 @@
 //! Firewall rules: what an operator writes (prefixes, port specs, policies), how it is
 //! parsed and validated, and the rule set with stable ids that the datapath projects.
 
-use std::{fmt, net::IpAddr, str::FromStr};
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::{IpAddr, Ipv4Addr},
+    str::FromStr,
+};
 
 use lb_common::MAX_RULES;
 use serde::{Deserialize, Serialize};
 
-use super::fxhash::FxHashMap;
+use super::{
+    fxhash::FxHashMap,
+    text::{self, NumberError, shown},
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RuleError {
-    #[error("'{input}' is not a prefix: {why}")]
+    #[error("'{}' is not a prefix: {}", shown(.input), shown(.why))]
     BadPrefix { input: String, why: String },
-    #[error("'{input}' has host bits set: did you mean {suggest}?")]
+    #[error("'{}' has host bits set: did you mean {suggest}?", shown(.input))]
     HostBits { input: String, suggest: String },
     #[error(
-        "'{input}' is not a port spec: {why} (expected PORT/PROTO or LOW-HIGH/PROTO, e.g. 80/tcp, 1000-2000/udp)"
+        "'{}' is not a port spec: {} (expected PORT/PROTO or LOW-HIGH/PROTO, e.g. 80/tcp, 1000-2000/udp)",
+        shown(.input),
+        shown(.why)
     )]
     BadPort { input: String, why: String },
-    #[error("'{input}' is not a policy: expected allow or deny")]
+    /// A prefix where a port spec belongs.
+    #[error(
+        "'{}' is a prefix, not a port spec: prefixes go to `xlb fw deny|allow` (a port spec is PORT/PROTO, e.g. 80/tcp)",
+        shown(.input)
+    )]
+    PrefixNotPort { input: String },
+    /// A port spec where a prefix belongs.
+    #[error(
+        "'{}' is a port spec, not a prefix: port rules go to `xlb fw port deny|allow`",
+        shown(.input)
+    )]
+    PortNotPrefix { input: String },
+    #[error("'{}' is not a policy: expected allow or deny", shown(.input))]
     BadAction { input: String },
     #[error("{what} is not in the rule set")]
     NotFound { what: String },
     #[error("the rule set is full ({max} rules)")]
     Full { max: u32 },
+    /// A port range that overlaps another of the same width (and protocol, and kind):
+    /// the port table's narrowest range would have no winner.
+    #[error("{new} overlaps rule {id} ({old}) and is as wide ({width} ports): {TIE_WHY}")]
+    SameWidth {
+        new: String,
+        id: u32,
+        old: String,
+        width: u32,
+    },
+    /// A rule that cannot be restored with its id (the state file).
+    #[error("rule {id}: {why}")]
+    BadId { id: u32, why: String },
+    /// A bulk file that allows and denies one prefix.
+    #[error("{prefix} is {here} here but {there} at line {line}: keep one of them")]
+    Contradicts {
+        prefix: Prefix,
+        here: &'static str,
+        there: &'static str,
+        line: usize,
+    },
+}
+
+/// Why two overlapping port ranges of one width are refused, and what works instead.
+pub const TIE_WHY: &str = "the narrowest range decides a port, so equal widths leave no winner; make one of them narrower, or move it off the other";
+
+/// The ports a port spec can name.
+pub const MIN_PORT: u16 = 1;
+pub const MAX_PORT: u16 = u16::MAX;
+
+/// A rule id as the state file writes it: digits, 1 to `MAX_RULES - 1`.
+pub fn parse_id(s: &str) -> Result<u32, String> {
+    text::number_in(s, "rule id", 1..=(MAX_RULES - 1) as u64).map(|n| n as u32)
 }
 
 /// Allow or deny.
@@ -91,28 +145,48 @@ impl FromStr for Prefix {
             input: s.into(),
             why: why.into(),
         };
+        if looks_like_port_spec(s) {
+            return Err(RuleError::PortNotPrefix { input: s.into() });
+        }
         let (addr, len) = match s.split_once('/') {
             Some((a, l)) => (a, Some(l)),
             None => (s, None),
         };
+        if addr.contains('%') {
+            return Err(bad(
+                "a zone (%IFACE) is not part of a prefix: the firewall matches the address alone, so write it without one",
+            ));
+        }
         let addr: IpAddr = addr
             .parse()
             .map_err(|_| bad("not an IPv4 or IPv6 address"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let len = match len {
             None => max,
-            Some(l) => {
-                let n: u8 = l.parse().map_err(|_| bad("the length is not a number"))?;
-                if n > max {
-                    return Err(bad(&format!("the length is over {max}")));
+            Some(l) => match text::number(l, 0..=max as u64) {
+                Ok(n) => n as u8,
+                Err(NumberError::NotDigits) => {
+                    return Err(bad(&format!(
+                        "the length '{l}' is not a number: write 0 to {max} in digits"
+                    )));
                 }
-                n
-            }
+                Err(NumberError::OutOfRange) => {
+                    return Err(bad(&format!("the length is over {max}: use 0 to {max}")));
+                }
+            },
         };
         let masked = match addr {
             IpAddr::V4(a) => IpAddr::from(mask_v4(u32::from(a), len).to_be_bytes()),
             IpAddr::V6(a) => IpAddr::from(mask_v6(u128::from(a), len).to_be_bytes()),
         };
+        if let Some(v4) = ipv4_mapped(masked)
+            && len >= 96
+        {
+            return Err(bad(&format!(
+                "an IPv4-mapped IPv6 prefix never matches an IPv4 packet (the firewall sees those as IPv4): use {v4}/{}",
+                len - 96
+            )));
+        }
         if masked != addr {
             return Err(RuleError::HostBits {
                 input: s.into(),
@@ -121,6 +195,33 @@ impl FromStr for Prefix {
         }
         Ok(Prefix { addr, len })
     }
+}
+
+/// The IPv4 address of an IPv4-mapped IPv6 address (`::ffff:192.0.2.1`), which no
+/// IPv4 packet carries: an IPv4 packet has IPv4 addresses.
+pub fn ipv4_mapped(a: IpAddr) -> Option<Ipv4Addr> {
+    match a {
+        IpAddr::V6(a) => a.to_ipv4_mapped(),
+        IpAddr::V4(_) => None,
+    }
+}
+
+/// `80/tcp`, `1000-2000/udp`, `80/sctp`: ports (digits and '-') before a '/' and
+/// letters after it. A prefix's length is digits.
+fn looks_like_port_spec(s: &str) -> bool {
+    s.split_once('/').is_some_and(|(ports, proto)| {
+        !ports.is_empty()
+            && ports.bytes().all(|b| b.is_ascii_digit() || b == b'-')
+            && !proto.is_empty()
+            && proto.bytes().all(|b| b.is_ascii_alphabetic())
+    })
+}
+
+/// `192.0.2.0/24`, `2001:db8::1`: an address (something with '.' or ':') before an
+/// optional '/' and a length. A port spec's ports are digits.
+fn looks_like_prefix(s: &str) -> bool {
+    let (addr, len) = s.split_once('/').unwrap_or((s, ""));
+    addr.contains(['.', ':']) && len.bytes().all(|b| b.is_ascii_digit())
 }
 
 impl fmt::Display for Prefix {
@@ -167,6 +268,16 @@ impl PortSpec {
     pub fn width(&self) -> u32 {
         (self.hi - self.lo) as u32 + 1
     }
+
+    /// Whether `self` and `other` would leave the port table without a winner: the same
+    /// protocol and width, different ranges, and a port in common.
+    pub fn ties_with(&self, other: &PortSpec) -> bool {
+        self.proto == other.proto
+            && self.width() == other.width()
+            && self.lo != other.lo
+            && self.lo <= other.hi
+            && other.lo <= self.hi
+    }
 }
 
 impl FromStr for PortSpec {
@@ -176,6 +287,9 @@ impl FromStr for PortSpec {
             input: s.into(),
             why: why.into(),
         };
+        if looks_like_prefix(s) {
+            return Err(RuleError::PrefixNotPort { input: s.into() });
+        }
         let (ports, proto) = s
             .split_once('/')
             .ok_or_else(|| bad("the protocol is missing"))?;
@@ -185,13 +299,15 @@ impl FromStr for PortSpec {
             _ => return Err(bad("the protocol is not tcp or udp")),
         };
         let port = |p: &str| -> Result<u16, RuleError> {
-            let n: u32 = p
-                .parse()
-                .map_err(|_| bad(&format!("'{p}' is not a number")))?;
-            if n == 0 || n > 65535 {
-                return Err(bad(&format!("port {n} is outside 1-65535")));
+            match text::number(p, MIN_PORT as u64..=MAX_PORT as u64) {
+                Ok(n) => Ok(n as u16),
+                Err(NumberError::NotDigits) => Err(bad(&format!(
+                    "'{p}' is not a port: write {MIN_PORT}-{MAX_PORT} in digits"
+                ))),
+                Err(NumberError::OutOfRange) => {
+                    Err(bad(&format!("port {p} is outside {MIN_PORT}-{MAX_PORT}")))
+                }
             }
-            Ok(n as u16)
         };
         let (lo, hi) = match ports.split_once('-') {
             Some((a, b)) => (port(a)?, port(b)?),
@@ -251,6 +367,15 @@ impl fmt::Display for Match {
     }
 }
 
+/// A port rule's place in the rule set's index of ranges.
+fn port_key(m: &Match) -> Option<(bool, Proto, u32, u16)> {
+    match *m {
+        Match::Port(s) => Some((false, s.proto, s.width(), s.lo)),
+        Match::ExceptPort(s) => Some((true, s.proto, s.width(), s.lo)),
+        _ => None,
+    }
+}
+
 /// A port spec (`80/tcp`; anything ending in `/` and letters) or else a prefix.
 pub fn parse_target(s: &str) -> Result<Target, RuleError> {
     let proto = s.rsplit_once('/').map_or("", |(_, p)| p);
@@ -293,6 +418,9 @@ pub struct RuleSet {
     rules: Vec<Option<Rule>>,
     count: usize,
     by_match: FxHashMap<Match, u32>,
+    /// The port rules as (except, protocol, width, low port): those of one width that
+    /// could overlap a range are one range query away.
+    port_ranges: BTreeSet<(bool, Proto, u32, u16)>,
     next_id: u32,
     free: Vec<u32>,
 }
@@ -305,6 +433,7 @@ impl Default for RuleSet {
             rules: Vec::new(),
             count: 0,
             by_match: FxHashMap::default(),
+            port_ranges: BTreeSet::new(),
             next_id: 1,
             free: Vec::new(),
         }
@@ -348,7 +477,8 @@ impl RuleSet {
     }
 
     /// Adds a rule, or changes the action of the rule with the same match. `None` when
-    /// nothing changes.
+    /// nothing changes. A port range that overlaps another of the same width (and
+    /// protocol and kind) is refused: the port table would have no winner between them.
     pub fn upsert(&mut self, matches: Match, action: Action) -> Result<Option<Change>, RuleError> {
         if let Some(&id) = self.by_match.get(&matches) {
             let rule = self.rules[id as usize]
@@ -361,23 +491,98 @@ impl RuleSet {
             rule.action = action;
             return Ok(Some(Change::Updated(*rule, old)));
         }
+        self.check_ties(&matches)?;
         let id = self.alloc_id()?;
-        self.insert_with_id(Rule {
+        let rule = Rule {
             id,
             matches,
             action,
-        });
-        Ok(Some(Change::Added(Rule {
-            id,
-            matches,
-            action,
-        })))
+        };
+        self.put(rule);
+        Ok(Some(Change::Added(rule)))
     }
 
-    /// Restores a stored rule with its id.
-    pub fn insert_with_id(&mut self, rule: Rule) {
+    /// Restores a stored rule with its id (the state file): refused if the id is out of
+    /// range or taken, the match is already a rule, or it ties with a port range
+    /// (as [`RuleSet::upsert`] refuses).
+    pub fn insert_with_id(&mut self, rule: Rule) -> Result<(), RuleError> {
+        let bad = |why: String| RuleError::BadId { id: rule.id, why };
+        if rule.id == 0 || rule.id >= MAX_RULES {
+            return Err(bad(format!(
+                "the id is out of range: expected 1 to {}",
+                MAX_RULES - 1
+            )));
+        }
+        if let Some(Some(other)) = self.rules.get(rule.id as usize) {
+            return Err(bad(format!(
+                "the id is already {} {}: each rule has its own",
+                other.matches.kind(),
+                other.matches
+            )));
+        }
+        if let Some(&id) = self.by_match.get(&rule.matches) {
+            return Err(bad(format!(
+                "{} {} is already rule {id}",
+                rule.matches.kind(),
+                rule.matches
+            )));
+        }
+        self.check_ties(&rule.matches)?;
+        self.put(rule);
+        Ok(())
+    }
+
+    /// A new port range must not tie with one of the same width that it overlaps.
+    fn check_ties(&self, m: &Match) -> Result<(), RuleError> {
+        let (except, spec) = match *m {
+            Match::Port(s) => (false, s),
+            Match::ExceptPort(s) => (true, s),
+            _ => return Ok(()),
+        };
+        let w = spec.width();
+        let from = (spec.lo as u32).saturating_sub(w - 1) as u16;
+        let to = (spec.lo as u32 + (w - 1)).min(u16::MAX as u32) as u16;
+        let found = self
+            .port_ranges
+            .range((except, spec.proto, w, from)..=(except, spec.proto, w, to))
+            .map(|&(_, proto, _, lo)| PortSpec {
+                proto,
+                lo,
+                hi: (lo as u32 + w - 1) as u16,
+            })
+            .find(|other| spec.ties_with(other));
+        let Some(other) = found else {
+            return Ok(());
+        };
+        let old = if except {
+            Match::ExceptPort(other)
+        } else {
+            Match::Port(other)
+        };
+        let rule = self.get(&old).expect("index and rules agree");
+        let (new, old) = if except {
+            (format!("except {spec}"), format!("except {other}"))
+        } else {
+            (
+                format!("port {spec}"),
+                format!("port {} {other}", rule.action),
+            )
+        };
+        Err(RuleError::SameWidth {
+            new,
+            id: rule.id,
+            old,
+            width: w,
+        })
+    }
+
+    /// Puts a rule in its slot and the indexes (its match and id checked).
+    fn put(&mut self, rule: Rule) {
         self.next_id = self.next_id.max(rule.id + 1);
         self.by_match.insert(rule.matches, rule.id);
+        if let Some(k) = port_key(&rule.matches) {
+            self.port_ranges.insert(k);
+        }
         let i = rule.id as usize;
         if self.rules.len() <= i {
             self.rules.resize(i + 1, None);
@@ -394,6 +599,9 @@ impl RuleSet {
             .ok_or_else(|| RuleError::NotFound {
                 what: format!("{} {matches}", matches.kind()),
             })?;
+        if let Some(k) = port_key(matches) {
+            self.port_ranges.remove(&k);
+        }
         let rule = self.rules[id as usize]
             .take()
             .expect("index and rules agree");
@@ -448,7 +656,7 @@ impl RuleSet {
                 }
                 Change::Removed(r) => {
                     self.free.retain(|id| *id != r.id);
-                    self.insert_with_id(r);
+                    self.put(r);
                 }
             }
         }
@@ -460,9 +668,16 @@ impl RuleSet {
 }
 
 /// Parses a bulk file: one prefix a line, optionally preceded by allow or deny (else
-/// `action`); `#` starts a comment. The first bad line fails the whole file.
+/// `action`); `#` starts a comment. The first bad line fails the whole file, and so
+/// does a prefix the file both allows and denies (a prefix listed twice with one
+/// action is fine).
 pub fn parse_bulk(text: &str, action: Action) -> Result<Vec<(Prefix, Action)>, (usize, RuleError)> {
     let mut out = Vec::new();
+    let mut seen: FxHashMap<Prefix, (usize, Action)> = FxHashMap::default();
+    let done = |a: Action| match a {
+        Action::Allow => "allowed",
+        Action::Deny => "denied",
+    };
     for (n, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
         if line.is_empty() {
@@ -471,13 +686,34 @@ pub fn parse_bulk(text: &str, action: Action) -> Result<Vec<(Prefix, Action)>, (
         let mut words = line.split_whitespace();
         let parsed = match (words.next(), words.next(), words.next()) {
             (Some(p), None, _) => p.parse().map(|p| (p, action)),
-            (Some(a), Some(p), None) => a.parse().and_then(|a| p.parse().map(|p| (p, a))),
+            (Some(a), Some(p), None) if a.parse::<Action>().is_ok() => {
+                p.parse().map(|p| (p, a.parse().expect("checked")))
+            }
             _ => Err(RuleError::BadPrefix {
                 input: line.into(),
-                why: "expected one prefix, optionally after allow or deny".into(),
+                why: "expected one prefix, optionally after allow or deny (a prefix has no spaces)"
+                    .into(),
             }),
         };
-        out.push(parsed.map_err(|e| (n + 1, e))?);
+        let (p, a) = parsed.map_err(|e| (n + 1, e))?;
+        match seen.get(&p) {
+            Some(&(line, was)) if was != a => {
+                return Err((
+                    n + 1,
+                    RuleError::Contradicts {
+                        prefix: p,
+                        here: done(a),
+                        there: done(was),
+                        line,
+                    },
+                ));
+            }
+            Some(_) => {}
+            None => {
+                seen.insert(p, (n + 1, a));
+            }
+        }
+        out.push((p, a));
     }
     Ok(out)
 }
@@ -599,5 +835,232 @@ mod tests {
         let (line, e) = parse_bulk("192.0.2.0/24\n192.0.2.1/24\n", Action::Deny).unwrap_err();
         assert_eq!(line, 2);
         assert!(matches!(e, RuleError::HostBits { .. }));
+    }
+
+    fn prefix_err(s: &str) -> String {
+        s.parse::<Prefix>().unwrap_err().to_string()
+    }
+
+    fn port_err(s: &str) -> String {
+        s.parse::<PortSpec>().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn numbers_are_digits_only() {
+        assert_eq!(
+            port_err("+80/tcp"),
+            "'+80/tcp' is not a port spec: '+80' is not a port: write 1-65535 in digits (expected PORT/PROTO or LOW-HIGH/PROTO, e.g. 80/tcp, 1000-2000/udp)"
+        );
+        assert!(port_err("1000-+2000/udp").contains("'+2000' is not a port"));
+        assert!(port_err(" 80/tcp").contains("' 80' is not a port"));
+        assert_eq!(
+            prefix_err("192.0.2.0/+24"),
+            "'192.0.2.0/+24' is not a prefix: the length '+24' is not a number: write 0 to 32 in digits"
+        );
+        assert!(prefix_err("192.0.2.0/ 24").contains("the length ' 24' is not a number"));
+        assert_eq!(parse_id("7"), Ok(7));
+        assert_eq!(
+            parse_id("+7").unwrap_err(),
+            "'+7' is not a rule id: write 1 to 2097151 in digits"
+        );
+        assert!(parse_id("0").unwrap_err().contains("out of range"));
+    }
+
+    #[test]
+    fn out_of_range_numbers_say_so() {
+        assert!(port_err("70000/tcp").contains("port 70000 is outside 1-65535"));
+        assert!(
+            port_err("99999999999999999999999/tcp")
+                .contains("port 99999999999999999999999 is outside 1-65535"),
+            "too large for any integer is still out of range"
+        );
+        assert_eq!(
+            prefix_err("192.0.2.0/99999999999"),
+            "'192.0.2.0/99999999999' is not a prefix: the length is over 32: use 0 to 32"
+        );
+        assert!(prefix_err("2001:db8::/129").contains("the length is over 128: use 0 to 128"));
+    }
+
+    #[test]
+    fn a_prefix_is_not_a_port_spec_and_the_other_way_round() {
+        for p in [
+            "192.0.2.0/24",
+            "192.0.2.1",
+            "2001:db8::/32",
+            "192.0.2.300/24",
+        ] {
+            assert_eq!(
+                p.parse::<PortSpec>(),
+                Err(RuleError::PrefixNotPort { input: p.into() }),
+                "{p}"
+            );
+        }
+        assert_eq!(
+            port_err("192.0.2.0/24"),
+            "'192.0.2.0/24' is a prefix, not a port spec: prefixes go to `xlb fw deny|allow` (a port spec is PORT/PROTO, e.g. 80/tcp)"
+        );
+        for p in ["80/tcp", "1000-2000/udp", "80/sctp"] {
+            assert_eq!(
+                p.parse::<Prefix>(),
+                Err(RuleError::PortNotPrefix { input: p.into() }),
+                "{p}"
+            );
+        }
+        assert!(prefix_err("80/sctp").contains("port rules go to `xlb fw port deny|allow`"));
+        // Still what they were: a bad length, an unknown protocol.
+        assert!(prefix_err("192.0.2.0/x").contains("the length 'x' is not a number"));
+        assert!(port_err("80/sctp").contains("the protocol is not tcp or udp"));
+    }
+
+    #[test]
+    fn ipv4_mapped_prefixes_are_refused_with_their_ipv4_form() {
+        assert_eq!(
+            prefix_err("::ffff:192.0.2.0/120"),
+            "'::ffff:192.0.2.0/120' is not a prefix: an IPv4-mapped IPv6 prefix never matches an IPv4 packet (the firewall sees those as IPv4): use 192.0.2.0/24"
+        );
+        assert!(prefix_err("::ffff:192.0.2.7").ends_with("use 192.0.2.7/32"));
+        assert!(prefix_err("::ffff:0:0/96").ends_with("use 0.0.0.0/0"));
+        assert!(
+            prefix_err("::ffff:192.0.2.7/120").ends_with("use 192.0.2.0/24"),
+            "with host bits too: the IPv4 form without them"
+        );
+        assert!("::/0".parse::<Prefix>().is_ok());
+        assert!("::fffe:0:0/96".parse::<Prefix>().is_ok());
+    }
+
+    #[test]
+    fn zones_are_refused_in_prefixes() {
+        assert!(prefix_err("fe80::%eth0/64").contains("a zone (%IFACE) is not part of a prefix"));
+        assert!(prefix_err("fe80::1%2").contains("zone"));
+        assert!("fe80::/64".parse::<Prefix>().is_ok());
+    }
+
+    #[test]
+    fn errors_show_control_and_invisible_characters() {
+        let e = prefix_err("\u{feff}192.0.2.0/24");
+        assert_eq!(
+            e,
+            "'\\u{feff}192.0.2.0/24' is not a prefix: not an IPv4 or IPv6 address"
+        );
+        let e = port_err("80\n/tcp");
+        assert!(e.contains("'80\\n/tcp'") && !e.contains('\n'), "{e}");
+        let e = "de\u{200b}ny".parse::<Action>().unwrap_err().to_string();
+        assert!(e.starts_with("'de\\u{200b}ny' is not a policy"), "{e}");
+    }
+
+    fn port(s: &str) -> Match {
+        Match::Port(s.parse().unwrap())
+    }
+
+    #[test]
+    fn equal_width_overlapping_port_ranges_are_refused() {
+        let mut set = RuleSet::default();
+        set.upsert(port("1000-2000/tcp"), Action::Deny).unwrap();
+        let e = set
+            .upsert(port("1500-2500/tcp"), Action::Allow)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "port 1500-2500/tcp overlaps rule 1 (port deny 1000-2000/tcp) and is as wide (1001 ports): the narrowest range decides a port, so equal widths leave no winner; make one of them narrower, or move it off the other"
+        );
+        assert_eq!(set.len(), 1, "nothing added");
+        assert!(set.upsert(port("0999-1999/tcp"), Action::Deny).is_err());
+        // Narrower, wider, apart, the other protocol, the other kind: a winner each.
+        for ok in [
+            "1500-2499/tcp",
+            "500-2500/tcp",
+            "2501-3501/tcp",
+            "1500-2500/udp",
+        ] {
+            set.upsert(port(ok), Action::Allow).unwrap();
+        }
+        set.upsert(
+            Match::ExceptPort("1500-2500/tcp".parse().unwrap()),
+            Action::Allow,
+        )
+        .unwrap();
+        let e = set
+            .upsert(
+                Match::ExceptPort("1400-2400/tcp".parse().unwrap()),
+                Action::Allow,
+            )
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("except 1400-2400/tcp overlaps rule 6 (except 1500-2500/tcp)"),
+            "{e}"
+        );
+        // The same range again is an update, not an overlap.
+        assert!(matches!(
+            set.upsert(port("1000-2000/tcp"), Action::Allow),
+            Ok(Some(Change::Updated(..)))
+        ));
+        // Once the first is gone, the second has no tie.
+        set.remove(&port("1000-2000/tcp")).unwrap();
+        set.upsert(port("1500-2500/tcp"), Action::Deny).unwrap();
+        // A restored rule is refused the same way.
+        let e = set
+            .insert_with_id(Rule {
+                id: 99,
+                matches: port("1000-2000/tcp"),
+                action: Action::Deny,
+            })
+            .unwrap_err();
+        assert!(matches!(e, RuleError::SameWidth { .. }), "{e}");
+        // Undo puts back what was removed.
+        let c = set.remove(&port("1500-2500/tcp")).unwrap();
+        set.undo(&[c]);
+        assert!(set.get(&port("1500-2500/tcp")).is_some());
+        assert!(set.upsert(port("1000-2000/tcp"), Action::Deny).is_err());
+    }
+
+    #[test]
+    fn restored_rules_are_checked() {
+        let mut set = RuleSet::default();
+        let rule = |id, p: &str| Rule {
+            id,
+            matches: Match::Prefix(p.parse().unwrap()),
+            action: Action::Deny,
+        };
+        set.insert_with_id(rule(3, "192.0.2.0/24")).unwrap();
+        let e = set.insert_with_id(rule(3, "198.51.100.0/24")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "rule 3: the id is already prefix 192.0.2.0/24: each rule has its own"
+        );
+        let e = set.insert_with_id(rule(4, "192.0.2.0/24")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "rule 4: prefix 192.0.2.0/24 is already rule 3"
+        );
+        assert!(set.insert_with_id(rule(0, "203.0.113.0/24")).is_err());
+        assert!(
+            set.insert_with_id(rule(MAX_RULES, "203.0.113.0/24"))
+                .is_err()
+        );
+        assert_eq!(set.len(), 1);
+    }
+
+    #[test]
+    fn a_bulk_file_may_not_allow_and_deny_one_prefix() {
+        let (line, e) = parse_bulk(
+            "192.0.2.0/24\n198.51.100.0/24\n\nallow 192.0.2.0/24\n",
+            Action::Deny,
+        )
+        .unwrap_err();
+        assert_eq!(line, 4);
+        assert_eq!(
+            e.to_string(),
+            "192.0.2.0/24 is allowed here but denied at line 1: keep one of them"
+        );
+        // Twice with one action is fine.
+        let ok = parse_bulk("deny 192.0.2.0/24\n192.0.2.0/24\n", Action::Deny).unwrap();
+        assert_eq!(ok.len(), 2);
+        // A space inside a prefix is not a policy.
+        let (_, e) = parse_bulk("192.0.2.0 /24\n", Action::Deny).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "'192.0.2.0 /24' is not a prefix: expected one prefix, optionally after allow or deny (a prefix has no spaces)"
+        );
     }
 }

@@ -29,10 +29,10 @@ use crate::{
     model::{
         desired::{Desired, DesiredRef, Projection},
         health_check::HealthCheck,
-        rules::{Action, Match, Rule, RuleError, RuleSet, Target, parse_target},
+        rules::{Action, Match, Rule, RuleError, RuleSet, Target, parse_id, parse_target},
         services::{
             BackendAddr, DEFAULT_TCP_IDLE, DEFAULT_UDP_IDLE, ServiceConf, ServiceError, Services,
-            Vip,
+            Vip, parse_idle, parse_weight,
         },
         weights::Flags,
     },
@@ -141,8 +141,12 @@ pub fn parse_service_line(services: &mut Services, line: &str) -> Result<(), Ser
                     Some(("affinity", "source")) => affinity = true,
                     Some(("snat", a)) => snat = Some(a.parse().map_err(|_| bad())?),
                     Some(("echo", "off")) => echo = false,
-                    Some(("tcp_idle", n)) => tcp = Some(n.parse().map_err(|_| bad())?),
-                    Some(("udp_idle", n)) => udp = Some(n.parse().map_err(|_| bad())?),
+                    Some(("tcp_idle", n)) => {
+                        tcp = Some(parse_idle(n).map_err(ServiceError::Invalid)?)
+                    }
+                    Some(("udp_idle", n)) => {
+                        udp = Some(parse_idle(n).map_err(ServiceError::Invalid)?)
+                    }
                     _ => return Err(bad()),
                 }
             }
@@ -162,7 +166,7 @@ pub fn parse_service_line(services: &mut Services, line: &str) -> Result<(), Ser
         ["backend", vip, b, w] => {
             let w: u32 = w
                 .strip_prefix("weight=")
-                .and_then(|w| w.parse().ok())
+                .and_then(|w| parse_weight(w).ok())
                 .ok_or_else(bad)?;
             services
                 .add_backend(&vip.parse()?, b.parse()?, w)
@@ -269,7 +273,6 @@ fn check_header(text: &str) -> Result<()> {
 #[derive(Default)]
 struct Parser {
     st: Desired,
-    ids: std::collections::HashSet<u32>,
     policies: std::collections::HashSet<String>,
 }
 
@@ -285,12 +288,7 @@ impl Parser {
         match word {
             "default" => st.rules.default_policy = rest.parse()?,
             "malformed" => st.rules.malformed_policy = rest.parse()?,
-            "rule" => {
-                let id = parse_rule_with_id(&mut st.rules, rest)?;
-                if !self.ids.insert(id) {
-                    bail!("rule id {id} is given twice");
-                }
-            }
+            "rule" => parse_rule_with_id(&mut st.rules, rest)?,
             "service" | "backend" => parse_service_line(&mut st.services, line).map_err(damaged)?,
             "check" => {
                 check_once(&st.services, rest)?;
@@ -333,18 +331,12 @@ fn damaged(e: impl std::fmt::Display) -> anyhow::Error {
     }
 }
 
-/// `ID RULE` of a `rule` line; its id.
-fn parse_rule_with_id(rules: &mut RuleSet, rest: &str) -> Result<u32> {
+/// `ID RULE` of a `rule` line (an id already taken is refused).
+fn parse_rule_with_id(rules: &mut RuleSet, rest: &str) -> Result<()> {
     let Some((id, rule)) = rest.split_once(' ') else {
         bail!("a rule needs an id");
     };
-    let id = match id.parse::<u32>() {
-        Ok(n) if id.bytes().all(|b| b.is_ascii_digit()) => n,
-        _ => bail!("'{id}' is not a rule id"),
-    };
-    if id == 0 || id >= lb_common::MAX_RULES {
-        bail!("rule id {id} is out of range");
-    }
+    let id = parse_id(id).map_err(anyhow::Error::msg)?;
     let (matches, action) = parse_rule(rule).map_err(damaged)?;
     if rules.get(&matches).is_some() {
         bail!("duplicate rule '{rule}'");
@@ -353,8 +345,8 @@ fn parse_rule_with_id(rules: &mut RuleSet, rest: &str) -> Result<u32> {
         id,
         matches,
         action,
-    });
-    Ok(id)
+    })?;
+    Ok(())
 }
 
 /// `VIP BACKEND` of an existing backend.
@@ -561,7 +553,7 @@ mod tests {
         let e = err(&file(
             "rule 1 deny 192.0.2.0/24\nrule 1 deny 198.51.100.0/24\n",
         ));
-        assert!(e.contains("line 3: rule id 1 is given twice"), "{e}");
+        assert!(e.contains("line 3: rule 1: the id is already"), "{e}");
         let e = err(&file("default deny\ndefault allow\n"));
         assert!(e.contains("line 3: a second 'default' line"), "{e}");
         let svc =
@@ -601,9 +593,9 @@ mod tests {
     fn state_lines_round_trip() {
         let mut s = Services::default();
         for l in [
-            "service [2001:db8::10]:80/tcp nat affinity=source tcp_idle=600 udp_idle=5",
+            "service [2001:db8::10]:80/tcp nat affinity=source tcp_idle=600",
             "backend [2001:db8::10]:80/tcp [2001:db8::11]:8080 weight=2",
-            "service 192.0.2.10:*/udp dsr echo=off",
+            "service 192.0.2.10:*/udp dsr echo=off udp_idle=5",
             "backend 192.0.2.10:*/udp 203.0.113.11 weight=1",
         ] {
             parse_service_line(&mut s, l).unwrap();
