@@ -731,8 +731,8 @@ fn errors_speak_of_tables_and_numbers_not_types() {
         (tls("pools = [1]\n"), "expected a [[tls.pools]] table"),
         (tls("limits = 1\n"), "expected a [tls.limits] table"),
         (
-            tls("cert_check_interval = \"1s\"\n"),
-            "expected a number of seconds",
+            tls("cert_check_interval = \"1 s\"\n"),
+            "'1 s' is not a duration",
         ),
         (
             tls("[limits]\nmax_header_bytes = \"x\"\n"),
@@ -744,7 +744,7 @@ fn errors_speak_of_tables_and_numbers_not_types() {
         ),
         (
             tls("[limits]\nidle_timeout = true\n"),
-            "expected a number of seconds",
+            "expected a duration, e.g. \"10s\"",
         ),
         (
             "[tls]\nlisten = [\"x\"]\n".into(),
@@ -756,9 +756,9 @@ fn errors_speak_of_tables_and_numbers_not_types() {
         ),
         (
             tls(
-                "[[pools]]\nname = \"a\"\nbackends = [\"203.0.113.11:80\"]\nfail_timeout = \"1s\"\n",
+                "[[pools]]\nname = \"a\"\nbackends = [\"203.0.113.11:80\"]\nfail_timeout = \"1x\"\n",
             ),
-            "expected a number of seconds",
+            "'1x' is not a duration",
         ),
     ];
     for (src, want) in &cases {
@@ -892,4 +892,16 @@ fn an_https_file_error_is_one_line_naming_file_line_and_column() {
     let e = format!("{:#}", HttpsConfig::from_toml("listen = [\n").unwrap_err());
     assert_eq!(e.lines().count(), 1, "{e}");
     assert!(e.starts_with("line 1, column "), "{e}");
+}
+
+#[test]
+fn https_durations_take_the_files_units() {
+    let c: HttpsConfig = toml::from_str(
+        "listen = [\"192.0.2.1:443\"]\ndefault_cert = { chain = \"a.pem\", key = \"a.key\" }\nroutes = []\npools = []\ncert_check_interval = \"5s\"\n[limits]\nidle_timeout = \"2m\"\nconnect_timeout = \"500ms\"\nresponse_timeout = 7\n",
+    )
+    .unwrap();
+    assert_eq!(c.cert_check_interval, 5.0);
+    assert_eq!(c.limits.idle_timeout, 120.0);
+    assert_eq!(c.limits.connect_timeout, 0.5);
+    assert_eq!(c.limits.response_timeout, 7.0, "bare seconds still read");
 }

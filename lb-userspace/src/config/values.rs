@@ -87,17 +87,23 @@ where
     T::try_from(n).map_err(|_| D::Error::custom(format!("{n} is too large")))
 }
 
-/// Seconds as the https configuration writes them: a number, fractions allowed
-/// (`5`, `0.5`).
+/// Seconds as the https configuration writes them: a duration with a unit (`"10s"`,
+/// `"500ms"`), as the rest of the file does, or a number of seconds (`5`, `0.5`).
 pub(crate) fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     struct V;
     impl serde::de::Visitor<'_> for V {
         type Value = f64;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a number of seconds, e.g. 5 or 0.5")
+            f.write_str("a duration, e.g. \"10s\" or \"500ms\" (or a number of seconds, e.g. 5 or 0.5)")
         }
         fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<f64, E> {
             Ok(v)
+        }
+        /// The configuration's one duration syntax, as everywhere else in the file.
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<f64, E> {
+            parse_duration(s)
+                .map(|d| d.as_secs_f64())
+                .map_err(E::custom)
         }
         fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<f64, E> {
             Ok(v as f64)

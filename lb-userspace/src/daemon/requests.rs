@@ -381,7 +381,10 @@ fn replace_service(
     let mut fresh = Services::default();
     fresh.add_service(vip, next.mode, next.affinity_source, next.echo)?;
     fresh.set_snat(&vip, next.snat)?;
-    fresh.set_idle(&vip, Some(next.tcp_idle), Some(next.udp_idle))?;
+    // The timeouts it has (valid already), then the new ones (checked for its protocol).
+    if let Some(s) = fresh.by_vip.get_mut(&vip) {
+        (s.tcp_idle, s.udp_idle) = (next.tcp_idle, next.udp_idle);
+    }
     fresh.set_idle(&vip, tcp_idle, udp_idle)?;
     fresh.set_check(&vip, next.check.clone())?;
     for (b, w) in &conf.backends {
