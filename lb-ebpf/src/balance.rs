@@ -25,10 +25,10 @@ use crate::{
     bounds::{frame_len, load},
     count, icmp,
     maps::{
-        XLB_BACKENDS, XLB_ENDPOINTS, XLB_FLOWS, XLB_FRAGS, XLB_HOPS, XLB_MAGLEV, XLB_NAT_PORTS,
-        Scratch, Victim, XLB_SCRATCH, XLB_SERVICE_KEYS, XLB_SERVICES, XLB_SNAT,
+        Scratch, Victim, XLB_BACKENDS, XLB_ENDPOINTS, XLB_FLOWS, XLB_FRAGS, XLB_HOPS, XLB_MAGLEV,
+        XLB_NAT_PORTS, XLB_SCRATCH, XLB_SERVICE_KEYS, XLB_SERVICES, XLB_SNAT,
     },
-    parse::{Addr, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, Packet},
+    parse::{Addr, Packet},
     rewrite::{self, End},
 };
 
@@ -362,8 +362,10 @@ fn load_claim(slot: *mut NatPort) -> u64 {
 #[inline(always)]
 fn swap_claim(slot: *mut NatPort, old: u64, new: u64) -> bool {
     let p = unsafe { &raw mut (*slot).claim };
-    unsafe { atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(p, old, new) }
-        .1
+    unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(p, old, new)
+    }
+    .1
 }
 
 /// A fullnat flow keeps its port only while its slot still holds it (a slot whose flow
@@ -470,7 +472,14 @@ fn forward_inner(
             },
         },
     };
-    Some(deliver(ctx, pkt, unsafe { &*flow }, &backend, new_flow, now))
+    Some(deliver(
+        ctx,
+        pkt,
+        unsafe { &*flow },
+        &backend,
+        new_flow,
+        now,
+    ))
 }
 
 /// A new fullnat flow, scheduled by forward (scratch.flow, for scratch.key): its
@@ -714,7 +723,8 @@ fn probe(i: u32, svc: u32, limit: u16, now_t: u16, lookups: &mut u32) -> (u64, O
     };
     // A fetching atomic or of 0 (BPF_FETCH): the read is ordered before the reads of
     // the slot's fields on every architecture, which an ordinary load is not.
-    let word = unsafe { atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*slot).claim, 0) };
+    let word =
+        unsafe { atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*slot).claim, 0) };
     if word == 0 {
         return (word, None);
     }
@@ -805,8 +815,7 @@ fn reply_by_port(ctx: &XdpContext, pkt: &Packet, key: &FlowKey) -> u32 {
     // scratch.reply holds the forward key slot_flow looked up: its protocol and family
     // are the service's.
     let (proto, family) = unsafe { ((*scratch).reply.proto, (*scratch).reply.family) };
-    if b.addr != key.src || bport != key.src_port || proto != key.proto || family != key.family
-    {
+    if b.addr != key.src || bport != key.src_port || proto != key.proto || family != key.family {
         return NONE;
     }
     match XLB_SNAT.get(b.service) {

@@ -9,7 +9,7 @@ use lb_common::*;
 
 use crate::{
     maps::*,
-    parse::{Addr, IPPROTO_TCP, IPPROTO_UDP, Packet},
+    parse::{Addr, Packet},
 };
 
 pub struct Decision {

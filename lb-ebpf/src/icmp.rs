@@ -2,19 +2,20 @@
 //! error quotes (the start of the packet that caused it).
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{Addr16, FAMILY_V4, FlowKey};
+use lb_common::{
+    Addr16, FAMILY_V4, FlowKey,
+    net::{
+        ICMP_DEST_UNREACH, ICMP_ECHO_REQUEST, ICMP_HLEN, ICMPV6_DEST_UNREACH, ICMPV6_ECHO_REQUEST,
+        ICMPV6_PACKET_TOO_BIG, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+        IPV4_MIN_HLEN, IPV6_HLEN,
+    },
+};
 
 use crate::{
     bounds::{load, load_addr16, load_w32},
-    parse::{ICMP_HLEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_HLEN, Packet},
+    parse::Packet,
     rewrite::{End, fix_check, put_addr, set_u16},
 };
-
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_ECHO_REQUEST: u8 = 8;
-const ICMPV6_DEST_UNREACH: u8 = 1;
-const ICMPV6_PACKET_TOO_BIG: u8 = 2;
-const ICMPV6_ECHO_REQUEST: u8 = 128;
 
 #[inline(always)]
 pub fn is_echo_request(pkt: &Packet) -> bool {
@@ -54,7 +55,7 @@ pub fn quoted(ctx: &XdpContext, pkt: &Packet, family: u8, key: &mut FlowKey) -> 
         let [version_ihl, _]: [u8; 2] = load(ctx, l3)?;
         let [_, proto]: [u8; 2] = load(ctx, l3 + 8)?;
         let ihl = (version_ihl & 0x0f) as usize * 4;
-        if version_ihl >> 4 != 4 || ihl < 20 {
+        if version_ihl >> 4 != 4 || ihl < IPV4_MIN_HLEN {
             return None;
         }
         let q = Quoted {

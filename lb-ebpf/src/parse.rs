@@ -1,33 +1,17 @@
 //! Stage 1: parse the headers into a small `Packet`, or say why the frame is malformed.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{Addr16, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, Reason};
+use lb_common::{
+    Addr16, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, Reason,
+    net::{
+        ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, ICMP_HLEN, IPPROTO_AH,
+        IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ICMP, IPPROTO_ICMPV6,
+        IPPROTO_ROUTING, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_HLEN, IPV6_HLEN, TCP_MIN_HLEN,
+        VLAN_HLEN,
+    },
+};
 
 use crate::bounds::{frame_len, load_addr16, ptr_at};
-
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_ICMPV6: u8 = 58;
-const IPPROTO_HOPOPTS: u8 = 0;
-const IPPROTO_ROUTING: u8 = 43;
-const IPPROTO_FRAGMENT: u8 = 44;
-const IPPROTO_AH: u8 = 51;
-const IPPROTO_DSTOPTS: u8 = 60;
-
-const ETH_HLEN: usize = 14;
-const VLAN_HLEN: usize = 4;
-const IPV4_MIN_HLEN: usize = 20;
-pub const IPV6_HLEN: usize = 40;
-const TCP_MIN_HLEN: usize = 20;
-/// ICMP and ICMPv6: type, code, checksum and the 4-byte rest of header (for the errors
-/// xlb forwards, the MTU); the quoted packet of an error follows.
-pub const ICMP_HLEN: usize = 8;
 
 #[repr(C)]
 struct EthHdr {

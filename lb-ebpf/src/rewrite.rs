@@ -7,12 +7,15 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
-use lb_common::{Addr16, Verdict};
+use lb_common::{
+    Addr16, Verdict,
+    net::{ICMP_ECHO_REPLY, ICMPV6_ECHO_REPLY, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
+};
 
 use crate::{
     bounds::{load, load_addr16, load_u16, load_w32, store, store_u16, store_w32},
     maps::XLB_SCRATCH,
-    parse::{Addr, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Packet},
+    parse::{Addr, Packet},
 };
 
 const AF_INET: u8 = 2;
@@ -188,8 +191,8 @@ pub fn dec_ttl(ctx: &XdpContext, pkt: &Packet) -> Option<()> {
 #[inline(always)]
 pub fn echo_reply(ctx: &XdpContext, pkt: &Packet) -> Option<()> {
     let (src_off, dst_off, reply) = match pkt.src {
-        Addr::V4(_) => (pkt.l3_off + 12, pkt.l3_off + 16, 0u8),
-        Addr::V6(_) => (pkt.l3_off + 8, pkt.l3_off + 24, 129u8),
+        Addr::V4(_) => (pkt.l3_off + 12, pkt.l3_off + 16, ICMP_ECHO_REPLY),
+        Addr::V6(_) => (pkt.l3_off + 8, pkt.l3_off + 24, ICMPV6_ECHO_REPLY),
     };
     match pkt.src {
         Addr::V4(_) => {
