@@ -26,7 +26,7 @@ use crate::{
     count, icmp,
     maps::{
         Scratch, Victim, XLB_BACKENDS, XLB_ENDPOINTS, XLB_FLOWS, XLB_FRAGS, XLB_HOPS, XLB_MAGLEV,
-        XLB_NAT_PORTS, XLB_SCRATCH, XLB_SERVICE_KEYS, XLB_SERVICES, XLB_SNAT,
+        XLB_NAT_PORTS, XLB_SERVICE_KEYS, XLB_SERVICES, XLB_SNAT, scratch,
     },
     parse::{Addr, Packet},
     rewrite::{self, End},
@@ -104,8 +104,7 @@ pub fn balance(ctx: &XdpContext, cfg: &Config) -> Option<(Verdict, Reason)> {
         return None;
     }
     // The firewall parsed the packet into scratch space before its tail call.
-    let scratch = XLB_SCRATCH.get_ptr(0)?;
-    let pkt = unsafe { &(*scratch).pkt };
+    let pkt = &scratch()?.pkt;
     unpack(balance_packed(ctx, pkt, cfg))
 }
 
@@ -132,7 +131,7 @@ fn balance_inner(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Option<(Verdic
         }
         return None;
     }
-    let scratch = unsafe { &mut *XLB_SCRATCH.get_ptr_mut(0)? };
+    let scratch = scratch()?;
     if !pkt.has_ports {
         if !pkt.fragment {
             return None;
@@ -178,10 +177,9 @@ fn frag_key(pkt: &Packet, family: u8, src: &Addr16, dst: &Addr16) -> FragKey {
 /// A first fragment: later fragments of its datagram will follow `flow`.
 #[inline(always)]
 fn remember_fragment(pkt: &Packet, flow: &Flow) {
-    let Some(scratch) = XLB_SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = scratch() else {
         return;
     };
-    let scratch = unsafe { &mut *scratch };
     let Some((family, src, dst)) = addrs(pkt) else {
         return;
     };
@@ -193,10 +191,10 @@ fn remember_fragment(pkt: &Packet, flow: &Flow) {
 /// packets are (addresses only: it has no layer-4 header).
 #[inline(never)]
 fn follow(ctx: &XdpContext, pkt: &Packet, now: u64) -> u32 {
-    let Some(scratch) = XLB_SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = scratch() else {
         return NONE;
     };
-    let f = unsafe { &(*scratch).flow };
+    let f = &scratch.flow;
     if f.direction == FLOW_REPLY {
         return pack(send_reply(ctx, pkt, f));
     }
@@ -250,10 +248,9 @@ fn echo(ctx: &XdpContext, pkt: &Packet, family: u8, dst: &Addr16) -> Option<(Ver
 /// and quoted headers rewritten as the mode rewrites that flow.
 #[inline(never)]
 fn icmp_error(ctx: &XdpContext, pkt: &Packet, family: u8, now: u64) -> u32 {
-    let Some(scratch) = XLB_SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = scratch() else {
         return NONE;
     };
-    let scratch = unsafe { &mut *scratch };
     let Some(inner) = icmp::quoted(ctx, pkt, family, &mut scratch.key) else {
         return NONE;
     };
@@ -373,13 +370,12 @@ fn swap_claim(slot: *mut NatPort, old: u64, new: u64) -> bool {
 /// refreshed with the flow's.
 #[inline(always)]
 fn reply_intact(f: &Flow, b: &Backend, key: &FlowKey, now: u64) -> bool {
-    let Some(scratch) = XLB_SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = scratch() else {
         return false;
     };
     let Some(snat) = XLB_SNAT.get(f.service) else {
         return false;
     };
-    let scratch = unsafe { &mut *scratch };
     scratch.reply = reply_key(b, key, snat, f.nat_port);
     let Some(slot) = XLB_NAT_PORTS.get_ptr_mut(nat_slot(&scratch.reply)) else {
         return false;
@@ -405,7 +401,7 @@ fn reply_intact(f: &Flow, b: &Backend, key: &FlowKey, now: u64) -> bool {
 fn slot_flow(slot: &NatPort, id: u32) -> Option<(&'static Flow, &'static Backend)> {
     let b = XLB_BACKENDS.get(id)?;
     let vip = XLB_SERVICE_KEYS.get(b.service)?;
-    let scratch = unsafe { &mut *XLB_SCRATCH.get_ptr_mut(0)? };
+    let scratch = scratch()?;
     scratch.reply = FlowKey {
         src: slot.client,
         dst: vip.addr,
@@ -466,8 +462,8 @@ fn forward_inner(
         None => match schedule(ctx, svc, key, now) {
             Err(r) => return Some((Verdict::Drop, r)),
             Ok(_) if svc.mode == MODE_FULLNAT => return None,
-            Ok(id) => match (XLB_BACKENDS.get(id), XLB_SCRATCH.get_ptr(0)) {
-                (Some(b), Some(s)) => (unsafe { &(*s).flow as *const Flow }, *b),
+            Ok(id) => match (XLB_BACKENDS.get(id), scratch()) {
+                (Some(b), Some(s)) => (&s.flow as *const Flow, *b),
                 _ => return Some((Verdict::Drop, Reason::NoBackend)),
             },
         },
@@ -486,10 +482,9 @@ fn forward_inner(
 /// source port is claimed, then its entry written and the packet sent.
 #[inline(never)]
 fn forward_fullnat(ctx: &XdpContext, pkt: &Packet, svc: &Service, now: u64) -> u32 {
-    let Some(scratch) = XLB_SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = scratch() else {
         return NONE;
     };
-    let scratch = unsafe { &mut *scratch };
     let Some(b) = XLB_BACKENDS.get(scratch.flow.backend) else {
         return pack(Some((Verdict::Drop, Reason::NoBackend)));
     };
@@ -590,7 +585,7 @@ fn schedule(ctx: &XdpContext, svc: &Service, key: &FlowKey, now: u64) -> Result<
     if b.flags & BACKEND_UP == 0 {
         return Err(Reason::NoBackend);
     }
-    let scratch = unsafe { &mut *XLB_SCRATCH.get_ptr_mut(0).ok_or(Reason::NoBackend)? };
+    let scratch = scratch().ok_or(Reason::NoBackend)?;
     scratch.flow = Flow {
         backend: id,
         generation: b.generation,
@@ -645,15 +640,20 @@ fn schedule(ctx: &XdpContext, svc: &Service, key: &FlowKey, now: u64) -> Result<
 /// stretch of long-lived flows, may be just ahead).
 #[inline(always)]
 fn claim_port(svc: &Service, id: u32, now: u64) -> u32 {
-    let (Some(snat), Some(b), Some(scratch)) = (
-        XLB_SNAT.get(svc.id),
-        XLB_BACKENDS.get(id),
-        XLB_SCRATCH.get_ptr_mut(0),
-    ) else {
+    let (Some(snat), Some(b), Some(scratch)) =
+        (XLB_SNAT.get(svc.id), XLB_BACKENDS.get(id), scratch())
+    else {
         return 0;
     };
-    let scratch = unsafe { &mut *scratch };
-    let key = unsafe { &(*(scratch as *const Scratch)).key };
+    // The flow's key is read while the other fields are written.
+    let Scratch {
+        key,
+        reply,
+        nat_cursor,
+        victim,
+        ..
+    } = scratch;
+    let key = &*key;
     let idle = if key.proto == IPPROTO_TCP {
         svc.tcp_idle_secs
     } else {
@@ -662,31 +662,31 @@ fn claim_port(svc: &Service, id: u32, now: u64) -> u32 {
     // Seconds as ticks of 1.07 s: a slot older than this has outlived its flow.
     let limit = idle.min(u16::MAX as u32 - 1) as u16;
     let now_t = ticks(now);
-    if scratch.nat_cursor == 0 {
+    if *nat_cursor == 0 {
         // The first claim on this CPU since the program was loaded: CPUs start apart.
-        scratch.nat_cursor = unsafe { bpf_get_prandom_u32() } | 1;
+        *nat_cursor = unsafe { bpf_get_prandom_u32() } | 1;
     }
     let span = 65536 - FULLNAT_PORT_MIN as u32;
     // The quietest held candidate (in scratch: the stack is full).
-    scratch.victim.age = 0;
+    victim.age = 0;
     // Flow-table lookups left (probe): with the ports exhausted every candidate would
     // cost one, so later candidates recently refreshed count as held without one.
     let mut lookups = FULLNAT_PORT_LOOKUPS;
     let mut i = 0;
     while i < FULLNAT_PORT_TRIES {
-        let port = FULLNAT_PORT_MIN + (scratch.nat_cursor % span) as u16;
-        scratch.reply = reply_key(b, key, snat, port);
-        let slot = nat_slot(&scratch.reply);
+        let port = FULLNAT_PORT_MIN + (*nat_cursor % span) as u16;
+        *reply = reply_key(b, key, snat, port);
+        let slot = nat_slot(reply);
         let (word, held) = probe(slot, svc.id, limit, now_t, &mut lookups);
         match held {
             None => {
                 if take(slot, word, id, key, port, now_t) {
-                    scratch.nat_cursor = scratch.nat_cursor.wrapping_add(1);
+                    *nat_cursor = nat_cursor.wrapping_add(1);
                     return port as u32;
                 }
             }
-            Some(age) if age >= NAT_PORT_STEAL_TICKS && age > scratch.victim.age => {
-                scratch.victim = Victim {
+            Some(age) if age >= NAT_PORT_STEAL_TICKS && age > victim.age => {
+                *victim = Victim {
                     word,
                     slot,
                     port,
@@ -695,10 +695,10 @@ fn claim_port(svc: &Service, id: u32, now: u64) -> u32 {
             }
             Some(_) => {}
         }
-        scratch.nat_cursor = unsafe { bpf_get_prandom_u32() };
+        *nat_cursor = unsafe { bpf_get_prandom_u32() };
         i += 1;
     }
-    let v = &scratch.victim;
+    let v = &*victim;
     if v.age != 0 && take(v.slot, v.word, id, key, v.port, now_t) {
         return v.port as u32;
     }
@@ -808,13 +808,13 @@ fn reply_by_port(ctx: &XdpContext, pkt: &Packet, key: &FlowKey) -> u32 {
     let Some((f, b)) = slot_flow(slot, claim as u32) else {
         return NONE;
     };
-    let Some(scratch) = XLB_SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = scratch() else {
         return NONE;
     };
     let bport = if b.port != 0 { b.port } else { slot.vport };
     // scratch.reply holds the forward key slot_flow looked up: its protocol and family
     // are the service's.
-    let (proto, family) = unsafe { ((*scratch).reply.proto, (*scratch).reply.family) };
+    let (proto, family) = (scratch.reply.proto, scratch.reply.family);
     if b.addr != key.src || bport != key.src_port || proto != key.proto || family != key.family {
         return NONE;
     }
@@ -822,17 +822,15 @@ fn reply_by_port(ctx: &XdpContext, pkt: &Packet, key: &FlowKey) -> u32 {
         Some(snat) if *snat == key.dst => {}
         _ => return NONE,
     }
-    // Fields are written through the pointer: `key` borrows another field of scratch.
-    unsafe {
-        (*scratch).back = Flow {
-            direction: FLOW_REPLY,
-            vport: slot.vport,
-            nat_port: slot.client_port,
-            client: slot.client,
-            ..*f
-        };
-    }
-    let back = unsafe { &(*scratch).back };
+    // `key` is scratch.key: only other fields are written.
+    scratch.back = Flow {
+        direction: FLOW_REPLY,
+        vport: slot.vport,
+        nat_port: slot.client_port,
+        client: slot.client,
+        ..*f
+    };
+    let back = &scratch.back;
     if pkt.fragment {
         remember_fragment(pkt, back);
     }
@@ -865,22 +863,20 @@ fn reply_by_forward(ctx: &XdpContext, pkt: &Packet, key: &FlowKey) -> u32 {
     let Some(vip) = XLB_SERVICE_KEYS.get(b.service) else {
         return NONE;
     };
-    let Some(scratch) = XLB_SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = scratch() else {
         return NONE;
     };
-    // Fields are written through the pointer: `key` borrows another field of scratch.
-    unsafe {
-        (*scratch).reply = FlowKey {
-            src: key.dst,
-            dst: vip.addr,
-            src_port: key.dst_port,
-            dst_port: vip.port,
-            proto: key.proto,
-            family: key.family,
-            _pad: [0; 2],
-        };
-    }
-    let Some(f) = (unsafe { XLB_FLOWS.get(&(*scratch).reply) }) else {
+    // `key` is scratch.key: only other fields are written.
+    scratch.reply = FlowKey {
+        src: key.dst,
+        dst: vip.addr,
+        src_port: key.dst_port,
+        dst_port: vip.port,
+        proto: key.proto,
+        family: key.family,
+        _pad: [0; 2],
+    };
+    let Some(f) = (unsafe { XLB_FLOWS.get(&scratch.reply) }) else {
         return NONE;
     };
     if f.direction != FLOW_FORWARD
@@ -890,14 +886,12 @@ fn reply_by_forward(ctx: &XdpContext, pkt: &Packet, key: &FlowKey) -> u32 {
     {
         return NONE;
     }
-    unsafe {
-        (*scratch).back = Flow {
-            direction: FLOW_REPLY,
-            vport: vip.port,
-            ..*f
-        };
-    }
-    let back = unsafe { &(*scratch).back };
+    scratch.back = Flow {
+        direction: FLOW_REPLY,
+        vport: vip.port,
+        ..*f
+    };
+    let back = &scratch.back;
     if pkt.fragment {
         remember_fragment(pkt, back);
     }

@@ -10,7 +10,7 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{Addr16, Config, DropEvent, FAMILY_V4, FAMILY_V6, Reason};
 
 use crate::{
-    maps::{XLB_EVENTS, XLB_SAMPLE, XLB_SCRATCH},
+    maps::{XLB_EVENTS, XLB_SAMPLE, scratch},
     parse::{self, Addr},
 };
 
@@ -33,10 +33,10 @@ pub fn dropped(ctx: &XdpContext, reason: Reason, len: usize, cfg: &Config) {
 
 #[inline(never)]
 fn emit(ctx: &XdpContext, reason: u32, len: u32) {
-    let Some(scratch) = XLB_SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = scratch() else {
         return;
     };
-    let pkt = unsafe { &mut (*scratch).pkt };
+    let pkt = &mut scratch.pkt;
     *pkt = parse::Packet::EMPTY;
     // A malformed frame keeps what was parsed before the error.
     let _ = parse::packet(ctx, pkt);

@@ -105,7 +105,7 @@ pub fn xlb_balance(ctx: XdpContext) -> u32 {
 fn firewall(ctx: &XdpContext, cfg: &Config) -> (Decision, bool) {
     // Parsed into per-CPU scratch space, where the balancer finds it after the tail
     // call (same CPU, same packet): one parse per packet.
-    let Some(scratch) = maps::XLB_SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = maps::scratch() else {
         return (
             Decision {
                 verdict: Verdict::Pass,
@@ -115,7 +115,7 @@ fn firewall(ctx: &XdpContext, cfg: &Config) -> (Decision, bool) {
             false,
         );
     };
-    let pkt = unsafe { &mut (*scratch).pkt };
+    let pkt = &mut scratch.pkt;
     match parse::packet(ctx, pkt) {
         Ok(true) => (filter::decide(pkt, cfg), true),
         Ok(false) => (

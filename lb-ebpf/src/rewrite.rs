@@ -14,7 +14,7 @@ use lb_common::{
 
 use crate::{
     bounds::{load, load_addr16, load_u16, load_w32, store, store_u16, store_w32},
-    maps::XLB_SCRATCH,
+    maps::scratch,
     parse::{Addr, Packet},
 };
 
@@ -243,10 +243,10 @@ pub struct Hop {
 pub fn route(ctx: &XdpContext, v6: bool, dst: &Addr16, hop: &mut Hop) -> bool {
     // The parameters live in per-CPU scratch space (the stack is small), zeroed with
     // eight 8-byte stores (core::mem::zeroed becomes a byte-wise memset loop).
-    let Some(scratch) = XLB_SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = scratch() else {
         return false;
     };
-    let raw_ptr = unsafe { (*scratch).fib.as_mut_ptr() };
+    let raw_ptr = scratch.fib.as_mut_ptr();
     let mut i = 0;
     while i < 8 {
         unsafe { core::ptr::write_volatile(raw_ptr.add(i), 0) };
