@@ -19,6 +19,15 @@ pub struct Decision {
     pub rule: u32,
 }
 
+impl Decision {
+    /// Not IP (ARP, LLDP, ...): always passed, no rule looked at.
+    pub const NON_IP: Decision = Decision {
+        verdict: Verdict::Pass,
+        reason: Reason::NonIp,
+        rule: 0,
+    };
+}
+
 #[inline(always)]
 pub fn action_verdict(action: u32) -> Verdict {
     if action == ACTION_DROP {

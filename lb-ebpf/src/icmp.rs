@@ -14,7 +14,7 @@ use lb_common::{
 use crate::{
     bounds::{load, load_addr16, load_w32},
     parse::Packet,
-    rewrite::{End, fix_check, put_addr, set_u16},
+    rewrite::{End, addr_off, fix_check, put_addr, set_u16},
 };
 
 #[inline(always)]
@@ -63,8 +63,8 @@ pub fn quoted(ctx: &XdpContext, pkt: &Packet, family: u8, key: &mut FlowKey) -> 
             l4: l3 + ihl,
             v4: true,
         };
-        let src = Addr16([load_w32(ctx, l3 + 12)?, 0, 0, 0]);
-        let dst = Addr16([load_w32(ctx, l3 + 16)?, 0, 0, 0]);
+        let src = Addr16([load_w32(ctx, addr_off(l3, true, End::Src))?, 0, 0, 0]);
+        let dst = Addr16([load_w32(ctx, addr_off(l3, true, End::Dst))?, 0, 0, 0]);
         (q, src, dst, proto)
     } else {
         // The quoted header's extension headers are not walked: TCP or UDP must follow.
@@ -76,8 +76,8 @@ pub fn quoted(ctx: &XdpContext, pkt: &Packet, family: u8, key: &mut FlowKey) -> 
         };
         (
             q,
-            load_addr16(ctx, l3 + 8)?,
-            load_addr16(ctx, l3 + 24)?,
+            load_addr16(ctx, addr_off(l3, false, End::Src))?,
+            load_addr16(ctx, addr_off(l3, false, End::Dst))?,
             proto,
         )
     };
@@ -111,13 +111,7 @@ pub fn set_quoted(
     port: u16,
 ) -> Option<()> {
     let icmp_check = pkt.l4_off + 2;
-    let off = match (q.v4, end) {
-        (true, End::Src) => q.l3 + 12,
-        (true, End::Dst) => q.l3 + 16,
-        (false, End::Src) => q.l3 + 8,
-        (false, End::Dst) => q.l3 + 24,
-    };
-    let d = put_addr(ctx, off, addr, q.v4)?;
+    let d = put_addr(ctx, addr_off(q.l3, q.v4, end), addr, q.v4)?;
     let check = if q.v4 { q.l3 + 10 } else { icmp_check };
     fix_check(ctx, check, d, false)?;
     let off = q.l4 + if end == End::Src { 0 } else { 2 };

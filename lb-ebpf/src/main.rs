@@ -106,26 +106,12 @@ fn firewall(ctx: &XdpContext, cfg: &Config) -> (Decision, bool) {
     // Parsed into per-CPU scratch space, where the balancer finds it after the tail
     // call (same CPU, same packet): one parse per packet.
     let Some(scratch) = maps::scratch() else {
-        return (
-            Decision {
-                verdict: Verdict::Pass,
-                reason: Reason::NonIp,
-                rule: 0,
-            },
-            false,
-        );
+        return (Decision::NON_IP, false);
     };
     let pkt = &mut scratch.pkt;
     match parse::packet(ctx, pkt) {
         Ok(true) => (filter::decide(pkt, cfg), true),
-        Ok(false) => (
-            Decision {
-                verdict: Verdict::Pass,
-                reason: Reason::NonIp,
-                rule: 0,
-            },
-            false,
-        ),
+        Ok(false) => (Decision::NON_IP, false),
         Err(reason) => (
             Decision {
                 verdict: action_verdict(cfg.malformed_action),

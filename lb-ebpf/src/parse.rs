@@ -2,7 +2,7 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    Addr16, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, Reason,
+    Addr16, FAMILY_V4, FAMILY_V6, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, Reason,
     net::{
         ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, ICMP_HLEN, IPPROTO_AH,
         IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ICMP, IPPROTO_ICMPV6,
@@ -132,6 +132,26 @@ impl Packet {
         has_ports: false,
         has_l4: false,
     };
+
+    /// The family and both addresses in 16 bytes (network order, IPv4 in the first
+    /// word). None only for a mixed pair, which the parser never writes.
+    #[inline(always)]
+    pub fn addrs(&self) -> Option<(u8, Addr16, Addr16)> {
+        match (self.src, self.dst) {
+            (Addr::V4(s), Addr::V4(d)) => Some((
+                FAMILY_V4,
+                Addr16([s.to_be(), 0, 0, 0]),
+                Addr16([d.to_be(), 0, 0, 0]),
+            )),
+            (Addr::V6(s), Addr::V6(d)) => Some((FAMILY_V6, s, d)),
+            _ => None,
+        }
+    }
+
+    #[inline(always)]
+    pub fn is_v6(&self) -> bool {
+        matches!(self.src, Addr::V6(_))
+    }
 }
 
 /// Parses into `pkt` (per-CPU scratch space, where the balancer finds it after the
@@ -236,15 +256,15 @@ fn ipv6(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
-                let ext: *const Ipv6ExtHdr = ptr_at(ctx, off).ok_or(Reason::BadIpv6Ext)?;
-                let (n, len) = unsafe { ((*ext).next_header, (*ext).len as usize) };
+                let (n, len) = ext_header(ctx, off)?;
                 next = n;
+                // In 8-byte units, not counting the first 8.
                 off += (len + 1) * 8;
             }
             IPPROTO_AH => {
-                let ext: *const Ipv6ExtHdr = ptr_at(ctx, off).ok_or(Reason::BadIpv6Ext)?;
-                let (n, len) = unsafe { ((*ext).next_header, (*ext).len as usize) };
+                let (n, len) = ext_header(ctx, off)?;
                 next = n;
+                // In 4-byte units, not counting the first 8 (RFC 4302).
                 off += (len + 2) * 4;
             }
             IPPROTO_FRAGMENT => {
@@ -274,6 +294,13 @@ fn ipv6(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
     }
     // Still an extension header after the walk: too many to judge.
     Err(Reason::BadIpv6Ext)
+}
+
+/// The next header and the length field of the extension header at `off`.
+#[inline(always)]
+fn ext_header(ctx: &XdpContext, off: usize) -> Result<(u8, usize), Reason> {
+    let ext: *const Ipv6ExtHdr = ptr_at(ctx, off).ok_or(Reason::BadIpv6Ext)?;
+    Ok(unsafe { ((*ext).next_header, (*ext).len as usize) })
 }
 
 #[inline(always)]

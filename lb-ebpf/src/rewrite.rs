@@ -28,6 +28,17 @@ pub enum End {
     Dst,
 }
 
+/// Offset of the source or destination address of the IP header at `l3`.
+#[inline(always)]
+pub fn addr_off(l3: usize, v4: bool, end: End) -> usize {
+    match (v4, end) {
+        (true, End::Src) => l3 + 12,
+        (true, End::Dst) => l3 + 16,
+        (false, End::Src) => l3 + 8,
+        (false, End::Dst) => l3 + 24,
+    }
+}
+
 /// RFC 1624 incremental checksum updates: `delta` sums, over each replaced word, the
 /// complement of the old value and the new value (one's complement arithmetic, so the
 /// byte order of the words does not matter as long as old and new agree); `apply`
@@ -65,7 +76,7 @@ fn l4_check_off(ctx: &XdpContext, pkt: &Packet) -> Option<Option<usize>> {
         IPPROTO_UDP => {
             let off = pkt.l4_off + 6;
             let zero = load_u16(ctx, off)? == 0;
-            Some(if zero && matches!(pkt.src, Addr::V4(_)) {
+            Some(if zero && !pkt.is_v6() {
                 None
             } else {
                 Some(off)
@@ -136,14 +147,8 @@ pub fn set_addr_port(
     addr: &Addr16,
     port: Option<u16>,
 ) -> Option<()> {
-    let v4 = matches!(pkt.src, Addr::V4(_));
-    let off = match (v4, end) {
-        (true, End::Src) => pkt.l3_off + 12,
-        (true, End::Dst) => pkt.l3_off + 16,
-        (false, End::Src) => pkt.l3_off + 8,
-        (false, End::Dst) => pkt.l3_off + 24,
-    };
-    let d = put_addr(ctx, off, addr, v4)?;
+    let v4 = !pkt.is_v6();
+    let d = put_addr(ctx, addr_off(pkt.l3_off, v4, end), addr, v4)?;
     if v4 {
         fix_check(ctx, pkt.l3_off + 10, d, false)?;
     }
@@ -190,27 +195,26 @@ pub fn dec_ttl(ctx: &XdpContext, pkt: &Packet) -> Option<()> {
 /// checksum fixed, TTL reset. The caller swaps the MACs and transmits.
 #[inline(always)]
 pub fn echo_reply(ctx: &XdpContext, pkt: &Packet) -> Option<()> {
-    let (src_off, dst_off, reply) = match pkt.src {
-        Addr::V4(_) => (pkt.l3_off + 12, pkt.l3_off + 16, ICMP_ECHO_REPLY),
-        Addr::V6(_) => (pkt.l3_off + 8, pkt.l3_off + 24, ICMPV6_ECHO_REPLY),
+    let (v4, reply) = match pkt.src {
+        Addr::V4(_) => (true, ICMP_ECHO_REPLY),
+        Addr::V6(_) => (false, ICMPV6_ECHO_REPLY),
     };
-    match pkt.src {
-        Addr::V4(_) => {
-            let (s, d): ([u8; 4], [u8; 4]) = (load(ctx, src_off)?, load(ctx, dst_off)?);
-            store(ctx, src_off, d)?;
-            store(ctx, dst_off, s)?;
-            // Swapping addresses keeps every checksum; the TTL word changes.
-            let off = pkt.l3_off + 8;
-            let [_, proto]: [u8; 2] = load(ctx, off)?;
-            set_u16(ctx, off, pkt.l3_off + 10, u16::from_ne_bytes([64, proto]))?;
-        }
-        Addr::V6(_) => {
-            let (s, d) = (load_addr16(ctx, src_off)?, load_addr16(ctx, dst_off)?);
-            put_addr(ctx, src_off, &d, false)?;
-            put_addr(ctx, dst_off, &s, false)?;
-            let [next, _]: [u8; 2] = load(ctx, pkt.l3_off + 6)?;
-            store(ctx, pkt.l3_off + 6, [next, 64u8])?;
-        }
+    let src_off = addr_off(pkt.l3_off, v4, End::Src);
+    let dst_off = addr_off(pkt.l3_off, v4, End::Dst);
+    if v4 {
+        let (s, d): ([u8; 4], [u8; 4]) = (load(ctx, src_off)?, load(ctx, dst_off)?);
+        store(ctx, src_off, d)?;
+        store(ctx, dst_off, s)?;
+        // Swapping addresses keeps every checksum; the TTL word changes.
+        let off = pkt.l3_off + 8;
+        let [_, proto]: [u8; 2] = load(ctx, off)?;
+        set_u16(ctx, off, pkt.l3_off + 10, u16::from_ne_bytes([64, proto]))?;
+    } else {
+        let (s, d) = (load_addr16(ctx, src_off)?, load_addr16(ctx, dst_off)?);
+        put_addr(ctx, src_off, &d, false)?;
+        put_addr(ctx, dst_off, &s, false)?;
+        let [next, _]: [u8; 2] = load(ctx, pkt.l3_off + 6)?;
+        store(ctx, pkt.l3_off + 6, [next, 64u8])?;
     }
     let [_, code]: [u8; 2] = load(ctx, pkt.l4_off)?;
     set_u16(

@@ -7,10 +7,11 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::*;
 
 use super::{
-    NEEDS_PORT, NONE, NS_PER_SEC,
+    NEEDS_PORT, NONE, NS_PER_SEC, flow_backend,
     frags::remember_fragment,
-    hash_addr, pack,
+    hash_addr, idle_secs, pack,
     ports::{claim_port, reply_intact},
+    reply_key,
 };
 use crate::{
     bounds::{frame_len, load},
@@ -33,18 +34,12 @@ fn flow_hash(k: &FlowKey, source_only: bool) -> u32 {
 
 /// The backend a flow may keep: same generation, up, still in the service, not idle.
 #[inline(always)]
-fn still_valid(
-    flow: &Flow,
-    service: u32,
-    proto: u8,
-    idle: (u32, u32),
-    now: u64,
-) -> Option<Backend> {
-    let b = XLB_BACKENDS.get(flow.backend)?;
-    if b.generation != flow.generation || b.flags & BACKEND_UP == 0 || b.service != service {
+fn still_valid(flow: &Flow, svc: &Service, proto: u8, now: u64) -> Option<Backend> {
+    let b = flow_backend(flow)?;
+    if b.flags & BACKEND_UP == 0 || b.service != svc.id {
         return None;
     }
-    let limit = if proto == IPPROTO_TCP { idle.0 } else { idle.1 } as u64 * NS_PER_SEC;
+    let limit = idle_secs(svc, proto) as u64 * NS_PER_SEC;
     if now.wrapping_sub(flow.seen_ns) > limit {
         return None;
     }
@@ -73,10 +68,9 @@ fn forward_inner(
     key: &FlowKey,
     now: u64,
 ) -> Option<(Verdict, Reason)> {
-    let idle = (svc.tcp_idle_secs, svc.udp_idle_secs);
     let known = XLB_FLOWS.get_ptr_mut(key).and_then(|f| {
         let f = unsafe { &mut *f };
-        let b = still_valid(f, svc.id, key.proto, idle, now)?;
+        let b = still_valid(f, svc, key.proto, now)?;
         if f.direction != FLOW_FORWARD || f.mode != svc.mode {
             return None;
         }
@@ -250,15 +244,7 @@ fn schedule(ctx: &XdpContext, svc: &Service, key: &FlowKey, now: u64) -> Result<
             vport: key.dst_port,
             ..scratch.flow
         };
-        scratch.reply = FlowKey {
-            src: b.addr,
-            dst: key.src,
-            src_port: if b.port != 0 { b.port } else { key.dst_port },
-            dst_port: key.src_port,
-            proto: key.proto,
-            family: key.family,
-            _pad: [0; 2],
-        };
+        scratch.reply = reply_key(b, key, &key.src, key.src_port);
         let _ = XLB_FLOWS.insert(&scratch.reply, &scratch.back, 0);
     }
     if svc.mode != MODE_FULLNAT {

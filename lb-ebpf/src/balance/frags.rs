@@ -4,9 +4,9 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::*;
 
-use super::{NONE, addrs, forward::send, pack, reply::send_reply};
+use super::{NONE, flow_backend, forward::send, pack, reply::send_reply};
 use crate::{
-    maps::{XLB_BACKENDS, XLB_FRAGS, scratch},
+    maps::{XLB_FRAGS, scratch},
     parse::Packet,
 };
 
@@ -28,7 +28,7 @@ pub(super) fn remember_fragment(pkt: &Packet, flow: &Flow) {
     let Some(scratch) = scratch() else {
         return;
     };
-    let Some((family, src, dst)) = addrs(pkt) else {
+    let Some((family, src, dst)) = pkt.addrs() else {
         return;
     };
     scratch.frag = frag_key(pkt, family, &src, &dst);
@@ -46,11 +46,8 @@ pub(super) fn follow(ctx: &XdpContext, pkt: &Packet, now: u64) -> u32 {
     if f.direction == FLOW_REPLY {
         return pack(send_reply(ctx, pkt, f));
     }
-    let Some(b) = XLB_BACKENDS.get(f.backend) else {
+    let Some(b) = flow_backend(f) else {
         return NONE;
     };
-    if b.generation != f.generation {
-        return NONE;
-    }
     pack(Some(send(ctx, pkt, f, b, now)))
 }

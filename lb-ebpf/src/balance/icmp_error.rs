@@ -5,10 +5,10 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::*;
 
-use super::{NONE, forward::send, pack};
+use super::{NONE, backend_port, flow_backend, forward::send, pack};
 use crate::{
     icmp,
-    maps::{XLB_BACKENDS, XLB_FLOWS, XLB_SNAT, scratch},
+    maps::{XLB_FLOWS, XLB_SNAT, scratch},
     parse::Packet,
     rewrite::End,
 };
@@ -32,19 +32,15 @@ pub(super) fn icmp_error(ctx: &XdpContext, pkt: &Packet, family: u8, now: u64) -
     }
     scratch.flow = *f;
     let f = &scratch.flow;
-    let Some(b) = XLB_BACKENDS.get(f.backend) else {
+    let Some(b) = flow_backend(f) else {
         return NONE;
     };
-    if b.generation != f.generation || b.flags & BACKEND_UP == 0 {
+    if b.flags & BACKEND_UP == 0 {
         return NONE;
     }
     // The quoted packet ran service -> client; it becomes backend -> (xlb's source
     // address for fullnat | client).
-    let port = if b.port != 0 {
-        b.port
-    } else {
-        scratch.key.dst_port
-    };
+    let port = backend_port(b, scratch.key.dst_port);
     if (f.mode == MODE_NAT || f.mode == MODE_FULLNAT)
         && icmp::set_quoted(ctx, pkt, &inner, End::Src, &b.addr, port).is_none()
     {

@@ -36,37 +36,10 @@ use self::{
 };
 use crate::{
     icmp,
-    maps::{XLB_FRAGS, XLB_SERVICES, scratch},
-    parse::{Addr, Packet},
+    maps::{XLB_BACKENDS, XLB_FRAGS, XLB_SERVICES, scratch},
+    parse::Packet,
     rewrite,
 };
-
-pub(super) const NS_PER_SEC: u64 = 1_000_000_000;
-
-/// The addresses in 16 bytes and the family.
-#[inline(always)]
-pub(super) fn addrs(pkt: &Packet) -> Option<(u8, Addr16, Addr16)> {
-    match (pkt.src, pkt.dst) {
-        (Addr::V4(s), Addr::V4(d)) => Some((
-            FAMILY_V4,
-            Addr16([s.to_be(), 0, 0, 0]),
-            Addr16([d.to_be(), 0, 0, 0]),
-        )),
-        (Addr::V6(s), Addr::V6(d)) => Some((FAMILY_V6, s, d)),
-        _ => None,
-    }
-}
-
-#[inline(always)]
-pub(super) fn hash_addr(h: u32, a: &Addr16) -> u32 {
-    let mut h = h;
-    let mut i = 0;
-    while i < 4 {
-        h = mix32(h ^ a.0[i]);
-        i += 1;
-    }
-    h
-}
 
 /// Each path (forward, reply, later fragment, ICMP error) is a BPF function of its own
 /// (`inline(never)`): inlined into one body their spills overflow the 512-byte stack.
@@ -114,7 +87,7 @@ fn balance_packed(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> u32 {
 
 #[inline(always)]
 fn balance_inner(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Option<(Verdict, Reason)> {
-    let (family, src, dst) = addrs(pkt)?;
+    let (family, src, dst) = pkt.addrs()?;
     // The coarse clock (a tick's resolution) is enough for second-scale timeouts, and
     // costs a memory read where the precise one reads the clock source.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
@@ -195,4 +168,71 @@ fn echo(ctx: &XdpContext, pkt: &Packet, family: u8, dst: &Addr16) -> Option<(Ver
     rewrite::echo_reply(ctx, pkt)?;
     rewrite::swap_macs(ctx)?;
     Some((Verdict::Tx, Reason::EchoReply))
+}
+
+// Shared by the paths.
+
+pub(super) const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// Folds an address into hash `h`, a word at a time.
+#[inline(always)]
+pub(super) fn hash_addr(h: u32, a: &Addr16) -> u32 {
+    let mut h = h;
+    let mut i = 0;
+    while i < 4 {
+        h = mix32(h ^ a.0[i]);
+        i += 1;
+    }
+    h
+}
+
+/// A backend's port for a flow to service port `vport`: its own, or `vport` if it has
+/// none (0).
+#[inline(always)]
+pub(super) fn backend_port(b: &Backend, vport: u16) -> u16 {
+    if b.port != 0 { b.port } else { vport }
+}
+
+/// The backend of flow `f`, if its id still names the backend the flow was scheduled
+/// to (the id goes to another backend with a new generation).
+#[inline(always)]
+pub(super) fn flow_backend(f: &Flow) -> Option<&'static Backend> {
+    let b = XLB_BACKENDS.get(f.backend)?;
+    if b.generation != f.generation {
+        return None;
+    }
+    Some(b)
+}
+
+/// Whether `f` is the forward entry of a `mode` flow to backend `id` (`b`), of its
+/// current generation.
+#[inline(always)]
+pub(super) fn is_forward_of(f: &Flow, mode: u8, id: u32, b: &Backend) -> bool {
+    f.direction == FLOW_FORWARD && f.mode == mode && f.backend == id && f.generation == b.generation
+}
+
+/// The reply tuple of forward flow `fwd` to backend `b`: from the backend's end to
+/// (`dst`, `dst_port`): the client's end for nat, xlb's source address and the flow's
+/// allocated port for fullnat.
+#[inline(always)]
+pub(super) fn reply_key(b: &Backend, fwd: &FlowKey, dst: &Addr16, dst_port: u16) -> FlowKey {
+    FlowKey {
+        src: b.addr,
+        dst: *dst,
+        src_port: backend_port(b, fwd.dst_port),
+        dst_port,
+        proto: fwd.proto,
+        family: fwd.family,
+        _pad: [0; 2],
+    }
+}
+
+/// A service's idle timeout for protocol `proto`, in seconds.
+#[inline(always)]
+pub(super) fn idle_secs(svc: &Service, proto: u8) -> u32 {
+    if proto == IPPROTO_TCP {
+        svc.tcp_idle_secs
+    } else {
+        svc.udp_idle_secs
+    }
 }

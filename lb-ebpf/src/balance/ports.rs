@@ -10,25 +10,10 @@ use core::{
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use lb_common::*;
 
-use super::hash_addr;
+use super::{hash_addr, idle_secs, is_forward_of, reply_key};
 use crate::maps::{
     Scratch, Victim, XLB_BACKENDS, XLB_FLOWS, XLB_NAT_PORTS, XLB_SERVICE_KEYS, XLB_SNAT, scratch,
 };
-
-/// A fullnat flow's reply tuple: (backend, backend port) -> (xlb's source address,
-/// the flow's allocated port).
-#[inline(always)]
-fn reply_key(b: &Backend, fwd: &FlowKey, snat: &Addr16, nat_port: u16) -> FlowKey {
-    FlowKey {
-        src: b.addr,
-        dst: *snat,
-        src_port: if b.port != 0 { b.port } else { fwd.dst_port },
-        dst_port: nat_port,
-        proto: fwd.proto,
-        family: fwd.family,
-        _pad: [0; 2],
-    }
-}
 
 /// The XLB_NAT_PORTS slot of a fullnat reply tuple: slot `port` of the block of 65536
 /// that the rest of the tuple (backend end, xlb's address, protocol) hashes to. Ports
@@ -113,12 +98,7 @@ pub(super) fn slot_flow(slot: &NatPort, id: u32) -> Option<(&'static Flow, &'sta
         _pad: [0; 2],
     };
     let f = unsafe { XLB_FLOWS.get(&scratch.reply) }?;
-    if f.direction != FLOW_FORWARD
-        || f.mode != MODE_FULLNAT
-        || f.backend != id
-        || f.generation != b.generation
-        || f.nat_port != slot.nat_port
-    {
+    if !is_forward_of(f, MODE_FULLNAT, id, b) || f.nat_port != slot.nat_port {
         return None;
     }
     Some((f, b))
@@ -151,11 +131,7 @@ pub(super) fn claim_port(svc: &Service, id: u32, now: u64) -> u32 {
         ..
     } = scratch;
     let key = &*key;
-    let idle = if key.proto == IPPROTO_TCP {
-        svc.tcp_idle_secs
-    } else {
-        svc.udp_idle_secs
-    };
+    let idle = idle_secs(svc, key.proto);
     // Seconds as ticks of 1.07 s: a slot older than this has outlived its flow.
     let limit = idle.min(u16::MAX as u32 - 1) as u16;
     let now_t = ticks(now);

@@ -6,9 +6,9 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::*;
 
 use super::{
-    NONE, NS_PER_SEC, addrs,
+    NONE, NS_PER_SEC, backend_port, flow_backend,
     frags::remember_fragment,
-    pack,
+    is_forward_of, pack,
     ports::{load_claim, nat_slot, slot_flow},
 };
 use crate::{
@@ -16,7 +16,7 @@ use crate::{
     maps::{
         XLB_BACKENDS, XLB_ENDPOINTS, XLB_FLOWS, XLB_NAT_PORTS, XLB_SERVICE_KEYS, XLB_SNAT, scratch,
     },
-    parse::{Addr, Packet},
+    parse::Packet,
     rewrite::{self, End},
 };
 
@@ -55,7 +55,7 @@ fn reply_by_port(ctx: &XdpContext, pkt: &Packet, key: &FlowKey) -> u32 {
     let Some(scratch) = scratch() else {
         return NONE;
     };
-    let bport = if b.port != 0 { b.port } else { slot.vport };
+    let bport = backend_port(b, slot.vport);
     // scratch.reply holds the forward key slot_flow looked up: its protocol and family
     // are the service's.
     let (proto, family) = (scratch.reply.proto, scratch.reply.family);
@@ -74,11 +74,7 @@ fn reply_by_port(ctx: &XdpContext, pkt: &Packet, key: &FlowKey) -> u32 {
         client: slot.client,
         ..*f
     };
-    let back = &scratch.back;
-    if pkt.fragment {
-        remember_fragment(pkt, back);
-    }
-    pack(send_reply(ctx, pkt, back))
+    pack(reply_to_client(ctx, pkt, &scratch.back))
 }
 
 /// A nat reply from a backend that owns its endpoint (BACKEND_OWNS_ENDPOINT): the
@@ -123,11 +119,7 @@ fn reply_by_forward(ctx: &XdpContext, pkt: &Packet, key: &FlowKey) -> u32 {
     let Some(f) = (unsafe { XLB_FLOWS.get(&scratch.reply) }) else {
         return NONE;
     };
-    if f.direction != FLOW_FORWARD
-        || f.mode != MODE_NAT
-        || f.backend != id
-        || f.generation != b.generation
-    {
+    if !is_forward_of(f, MODE_NAT, id, b) {
         return NONE;
     }
     scratch.back = Flow {
@@ -135,11 +127,7 @@ fn reply_by_forward(ctx: &XdpContext, pkt: &Packet, key: &FlowKey) -> u32 {
         vport: vip.port,
         ..*f
     };
-    let back = &scratch.back;
-    if pkt.fragment {
-        remember_fragment(pkt, back);
-    }
-    pack(send_reply(ctx, pkt, back))
+    pack(reply_to_client(ctx, pkt, &scratch.back))
 }
 
 #[inline(always)]
@@ -155,13 +143,17 @@ fn reply_inner(
     }
     // Replies use the flow's service timeouts only through its forward entry; here the
     // backend must still be the flow's.
-    let b = XLB_BACKENDS.get(f.backend)?;
-    if b.generation != f.generation {
-        return None;
-    }
+    flow_backend(f)?;
     if now.wrapping_sub(f.seen_ns) > NS_PER_SEC {
         f.seen_ns = now;
     }
+    reply_to_client(ctx, pkt, f)
+}
+
+/// `send_reply` for a reply found by its flow: a first fragment leaves the flow in the
+/// fragment table for the fragments after it (which `follow` sends).
+#[inline(always)]
+fn reply_to_client(ctx: &XdpContext, pkt: &Packet, f: &Flow) -> Option<(Verdict, Reason)> {
     if pkt.fragment {
         remember_fragment(pkt, f);
     }
@@ -173,14 +165,14 @@ fn reply_inner(
 #[inline(always)]
 pub(super) fn send_reply(ctx: &XdpContext, pkt: &Packet, f: &Flow) -> Option<(Verdict, Reason)> {
     let vip = XLB_SERVICE_KEYS.get(f.service)?;
-    let (_, _, dst) = addrs(pkt)?;
+    let (_, _, dst) = pkt.addrs()?;
     let client = if f.mode == MODE_FULLNAT {
         f.client
     } else {
         dst
     };
     let mut hop = rewrite::Hop::default();
-    if !rewrite::route(ctx, pkt_v6(pkt), &client, &mut hop) {
+    if !rewrite::route(ctx, pkt.is_v6(), &client, &mut hop) {
         // No neighbour entry for the client: answer the MAC its packets came from.
         hop.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
         hop.smac = load::<[u8; 6]>(ctx, 0)?;
@@ -194,9 +186,4 @@ pub(super) fn send_reply(ctx: &XdpContext, pkt: &Packet, f: &Flow) -> Option<(Ve
         return Some((Verdict::Pass, Reason::NoRoute));
     }
     Some((rewrite::emit(ctx, &hop)?, Reason::NatReply))
-}
-
-#[inline(always)]
-fn pkt_v6(pkt: &Packet) -> bool {
-    matches!(pkt.src, Addr::V6(_))
 }
