@@ -6,7 +6,7 @@
 #![no_std]
 #![no_main]
 #![feature(asm_experimental_arch)]
-// BPF_CMPXCHG for fullnat port claims (see balance::swap_claim).
+// BPF_CMPXCHG for fullnat port claims (see balance::ports::swap_claim).
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 

@@ -46,6 +46,9 @@ fn still_valid(flow: &Flow, svc: &Service, proto: u8, now: u64) -> Option<Backen
     Some(*b)
 }
 
+/// A packet to service `svc`, of flow `key` (scratch.key): sent to its flow's backend,
+/// or scheduled as a new flow; NEEDS_PORT for a new fullnat flow (forward_fullnat
+/// goes on).
 #[inline(never)]
 pub(super) fn forward(
     ctx: &XdpContext,
