@@ -9,7 +9,7 @@ use lb_common::*;
 
 use crate::{
     maps::*,
-    parse::{Addr, IPPROTO_TCP, IPPROTO_UDP, Packet},
+    parse::{Addr, Packet},
 };
 
 pub struct Decision {
@@ -17,6 +17,15 @@ pub struct Decision {
     pub reason: Reason,
     /// The rule that decided (0 = none), for its hit counter.
     pub rule: u32,
+}
+
+impl Decision {
+    /// Not IP (ARP, LLDP, ...): always passed, no rule looked at.
+    pub const NON_IP: Decision = Decision {
+        verdict: Verdict::Pass,
+        reason: Reason::NonIp,
+        rule: 0,
+    };
 }
 
 #[inline(always)]

@@ -2,19 +2,20 @@
 //! error quotes (the start of the packet that caused it).
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{Addr16, FAMILY_V4, FlowKey};
+use lb_common::{
+    Addr16, FAMILY_V4, FlowKey,
+    net::{
+        ICMP_DEST_UNREACH, ICMP_ECHO_REQUEST, ICMP_HLEN, ICMPV6_DEST_UNREACH, ICMPV6_ECHO_REQUEST,
+        ICMPV6_PACKET_TOO_BIG, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+        IPV4_MIN_HLEN, IPV6_HLEN,
+    },
+};
 
 use crate::{
     bounds::{load, load_addr16, load_w32},
-    parse::{ICMP_HLEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_HLEN, Packet},
-    rewrite::{End, fix_check, put_addr, set_u16},
+    parse::Packet,
+    rewrite::{End, addr_off, fix_check, put_addr, set_u16},
 };
-
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_ECHO_REQUEST: u8 = 8;
-const ICMPV6_DEST_UNREACH: u8 = 1;
-const ICMPV6_PACKET_TOO_BIG: u8 = 2;
-const ICMPV6_ECHO_REQUEST: u8 = 128;
 
 #[inline(always)]
 pub fn is_echo_request(pkt: &Packet) -> bool {
@@ -54,7 +55,7 @@ pub fn quoted(ctx: &XdpContext, pkt: &Packet, family: u8, key: &mut FlowKey) -> 
         let [version_ihl, _]: [u8; 2] = load(ctx, l3)?;
         let [_, proto]: [u8; 2] = load(ctx, l3 + 8)?;
         let ihl = (version_ihl & 0x0f) as usize * 4;
-        if version_ihl >> 4 != 4 || ihl < 20 {
+        if version_ihl >> 4 != 4 || ihl < IPV4_MIN_HLEN {
             return None;
         }
         let q = Quoted {
@@ -62,8 +63,8 @@ pub fn quoted(ctx: &XdpContext, pkt: &Packet, family: u8, key: &mut FlowKey) -> 
             l4: l3 + ihl,
             v4: true,
         };
-        let src = Addr16([load_w32(ctx, l3 + 12)?, 0, 0, 0]);
-        let dst = Addr16([load_w32(ctx, l3 + 16)?, 0, 0, 0]);
+        let src = Addr16([load_w32(ctx, addr_off(l3, true, End::Src))?, 0, 0, 0]);
+        let dst = Addr16([load_w32(ctx, addr_off(l3, true, End::Dst))?, 0, 0, 0]);
         (q, src, dst, proto)
     } else {
         // The quoted header's extension headers are not walked: TCP or UDP must follow.
@@ -75,8 +76,8 @@ pub fn quoted(ctx: &XdpContext, pkt: &Packet, family: u8, key: &mut FlowKey) -> 
         };
         (
             q,
-            load_addr16(ctx, l3 + 8)?,
-            load_addr16(ctx, l3 + 24)?,
+            load_addr16(ctx, addr_off(l3, false, End::Src))?,
+            load_addr16(ctx, addr_off(l3, false, End::Dst))?,
             proto,
         )
     };
@@ -110,13 +111,7 @@ pub fn set_quoted(
     port: u16,
 ) -> Option<()> {
     let icmp_check = pkt.l4_off + 2;
-    let off = match (q.v4, end) {
-        (true, End::Src) => q.l3 + 12,
-        (true, End::Dst) => q.l3 + 16,
-        (false, End::Src) => q.l3 + 8,
-        (false, End::Dst) => q.l3 + 24,
-    };
-    let d = put_addr(ctx, off, addr, q.v4)?;
+    let d = put_addr(ctx, addr_off(q.l3, q.v4, end), addr, q.v4)?;
     let check = if q.v4 { q.l3 + 10 } else { icmp_check };
     fix_check(ctx, check, d, false)?;
     let off = q.l4 + if end == End::Src { 0 } else { 2 };

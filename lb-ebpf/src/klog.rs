@@ -11,16 +11,16 @@ use aya_ebpf::programs::XdpContext;
 use aya_log_ebpf::debug;
 
 use crate::{
-    maps::XLB_SCRATCH,
+    maps::scratch,
     parse::{self, Addr},
 };
 
 #[inline(never)]
 pub fn packet(ctx: &XdpContext) {
-    let Some(scratch) = XLB_SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = scratch() else {
         return;
     };
-    let pkt = unsafe { &mut (*scratch).pkt };
+    let pkt = &mut scratch.pkt;
     *pkt = parse::Packet::EMPTY;
     if parse::packet(ctx, pkt) != Ok(true) {
         debug!(ctx, "packet: not IP or malformed");

@@ -6,7 +6,7 @@
 #![no_std]
 #![no_main]
 #![feature(asm_experimental_arch)]
-// BPF_CMPXCHG for fullnat port claims (see balance::swap_claim).
+// BPF_CMPXCHG for fullnat port claims (see balance::ports::swap_claim).
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
@@ -105,27 +105,13 @@ pub fn xlb_balance(ctx: XdpContext) -> u32 {
 fn firewall(ctx: &XdpContext, cfg: &Config) -> (Decision, bool) {
     // Parsed into per-CPU scratch space, where the balancer finds it after the tail
     // call (same CPU, same packet): one parse per packet.
-    let Some(scratch) = maps::XLB_SCRATCH.get_ptr_mut(0) else {
-        return (
-            Decision {
-                verdict: Verdict::Pass,
-                reason: Reason::NonIp,
-                rule: 0,
-            },
-            false,
-        );
+    let Some(scratch) = maps::scratch() else {
+        return (Decision::NON_IP, false);
     };
-    let pkt = unsafe { &mut (*scratch).pkt };
+    let pkt = &mut scratch.pkt;
     match parse::packet(ctx, pkt) {
         Ok(true) => (filter::decide(pkt, cfg), true),
-        Ok(false) => (
-            Decision {
-                verdict: Verdict::Pass,
-                reason: Reason::NonIp,
-                rule: 0,
-            },
-            false,
-        ),
+        Ok(false) => (Decision::NON_IP, false),
         Err(reason) => (
             Decision {
                 verdict: action_verdict(cfg.malformed_action),

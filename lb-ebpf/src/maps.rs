@@ -104,23 +104,33 @@ pub static XLB_JUMP: ProgramArray = ProgramArray::with_max_entries(JUMP_SLOTS, 0
 #[map]
 pub static XLB_HANDOFF: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per-CPU scratch space for the balancer's larger values: the BPF stack is 512 bytes.
+/// Per-CPU scratch space for the larger values of a packet's run: the BPF stack is 512
+/// bytes. Reached only through `scratch()`.
 #[repr(C)]
 pub struct Scratch {
+    /// The parsed packet: written by the firewall, read by the balancer after the tail
+    /// call (one parse per packet); parsed again by the drop events and the kernel log.
     pub pkt: Packet,
+    /// A fragmented datagram's key (balance::frags).
     pub frag: FragKey,
+    /// The packet's flow (or an ICMP error's quoted flow), forward direction.
     pub key: FlowKey,
+    /// Another flow key of the moment: a reply entry's, a fullnat candidate's reply
+    /// tuple, the forward key found through a port slot.
     pub reply: FlowKey,
+    /// The forward flow being sent (a new one, a fragment's, an ICMP error's).
     pub flow: Flow,
+    /// The reply-direction flow being written or sent.
     pub back: Flow,
+    /// The FIB lookup's parameters (rewrite::route).
     pub fib: [u64; 8],
-    /// The next fullnat source port to try on this CPU (balance::claim_port), offset
-    /// from FULLNAT_PORT_MIN; 0 before the first claim.
+    /// The next fullnat source port to try on this CPU (balance::ports::claim_port),
+    /// offset from FULLNAT_PORT_MIN; 0 before the first claim.
     pub nat_cursor: u32,
     pub victim: Victim,
 }
 
-/// A new fullnat flow's fallback port while it tries others (balance::claim_port).
+/// A new fullnat flow's fallback port while it tries others (balance::ports::claim_port).
 #[repr(C)]
 pub struct Victim {
     pub word: u64,
@@ -130,4 +140,17 @@ pub struct Victim {
 }
 
 #[map]
-pub static XLB_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+static XLB_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's scratch space (None never happens for a loaded program: the verifier
+/// wants the check).
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: the pointer is this CPU's entry of a per-CPU array, valid as long as the
+    // program is loaded. An XDP program runs to completion on one CPU without being
+    // preempted, and its tail call stays on that CPU, so nothing else uses the entry
+    // meanwhile. Stages pass fields of it around by reference while later stages call
+    // this again: each writes only fields that no reference still in use points into
+    // (the field docs above say who uses what).
+    XLB_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}

@@ -1,33 +1,17 @@
 //! Stage 1: parse the headers into a small `Packet`, or say why the frame is malformed.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{Addr16, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, Reason};
+use lb_common::{
+    Addr16, FAMILY_V4, FAMILY_V6, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, Reason,
+    net::{
+        ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, ICMP_HLEN, IPPROTO_AH,
+        IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ICMP, IPPROTO_ICMPV6,
+        IPPROTO_ROUTING, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_HLEN, IPV6_HLEN, TCP_MIN_HLEN,
+        VLAN_HLEN,
+    },
+};
 
 use crate::bounds::{frame_len, load_addr16, ptr_at};
-
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_ICMPV6: u8 = 58;
-const IPPROTO_HOPOPTS: u8 = 0;
-const IPPROTO_ROUTING: u8 = 43;
-const IPPROTO_FRAGMENT: u8 = 44;
-const IPPROTO_AH: u8 = 51;
-const IPPROTO_DSTOPTS: u8 = 60;
-
-const ETH_HLEN: usize = 14;
-const VLAN_HLEN: usize = 4;
-const IPV4_MIN_HLEN: usize = 20;
-pub const IPV6_HLEN: usize = 40;
-const TCP_MIN_HLEN: usize = 20;
-/// ICMP and ICMPv6: type, code, checksum and the 4-byte rest of header (for the errors
-/// xlb forwards, the MTU); the quoted packet of an error follows.
-pub const ICMP_HLEN: usize = 8;
 
 #[repr(C)]
 struct EthHdr {
@@ -148,6 +132,26 @@ impl Packet {
         has_ports: false,
         has_l4: false,
     };
+
+    /// The family and both addresses in 16 bytes (network order, IPv4 in the first
+    /// word). None only for a mixed pair, which the parser never writes.
+    #[inline(always)]
+    pub fn addrs(&self) -> Option<(u8, Addr16, Addr16)> {
+        match (self.src, self.dst) {
+            (Addr::V4(s), Addr::V4(d)) => Some((
+                FAMILY_V4,
+                Addr16([s.to_be(), 0, 0, 0]),
+                Addr16([d.to_be(), 0, 0, 0]),
+            )),
+            (Addr::V6(s), Addr::V6(d)) => Some((FAMILY_V6, s, d)),
+            _ => None,
+        }
+    }
+
+    #[inline(always)]
+    pub fn is_v6(&self) -> bool {
+        matches!(self.src, Addr::V6(_))
+    }
 }
 
 /// Parses into `pkt` (per-CPU scratch space, where the balancer finds it after the
@@ -252,15 +256,15 @@ fn ipv6(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
-                let ext: *const Ipv6ExtHdr = ptr_at(ctx, off).ok_or(Reason::BadIpv6Ext)?;
-                let (n, len) = unsafe { ((*ext).next_header, (*ext).len as usize) };
+                let (n, len) = ext_header(ctx, off)?;
                 next = n;
+                // In 8-byte units, not counting the first 8.
                 off += (len + 1) * 8;
             }
             IPPROTO_AH => {
-                let ext: *const Ipv6ExtHdr = ptr_at(ctx, off).ok_or(Reason::BadIpv6Ext)?;
-                let (n, len) = unsafe { ((*ext).next_header, (*ext).len as usize) };
+                let (n, len) = ext_header(ctx, off)?;
                 next = n;
+                // In 4-byte units, not counting the first 8 (RFC 4302).
                 off += (len + 2) * 4;
             }
             IPPROTO_FRAGMENT => {
@@ -290,6 +294,13 @@ fn ipv6(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
     }
     // Still an extension header after the walk: too many to judge.
     Err(Reason::BadIpv6Ext)
+}
+
+/// The next header and the length field of the extension header at `off`.
+#[inline(always)]
+fn ext_header(ctx: &XdpContext, off: usize) -> Result<(u8, usize), Reason> {
+    let ext: *const Ipv6ExtHdr = ptr_at(ctx, off).ok_or(Reason::BadIpv6Ext)?;
+    Ok(unsafe { ((*ext).next_header, (*ext).len as usize) })
 }
 
 #[inline(always)]

@@ -7,12 +7,15 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
-use lb_common::{Addr16, Verdict};
+use lb_common::{
+    Addr16, Verdict,
+    net::{ICMP_ECHO_REPLY, ICMPV6_ECHO_REPLY, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
+};
 
 use crate::{
     bounds::{load, load_addr16, load_u16, load_w32, store, store_u16, store_w32},
-    maps::XLB_SCRATCH,
-    parse::{Addr, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Packet},
+    maps::scratch,
+    parse::{Addr, Packet},
 };
 
 const AF_INET: u8 = 2;
@@ -23,6 +26,17 @@ const AF_INET6: u8 = 10;
 pub enum End {
     Src,
     Dst,
+}
+
+/// Offset of the source or destination address of the IP header at `l3`.
+#[inline(always)]
+pub fn addr_off(l3: usize, v4: bool, end: End) -> usize {
+    match (v4, end) {
+        (true, End::Src) => l3 + 12,
+        (true, End::Dst) => l3 + 16,
+        (false, End::Src) => l3 + 8,
+        (false, End::Dst) => l3 + 24,
+    }
 }
 
 /// RFC 1624 incremental checksum updates: `delta` sums, over each replaced word, the
@@ -62,7 +76,7 @@ fn l4_check_off(ctx: &XdpContext, pkt: &Packet) -> Option<Option<usize>> {
         IPPROTO_UDP => {
             let off = pkt.l4_off + 6;
             let zero = load_u16(ctx, off)? == 0;
-            Some(if zero && matches!(pkt.src, Addr::V4(_)) {
+            Some(if zero && !pkt.is_v6() {
                 None
             } else {
                 Some(off)
@@ -133,14 +147,8 @@ pub fn set_addr_port(
     addr: &Addr16,
     port: Option<u16>,
 ) -> Option<()> {
-    let v4 = matches!(pkt.src, Addr::V4(_));
-    let off = match (v4, end) {
-        (true, End::Src) => pkt.l3_off + 12,
-        (true, End::Dst) => pkt.l3_off + 16,
-        (false, End::Src) => pkt.l3_off + 8,
-        (false, End::Dst) => pkt.l3_off + 24,
-    };
-    let d = put_addr(ctx, off, addr, v4)?;
+    let v4 = !pkt.is_v6();
+    let d = put_addr(ctx, addr_off(pkt.l3_off, v4, end), addr, v4)?;
     if v4 {
         fix_check(ctx, pkt.l3_off + 10, d, false)?;
     }
@@ -187,27 +195,26 @@ pub fn dec_ttl(ctx: &XdpContext, pkt: &Packet) -> Option<()> {
 /// checksum fixed, TTL reset. The caller swaps the MACs and transmits.
 #[inline(always)]
 pub fn echo_reply(ctx: &XdpContext, pkt: &Packet) -> Option<()> {
-    let (src_off, dst_off, reply) = match pkt.src {
-        Addr::V4(_) => (pkt.l3_off + 12, pkt.l3_off + 16, 0u8),
-        Addr::V6(_) => (pkt.l3_off + 8, pkt.l3_off + 24, 129u8),
+    let (v4, reply) = match pkt.src {
+        Addr::V4(_) => (true, ICMP_ECHO_REPLY),
+        Addr::V6(_) => (false, ICMPV6_ECHO_REPLY),
     };
-    match pkt.src {
-        Addr::V4(_) => {
-            let (s, d): ([u8; 4], [u8; 4]) = (load(ctx, src_off)?, load(ctx, dst_off)?);
-            store(ctx, src_off, d)?;
-            store(ctx, dst_off, s)?;
-            // Swapping addresses keeps every checksum; the TTL word changes.
-            let off = pkt.l3_off + 8;
-            let [_, proto]: [u8; 2] = load(ctx, off)?;
-            set_u16(ctx, off, pkt.l3_off + 10, u16::from_ne_bytes([64, proto]))?;
-        }
-        Addr::V6(_) => {
-            let (s, d) = (load_addr16(ctx, src_off)?, load_addr16(ctx, dst_off)?);
-            put_addr(ctx, src_off, &d, false)?;
-            put_addr(ctx, dst_off, &s, false)?;
-            let [next, _]: [u8; 2] = load(ctx, pkt.l3_off + 6)?;
-            store(ctx, pkt.l3_off + 6, [next, 64u8])?;
-        }
+    let src_off = addr_off(pkt.l3_off, v4, End::Src);
+    let dst_off = addr_off(pkt.l3_off, v4, End::Dst);
+    if v4 {
+        let (s, d): ([u8; 4], [u8; 4]) = (load(ctx, src_off)?, load(ctx, dst_off)?);
+        store(ctx, src_off, d)?;
+        store(ctx, dst_off, s)?;
+        // Swapping addresses keeps every checksum; the TTL word changes.
+        let off = pkt.l3_off + 8;
+        let [_, proto]: [u8; 2] = load(ctx, off)?;
+        set_u16(ctx, off, pkt.l3_off + 10, u16::from_ne_bytes([64, proto]))?;
+    } else {
+        let (s, d) = (load_addr16(ctx, src_off)?, load_addr16(ctx, dst_off)?);
+        put_addr(ctx, src_off, &d, false)?;
+        put_addr(ctx, dst_off, &s, false)?;
+        let [next, _]: [u8; 2] = load(ctx, pkt.l3_off + 6)?;
+        store(ctx, pkt.l3_off + 6, [next, 64u8])?;
     }
     let [_, code]: [u8; 2] = load(ctx, pkt.l4_off)?;
     set_u16(
@@ -240,10 +247,10 @@ pub struct Hop {
 pub fn route(ctx: &XdpContext, v6: bool, dst: &Addr16, hop: &mut Hop) -> bool {
     // The parameters live in per-CPU scratch space (the stack is small), zeroed with
     // eight 8-byte stores (core::mem::zeroed becomes a byte-wise memset loop).
-    let Some(scratch) = XLB_SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = scratch() else {
         return false;
     };
-    let raw_ptr = unsafe { (*scratch).fib.as_mut_ptr() };
+    let raw_ptr = scratch.fib.as_mut_ptr();
     let mut i = 0;
     while i < 8 {
         unsafe { core::ptr::write_volatile(raw_ptr.add(i), 0) };

@@ -26,6 +26,7 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, PerCpuArray, ProgramArray, lpm_trie::Key},
     programs::XdpContext,
 };
+use lb_common::net::{ETH_HLEN, ETH_P_IP, IPPROTO_UDP, IPV4_MIN_HLEN};
 
 /// [0] = fixed base address (network order), [1] = mask of random bits.
 #[map]
@@ -53,12 +54,12 @@ static BENCH_SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(256, 0);
 /// The header words `bench_tx_flows` restores: Ethernet, IPv4 and UDP (42 bytes).
 const HEADER_WORDS: usize = 6;
 /// Offset of the UDP header in an untagged IPv4 frame without options.
-const UDP_OFF: usize = 14 + 20;
+const UDP_OFF: usize = ETH_HLEN + IPV4_MIN_HLEN;
 /// The port the per-packet balancer flood is sent to (and forwarded to).
 const SINK_PORT: u16 = 9;
 
 /// Offset of the IPv4 source address in an untagged frame.
-const SRC_OFF: usize = 14 + 12;
+const SRC_OFF: usize = ETH_HLEN + 12;
 
 #[xdp]
 pub fn bench_floor(_ctx: XdpContext) -> u32 {
@@ -143,12 +144,16 @@ pub fn bench_sink(ctx: XdpContext) -> u32 {
     let (eth, vihl, proto, dport) = unsafe {
         (
             *((start + 12) as *const [u8; 2]),
-            *((start + 14) as *const u8),
-            *((start + 14 + 9) as *const u8),
+            *((start + ETH_HLEN) as *const u8),
+            *((start + ETH_HLEN + 9) as *const u8),
             *((start + UDP_OFF + 2) as *const [u8; 2]),
         )
     };
-    if eth != [0x08, 0x00] || vihl != 0x45 || proto != 17 || dport != SINK_PORT.to_be_bytes() {
+    if eth != ETH_P_IP.to_be_bytes()
+        || vihl != 0x45
+        || proto != IPPROTO_UDP
+        || dport != SINK_PORT.to_be_bytes()
+    {
         return xdp_action::XDP_PASS;
     }
     let last = unsafe { *((start + 5) as *const u8) };

@@ -1,0 +1,257 @@
+//! Client -> backend: a packet of a known flow goes to the flow's backend while it is
+//! still valid; a new flow is scheduled by the service's Maglev table (a new fullnat
+//! flow claims its source port first, in a BPF function of its own); then the packet
+//! is rewritten for the backend's next hop and counted.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::*;
+
+use super::{
+    NEEDS_PORT, NONE, NS_PER_SEC, flow_backend,
+    frags::remember_fragment,
+    hash_addr, idle_secs, pack,
+    ports::{claim_port, reply_intact},
+    reply_key,
+};
+use crate::{
+    bounds::{frame_len, load},
+    count,
+    maps::{XLB_BACKENDS, XLB_FLOWS, XLB_HOPS, XLB_MAGLEV, XLB_SNAT, scratch},
+    parse::Packet,
+    rewrite::{self, End},
+};
+
+/// The 5-tuple hash (or the source-only hash for `source` affinity).
+#[inline(always)]
+fn flow_hash(k: &FlowKey, source_only: bool) -> u32 {
+    let h = hash_addr(0x5bd1_e995, &k.src);
+    if source_only {
+        return h;
+    }
+    let h = hash_addr(h, &k.dst);
+    mix32(h ^ ((k.src_port as u32) << 16 | k.dst_port as u32) ^ ((k.proto as u32) << 8))
+}
+
+/// The backend a flow may keep: same generation, up, still in the service, not idle.
+#[inline(always)]
+fn still_valid(flow: &Flow, svc: &Service, proto: u8, now: u64) -> Option<Backend> {
+    let b = flow_backend(flow)?;
+    if b.flags & BACKEND_UP == 0 || b.service != svc.id {
+        return None;
+    }
+    let limit = idle_secs(svc, proto) as u64 * NS_PER_SEC;
+    if now.wrapping_sub(flow.seen_ns) > limit {
+        return None;
+    }
+    Some(*b)
+}
+
+/// A packet to service `svc`, of flow `key` (scratch.key): sent to its flow's backend,
+/// or scheduled as a new flow; NEEDS_PORT for a new fullnat flow (forward_fullnat
+/// goes on).
+#[inline(never)]
+pub(super) fn forward(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    svc: &Service,
+    key: &FlowKey,
+    now: u64,
+) -> u32 {
+    match forward_inner(ctx, pkt, svc, key, now) {
+        Some(out) => pack(Some(out)),
+        None => NEEDS_PORT,
+    }
+}
+
+#[inline(always)]
+fn forward_inner(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    svc: &Service,
+    key: &FlowKey,
+    now: u64,
+) -> Option<(Verdict, Reason)> {
+    let known = XLB_FLOWS.get_ptr_mut(key).and_then(|f| {
+        let f = unsafe { &mut *f };
+        let b = still_valid(f, svc, key.proto, now)?;
+        if f.direction != FLOW_FORWARD || f.mode != svc.mode {
+            return None;
+        }
+        // Refresh at most once a second: fewer writes to a shared cache line. A fullnat
+        // flow checks (and refreshes) its port's slot at the same pace.
+        if now.wrapping_sub(f.seen_ns) > NS_PER_SEC {
+            if f.mode == MODE_FULLNAT && !reply_intact(f, &b, key, now) {
+                return None;
+            }
+            f.seen_ns = now;
+        }
+        Some((f as *const Flow, b))
+    });
+    let new_flow = known.is_none();
+    let (flow, backend) = match known {
+        Some(kb) => kb,
+        None => match schedule(ctx, svc, key, now) {
+            Err(r) => return Some((Verdict::Drop, r)),
+            Ok(_) if svc.mode == MODE_FULLNAT => return None,
+            Ok(id) => match (XLB_BACKENDS.get(id), scratch()) {
+                (Some(b), Some(s)) => (&s.flow as *const Flow, *b),
+                _ => return Some((Verdict::Drop, Reason::NoBackend)),
+            },
+        },
+    };
+    Some(deliver(
+        ctx,
+        pkt,
+        unsafe { &*flow },
+        &backend,
+        new_flow,
+        now,
+    ))
+}
+
+/// A new fullnat flow, scheduled by forward (scratch.flow, for scratch.key): its
+/// source port is claimed, then its entry written and the packet sent.
+#[inline(never)]
+pub(super) fn forward_fullnat(ctx: &XdpContext, pkt: &Packet, svc: &Service, now: u64) -> u32 {
+    let Some(scratch) = scratch() else {
+        return NONE;
+    };
+    let Some(b) = XLB_BACKENDS.get(scratch.flow.backend) else {
+        return pack(Some((Verdict::Drop, Reason::NoBackend)));
+    };
+    let port = claim_port(svc, scratch.flow.backend, now);
+    if port == 0 {
+        return pack(Some((Verdict::Drop, Reason::NoPort)));
+    }
+    scratch.flow.nat_port = port as u16;
+    let _ = XLB_FLOWS.insert(&scratch.key, &scratch.flow, 0);
+    pack(Some(deliver(ctx, pkt, &scratch.flow, b, true, now)))
+}
+
+/// Sends a forward packet of `flow` to `backend` and counts it.
+#[inline(always)]
+fn deliver(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    flow: &Flow,
+    backend: &Backend,
+    new_flow: bool,
+    now: u64,
+) -> (Verdict, Reason) {
+    if pkt.fragment {
+        remember_fragment(pkt, flow);
+    }
+    let len = frame_len(ctx);
+    let out = send(ctx, pkt, flow, backend, now);
+    if out.1 == Reason::Balanced {
+        count::backend(flow.backend, len, new_flow);
+    }
+    out
+}
+
+/// Rewrites a forward packet of `f` for its backend `b` (nat: destination; fullnat:
+/// both ends) and sends it to the backend's next hop.
+#[inline(always)]
+pub(super) fn send(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    f: &Flow,
+    b: &Backend,
+    now: u64,
+) -> (Verdict, Reason) {
+    let Some(hop) = XLB_HOPS.get_ptr_mut(f.backend) else {
+        return (Verdict::Drop, Reason::NoRoute);
+    };
+    let hop = unsafe { &mut *hop };
+    if hop.generation != b.generation || now > hop.expires_ns {
+        let mut fresh = rewrite::Hop::default();
+        if !rewrite::route(ctx, b.family == FAMILY_V6, &b.addr, &mut fresh) {
+            return (Verdict::Drop, Reason::NoRoute);
+        }
+        hop.ifindex = fresh.ifindex;
+        hop.smac = fresh.smac;
+        hop.dmac = fresh.dmac;
+        hop.generation = b.generation;
+        hop.expires_ns = now + HOP_CACHE_NS;
+    }
+    if f.mode == MODE_NAT || f.mode == MODE_FULLNAT {
+        let port = if b.port != 0 {
+            Some(b.port.to_be())
+        } else {
+            None
+        };
+        if rewrite::set_addr_port(ctx, pkt, End::Dst, &b.addr, port).is_none() {
+            return (Verdict::Drop, Reason::BadL4);
+        }
+    }
+    if f.mode == MODE_FULLNAT {
+        let Some(snat) = XLB_SNAT.get(f.service) else {
+            return (Verdict::Drop, Reason::NoPort);
+        };
+        let port = Some(f.nat_port.to_be());
+        if rewrite::set_addr_port(ctx, pkt, End::Src, snat, port).is_none() {
+            return (Verdict::Drop, Reason::BadL4);
+        }
+    }
+    if f.mode != MODE_DSR && rewrite::dec_ttl(ctx, pkt).is_none() {
+        return (Verdict::Pass, Reason::NoRoute);
+    }
+    match rewrite::emit_to(ctx, hop.ifindex, &hop.smac, &hop.dmac) {
+        Some(v) => (v, Reason::Balanced),
+        None => (Verdict::Drop, Reason::BadL4),
+    }
+}
+
+/// A new flow: the Maglev table picks the backend, and the flow goes into the flow table
+/// (with a reply entry for nat to a shared endpoint; a fullnat flow's entry is written
+/// once it has a port, by forward_fullnat); its forward entry is left in scratch.
+/// Returns the backend id.
+#[inline(always)]
+fn schedule(ctx: &XdpContext, svc: &Service, key: &FlowKey, now: u64) -> Result<u32, Reason> {
+    if svc.table_size == 0 {
+        return Err(Reason::NoBackend);
+    }
+    let h = flow_hash(key, svc.flags & SVC_AFFINITY_SOURCE != 0);
+    let slot = svc.table_offset + h % svc.table_size;
+    let pair = XLB_MAGLEV.get(slot / 2).ok_or(Reason::NoBackend)?;
+    let id = pair[(slot % 2) as usize];
+    if id == 0 {
+        return Err(Reason::NoBackend);
+    }
+    let b = XLB_BACKENDS.get(id).ok_or(Reason::NoBackend)?;
+    if b.flags & BACKEND_UP == 0 {
+        return Err(Reason::NoBackend);
+    }
+    let scratch = scratch().ok_or(Reason::NoBackend)?;
+    scratch.flow = Flow {
+        backend: id,
+        generation: b.generation,
+        service: svc.id,
+        direction: FLOW_FORWARD,
+        mode: svc.mode,
+        vport: 0,
+        seen_ns: now,
+        mac: [0; 6],
+        nat_port: 0,
+        client: Addr16([0; 4]),
+    };
+    let owned = svc.mode == MODE_NAT && b.flags & BACKEND_OWNS_ENDPOINT != 0;
+    if svc.mode == MODE_FULLNAT || owned {
+        // Its replies find the flow through the forward entry (reply_by_port,
+        // reply_by_forward): the client's MAC goes there, and no reply entry is written.
+        scratch.flow.mac = load::<[u8; 6]>(ctx, 6).unwrap_or([0; 6]);
+    } else if svc.mode == MODE_NAT {
+        scratch.back = Flow {
+            direction: FLOW_REPLY,
+            mac: load::<[u8; 6]>(ctx, 6).unwrap_or([0; 6]),
+            vport: key.dst_port,
+            ..scratch.flow
+        };
+        scratch.reply = reply_key(b, key, &key.src, key.src_port);
+        let _ = XLB_FLOWS.insert(&scratch.reply, &scratch.back, 0);
+    }
+    if svc.mode != MODE_FULLNAT {
+        let _ = XLB_FLOWS.insert(key, &scratch.flow, 0);
+    }
+    Ok(id)
+}
