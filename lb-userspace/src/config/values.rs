@@ -94,7 +94,9 @@ pub(crate) fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::
     impl serde::de::Visitor<'_> for V {
         type Value = f64;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a duration, e.g. \"10s\" or \"500ms\" (or a number of seconds, e.g. 5 or 0.5)")
+            f.write_str(
+                "a duration, e.g. \"10s\" or \"500ms\" (or a number of seconds, e.g. 5 or 0.5)",
+            )
         }
         fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<f64, E> {
             Ok(v)

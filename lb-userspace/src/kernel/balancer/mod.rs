@@ -45,8 +45,8 @@ fn ip_of(a: &Addr16, family: u8) -> IpAddr {
 
 fn proto_number(p: Proto) -> u8 {
     match p {
-        Proto::Tcp => 6,
-        Proto::Udp => 17,
+        Proto::Tcp => IPPROTO_TCP,
+        Proto::Udp => IPPROTO_UDP,
     }
 }
 
@@ -65,7 +65,11 @@ fn echo_key(addr: &IpAddr) -> ServiceKey {
     ServiceKey {
         addr: a,
         port: 0,
-        proto: if family == FAMILY_V4 { 1 } else { 58 },
+        proto: if family == FAMILY_V4 {
+            IPPROTO_ICMP
+        } else {
+            IPPROTO_ICMPV6
+        },
         family,
     }
 }
@@ -194,8 +198,8 @@ impl Balancer {
                 continue;
             }
             let proto = match key.proto {
-                6 => Proto::Tcp,
-                17 => Proto::Udp,
+                IPPROTO_TCP => Proto::Tcp,
+                IPPROTO_UDP => Proto::Udp,
                 p => bail!("a running service has protocol {p}, which this build does not know"),
             };
             let mode = match svc.mode {
