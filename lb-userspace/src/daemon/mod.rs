@@ -307,6 +307,7 @@ async fn serve(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigusr1 = signal(SignalKind::user_defined1())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let connections = Arc::new(tokio::sync::Semaphore::new(cap));
     let mut accept_failed = fds::Throttled::new("the control socket");
@@ -348,6 +349,14 @@ async fn serve(
                 let running = running.clone();
                 // The reload logs its own outcome and records it for `xlb status`.
                 tokio::task::spawn_blocking(move || reload::reload(&running, "sighup", false));
+            }
+            _ = sigusr1.recv() => {
+                // After an external rotation of the access log: reopen it.
+                let _ = locked(running, "reopening the logs", |r| {
+                    if let Some(h) = &r.https {
+                        h.proxy.reopen_logs();
+                    }
+                });
             }
             _ = sigint.recv() => return Ok(()),
             _ = sigterm.recv() => return Ok(()),

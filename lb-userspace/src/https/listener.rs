@@ -24,7 +24,7 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
-use super::{HttpsProxy, proxy};
+use super::{HttpsProxy, access, proxy};
 use crate::{
     config::https::secs,
     metrics::{HTTPS_SERVICE, global},
@@ -89,15 +89,22 @@ impl HttpsProxy {
         self.stats.handshakes.fetch_add(1, Ordering::Relaxed);
         metrics.handshake(HTTPS_SERVICE, Ok(()));
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let conn = Arc::new(access::Conn::of(peer, tls.get_ref().1));
         let me = self.clone();
         let client = Arc::new(proxy::Client::new(peer));
         let service = service_fn(move |req| {
-            let (me, client) = (me.clone(), client.clone());
+            let (me, client, conn) = (me.clone(), client.clone(), conn.clone());
             async move {
                 let started = std::time::Instant::now();
-                let resp = proxy::handle(me.site(), &me.stats, req, &client).await;
+                let log = me.access_log();
+                let pending = log.as_ref().map(|_| access::Pending::start(&req));
+                let (resp, trace) = proxy::handle(me.site(), &me.stats, req, &client).await;
                 me.requests
                     .request(resp.status().as_u16(), started.elapsed());
+                let resp = match (log, pending) {
+                    (Some(log), Some(p)) => access::wrap(resp, p, trace, conn, log),
+                    _ => resp,
+                };
                 Ok::<_, Infallible>(resp)
             }
         });

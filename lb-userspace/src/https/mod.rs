@@ -16,6 +16,7 @@
 //! [`HttpsProxy`] holds one configuration's state; [`HttpsProxy::reload`] replaces it
 //! whole or not at all, without touching open connections.
 
+pub mod access;
 pub mod certs;
 pub mod checks;
 pub mod listener;
@@ -53,6 +54,7 @@ use crate::{
     metrics::{HTTPS_SERVICE, HttpsRequests, global},
 };
 
+use access::AccessLog;
 use certs::{SniResolver, fingerprint};
 use checks::PoolChecks;
 use proxy::Site;
@@ -74,6 +76,10 @@ pub struct HttpsProxy {
     pub stats: Arc<Stats>,
     /// The requests' series in the daemon's metrics.
     requests: HttpsRequests,
+    /// The access log, while the proxy serves with one configured.
+    access: RwLock<Option<Arc<AccessLog>>>,
+    /// Whether `serve` runs (the access log is opened by it, not by a check).
+    serving: std::sync::atomic::AtomicBool,
 }
 
 fn server_config(
@@ -110,7 +116,34 @@ impl HttpsProxy {
             checks: Mutex::new(None),
             stats: Arc::new(Stats::default()),
             requests: global().https.requests_of(HTTPS_SERVICE),
+            access: RwLock::new(None),
+            serving: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// The access log in use, if any.
+    fn access_log(&self) -> Option<Arc<AccessLog>> {
+        self.access
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Opens the access log `cfg` asks for (none: closes it), while serving.
+    fn open_access_log(&self, cfg: &HttpsConfig) -> Result<()> {
+        let log = match &cfg.access_log {
+            Some(a) if self.serving.load(Ordering::Relaxed) => Some(AccessLog::start(a)?),
+            _ => None,
+        };
+        *self.access.write().unwrap_or_else(|e| e.into_inner()) = log;
+        Ok(())
+    }
+
+    /// Reopens the access log file (SIGUSR1, after an external rotation moved it).
+    pub fn reopen_logs(&self) {
+        if let Some(log) = self.access_log() {
+            log.reopen();
+        }
     }
 
     fn site(&self) -> Arc<Site> {
@@ -163,6 +196,9 @@ impl HttpsProxy {
         }
         let store = CertStore::load(&cfg, &self.provider)?;
         let site = Site::new(&cfg, self.provider.clone(), Some(&self.site()))?;
+        if cfg.access_log != old.access_log {
+            self.open_access_log(&cfg)?;
+        }
         self.resolver.replace(store);
         *self.site.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(site);
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = cfg;
@@ -228,6 +264,9 @@ impl HttpsProxy {
     /// are checked for changes every `cert_check_interval` seconds.
     pub async fn serve(self: Arc<Self>, shutdown: impl Future<Output = ()>) -> Result<()> {
         let cfg = self.config();
+        self.serving.store(true, Ordering::Relaxed);
+        self.open_access_log(&cfg)
+            .context("the https service's access log")?;
         let mut tasks = JoinSet::new();
         let conns = Arc::new(Semaphore::new(cfg.limits.max_connections));
         for addr in &cfg.listen {

@@ -8,8 +8,12 @@ use std::{
     error::Error as StdError,
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, atomic::Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
+    time::{Duration, Instant},
 };
 
 use anyhow::Result;
@@ -355,6 +359,38 @@ impl Body for Tracked {
     }
 }
 
+/// The client's request body on its way to the backend, counted.
+struct Counted {
+    inner: Incoming,
+    bytes: Arc<AtomicU64>,
+}
+
+impl Body for Counted {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &r
+            && let Some(d) = f.data_ref()
+        {
+            self.bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 fn idempotent(m: &Method) -> bool {
     matches!(
         *m,
@@ -362,24 +398,39 @@ fn idempotent(m: &Method) -> bool {
     )
 }
 
+/// What the access log needs to know of how a request was served.
+#[derive(Debug, Default)]
+pub struct Trace {
+    /// The pool the route chose.
+    pub pool: Option<String>,
+    /// The backend that answered, and how long from sending to its response head.
+    pub upstream: Option<SocketAddr>,
+    pub upstream_time: Option<Duration>,
+    /// Other backends tried before the one that answered.
+    pub retries: u32,
+    /// Bytes of the request body read from the client so far.
+    pub bytes_in: Arc<AtomicU64>,
+}
+
 /// Serves one request: route, forward (retrying on another backend when nothing was
-/// sent, or when the request is idempotent and has no body), answer.
+/// sent, or when the request is idempotent and has no body), answer; and how.
 pub async fn handle(
     site: Arc<Site>,
     stats: &Stats,
     req: Request<Incoming>,
     client: &Client,
-) -> Response<ProxyBody> {
+) -> (Response<ProxyBody>, Trace) {
     stats.requests.fetch_add(1, Ordering::Relaxed);
+    let mut trace = Trace::default();
     // Boxed: the forwarding state is large, and h2 moves each stream's future into a
     // task of its own.
-    let mut resp = Box::pin(forward(&site, stats, req, client)).await;
+    let mut resp = Box::pin(forward(&site, stats, req, client, &mut trace)).await;
     stats.count_status(resp.status());
     if let Some(h) = &site.hsts {
         resp.headers_mut()
             .insert(header::STRICT_TRANSPORT_SECURITY, h.clone());
     }
-    resp
+    (resp, trace)
 }
 
 async fn forward(
@@ -387,6 +438,7 @@ async fn forward(
     stats: &Stats,
     req: Request<Incoming>,
     client: &Client,
+    trace: &mut Trace,
 ) -> Response<ProxyBody> {
     let limits = &site.limits;
     let Some((auth, host_value)) = request_host(&req) else {
@@ -398,6 +450,7 @@ async fn forward(
             "not found: no route for this host and path",
         );
     };
+    trace.pool = Some(pool.name.clone());
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -413,7 +466,11 @@ async fn forward(
     let body: ProxyBody = if body.is_end_stream() {
         empty()
     } else {
-        Limited::new(body, limits.max_body_bytes as usize).boxed_unsync()
+        let counted = Counted {
+            inner: body,
+            bytes: trace.bytes_in.clone(),
+        };
+        Limited::new(counted, limits.max_body_bytes as usize).boxed_unsync()
     };
     // Kept for a replay only when one is allowed.
     let replay = replayable.then(|| head.clone());
@@ -428,6 +485,7 @@ async fn forward(
         if n > 0 {
             stats.retries.fetch_add(1, Ordering::Relaxed);
         }
+        trace.retries = n as u32;
         tried[n] = i;
         let (mut flight, mut conn) = match pool.start(i, stats).await {
             Ok(x) => x,
@@ -442,6 +500,7 @@ async fn forward(
             }
         };
         let Some(req) = pending.take() else { break };
+        let sending = Instant::now();
         let sent = tokio::time::timeout(secs(limits.response_timeout), conn.try_send_request(req));
         match sent.await {
             Err(_) => {
@@ -452,6 +511,8 @@ async fn forward(
                 );
             }
             Ok(Ok(resp)) => {
+                trace.upstream = Some(flight.backend.addr);
+                trace.upstream_time = Some(sending.elapsed());
                 pool.give_back(&mut flight, conn);
                 return response(resp, flight);
             }

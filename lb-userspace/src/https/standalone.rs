@@ -17,6 +17,13 @@ pub async fn run_proxy(path: PathBuf) -> Result<()> {
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut usr1 = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
+    let reopener = proxy.clone();
+    tokio::spawn(async move {
+        while usr1.recv().await.is_some() {
+            reopener.reopen_logs();
+        }
+    });
     let reloader = proxy.clone();
     tokio::spawn(async move {
         while hup.recv().await.is_some() {

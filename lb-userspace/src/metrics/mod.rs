@@ -140,6 +140,7 @@ pub struct Metrics {
     map_errors: Family<Labels, Counter>,
     drop_events: Family<Labels, Counter>,
     kernel_log: Counter,
+    access_log_dropped: Counter,
     scrapes: Counter,
     scrape_seconds: FGauge,
     /// The https service's families.
@@ -186,6 +187,7 @@ impl Metrics {
             map_errors: Family::default(),
             drop_events: Family::default(),
             kernel_log: Counter::default(),
+            access_log_dropped: Counter::default(),
             scrapes: Counter::default(),
             scrape_seconds: FGauge::default(),
             health: Mutex::new(HashMap::new()),
@@ -228,6 +230,11 @@ impl Metrics {
             "kernel_log_records",
             "Kernel debug log records (aya-log) received",
             m.kernel_log.clone(),
+        );
+        reg.register(
+            "access_log_dropped",
+            "https access log records dropped: the writer was behind, or its file or syslog could not be written",
+            m.access_log_dropped.clone(),
         );
         reg.register("scrapes", "Scrapes of /metrics served", m.scrapes.clone());
         reg.register(
@@ -338,6 +345,11 @@ impl Metrics {
 
     pub fn kernel_log_record(&self) {
         self.kernel_log.inc();
+    }
+
+    /// An access log record that was not written.
+    pub fn access_log_dropped(&self) {
+        self.access_log_dropped.inc();
     }
 
     /// The whole exposition in OpenMetrics text: the daemon's families and the kernel's
