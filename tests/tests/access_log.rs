@@ -192,4 +192,17 @@ fn syslog_gets_rfc5424_and_bad_paths_are_refused() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs a path"));
+    // Only `xlb run` has an exporter: `xlb proxy` refuses a log that would go nowhere.
+    let bad = config(&net, "to = \"otlp\"\n");
+    let out = Command::new(xlb_bin())
+        .args(["proxy", "--check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("needs xlb run with an [export] table"),
+        "{err}"
+    );
 }

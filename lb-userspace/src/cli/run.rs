@@ -10,7 +10,7 @@ use super::{Ctx, LogFormat, MetricsAddr, exit, format::or_none};
 use crate::{
     api::{self, Request, reply::Stopping},
     config::{
-        Config, HttpsConfig,
+        Config,
         files::{self, Existing},
     },
     daemon::{self, RunOptions, monitor::MonitorOptions},
@@ -67,7 +67,7 @@ pub fn run(a: RunArgs, socket: PathBuf) -> Result<()> {
 /// `xlb proxy`: the https service of a file, or with `check` only its validation.
 pub fn proxy(config: PathBuf, check: bool, log_format: LogFormat) -> Result<()> {
     if check {
-        let cfg = HttpsConfig::load(&config)?;
+        let cfg = https::standalone::load(&config)?;
         HttpsProxy::new(cfg)?;
         println!("{}: ok", config.display());
         return Ok(());
@@ -267,12 +267,20 @@ pub(super) fn init_logging(format: LogFormat, kernel: KernelLog) {
     {
         filter = filter.add_directive(d);
     }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::{Layer, layer::SubscriberExt, util::SubscriberInitExt};
+    let print = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let print = match format {
+        LogFormat::Text => print.boxed(),
+        LogFormat::Json => print.json().boxed(),
+    };
+    // The filter applies to both: what is not printed is not exported either.
+    tracing_subscriber::registry()
+        .with(
+            print
+                .and_then(crate::metrics::export::Layer)
+                .with_filter(filter),
+        )
+        .init();
 }

@@ -57,7 +57,8 @@ pub struct HttpsConfig {
     pub pools: Vec<PoolConfig>,
     #[serde(default)]
     pub limits: Limits,
-    /// One record per request, to a file, stdout or syslog (none: no access log).
+    /// One record per request, to a file, stdout, syslog or only the exporter (none: no
+    /// access log).
     #[serde(default)]
     pub access_log: Option<AccessLogConfig>,
 }
@@ -66,13 +67,15 @@ pub struct HttpsConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(
     rename_all = "lowercase",
-    expecting = "\"file\", \"stdout\" or \"syslog\""
+    expecting = "\"file\", \"stdout\", \"syslog\" or \"otlp\""
 )]
 pub enum AccessLogTarget {
     #[default]
     File,
     Stdout,
     Syslog,
+    /// Only to the log exporter (`[export]`, which must list the access stream).
+    Otlp,
 }
 
 /// `[tls.access_log]`: JSON lines, one per request.
@@ -83,7 +86,8 @@ pub enum AccessLogTarget {
     expecting = "a [tls.access_log] table: to, path, max_size, keep, syslog, facility"
 )]
 pub struct AccessLogConfig {
-    /// file (`path`), stdout, or syslog (`syslog`, RFC 5424).
+    /// file (`path`), stdout, syslog (`syslog`, RFC 5424) or otlp (only `[export]`;
+    /// an exported access stream gets every record whatever this says).
     pub to: AccessLogTarget,
     /// The file (relative: to the configuration's directory).
     pub path: Option<PathBuf>,
@@ -156,7 +160,7 @@ impl AccessLogConfig {
                     );
                 }
             }
-            AccessLogTarget::Stdout => {}
+            AccessLogTarget::Stdout | AccessLogTarget::Otlp => {}
         }
         ensure!(self.keep >= 1, "keep must be at least 1");
         ensure!(

@@ -8,6 +8,7 @@
 //! written, `values` the value kinds, `report` the errors; `plan` is what a reload
 //! applies.
 
+pub mod export;
 pub mod files;
 pub mod firewall;
 pub mod health;
@@ -85,6 +86,8 @@ pub struct Config {
     pub metrics: Option<MetricsListen>,
     /// How long a backend removed from a service keeps its established flows.
     pub drain_timeout: Duration,
+    /// `[export]`: logs sent over OTLP/HTTP (None: not in the file).
+    pub export: Option<export::ExportConfig>,
 }
 
 impl Config {
@@ -127,6 +130,21 @@ impl Config {
             Some(t) => https::section(&mut r, t, dir, &services.https),
         };
         let metrics = raw.metrics.and_then(|m| metrics(&mut r, m));
+        let export = raw.export.as_ref().and_then(|e| export::section(&mut r, e));
+        let to_exporter = https
+            .as_ref()
+            .and_then(|h| h.access_log.as_ref())
+            .is_some_and(|a| a.to == https::AccessLogTarget::Otlp);
+        let exports_access = export
+            .as_ref()
+            .is_some_and(|e| e.streams.contains(&export::Stream::Access));
+        if to_exporter && !exports_access && (raw.export.is_none() || export.is_some()) {
+            r.at(
+                report::locate(src, 0, "'otlp'"),
+                "tls.access_log.to",
+                "to = \"otlp\" needs an [export] whose streams include \"access\"",
+            );
+        }
         r.finish()?;
         Ok(Config {
             path: path.to_path_buf(),
@@ -136,6 +154,7 @@ impl Config {
             health: services.health,
             https,
             metrics,
+            export,
             drain_timeout,
         })
     }

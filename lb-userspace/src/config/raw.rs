@@ -25,6 +25,7 @@ pub(crate) struct RawConfig {
     pub(crate) service: Vec<Spanned<RawService>>,
     pub(crate) tls: Option<Spanned<HttpsConfig>>,
     pub(crate) metrics: Option<RawMetrics>,
+    pub(crate) export: Option<super::export::RawExport>,
 }
 
 #[derive(Deserialize)]

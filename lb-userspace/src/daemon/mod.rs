@@ -44,6 +44,7 @@ use crate::{
     health,
     https::HttpsProxy,
     kernel::{Adoption, Datapath, check_bpffs, object},
+    metrics,
     model::{
         desired::Desired,
         drain::DEFAULT_DRAIN,
@@ -208,6 +209,13 @@ async fn start_datapath(
 pub async fn run(opts: RunOptions) -> Result<()> {
     // Everything is validated before anything changes.
     let mut checked = check(&opts)?;
+    // The exporter first, so that it carries the start's own lines.
+    if let Some(e) = checked.config.as_ref().and_then(|c| c.export.as_ref()) {
+        let rt = tokio::runtime::Handle::current();
+        metrics::export::start(e, &rt).context("[export]")?;
+        let streams: Vec<_> = e.streams.iter().map(|s| s.name()).collect();
+        info!(endpoint = %e.endpoint, ?streams, "exporting logs over OTLP/HTTP");
+    }
     let caps = fds::raise_limit(
         checked
             .https

@@ -210,6 +210,10 @@ impl Running {
                     .map_or("nothing (off)".to_string(), |a| a.to_string())
             );
         }
+        let running_export = self.config.as_ref().and_then(|c| c.export.as_ref());
+        if running_export != cfg.export.as_ref() {
+            bail!("[export] changes only at a restart of xlb");
+        }
         let https = self.prepare_https(cfg.https.as_ref())?;
         // Interfaces first (new ones attached, changed modes re-attached), so a refusal
         // there leaves the state untouched; the ones the file dropped go last.

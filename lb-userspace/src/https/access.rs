@@ -30,12 +30,15 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use serde::Serialize;
-use tracing::warn;
+use tracing::{Level, warn};
 
 use super::{BoxError, ProxyBody, proxy::Trace};
 use crate::{
-    config::https::{AccessLogConfig, AccessLogTarget},
-    metrics::global,
+    config::{
+        export::Stream,
+        https::{AccessLogConfig, AccessLogTarget},
+    },
+    metrics::{export, global},
 };
 
 /// Records waiting for the writer at most; more are dropped (and counted).
@@ -65,6 +68,24 @@ pub struct Record {
     pub upstream_ms: Option<f64>,
     /// Other backends tried before the one that answered.
     pub retries: u32,
+}
+
+impl Record {
+    /// The fields a log service indexes, as the exporter's attributes (the body is the
+    /// whole record).
+    fn attributes(&self) -> Vec<(String, String)> {
+        let mut a = vec![
+            ("client.address".into(), self.client.clone()),
+            ("http.request.method".into(), self.method.clone()),
+            ("http.response.status_code".into(), self.status.to_string()),
+            ("url.path".into(), self.path.clone()),
+            ("server.address".into(), self.host.clone()),
+        ];
+        if let Some(u) = &self.upstream {
+            a.push(("xlb.upstream".into(), u.clone()));
+        }
+        a
+    }
 }
 
 /// The running access log.
@@ -305,6 +326,8 @@ enum Sink {
     },
     Stdout,
     Syslog(Syslog),
+    /// Nothing here: the records go only to the exporter.
+    Exported,
 }
 
 /// A syslog destination: a unix datagram socket (`/dev/log`) or a UDP collector.
@@ -326,6 +349,7 @@ impl Sink {
                 Sink::File { out, path, size }
             }
             AccessLogTarget::Syslog => Sink::Syslog(Syslog::open(&cfg.syslog)?),
+            AccessLogTarget::Otlp => Sink::Exported,
         })
     }
 }
@@ -404,7 +428,11 @@ impl Writer {
             self.reopen_file();
         }
         let json = serde_json::to_string(r).unwrap_or_default();
+        if export::enabled(Stream::Access) {
+            export::record(Stream::Access, Level::INFO, json.clone(), r.attributes());
+        }
         let res = match &mut self.sink {
+            Sink::Exported => Ok(()),
             Sink::Stdout => {
                 let mut out = std::io::stdout().lock();
                 writeln!(out, "{json}").and_then(|_| out.flush())

@@ -16,6 +16,7 @@
 //! backends are bounded by the configuration (MAX_SERVICES, MAX_BACKENDS).
 
 pub mod events;
+pub mod export;
 pub mod http;
 pub mod https;
 pub mod kernel_log;
@@ -141,6 +142,8 @@ pub struct Metrics {
     drop_events: Family<Labels, Counter>,
     kernel_log: Counter,
     access_log_dropped: Counter,
+    exported: Family<Labels, Counter>,
+    export_dropped: Family<Labels, Counter>,
     scrapes: Counter,
     scrape_seconds: FGauge,
     /// The https service's families.
@@ -188,6 +191,8 @@ impl Metrics {
             drop_events: Family::default(),
             kernel_log: Counter::default(),
             access_log_dropped: Counter::default(),
+            exported: Family::default(),
+            export_dropped: Family::default(),
             scrapes: Counter::default(),
             scrape_seconds: FGauge::default(),
             health: Mutex::new(HashMap::new()),
@@ -235,6 +240,16 @@ impl Metrics {
             "access_log_dropped",
             "https access log records dropped: the writer was behind, or its file or syslog could not be written",
             m.access_log_dropped.clone(),
+        );
+        reg.register(
+            "export_records",
+            "Log records sent over OTLP ([export]), by stream (access, drops, daemon, flows)",
+            m.exported.clone(),
+        );
+        reg.register(
+            "export_dropped",
+            "Log records not sent over OTLP, by stream and reason (queue_full: the queue was full; collector: it failed every try)",
+            m.export_dropped.clone(),
         );
         reg.register("scrapes", "Scrapes of /metrics served", m.scrapes.clone());
         reg.register(
@@ -345,6 +360,23 @@ impl Metrics {
 
     pub fn kernel_log_record(&self) {
         self.kernel_log.inc();
+    }
+
+    /// A log record sent over OTLP.
+    pub fn exported(&self, stream: &str) {
+        self.exported
+            .get_or_create(&vec![("stream", stream.to_string())])
+            .inc();
+    }
+
+    /// `n` log records of `stream` not sent over OTLP, and why.
+    pub fn export_dropped(&self, stream: &str, reason: &str, n: u64) {
+        self.export_dropped
+            .get_or_create(&vec![
+                ("stream", stream.to_string()),
+                ("reason", reason.to_string()),
+            ])
+            .inc_by(n);
     }
 
     /// An access log record that was not written.
