@@ -7,7 +7,7 @@
 
 use std::{
     collections::HashSet,
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr},
     ops::Range,
     path::{Path, PathBuf},
     sync::Arc,
@@ -647,6 +647,12 @@ impl PoolConfig {
         for b in &self.backends {
             ensure!(seen.insert(b), "backend {b} is listed twice");
             ensure!(b.port() != 0, "backend {b} has port 0");
+            // Loopback is a fine upstream for a user-space proxy; these never are.
+            let ip = b.ip();
+            ensure!(
+                !ip.is_unspecified() && !ip.is_multicast() && ip != Ipv4Addr::BROADCAST,
+                "backend {b} is not a host address (unspecified, multicast or broadcast)"
+            );
         }
         if self.upstream_tls {
             ensure!(
@@ -824,6 +830,17 @@ header_read_timeout = 5
     #[test]
     fn bad_configs_are_refused_with_a_reason() {
         refused(|s| s.replace("balance =", "balanse ="), "unknown field");
+        for bad in [
+            "0.0.0.0:8080",
+            "224.0.0.1:8080",
+            "255.255.255.255:8080",
+            "[::]:8080",
+        ] {
+            refused(
+                |s| s.replace("203.0.113.21:8443", bad),
+                "is not a host address",
+            );
+        }
         refused(
             |s| s.replace("pool = \"web\"", "pool = \"nope\""),
             "not defined",

@@ -363,8 +363,12 @@ fn parse_saved(text: &str) -> Result<(Policies, BTreeMap<Match, Action>)> {
 
 /// A fullnat source address as the CLI gives it.
 fn parse_snat(a: &str) -> Result<IpAddr> {
-    a.parse()
-        .map_err(|_| anyhow!("'{a}' is not an address (expected e.g. 203.0.113.1 or 2001:db8::1)"))
+    a.parse().map_err(|_| {
+        anyhow!(
+            "'{}' is not an address (expected e.g. 203.0.113.1 or 2001:db8::1)",
+            crate::model::text::shown(a)
+        )
+    })
 }
 
 /// `services` with the service `conf` replaced by `next` (its settings; its backends

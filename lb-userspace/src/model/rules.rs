@@ -167,7 +167,8 @@ impl FromStr for Prefix {
                 Ok(n) => n as u8,
                 Err(NumberError::NotDigits) => {
                     return Err(bad(&format!(
-                        "the length '{l}' is not a number: write 0 to {max} in digits"
+                        "the length '{}' is not a number: write 0 to {max} in digits",
+                        shown(l)
                     )));
                 }
                 Err(NumberError::OutOfRange) => {
@@ -302,7 +303,8 @@ impl FromStr for PortSpec {
             match text::number(p, MIN_PORT as u64..=MAX_PORT as u64) {
                 Ok(n) => Ok(n as u16),
                 Err(NumberError::NotDigits) => Err(bad(&format!(
-                    "'{p}' is not a port: write {MIN_PORT}-{MAX_PORT} in digits"
+                    "'{}' is not a port: write {MIN_PORT}-{MAX_PORT} in digits",
+                    shown(p)
                 ))),
                 Err(NumberError::OutOfRange) => {
                     Err(bad(&format!("port {p} is outside {MIN_PORT}-{MAX_PORT}")))

@@ -273,7 +273,8 @@ fn port(p: &str, star: bool) -> Result<u16, String> {
     match text::number(p, MIN_PORT as u64..=MAX_PORT as u64) {
         Ok(n) => Ok(n as u16),
         Err(NumberError::NotDigits) => Err(format!(
-            "'{p}' is not a port: write {MIN_PORT}-{MAX_PORT} in digits{or_star}"
+            "'{}' is not a port: write {MIN_PORT}-{MAX_PORT} in digits{or_star}",
+            shown(p)
         )),
         Err(NumberError::OutOfRange) if p.bytes().all(|b| b == b'0') => Err(if star {
             "port 0 is not a port: use * for every port".to_string()

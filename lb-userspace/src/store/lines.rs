@@ -34,6 +34,7 @@ use crate::{
             BackendAddr, DEFAULT_TCP_IDLE, DEFAULT_UDP_IDLE, ServiceConf, ServiceError, Services,
             Vip, parse_idle, parse_weight,
         },
+        text::shown,
         weights::Flags,
     },
 };
@@ -131,7 +132,7 @@ pub fn service_lines(svc: &ServiceConf) -> Vec<String> {
 /// Reads one `service`, `check` or `backend` line into `services`.
 pub fn parse_service_line(services: &mut Services, line: &str) -> Result<(), ServiceError> {
     let words: Vec<&str> = line.split_whitespace().collect();
-    let bad = || ServiceError::Invalid(format!("cannot read '{line}'"));
+    let bad = || ServiceError::Invalid(format!("cannot read '{}'", shown(line)));
     match words.as_slice() {
         ["service", vip, mode, opts @ ..] => {
             let (mut affinity, mut echo, mut tcp, mut udp) = (false, true, None, None);
@@ -282,7 +283,7 @@ impl Parser {
         let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
         let rest = rest.trim();
         if matches!(word, "default" | "malformed") && !self.policies.insert(word.to_string()) {
-            bail!("a second '{word}' line");
+            bail!("a second '{}' line", shown(word));
         }
         let st = &mut self.st;
         match word {
@@ -297,7 +298,7 @@ impl Parser {
             "backup" => flag_once(&mut st.backups, parse_flag(&st.services, rest)?, "backup")?,
             "drained" => flag_once(&mut st.drained, parse_flag(&st.services, rest)?, "drained")?,
             "base" => parse_base(&mut st.base, rest)?,
-            _ => bail!("unknown keyword '{word}'"),
+            _ => bail!("unknown keyword '{}'", shown(word)),
         }
         Ok(())
     }
@@ -339,7 +340,7 @@ fn parse_rule_with_id(rules: &mut RuleSet, rest: &str) -> Result<()> {
     let id = parse_id(id).map_err(anyhow::Error::msg)?;
     let (matches, action) = parse_rule(rule).map_err(damaged)?;
     if rules.get(&matches).is_some() {
-        bail!("duplicate rule '{rule}'");
+        bail!("duplicate rule '{}'", shown(rule));
     }
     rules.insert_with_id(Rule {
         id,
@@ -380,7 +381,7 @@ fn parse_base(base: &mut Projection, line: &str) -> Result<()> {
         _ => {
             let (m, a) = parse_rule(line).map_err(damaged)?;
             if base.rules.insert(m, a).is_some() {
-                bail!("duplicate base rule '{line}'");
+                bail!("duplicate base rule '{}'", shown(line));
             }
         }
     }
