@@ -148,6 +148,17 @@ pub struct Flow {
     pub nat_port: u16,
     /// fullnat reply: the client's address.
     pub client: Addr16,
+    /// bpf_ktime_get_coarse_ns when the flow was scheduled: with the tuple, which flow
+    /// this is (a tuple rescheduled after idling out is a new flow).
+    pub first_ns: u64,
+    /// Flow records (`Config::flow_records`): this entry's packets and IP bytes since it
+    /// was made, and those of the flow's replies when they find it here (fullnat, and
+    /// nat to an owned endpoint; a nat reply entry counts its own). Added atomically;
+    /// later fragments are not counted.
+    pub packets: u64,
+    pub bytes: u64,
+    pub rev_packets: u64,
+    pub rev_bytes: u64,
 }
 
 /// A fullnat flow's source port: slot `port` of the MAP_NAT_PORTS block that the rest

@@ -26,6 +26,9 @@ pub struct Config {
     /// Kernel debug logging through aya-log: LOG_OFF (the log calls are skipped) up to
     /// LOG_TRACE.
     pub log_level: u32,
+    /// Flow records: 1 counts packets and bytes into flow-table entries (the daemon
+    /// reads them); 0 skips it (one branch a packet).
+    pub flow_records: u32,
 }
 
 /// `Config::log_level` values (aya-log's levels; a record is written when its level is

@@ -1,8 +1,15 @@
 //! Stage 3: count. Per-CPU, so the fast path never shares a cache line.
 
-use lb_common::{BackendStats, Counter, Reason, Verdict, counter_index};
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use crate::maps::{XLB_BACKEND_STATS, XLB_COUNTERS, XLB_RULE_HITS};
+use aya_ebpf::programs::XdpContext;
+use lb_common::{BackendStats, Counter, Flow, Reason, Verdict, counter_index};
+
+use crate::{
+    bounds::frame_len,
+    maps::{XLB_BACKEND_STATS, XLB_CONFIG, XLB_COUNTERS, XLB_RULE_HITS},
+    parse::Packet,
+};
 
 #[inline(always)]
 pub fn packet(reason: Reason, verdict: Verdict, bytes: usize, rule: u32) {
@@ -34,5 +41,30 @@ pub fn backend(id: u32, bytes: usize, new_flow: bool) {
         if new_flow {
             s.new_flows += 1;
         }
+    }
+}
+
+/// A packet's IP bytes (what flow records count: the frame less its link header).
+#[inline(always)]
+pub fn ip_len(ctx: &XdpContext, pkt: &Packet) -> u64 {
+    frame_len(ctx).saturating_sub(pkt.l3_off) as u64
+}
+
+/// Flow records, when they are on (`Config::flow_records`): one more packet of `len`
+/// bytes on a flow-table entry's forward or reply counters. Atomic adds, not per-CPU
+/// counters: an entry is shared, and the daemon reads one number per entry.
+#[inline(always)]
+pub fn flow(f: *mut Flow, len: u64, reply: bool) {
+    if !XLB_CONFIG.get(0).is_some_and(|c| c.flow_records != 0) {
+        return;
+    }
+    unsafe {
+        let (p, b) = if reply {
+            (&raw mut (*f).rev_packets, &raw mut (*f).rev_bytes)
+        } else {
+            (&raw mut (*f).packets, &raw mut (*f).bytes)
+        };
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, 1);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(b, len);
     }
 }

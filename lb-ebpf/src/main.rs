@@ -130,4 +130,4 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 }
 
 // Config is read by value: keep the type used so a layout change shows up here.
-const _: () = assert!(core::mem::size_of::<Config>() == 32);
+const _: () = assert!(core::mem::size_of::<Config>() == 36);

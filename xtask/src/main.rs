@@ -40,6 +40,9 @@ const TOOLS: &[(&str, &str)] = &[
     ("promtool", "prometheus"),
     // The package test: lintian checks the .deb.
     ("lintian", "lintian"),
+    // The flow-record test: nfcapd receives xlb's IPFIX, nfdump reads it back.
+    ("nfcapd", "nfdump"),
+    ("nfdump", "nfdump"),
 ];
 /// What `bench --peers` compares xlb with, and drives the traffic with.
 const PEER_TOOLS: &[(&str, &str)] = &[

@@ -85,12 +85,13 @@ fn forward_inner(
             }
             f.seen_ns = now;
         }
+        count::flow(f, count::ip_len(ctx, pkt), false);
         Some((f as *const Flow, b))
     });
     let new_flow = known.is_none();
     let (flow, backend) = match known {
         Some(kb) => kb,
-        None => match schedule(ctx, svc, key, now) {
+        None => match schedule(ctx, pkt, svc, key, now) {
             Err(r) => return Some((Verdict::Drop, r)),
             Ok(_) if svc.mode == MODE_FULLNAT => return None,
             Ok(id) => match (XLB_BACKENDS.get(id), scratch()) {
@@ -207,7 +208,13 @@ pub(super) fn send(
 /// once it has a port, by forward_fullnat); its forward entry is left in scratch.
 /// Returns the backend id.
 #[inline(always)]
-fn schedule(ctx: &XdpContext, svc: &Service, key: &FlowKey, now: u64) -> Result<u32, Reason> {
+fn schedule(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    svc: &Service,
+    key: &FlowKey,
+    now: u64,
+) -> Result<u32, Reason> {
     if svc.table_size == 0 {
         return Err(Reason::NoBackend);
     }
@@ -234,6 +241,13 @@ fn schedule(ctx: &XdpContext, svc: &Service, key: &FlowKey, now: u64) -> Result<
         mac: [0; 6],
         nat_port: 0,
         client: Addr16([0; 4]),
+        first_ns: now,
+        // The flow's first packet, counted here for flow records (whether or not they
+        // are on: a store either way).
+        packets: 1,
+        bytes: count::ip_len(ctx, pkt),
+        rev_packets: 0,
+        rev_bytes: 0,
     };
     let owned = svc.mode == MODE_NAT && b.flags & BACKEND_OWNS_ENDPOINT != 0;
     if svc.mode == MODE_FULLNAT || owned {
@@ -245,6 +259,8 @@ fn schedule(ctx: &XdpContext, svc: &Service, key: &FlowKey, now: u64) -> Result<
             direction: FLOW_REPLY,
             mac: load::<[u8; 6]>(ctx, 6).unwrap_or([0; 6]),
             vport: key.dst_port,
+            packets: 0,
+            bytes: 0,
             ..scratch.flow
         };
         scratch.reply = reply_key(b, key, &key.src, key.src_port);

@@ -84,7 +84,10 @@ pub(super) fn reply_intact(f: &Flow, b: &Backend, key: &FlowKey, now: u64) -> bo
 /// entry with the slot's client end and service port, if it is a fullnat flow of that
 /// backend, of its generation, with the slot's port. Its key is left in scratch.reply.
 #[inline(always)]
-pub(super) fn slot_flow(slot: &NatPort, id: u32) -> Option<(&'static Flow, &'static Backend)> {
+pub(super) fn slot_flow(
+    slot: &NatPort,
+    id: u32,
+) -> Option<(&'static mut Flow, &'static Backend)> {
     let b = XLB_BACKENDS.get(id)?;
     let vip = XLB_SERVICE_KEYS.get(b.service)?;
     let scratch = scratch()?;
@@ -97,7 +100,7 @@ pub(super) fn slot_flow(slot: &NatPort, id: u32) -> Option<(&'static Flow, &'sta
         family: vip.family,
         _pad: [0; 2],
     };
-    let f = unsafe { XLB_FLOWS.get(&scratch.reply) }?;
+    let f = unsafe { &mut *XLB_FLOWS.get_ptr_mut(&scratch.reply)? };
     if !is_forward_of(f, MODE_FULLNAT, id, b) || f.nat_port != slot.nat_port {
         return None;
     }

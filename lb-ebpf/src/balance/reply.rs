@@ -12,7 +12,7 @@ use super::{
     ports::{load_claim, nat_slot, slot_flow},
 };
 use crate::{
-    bounds::load,
+    bounds::load, count,
     maps::{
         XLB_BACKENDS, XLB_ENDPOINTS, XLB_FLOWS, XLB_NAT_PORTS, XLB_SERVICE_KEYS, XLB_SNAT, scratch,
     },
@@ -66,6 +66,7 @@ fn reply_by_port(ctx: &XdpContext, pkt: &Packet, key: &FlowKey) -> u32 {
         Some(snat) if *snat == key.dst => {}
         _ => return NONE,
     }
+    count::flow(f, count::ip_len(ctx, pkt), true);
     // `key` is scratch.key: only other fields are written.
     scratch.back = Flow {
         direction: FLOW_REPLY,
@@ -116,12 +117,14 @@ fn reply_by_forward(ctx: &XdpContext, pkt: &Packet, key: &FlowKey) -> u32 {
         family: key.family,
         _pad: [0; 2],
     };
-    let Some(f) = (unsafe { XLB_FLOWS.get(&scratch.reply) }) else {
+    let Some(f) = XLB_FLOWS.get_ptr_mut(&scratch.reply) else {
         return NONE;
     };
+    let f = unsafe { &mut *f };
     if !is_forward_of(f, MODE_NAT, id, b) {
         return NONE;
     }
+    count::flow(f, count::ip_len(ctx, pkt), true);
     scratch.back = Flow {
         direction: FLOW_REPLY,
         vport: vip.port,
@@ -147,6 +150,8 @@ fn reply_inner(
     if now.wrapping_sub(f.seen_ns) > NS_PER_SEC {
         f.seen_ns = now;
     }
+    // A reply entry's own counters: the daemon adds them to its forward entry's.
+    count::flow(f, count::ip_len(ctx, pkt), false);
     reply_to_client(ctx, pkt, f)
 }
 

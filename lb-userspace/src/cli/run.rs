@@ -60,6 +60,8 @@ pub fn run(a: RunArgs, socket: PathBuf) -> Result<()> {
             drop_log_rate: a.drop_log_rate,
             kernel_log: a.kernel_log,
             metrics_connections: crate::metrics::http::MAX_CONNECTIONS,
+            // From the file, once it is read (daemon::run).
+            flows: None,
         },
     }))
 }

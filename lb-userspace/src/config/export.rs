@@ -20,16 +20,19 @@ pub enum Stream {
     Drops,
     /// The daemon's own log lines (info and above).
     Daemon,
+    /// Flow records (`[flows]`), one log record each.
+    Flows,
 }
 
 impl Stream {
-    pub const ALL: [Stream; 3] = [Stream::Access, Stream::Drops, Stream::Daemon];
+    pub const ALL: [Stream; 4] = [Stream::Access, Stream::Drops, Stream::Daemon, Stream::Flows];
 
     pub fn name(self) -> &'static str {
         match self {
             Stream::Access => "access",
             Stream::Drops => "drops",
             Stream::Daemon => "daemon",
+            Stream::Flows => "flows",
         }
     }
 }
@@ -102,7 +105,7 @@ pub(crate) fn section(r: &mut Report, raw: &RawExport) -> Option<ExportConfig> {
                         s.span(),
                         "export.streams",
                         format!(
-                            "'{}' is not a stream: expected access, drops or daemon",
+                            "'{}' is not a stream: expected access, drops, daemon or flows",
                             crate::model::text::shown(s.get_ref())
                         ),
                     ),

@@ -11,6 +11,7 @@
 pub mod export;
 pub mod files;
 pub mod firewall;
+pub mod flows;
 pub mod health;
 pub mod https;
 pub mod plan;
@@ -88,6 +89,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// `[export]`: logs sent over OTLP/HTTP (None: not in the file).
     pub export: Option<export::ExportConfig>,
+    /// `[flows]`: layer-4 flow records (None: not in the file).
+    pub flows: Option<flows::FlowsConfig>,
 }
 
 impl Config {
@@ -131,6 +134,7 @@ impl Config {
         };
         let metrics = raw.metrics.and_then(|m| metrics(&mut r, m));
         let export = raw.export.as_ref().and_then(|e| export::section(&mut r, e));
+        let flows = raw.flows.as_ref().and_then(|f| flows::section(&mut r, f));
         let to_exporter = https
             .as_ref()
             .and_then(|h| h.access_log.as_ref())
@@ -155,6 +159,7 @@ impl Config {
             https,
             metrics,
             export,
+            flows,
             drain_timeout,
         })
     }

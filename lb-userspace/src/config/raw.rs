@@ -13,7 +13,7 @@ use super::{
 #[derive(Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a configuration file: [control], [[interface]], [firewall], [balancer], [[service]], [tls] and [metrics] tables"
+    expecting = "a configuration file: [control], [[interface]], [firewall], [balancer], [[service]], [tls], [metrics], [export] and [flows] tables"
 )]
 pub(crate) struct RawConfig {
     pub(crate) control: Option<RawControl>,
@@ -26,6 +26,7 @@ pub(crate) struct RawConfig {
     pub(crate) tls: Option<Spanned<HttpsConfig>>,
     pub(crate) metrics: Option<RawMetrics>,
     pub(crate) export: Option<super::export::RawExport>,
+    pub(crate) flows: Option<super::flows::RawFlows>,
 }
 
 #[derive(Deserialize)]

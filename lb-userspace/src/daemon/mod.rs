@@ -226,6 +226,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let guard = SocketGuard::new(&opts.socket);
     let mut monitor_opts = opts.monitor.clone();
     monitor_opts.metrics_connections = caps.metrics;
+    monitor_opts.flows = checked.config.as_ref().and_then(|c| c.flows.clone());
     monitor_opts.metrics = match opts.metrics {
         Some(flag) => flag,
         None => metrics_listen(checked.config.as_ref()),
@@ -263,7 +264,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         detach_on_stop: opts.detach,
         stop: stop.clone(),
     }));
-    let _monitor = monitor.start(running.clone());
+    let monitor = monitor.start(running.clone());
     let _ = locked(&running, "the first health checks", |r| {
         r.reconcile_checks()
     });
@@ -277,6 +278,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     ));
     serve(&running, listener, &stop, caps.control).await?;
     notify::notify("STOPPING=1");
+    monitor.finish();
     shut_down(&running, &opts)?;
     drop(guard);
     Ok(())

@@ -1,18 +1,24 @@
 //! The daemon's monitoring tasks, started by `xlb run`: the `/metrics` server, the
-//! drop-event reader and the kernel log reader. Stopped when the `Tasks` guard drops.
+//! drop-event reader, the kernel log reader and the flow-record scanner. Stopped when
+//! the `Tasks` guard drops.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::info;
 
 use super::socket::{Shared, locked};
 use crate::{
-    kernel::Datapath,
+    config::flows::FlowsConfig,
+    kernel::{Datapath, flows::read_flows},
     metrics::{
         self, Snapshot, events,
+        flows::Recorder,
         http::{self as metrics_http, Source},
         kernel_log::{self, KernelLog},
     },
@@ -30,6 +36,8 @@ pub struct MonitorOptions {
     pub kernel_log: KernelLog,
     /// Scrape connections served at once (from the daemon's descriptors).
     pub metrics_connections: usize,
+    /// `[flows]`: flow records (None: off).
+    pub flows: Option<FlowsConfig>,
 }
 
 impl Default for MonitorOptions {
@@ -40,6 +48,7 @@ impl Default for MonitorOptions {
             drop_log_rate: 10,
             kernel_log: KernelLog::Off,
             metrics_connections: metrics_http::MAX_CONNECTIONS,
+            flows: None,
         }
     }
 }
@@ -49,6 +58,7 @@ impl MonitorOptions {
     pub fn configure(&self, dp: &mut Datapath) {
         dp.drop_sample = self.drop_sample;
         dp.log_level = self.kernel_log.level();
+        dp.flow_records = self.flows.is_some();
     }
 }
 
@@ -57,17 +67,55 @@ pub struct Monitor {
     listener: Option<TcpListener>,
     events: Option<RingBuf<MapData>>,
     kernel_log: Option<JoinHandle<()>>,
+    recorder: Option<Arc<Mutex<Recorder>>>,
     opts: MonitorOptions,
 }
 
 /// The running tasks; aborted on drop.
-pub struct Tasks(Vec<JoinHandle<()>>);
+pub struct Tasks {
+    tasks: Vec<JoinHandle<()>>,
+    recorder: Option<Arc<Mutex<Recorder>>>,
+}
+
+impl Tasks {
+    /// xlb stops: the flows followed get their last records.
+    pub fn finish(&self) {
+        if let Some(r) = &self.recorder {
+            r.lock().unwrap_or_else(|e| e.into_inner()).finish();
+        }
+    }
+}
 
 impl Drop for Tasks {
     fn drop(&mut self) {
-        for t in &self.0 {
+        for t in &self.tasks {
             t.abort();
         }
+    }
+}
+
+/// Reads the flow table every `scan` and makes the records of what changed; the table
+/// is read under the lock, the records made after it.
+async fn scan_flows(running: Shared, recorder: Arc<Mutex<Recorder>>, scan: std::time::Duration) {
+    let mut tick = tokio::time::interval(scan);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (running, recorder) = (running.clone(), recorder.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            let read = locked(&running, "reading the flow table", |r| {
+                read_flows(&r.edge.dp).map(|e| (e, r.edge.dp.lb.flow_names()))
+            });
+            match read {
+                Ok(Ok((entries, names))) => recorder
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .scan(&entries, &names),
+                Ok(Err(e)) => tracing::warn!("flow records: {e:#}"),
+                Err(e) => tracing::warn!("flow records: {e}"),
+            }
+        })
+        .await;
     }
 }
 
@@ -87,10 +135,17 @@ impl Monitor {
         } else {
             None
         };
+        let recorder = match &opts.flows {
+            Some(f) => Some(Arc::new(Mutex::new(
+                Recorder::new(f, m).context("[flows]")?,
+            ))),
+            None => None,
+        };
         Ok(Monitor {
             listener,
             events: dp.take_events(),
             kernel_log,
+            recorder,
             opts: opts.clone(),
         })
     }
@@ -99,6 +154,10 @@ impl Monitor {
     pub fn start(self, running: Shared) -> Tasks {
         let m = metrics::global();
         let mut tasks: Vec<JoinHandle<()>> = self.kernel_log.into_iter().collect();
+        if let (Some(rec), Some(f)) = (&self.recorder, &self.opts.flows) {
+            let (running, rec) = (running.clone(), rec.clone());
+            tasks.push(tokio::spawn(scan_flows(running, rec, f.scan)));
+        }
         if let Some(l) = self.listener {
             if let Ok(addr) = l.local_addr() {
                 info!(%addr, "serving metrics on http://{addr}/metrics");
@@ -114,8 +173,12 @@ impl Monitor {
         }
         if let (Some(ring), true) = (self.events, self.opts.drop_sample > 0) {
             let (sample, rate) = (self.opts.drop_sample, self.opts.drop_log_rate);
-            tasks.push(tokio::spawn(events::run(ring, m, sample, rate)));
+            let rec = self.recorder.clone();
+            tasks.push(tokio::spawn(events::run(ring, m, sample, rate, rec)));
         }
-        Tasks(tasks)
+        Tasks {
+            tasks,
+            recorder: self.recorder,
+        }
     }
 }

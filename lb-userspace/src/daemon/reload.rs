@@ -214,6 +214,9 @@ impl Running {
         if running_export != cfg.export.as_ref() {
             bail!("[export] changes only at a restart of xlb");
         }
+        if self.config.as_ref().and_then(|c| c.flows.as_ref()) != cfg.flows.as_ref() {
+            bail!("[flows] changes only at a restart of xlb");
+        }
         let https = self.prepare_https(cfg.https.as_ref())?;
         // Interfaces first (new ones attached, changed modes re-attached), so a refusal
         // there leaves the state untouched; the ones the file dropped go last.

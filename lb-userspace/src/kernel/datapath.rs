@@ -50,6 +50,8 @@ pub struct Datapath {
     /// (`Config::log_level`), written by `set_config`.
     pub drop_sample: u32,
     pub log_level: u32,
+    /// Flow records (`Config::flow_records`): the program counts into flow entries.
+    pub flow_records: bool,
     /// The drop-event ring buffer until the daemon takes it (`take_events`).
     events: Option<RingBuf<MapData>>,
     /// Where the program is attached.
@@ -165,6 +167,7 @@ impl Datapath {
             lb,
             drop_sample: 0,
             log_level: LOG_OFF,
+            flow_records: false,
             events,
             jump,
             config: take(&mut bpf, MAP_CONFIG)?,
@@ -197,6 +200,7 @@ impl Datapath {
             services,
             drop_sample: self.drop_sample,
             log_level: self.log_level,
+            flow_records: u32::from(self.flow_records),
         };
         self.config.set(0, cfg, 0).context("writing the config map")
     }

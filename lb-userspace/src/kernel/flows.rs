@@ -1,9 +1,57 @@
-//! The flow table as statistics see it: its entries counted by direction.
+//! The flow table as statistics and flow records see it: its entries counted by
+//! direction, or read whole with what names them.
+
+use std::{collections::HashMap, net::IpAddr};
 
 use anyhow::{Context, Result};
 use lb_common::{FLOW_REPLY, Flow, FlowKey};
 
 use super::{datapath::Datapath, stats::walk};
+
+/// A service as flow records need it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceName {
+    /// fullnat: the source address towards the backends.
+    pub snat: Option<IpAddr>,
+    pub tcp_idle_secs: u32,
+    pub udp_idle_secs: u32,
+}
+
+/// A backend slot as flow records need it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendName {
+    pub addr: IpAddr,
+    /// 0: the port the client used.
+    pub port: u16,
+    pub generation: u32,
+}
+
+/// By service id and by backend id.
+#[derive(Clone, Debug, Default)]
+pub struct FlowNames {
+    pub services: HashMap<u32, ServiceName>,
+    pub backends: HashMap<u32, BackendName>,
+}
+
+/// Every entry of the flow table (one batch walk).
+pub fn read_flows(dp: &Datapath) -> Result<Vec<(FlowKey, Flow)>> {
+    let fd = dp.flows_fd().context("the flow table map is missing")?;
+    let mut out = Vec::new();
+    walk(
+        fd,
+        std::mem::size_of::<FlowKey>(),
+        std::mem::size_of::<Flow>(),
+        usize::MAX,
+        |k, v| {
+            out.push((
+                bytemuck::pod_read_unaligned(k),
+                bytemuck::pod_read_unaligned(v),
+            ))
+        },
+    )
+    .context("reading the flow table")?;
+    Ok(out)
+}
 
 /// The flow table's entries by direction.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -86,8 +86,15 @@ fn log_event(e: &DropEvent, sample: u32) {
     }
 }
 
-/// Reads events until the task is dropped.
-pub async fn run(ring: RingBuf<MapData>, metrics: &'static Metrics, sample: u32, rate: u32) {
+/// Reads events until the task is dropped; each also goes to the flow records'
+/// recorder, if there is one (IPFIX drop records).
+pub async fn run(
+    ring: RingBuf<MapData>,
+    metrics: &'static Metrics,
+    sample: u32,
+    rate: u32,
+    recorder: Option<std::sync::Arc<std::sync::Mutex<super::flows::Recorder>>>,
+) {
     // SAFETY: the ring buffer owns its map fd, open and unchanged while it lives, and
     // the AsyncFd owns the ring buffer.
     let registered =
@@ -117,6 +124,11 @@ pub async fn run(ring: RingBuf<MapData>, metrics: &'static Metrics, sample: u32,
             let e: DropEvent =
                 bytemuck::pod_read_unaligned(&item[..std::mem::size_of::<DropEvent>()]);
             drop(item);
+            if let (Some(r), Some(addrs)) = (&recorder, addresses(&e)) {
+                r.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .drop_event(&e, addrs);
+            }
             let now = Instant::now();
             if limit.allow_at(now) {
                 log_event(&e, sample);

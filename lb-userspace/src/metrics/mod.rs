@@ -17,8 +17,10 @@
 
 pub mod events;
 pub mod export;
+pub mod flows;
 pub mod http;
 pub mod https;
+pub mod ipfix;
 pub mod kernel_log;
 pub mod snapshot;
 pub mod traffic;
@@ -144,6 +146,10 @@ pub struct Metrics {
     access_log_dropped: Counter,
     exported: Family<Labels, Counter>,
     export_dropped: Family<Labels, Counter>,
+    flow_records: Family<Labels, Counter>,
+    ipfix_messages: Counter,
+    ipfix_failed: Counter,
+    flows_tracked: Gauge,
     scrapes: Counter,
     scrape_seconds: FGauge,
     /// The https service's families.
@@ -193,6 +199,10 @@ impl Metrics {
             access_log_dropped: Counter::default(),
             exported: Family::default(),
             export_dropped: Family::default(),
+            flow_records: Family::default(),
+            ipfix_messages: Counter::default(),
+            ipfix_failed: Counter::default(),
+            flows_tracked: Gauge::default(),
             scrapes: Counter::default(),
             scrape_seconds: FGauge::default(),
             health: Mutex::new(HashMap::new()),
@@ -250,6 +260,26 @@ impl Metrics {
             "export_dropped",
             "Log records not sent over OTLP, by stream and reason (queue_full: the queue was full; collector: it failed every try)",
             m.export_dropped.clone(),
+        );
+        reg.register(
+            "flow_records",
+            "Flow records made ([flows]), by kind (start, interim, end, drop)",
+            m.flow_records.clone(),
+        );
+        reg.register(
+            "ipfix_messages",
+            "IPFIX messages sent to the collector",
+            m.ipfix_messages.clone(),
+        );
+        reg.register(
+            "ipfix_send_failures",
+            "IPFIX messages the socket refused (their records are lost)",
+            m.ipfix_failed.clone(),
+        );
+        reg.register(
+            "flows_tracked",
+            "Flows the flow-record scanner follows (the sampled ones)",
+            m.flows_tracked.clone(),
         );
         reg.register("scrapes", "Scrapes of /metrics served", m.scrapes.clone());
         reg.register(
@@ -367,6 +397,20 @@ impl Metrics {
         self.exported
             .get_or_create(&vec![("stream", stream.to_string())])
             .inc();
+    }
+
+    /// `n` flow records of `kind` made.
+    pub fn flow_records(&self, kind: &str, n: u64) {
+        self.flow_records
+            .get_or_create(&vec![("kind", kind.to_string())])
+            .inc_by(n);
+    }
+
+    /// What an IPFIX send did, and how many flows are followed.
+    pub fn ipfix_sent(&self, messages: u64, failed: u64, tracked: usize) {
+        self.ipfix_messages.inc_by(messages);
+        self.ipfix_failed.inc_by(failed);
+        self.flows_tracked.set(tracked as i64);
     }
 
     /// `n` log records of `stream` not sent over OTLP, and why.

@@ -33,6 +33,8 @@ struct Measured {
     lb_rows: Vec<(&'static str, f64, f64)>,
     /// Monitoring's summary lines.
     monitoring: Vec<String>,
+    /// (mode, flow-table hit ns with flow records off, on), interleaved.
+    records: Vec<(&'static str, f64, f64)>,
     /// The flow table's memory scaled to a million flows (bytes).
     flows_mem: f64,
 }
@@ -51,6 +53,7 @@ pub fn xdp(quick: bool) -> Result<Value> {
         "rows": m.rows.iter().map(|(n, v)| json!({"case": n, "ns_per_packet": v})).collect::<Vec<_>>(),
         "pass_over_floor": pass_ratio,
         "xlb_over_lpm_random": m.ratios.iter().map(|(k, r)| json!({"prefixes_k": k, "ratio": r})).collect::<Vec<_>>(),
+        "flow_records": m.records.iter().map(|(mode, off, on)| json!({"mode": mode, "hit_off_ns": off, "hit_on_ns": on, "cost_ns": on - off})).collect::<Vec<_>>(),
         "notes": m.notes,
     });
     Ok(json)
@@ -85,6 +88,7 @@ fn measure(net: &LbNet, quick: bool, repeat: u32) -> Result<Measured> {
         ratios: Vec::new(),
         lb_rows: Vec::new(),
         monitoring: Vec::new(),
+        records: Vec::new(),
         flows_mem: 0.0,
     };
     m.notes
@@ -216,8 +220,38 @@ impl Measured {
             self.rows
                 .push((format!("xlb {mode}, new flow every packet"), miss));
             self.lb_rows.push((mode, hit, miss));
+            if m != Mode::Dsr {
+                self.flow_records(fx, bench, xlb_fd, mode, client)?;
+            }
             fx.req(Request::VipDel { vip });
         }
+        Ok(())
+    }
+}
+
+impl Measured {
+    /// A flow-table hit with flow records off and on (`[flows]`: two atomic adds a
+    /// packet), interleaved twice each, the lower of each kept.
+    fn flow_records(
+        &mut self,
+        fx: &mut Fixture,
+        bench: &mut Bench,
+        xlb_fd: &ProgramFd,
+        mode: &'static str,
+        client: u32,
+    ) -> Result<()> {
+        let (mut off, mut on) = (f64::MAX, f64::MAX);
+        for _ in 0..2 {
+            off = off.min(bench.ns(xlb_fd, client, false)?);
+            fx.edge.dp.flow_records = true;
+            fx.edge.dp.set_config(&fx.edge.rules)?;
+            on = on.min(bench.ns(xlb_fd, client, false)?);
+            fx.edge.dp.flow_records = false;
+            fx.edge.dp.set_config(&fx.edge.rules)?;
+        }
+        self.rows
+            .push((format!("xlb {mode}, flow-table hit, flow records on"), on));
+        self.records.push((mode, off, on));
         Ok(())
     }
 }
@@ -265,6 +299,12 @@ fn print(m: &Measured, repeat: u32) -> f64 {
                 "NOT met"
             },
             miss - m.floor
+        );
+    }
+    for (mode, off, on) in &m.records {
+        println!(
+            "  {mode} hit with flow records on: {:+.1} ns ({off:.1} -> {on:.1}; two atomic adds, the same core)",
+            on - off
         );
     }
     println!(

@@ -27,14 +27,14 @@ use crate::model::{
     services::{BackendAddr, Mode, ServiceConf, Services, Vip},
 };
 
-fn addr16(a: &IpAddr) -> (Addr16, u8) {
+pub fn addr16(a: &IpAddr) -> (Addr16, u8) {
     match a {
         IpAddr::V4(v) => (addr16_v4(v.octets()), FAMILY_V4),
         IpAddr::V6(v) => (Addr16::from_bytes(v.octets()), FAMILY_V6),
     }
 }
 
-fn ip_of(a: &Addr16, family: u8) -> IpAddr {
+pub fn ip_of(a: &Addr16, family: u8) -> IpAddr {
     let b = a.bytes();
     if family == FAMILY_V4 {
         IpAddr::from([b[0], b[1], b[2], b[3]])
@@ -153,6 +153,52 @@ impl Balancer {
             .filter(|i| i.mode != Mode::Dsr)
             .count();
         (self.installed.len() as u32, nat as u32)
+    }
+
+    /// What flow records name a flow-table entry by: its service's address, mode,
+    /// source address (fullnat) and idle timeouts, its backend's address.
+    pub fn flow_names(&self) -> crate::kernel::flows::FlowNames {
+        use crate::kernel::flows::{BackendName, ServiceName};
+        let mut names = crate::kernel::flows::FlowNames::default();
+        for (vip, i) in &self.installed {
+            let Ok(svc) = self.services.get(&service_key(vip), 0) else {
+                continue;
+            };
+            let snat = self
+                .snat
+                .get(&i.id, 0)
+                .ok()
+                .filter(|a| *a != Addr16::default())
+                .map(|a| {
+                    ip_of(
+                        &a,
+                        if vip.addr.is_ipv4() {
+                            FAMILY_V4
+                        } else {
+                            FAMILY_V6
+                        },
+                    )
+                });
+            names.services.insert(
+                i.id,
+                ServiceName {
+                    snat,
+                    tcp_idle_secs: svc.tcp_idle_secs,
+                    udp_idle_secs: svc.udp_idle_secs,
+                },
+            );
+            for (b, &id) in &i.backend_ids {
+                names.backends.insert(
+                    id,
+                    BackendName {
+                        addr: b.addr,
+                        port: b.port.unwrap_or(0),
+                        generation: self.generations[id as usize],
+                    },
+                );
+            }
+        }
+        names
     }
 
     /// Backend id of a service's backend (for tests and `xlb backend list`).
