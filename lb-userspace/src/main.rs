@@ -13,6 +13,21 @@ fn main() -> std::process::ExitCode {
         // as other tools do, instead of panicking on the write.
         // SAFETY: restoring the default disposition of SIGPIPE before any thread runs.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        // Any other failed write of the output (a full disk, /dev/full) is an error
+        // said in one line and exit status 1, not a panic's report and 101.
+        std::panic::set_hook(Box::new(|info| {
+            let msg = info
+                .payload()
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| info.payload().downcast_ref::<&str>().copied())
+                .unwrap_or("");
+            if msg.starts_with("failed printing to std") {
+                eprintln!("xlb: cannot write the output: {msg}");
+                std::process::exit(1);
+            }
+            eprintln!("{info}");
+        }));
     }
     let json = cli.json;
     match xlb::cli::main(cli) {

@@ -3,6 +3,7 @@
 //! by the benchmarks (the `xlb-bench` crate).
 pub mod fixture;
 pub mod netns;
+pub mod otlp;
 pub mod packet;
 pub mod tls;
 pub mod topology;

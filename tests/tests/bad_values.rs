@@ -614,6 +614,30 @@ fn check_config_refuses_values_that_cannot_work() {
             "'deny\\u{0}' is not an action",
         ),
         (
+            format!(
+                "[firewall]\ndeny = [\"203.0.113.0/24\"]\n{}",
+                backend("203.0.113.11:8080")
+            ),
+            7,
+            "service.backend",
+            "backend 203.0.113.11:8080 of service 198.51.100.10:80/tcp is denied by the firewall (deny 203.0.113.0/24): its replies and health-check answers would be dropped",
+        ),
+        (
+            format!(
+                "[firewall]\ndefault = \"deny\"\n{}",
+                backend("203.0.113.11:8080")
+            ),
+            7,
+            "service.backend",
+            "is denied by the firewall (the default policy)",
+        ),
+        (
+            "[metrics]\nlisten = \"224.0.0.1:9100\"\n".into(),
+            2,
+            "metrics.listen",
+            "224.0.0.1 is a multicast or broadcast address",
+        ),
+        (
             "firewall = 5\n".into(),
             1,
             "firewall",

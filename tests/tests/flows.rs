@@ -1,7 +1,8 @@
 //! Flow records end to end: `xlb run` with `[flows]` sends IPFIX to a real collector,
 //! nfdump's `nfcapd` in the edge namespace, and `nfdump` reads back exactly the flows
-//! the test made: both directions of each nat flow with their packets and bytes, the
-//! backend as the post-NAT destination, and a sampled drop.
+//! the test made: both directions of each nat flow, IPv4 and IPv6, with their packets
+//! and bytes, the backend as the post-NAT destination, and a sampled drop. The same
+//! records go over OTLP (`[export]`'s `flows` stream) to the harness's receiver.
 
 use std::{
     collections::BTreeMap,
@@ -14,18 +15,21 @@ use std::{
 use anyhow::{Context, Result};
 use xlb_tests::{
     netns::{Daemon, Netns, NsServer, in_ns, wait_until},
-    topology::{Backends, Topology, backend_v4},
+    otlp::{COLLECTOR, Collector},
+    topology::{Backends, Topology, backend_v4, backend_v6},
 };
 
 const VIP: &str = "198.51.100.10:53";
+const VIP6: &str = "[2001:db8:f::10]:53";
 const COLLECTOR_PORT: &str = "4739";
 const FLOWS: u16 = 3;
 const PER_FLOW: u64 = 4;
 const PAYLOAD: usize = 100;
 /// The backends answer each datagram with "webN".
 const ANSWER: usize = 4;
-/// IPv4 and UDP headers.
+/// IPv4 and UDP headers; IPv6 and UDP.
 const HEADERS: u64 = 28;
+const HEADERS6: u64 = 48;
 
 /// nfcapd in the edge namespace, writing into `dir`; stopped (which writes its file)
 /// on `stop` or drop.
@@ -67,11 +71,23 @@ impl Drop for Nfcapd {
     }
 }
 
-/// `PER_FLOW` datagrams on each of `FLOWS` sockets from the client, each answered.
+/// The client's end of flow `i` (IPv4 flows first, then IPv6).
+fn client_end(i: u16) -> SocketAddr {
+    if i < FLOWS {
+        format!("192.0.2.2:{}", 43000 + i)
+    } else {
+        format!("[2001:db8:c::2]:{}", 43000 + i)
+    }
+    .parse()
+    .unwrap()
+}
+
+/// `PER_FLOW` datagrams on each of `FLOWS` sockets from the client to each service,
+/// each answered.
 fn client_traffic() -> Result<()> {
-    let vip: SocketAddr = VIP.parse()?;
-    for i in 0..FLOWS {
-        let s = UdpSocket::bind(("192.0.2.2", 43000 + i))?;
+    for i in 0..2 * FLOWS {
+        let vip: SocketAddr = if i < FLOWS { VIP } else { VIP6 }.parse()?;
+        let s = UdpSocket::bind(client_end(i))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
         s.connect(vip)?;
         for _ in 0..PER_FLOW {
@@ -132,15 +148,24 @@ fn read_back(dir: &Path) -> Result<Vec<BTreeMap<String, String>>> {
 #[test]
 fn ipfix_flow_records_reach_nfcapd_exactly() {
     let t = Topology::build("flw", 2, 8080, Backends::ViaEdge).unwrap();
+    // The IPv6 servers on their own port: a dual-stack [::] socket would take 5300's
+    // IPv4 side too.
     let _udp: Vec<NsServer> = t
         .backends
         .iter()
         .enumerate()
-        .map(|(i, b)| NsServer::udp(b, "0.0.0.0:5300", &format!("web{}", i + 1)).unwrap())
+        .flat_map(|(i, b)| {
+            let answer = format!("web{}", i + 1);
+            [
+                NsServer::udp(b, "0.0.0.0:5300", &answer).unwrap(),
+                NsServer::udp(b, "[::]:5301", &answer).unwrap(),
+            ]
+        })
         .collect();
     let captures = t.dir.path.join("nfcapd");
     std::fs::create_dir_all(&captures).unwrap();
     let mut nfcapd = Nfcapd::start(&t.edge, &captures).unwrap();
+    let otlp = Collector::start(&t.edge);
     let file = t.dir.path.join("xlb.toml");
     std::fs::write(
         &file,
@@ -164,12 +189,28 @@ address = "{}:5300"
 [[service.backend]]
 address = "{}:5300"
 
+[[service]]
+address = "{VIP6}/udp"
+mode = "nat"
+udp_idle = "1s"
+[[service.backend]]
+address = "[{}]:5301"
+[[service.backend]]
+address = "[{}]:5301"
+
 [flows]
 ipfix = "127.0.0.1:{COLLECTOR_PORT}"
 scan = "200ms"
+
+[export]
+otlp = "http://{COLLECTOR}/v1/logs"
+streams = ["flows"]
+interval = "50ms"
 "#,
             backend_v4(0),
-            backend_v4(1)
+            backend_v4(1),
+            backend_v6(0),
+            backend_v6(1)
         ),
     )
     .unwrap();
@@ -179,7 +220,8 @@ scan = "200ms"
         &["--config", file.to_str().unwrap(), "--drop-sample", "1"],
     )
     .unwrap();
-    t.wait_neighbours(&[backend_v4(0), backend_v4(1)]).unwrap();
+    t.wait_neighbours(&[backend_v4(0), backend_v4(1), backend_v6(0), backend_v6(1)])
+        .unwrap();
     in_ns(&t.client, client_traffic).unwrap().unwrap();
     in_ns(&t.attacker, || {
         UdpSocket::bind("192.0.2.166:42000")
@@ -191,12 +233,32 @@ scan = "200ms"
     // Each flow idles out (1s) and its end record goes; the drop record too.
     wait_until("the flows' end records", Duration::from_secs(20), || {
         let m = scrape(&t.edge);
-        sample(&m, "xlb_flow_records_total{kind=\"end\"}") >= FLOWS as f64
+        sample(&m, "xlb_flow_records_total{kind=\"end\"}") >= 2.0 * FLOWS as f64
             && sample(&m, "xlb_flow_records_total{kind=\"drop\"}") >= 1.0
     })
     .unwrap();
     let m = scrape(&t.edge);
     assert_eq!(sample(&m, "xlb_ipfix_send_failures_total"), 0.0, "{m}");
+    // Over OTLP: every flow's end, with its counters.
+    wait_until("the flows over OTLP", Duration::from_secs(20), || {
+        otlp.of("flows")
+            .iter()
+            .filter(|g| g.attributes["reason"] == "idle")
+            .count()
+            >= 2 * FLOWS as usize
+    })
+    .unwrap();
+    let got = otlp.of("flows");
+    for i in 0..2 * FLOWS {
+        let client = client_end(i).to_string();
+        let sent: u64 = got
+            .iter()
+            .filter(|g| g.attributes["src"] == client)
+            .map(|g| g.attributes["packets"].parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(sent, PER_FLOW, "{client}: {got:#?}");
+    }
+    assert!(got.iter().all(|g| g.body.starts_with("flow ")), "{got:#?}");
     drop(xlb);
     nfcapd.stop();
 
@@ -205,9 +267,7 @@ scan = "200ms"
         let of: Vec<_> = records
             .iter()
             .filter(|r| {
-                let s = format!("{}:{}", r["src4_addr"], r["src_port"]);
-                let d = format!("{}:{}", r["dst4_addr"], r["dst_port"]);
-                s == src && d == dst
+                end(r, "src").as_deref() == Some(src) && end(r, "dst").as_deref() == Some(dst)
             })
             .collect();
         let n = |r: &BTreeMap<String, String>, k: &str| r[k].parse::<u64>().unwrap();
@@ -218,52 +278,79 @@ scan = "200ms"
         )
     };
     let mut backends_used = std::collections::BTreeSet::new();
-    for i in 0..FLOWS {
-        let client = format!("192.0.2.2:{}", 43000 + i);
-        let (p, b, fwd) = sum(&client, VIP);
+    for i in 0..2 * FLOWS {
+        let (client, vip, headers) = match i < FLOWS {
+            true => (client_end(i).to_string(), VIP, HEADERS),
+            false => (client_end(i).to_string(), VIP6, HEADERS6),
+        };
+        let (p, b, fwd) = sum(&client, vip);
         assert_eq!(
             (p, b),
-            (PER_FLOW, PER_FLOW * (HEADERS + PAYLOAD as u64)),
-            "{client} -> {VIP}: {records:#?}"
+            (PER_FLOW, PER_FLOW * (headers + PAYLOAD as u64)),
+            "{client} -> {vip}: {records:#?}"
         );
         // The post-NAT destination: the backend it went to, which answered.
         let backend = fwd
             .iter()
-            .find_map(|r| {
-                let a = r.get("dst4_xlt_ip")?;
-                Some(format!("{a}:{}", r.get("dst_xlt_port")?))
-            })
+            .find_map(|r| end(r, "dst_xlt"))
             .unwrap_or_else(|| panic!("no NAT fields in {fwd:#?}"));
         let (rp, rb, _) = sum(&backend, &client);
         assert_eq!(
             (rp, rb),
-            (PER_FLOW, PER_FLOW * (HEADERS + ANSWER as u64)),
+            (PER_FLOW, PER_FLOW * (headers + ANSWER as u64)),
             "{backend} -> {client}: {records:#?}"
         );
         backends_used.insert(backend);
     }
-    // Nothing else but the drop: 2 records a flow at least (start or end, both ways).
-    let flows: Vec<_> = records
+    // Nothing else but the drop: the client's flows and the backends' answers.
+    let ours = |r: &BTreeMap<String, String>| {
+        let s = end(r, "src").unwrap_or_default();
+        s.starts_with("192.0.2.2:")
+            || s.starts_with("[2001:db8:c::2]:")
+            || backends_used.contains(&s)
+    };
+    let (drops, flows): (Vec<_>, Vec<_>) = records
         .iter()
-        .filter(|r| r["src4_addr"] != "192.0.2.166")
+        .partition(|r| end(r, "src").is_some_and(|s| s.starts_with("192.0.2.166:")));
+    assert!(flows.iter().all(|r| ours(r)), "{flows:#?}");
+    assert_eq!(drops.len(), 1, "one drop record: {records:#?}");
+    assert_eq!(end(drops[0], "dst").as_deref(), Some(VIP), "{drops:#?}");
+    // Six flows over two backends a family by Maglev: the post-NAT destinations are
+    // the backends.
+    let backends: Vec<String> = (0..2)
+        .flat_map(|i| {
+            [
+                format!("{}:5300", backend_v4(i)),
+                format!("[{}]:5301", backend_v6(i)),
+            ]
+        })
         .collect();
     assert!(
-        flows.iter().all(|r| {
-            let s = &r["src4_addr"];
-            s == "192.0.2.2" || s.starts_with("203.0.113.1")
-        }),
-        "{flows:#?}"
-    );
-    let drop = records
-        .iter()
-        .find(|r| r["src4_addr"] == "192.0.2.166")
-        .unwrap_or_else(|| panic!("no drop record: {records:#?}"));
-    assert_eq!(drop["dst4_addr"], "198.51.100.10", "{drop:#?}");
-    // Three flows over two backends by Maglev: the post-NAT destinations are backends.
-    assert!(
-        backends_used
-            .iter()
-            .all(|b| b.starts_with("203.0.113.11:") || b.starts_with("203.0.113.12:")),
+        backends_used.iter().all(|b| backends.contains(b)),
         "{backends_used:?}"
     );
+}
+
+/// A record's `src`, `dst` or `dst_xlt` end as "ADDR:PORT" (IPv6 in brackets), from
+/// nfdump's JSON names (src4_addr / src6_addr and src_port; dst4_xlt_ip and
+/// dst_xlt_port).
+fn end(r: &BTreeMap<String, String>, which: &str) -> Option<String> {
+    let (v4, v6, port) = match which.strip_suffix("_xlt") {
+        Some(side) => (
+            format!("{side}4_xlt_ip"),
+            format!("{side}6_xlt_ip"),
+            format!("{side}_xlt_port"),
+        ),
+        None => (
+            format!("{which}4_addr"),
+            format!("{which}6_addr"),
+            format!("{which}_port"),
+        ),
+    };
+    let port = r.get(&port)?;
+    match (r.get(&v4), r.get(&v6)) {
+        (Some(a), _) => Some(format!("{a}:{port}")),
+        (None, Some(a)) => Some(format!("[{a}]:{port}")),
+        _ => None,
+    }
 }

@@ -509,6 +509,59 @@ fn check_config_refuses_what_run_would() {
     );
 }
 
+/// What only this host can say: a backend that is one of its addresses or the broadcast
+/// address of one of its subnets, a listen address it does not have. Checked in a
+/// namespace whose one address is known.
+#[test]
+fn check_config_refuses_backends_and_listen_addresses_this_host_cannot_use() {
+    let dir = TestDir::plain("hardhost").unwrap();
+    let ns = Netns::new("hhost").unwrap();
+    ns.run(&[
+        "ip", "link", "add", "h0", "type", "veth", "peer", "name", "h1",
+    ])
+    .unwrap();
+    ns.run(&["ip", "addr", "add", "192.0.2.1/24", "dev", "h0"])
+        .unwrap();
+    ns.run(&["ip", "link", "set", "h0", "up"]).unwrap();
+    ns.run(&["sysctl", "-qw", "net.ipv4.conf.h0.forwarding=1"])
+        .unwrap();
+    let file = dir.path.join("xlb.toml");
+    let check = |backends: &[&str], metrics: &str| {
+        let mut text = format!(
+            "[[interface]]\nname = \"h0\"\n[metrics]\nlisten = \"{metrics}\"\n\
+             [[service]]\naddress = \"198.51.100.10:80/tcp\"\nmode = \"nat\"\n"
+        );
+        for b in backends {
+            text += &format!("[[service.backend]]\naddress = \"{b}\"\n");
+        }
+        std::fs::write(&file, text).unwrap();
+        let out = ns
+            .cmd(&[
+                xlb_bin().to_str().unwrap(),
+                "check-config",
+                file.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        (out.status.success(), stderr(&out))
+    };
+    let (ok, err) = check(
+        &["192.0.2.1:8080", "192.0.2.255:8080", "192.0.2.20:8080"],
+        "192.0.2.99:9100",
+    );
+    assert!(!ok, "{err}");
+    for want in [
+        "backend 192.0.2.1 of service 198.51.100.10:80/tcp cannot work: it is an address of this host",
+        "backend 192.0.2.255 of service 198.51.100.10:80/tcp cannot work: it is the broadcast address",
+        "metrics.listen 192.0.2.99:9100: 192.0.2.99 is not an address of this host",
+    ] {
+        assert!(err.contains(want), "{err:?} should say {want:?}");
+    }
+    assert!(!err.contains("192.0.2.20"), "{err}");
+    let (ok, err) = check(&["192.0.2.20:8080"], "192.0.2.1:9100");
+    assert!(ok, "{err}");
+}
+
 #[test]
 fn the_cli_keeps_unix_manners_and_its_exit_codes() {
     let e = edge("hardcli", &[]);

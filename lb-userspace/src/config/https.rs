@@ -543,6 +543,7 @@ impl HttpsConfig {
                 seen.insert(*a),
                 "{a} is listed twice (listen, redirect_listen)"
             );
+            check_listen(*a)?;
         }
         ensure!(
             self.cert_check_interval.is_finite() && self.cert_check_interval >= 0.0,
@@ -630,6 +631,26 @@ impl HttpsConfig {
         }
         v
     }
+}
+
+/// A listen address a socket can be bound to: a port, and a unicast (or unspecified)
+/// address; an IPv4-mapped IPv6 address is written as the IPv4 address it maps.
+pub(crate) fn check_listen(a: SocketAddr) -> Result<()> {
+    ensure!(a.port() != 0, "listen address {a} has port 0");
+    let ip = a.ip();
+    ensure!(
+        !ip.is_multicast() && ip != Ipv4Addr::BROADCAST,
+        "{a} is not a listen address: {ip} is a multicast or broadcast address"
+    );
+    if let std::net::IpAddr::V6(v6) = ip
+        && let Some(v4) = v6.to_ipv4_mapped()
+    {
+        bail!(
+            "{a} is an IPv4-mapped address: write it as {v4}:{}",
+            a.port()
+        );
+    }
+    Ok(())
 }
 
 impl PoolConfig {
@@ -830,6 +851,23 @@ header_read_timeout = 5
     #[test]
     fn bad_configs_are_refused_with_a_reason() {
         refused(|s| s.replace("balance =", "balanse ="), "unknown field");
+        for (from, to, want) in [
+            ("192.0.2.1:443", "224.0.0.1:443", "multicast or broadcast"),
+            (
+                "192.0.2.1:443",
+                "255.255.255.255:443",
+                "multicast or broadcast",
+            ),
+            ("192.0.2.1:443", "192.0.2.1:0", "has port 0"),
+            (
+                "192.0.2.1:443",
+                "[::ffff:192.0.2.1]:443",
+                "write it as 192.0.2.1:443",
+            ),
+            ("192.0.2.1:80", "224.0.0.1:80", "multicast or broadcast"),
+        ] {
+            refused(|s| s.replacen(from, to, 1), want);
+        }
         for bad in [
             "0.0.0.0:8080",
             "224.0.0.1:8080",

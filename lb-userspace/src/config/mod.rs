@@ -44,6 +44,7 @@ use crate::model::{
     drain::{DEFAULT_DRAIN, MAX_DRAIN},
     health_check::HealthCheck,
     interface::{AttachMode, Interface, valid_ifname},
+    rules::Match,
     services::Vip,
 };
 
@@ -149,6 +150,7 @@ impl Config {
                 "to = \"otlp\" needs an [export] whose streams include \"access\"",
             );
         }
+        firewall_fits(&mut r, src, &projection);
         r.finish()?;
         Ok(Config {
             path: path.to_path_buf(),
@@ -281,11 +283,48 @@ fn balancer(r: &mut Report, b: Option<&RawBalancer>) -> Duration {
 }
 
 /// `[metrics] listen`: an address with a port, or "off".
+/// What the file's firewall and services ask of each other and of the kernel's tables:
+/// no backend the firewall denies, no more always-allow prefixes than a list holds.
+fn firewall_fits(r: &mut Report, src: &str, p: &Projection) {
+    let at = report::locate(src, 0, "'[firewall]'");
+    for (b, why) in p.denied_backends() {
+        r.at(
+            report::locate(src, 0, &format!("'{b}'")),
+            "service.backend",
+            why,
+        );
+    }
+    for v4 in [true, false] {
+        let n = p
+            .rules
+            .keys()
+            .filter(|m| matches!(m, Match::ExceptPrefix(x) if x.is_v4() == v4))
+            .count();
+        if n > lb_common::MAX_EXCEPT as usize {
+            r.at(
+                at.clone(),
+                "firewall.except",
+                format!(
+                    "{n} {} always-allow prefixes: the kernel's list holds {}",
+                    if v4 { "IPv4" } else { "IPv6" },
+                    lb_common::MAX_EXCEPT
+                ),
+            );
+        }
+    }
+}
+
 fn metrics(r: &mut Report, m: RawMetrics) -> Option<MetricsListen> {
     let text = m.listen.get_ref();
     match text.parse::<SocketAddr>() {
         _ if text == "off" => Some(MetricsListen::Off),
-        Ok(a) if a.port() != 0 => Some(MetricsListen::At(a)),
+        Ok(a) if a.port() != 0 => match https::check_listen(a) {
+            Ok(()) => Some(MetricsListen::At(a)),
+            Err(e) => {
+                r.at(m.listen.span(), "metrics.listen", format!("{e:#}"));
+                None
+            }
+        },
         _ => {
             r.at(
                 m.listen.span(),

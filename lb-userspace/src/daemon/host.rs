@@ -1,5 +1,6 @@
-//! What services need of this host: forwarding on the interfaces xlb runs on, and
-//! fullnat source addresses that are the host's own.
+//! What services need of this host: forwarding on the interfaces xlb runs on, fullnat
+//! source addresses and listen addresses that are the host's own, and backends that
+//! are not (nor a broadcast address of one of its subnets).
 
 use std::net::IpAddr;
 
@@ -46,6 +47,11 @@ pub(super) fn check_new_services(
         {
             ensure_local(a).with_context(|| format!("service {vip}"))?;
         }
+        for b in conf.backends.keys() {
+            if cur.is_none_or(|c| !c.backends.contains_key(b)) {
+                ensure_backend_remote(vip, b.addr)?;
+            }
+        }
     }
     Ok(())
 }
@@ -62,13 +68,54 @@ pub(super) fn ensure_local(a: IpAddr) -> Result<(), ServiceError> {
     Ok(())
 }
 
+/// A backend must be another host: one of this host's addresses, or the broadcast
+/// address of one of its IPv4 subnets, would have xlb send the service's packets to
+/// itself (or to every host of the segment).
+pub(super) fn ensure_backend_remote(vip: &Vip, b: IpAddr) -> Result<(), ServiceError> {
+    let (local, broadcast) =
+        host_addresses().map_err(|e| ServiceError::Invalid(format!("{e:#}")))?;
+    if local.contains(&b) {
+        return Err(ServiceError::Unusable(format!(
+            "backend {b} of service {vip} cannot work: it is an address of this host, so xlb would send the service's packets to itself; use the address of a server behind xlb"
+        )));
+    }
+    if broadcast.contains(&b) {
+        return Err(ServiceError::Unusable(format!(
+            "backend {b} of service {vip} cannot work: it is the broadcast address of one of this host's subnets"
+        )));
+    }
+    Ok(())
+}
+
+/// A listen address (`[tls] listen`, `[metrics] listen`) must be this host's, or the
+/// unspecified address (every address): binding anything else fails at start.
+fn ensure_listen_local(what: &str, a: std::net::SocketAddr) -> Result<(), String> {
+    if a.ip().is_unspecified() {
+        return Ok(());
+    }
+    let (local, _) = host_addresses().map_err(|e| format!("{e:#}"))?;
+    if local.contains(&a.ip()) {
+        return Ok(());
+    }
+    Err(format!(
+        "{what} {a}: {} is not an address of this host, so xlb could not listen there",
+        a.ip()
+    ))
+}
+
 /// Every address configured on this host's interfaces (getifaddrs).
 fn local_addresses() -> Result<Vec<IpAddr>> {
+    Ok(host_addresses()?.0)
+}
+
+/// This host's addresses, and the broadcast addresses of its IPv4 subnets (/30 and
+/// wider: a /31 or /32 has none).
+fn host_addresses() -> Result<(Vec<IpAddr>, Vec<IpAddr>)> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
         return Err(std::io::Error::last_os_error()).context("listing this host's addresses");
     }
-    let mut out = Vec::new();
+    let (mut out, mut broadcast) = (Vec::new(), Vec::new());
     let mut cur = head;
     while !cur.is_null() {
         let ifa = unsafe { &*cur };
@@ -76,9 +123,15 @@ fn local_addresses() -> Result<Vec<IpAddr>> {
             match unsafe { (*ifa.ifa_addr).sa_family } as i32 {
                 libc::AF_INET => {
                     let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-                    out.push(IpAddr::from(
-                        u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
-                    ));
+                    let addr = u32::from_be(sin.sin_addr.s_addr);
+                    out.push(IpAddr::from(addr.to_be_bytes()));
+                    if !ifa.ifa_netmask.is_null() {
+                        let m = unsafe { &*(ifa.ifa_netmask as *const libc::sockaddr_in) };
+                        let mask = u32::from_be(m.sin_addr.s_addr);
+                        if mask.count_ones() <= 30 {
+                            broadcast.push(IpAddr::from((addr | !mask).to_be_bytes()));
+                        }
+                    }
                 }
                 libc::AF_INET6 => {
                     let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
@@ -90,7 +143,7 @@ fn local_addresses() -> Result<Vec<IpAddr>> {
         cur = ifa.ifa_next;
     }
     unsafe { libc::freeifaddrs(head) };
-    Ok(out)
+    Ok((out, broadcast))
 }
 
 /// What `xlb run` would refuse on this host for `cfg` (`xlb check-config` reports it
@@ -121,7 +174,20 @@ pub fn problems(cfg: &crate::config::Config) -> Vec<String> {
         {
             seen.insert(format!("service {vip}: {e}"));
         }
+        for b in conf.backends.keys() {
+            if let Err(e) = ensure_backend_remote(vip, b.addr) {
+                seen.insert(e.to_string());
+            }
+        }
     }
     out.extend(seen);
+    if let Some(h) = &cfg.https {
+        for a in h.listen.iter().chain(&h.redirect_listen) {
+            out.extend(ensure_listen_local("tls.listen", *a).err());
+        }
+    }
+    if let Some(crate::config::MetricsListen::At(a)) = cfg.metrics {
+        out.extend(ensure_listen_local("metrics.listen", a).err());
+    }
     out
 }

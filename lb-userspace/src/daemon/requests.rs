@@ -7,7 +7,7 @@ use anyhow::{Result, anyhow, bail};
 
 use super::{
     Edge,
-    host::{check_forwarding, ensure_local},
+    host::{check_forwarding, ensure_backend_remote, ensure_local},
 };
 use crate::{
     api::{
@@ -201,6 +201,10 @@ impl Edge {
                 backup,
             } => {
                 let (vip, b): (Vip, BackendAddr) = (vip.parse()?, backend.parse()?);
+                // In tests (no interface) the program runs on crafted frames only.
+                if !self.ifaces.is_empty() {
+                    ensure_backend_remote(&vip, b.addr)?;
+                }
                 self.pools_change(|p| {
                     let b = p.services.add_backend(&vip, b, weight)?;
                     if backup {

@@ -78,6 +78,9 @@ pub fn scrape(source: &Source, metrics: &Metrics, openmetrics: bool) -> Result<(
     })
 }
 
+/// How long an answer may take to write (a scraper that stops reading is dropped).
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn handle(mut stream: TcpStream, source: Source, metrics: &'static Metrics) -> Result<()> {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 2048];
@@ -144,9 +147,18 @@ async fn handle(mut stream: TcpStream, source: Source, metrics: &'static Metrics
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    stream.write_all(resp.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await.ok();
+    // A scraper that asks and never reads must not hold its connection slot.
+    let write = async {
+        stream.write_all(resp.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        stream.shutdown().await.ok();
+        Ok::<_, std::io::Error>(())
+    };
+    tokio::time::timeout(WRITE_TIMEOUT, write)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("the scraper did not read its answer within {WRITE_TIMEOUT:?}")
+        })??;
     Ok(())
 }
 

@@ -23,6 +23,50 @@ pub struct Projection {
     pub backups: Flags,
 }
 
+impl Projection {
+    /// Backends whose packets the firewall would drop, with why: the firewall sees
+    /// every packet first, so a denied backend's replies (nat, fullnat) and its
+    /// health-check answers never reach the balancer or the daemon. By source prefix:
+    /// `except` allows, else the longest matching prefix, else the default policy
+    /// (port rules match a reply's destination, the client's or the checker's port,
+    /// which no rule names).
+    pub fn denied_backends(&self) -> Vec<(super::services::BackendAddr, String)> {
+        let mut out = Vec::new();
+        for (vip, conf) in &self.services.by_vip {
+            for b in conf.backends.keys() {
+                if let Some(why) = self.denies_source(b.addr) {
+                    out.push((
+                        *b,
+                        format!(
+                            "backend {b} of service {vip} is denied by the firewall ({why}): its replies and health-check answers would be dropped; allow it (a longer prefix or an except)"
+                        ),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    fn denies_source(&self, a: std::net::IpAddr) -> Option<String> {
+        let mut best: Option<(u8, Action, String)> = None;
+        for (m, action) in &self.rules {
+            match m {
+                Match::ExceptPrefix(p) if p.contains(a) => return None,
+                Match::Prefix(p) if p.contains(a) && best.as_ref().is_none_or(|b| p.len > b.0) => {
+                    best = Some((p.len, *action, format!("deny {p}")));
+                }
+                _ => {}
+            }
+        }
+        match best {
+            Some((_, Action::Deny, why)) => Some(why),
+            Some(_) => None,
+            None if self.default_policy == Action::Deny => Some("the default policy".into()),
+            None => None,
+        }
+    }
+}
+
 impl Default for Projection {
     fn default() -> Self {
         let r = RuleSet::default();

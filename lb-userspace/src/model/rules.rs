@@ -119,6 +119,19 @@ impl Prefix {
     pub fn is_v4(&self) -> bool {
         self.addr.is_ipv4()
     }
+
+    /// Whether `a` is inside the prefix (same family).
+    pub fn contains(&self, a: IpAddr) -> bool {
+        match (self.addr, a) {
+            (IpAddr::V4(p), IpAddr::V4(a)) => {
+                mask_v4(u32::from(a), self.len) == mask_v4(u32::from(p), self.len)
+            }
+            (IpAddr::V6(p), IpAddr::V6(a)) => {
+                mask_v6(u128::from(a), self.len) == mask_v6(u128::from(p), self.len)
+            }
+            _ => false,
+        }
+    }
 }
 
 fn mask_v4(addr: u32, len: u8) -> u32 {
