@@ -148,6 +148,9 @@ pub struct Flow {
     pub nat_port: u16,
     /// fullnat reply: the client's address.
     pub client: Addr16,
+    /// A connection xlb's SYN proxy opened to the backend (zero for any other flow):
+    /// its sequence-number and timestamp translation (see crate::syn).
+    pub syn: crate::SynFlow,
 }
 
 /// A fullnat flow's source port: slot `port` of the MAP_NAT_PORTS block that the rest

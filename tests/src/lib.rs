@@ -4,5 +4,6 @@
 pub mod fixture;
 pub mod netns;
 pub mod packet;
+pub mod tcp;
 pub mod tls;
 pub mod topology;

@@ -16,6 +16,7 @@ pub mod plan;
 pub mod raw;
 pub mod report;
 pub mod services;
+pub mod synflood;
 pub mod tls_files;
 pub mod values;
 
@@ -43,6 +44,7 @@ use crate::model::{
     health_check::HealthCheck,
     interface::{AttachMode, Interface, valid_ifname},
     services::Vip,
+    synflood::SynProtection,
 };
 
 /// Where the Prometheus endpoint listens.
@@ -85,6 +87,9 @@ pub struct Config {
     pub metrics: Option<MetricsListen>,
     /// How long a backend removed from a service keeps its established flows.
     pub drain_timeout: Duration,
+    /// The https services' SYN-flood protection (a layer-4 service's is in
+    /// `projection`).
+    pub https_syn: BTreeMap<SocketAddr, SynProtection>,
 }
 
 impl Config {
@@ -137,6 +142,7 @@ impl Config {
             https,
             metrics,
             drain_timeout,
+            https_syn: services.https_syn,
         })
     }
 

@@ -221,6 +221,8 @@ impl Edge {
                 tcp_idle,
                 udp_idle,
                 snat,
+                syn_protection,
+                syn_threshold,
             } => {
                 let vip: Vip = vip.parse()?;
                 let snat = snat.map(|a| parse_snat(&a)).transpose()?;
@@ -246,7 +248,11 @@ impl Edge {
                         (Mode::Fullnat, None) => conf.snat,
                         _ => None,
                     };
-                    replace_service(s, next, &conf, tcp_idle, udp_idle)
+                    replace_service(s, next, &conf, tcp_idle, udp_idle)?;
+                    if syn_protection.is_some() || syn_threshold.is_some() {
+                        s.set_syn(&vip, syn_protection, syn_threshold)?;
+                    }
+                    Ok(())
                 })
             }
             Request::BackendSet {
@@ -384,6 +390,7 @@ fn replace_service(
     // The timeouts it has (valid already), then the new ones (checked for its protocol).
     if let Some(s) = fresh.by_vip.get_mut(&vip) {
         (s.tcp_idle, s.udp_idle) = (next.tcp_idle, next.udp_idle);
+        s.syn = next.syn;
     }
     fresh.set_idle(&vip, tcp_idle, udp_idle)?;
     fresh.set_check(&vip, next.check.clone())?;

@@ -8,5 +8,6 @@ pub mod health_check;
 pub mod interface;
 pub mod rules;
 pub mod services;
+pub mod synflood;
 pub mod text;
 pub mod weights;

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     health_check::HealthCheck,
     rules::{MAX_PORT, MIN_PORT, Proto, ipv4_mapped},
+    synflood::SynProtection,
     text::{self, NumberError, shown},
 };
 
@@ -397,6 +398,8 @@ pub struct ServiceConf {
     /// The backends' health check set with the CLI (`xlb vip check`); a configuration
     /// file's `[service.health]` is kept with the file's other checks and wins.
     pub check: Option<HealthCheck>,
+    /// SYN-flood protection (see `synflood`).
+    pub syn: SynProtection,
     pub backends: BTreeMap<BackendAddr, u32>,
 }
 
@@ -429,6 +432,7 @@ impl Services {
                 udp_idle: DEFAULT_UDP_IDLE,
                 snat: None,
                 check: None,
+                syn: SynProtection::default_for(vip.proto),
                 backends: BTreeMap::new(),
             },
         );

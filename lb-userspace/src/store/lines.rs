@@ -118,6 +118,7 @@ pub fn service_lines(svc: &ServiceConf) -> Vec<String> {
     if let Some(a) = svc.snat {
         head.push_str(&format!(" snat={a}"));
     }
+    crate::store::synflood::write_options(&mut head, svc);
     let mut out = vec![head];
     if let Some(c) = &svc.check {
         out.push(format!("check {} {}", svc.vip, check_words(c).join(" ")));
@@ -136,8 +137,10 @@ pub fn parse_service_line(services: &mut Services, line: &str) -> Result<(), Ser
         ["service", vip, mode, opts @ ..] => {
             let (mut affinity, mut echo, mut tcp, mut udp) = (false, true, None, None);
             let mut snat = None;
+            let mut syn = crate::store::synflood::Options::default();
             for o in opts {
                 match o.split_once('=') {
+                    Some((k, v)) if syn.read(k, v)? => {}
                     Some(("affinity", "source")) => affinity = true,
                     Some(("snat", a)) => snat = Some(a.parse().map_err(|_| bad())?),
                     Some(("echo", "off")) => echo = false,
@@ -153,7 +156,8 @@ pub fn parse_service_line(services: &mut Services, line: &str) -> Result<(), Ser
             let vip: Vip = vip.parse()?;
             services.add_service(vip, mode.parse()?, affinity, echo)?;
             services.set_snat(&vip, snat)?;
-            services.set_idle(&vip, tcp, udp)
+            services.set_idle(&vip, tcp, udp)?;
+            syn.apply(services, &vip)
         }
         ["check", vip, words @ ..] => {
             let words = words

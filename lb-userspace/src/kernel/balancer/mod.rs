@@ -111,6 +111,8 @@ pub struct Balancer {
     free_service_ids: Vec<u32>,
     next_service_id: u32,
     echo: StdHashMap<IpAddr, u32>,
+    /// SYN-flood protection's maps: a service's protection is in the slot of its id.
+    pub syn: super::synflood::SynMaps,
 }
 
 impl Balancer {
@@ -122,6 +124,7 @@ impl Balancer {
         endpoints: HashMap<MapData, EndpointKey, u32>,
         (backend_stats, backend_stats_fd): (PerCpuArray<MapData, BackendStats>, std::os::fd::RawFd),
         pool: MmapTable,
+        syn: super::synflood::SynMaps,
     ) -> Self {
         Balancer {
             services,
@@ -142,6 +145,7 @@ impl Balancer {
             free_service_ids: Vec::new(),
             next_service_id: 1,
             echo: StdHashMap::new(),
+            syn,
         }
     }
 
@@ -373,7 +377,17 @@ impl Balancer {
             self.install(conf)?;
         }
         self.sync_endpoints()?;
-        self.sync_echo(desired)
+        self.sync_echo(desired)?;
+        let installed = self
+            .installed
+            .values()
+            .filter_map(|i| i.conf.as_ref().map(|c| (i.id, c)));
+        self.syn.sync_services(installed)
+    }
+
+    /// The id of a service (its SYN-flood protection's slot).
+    pub fn service_id(&self, vip: &Vip) -> Option<u32> {
+        self.installed.get(vip).map(|i| i.id)
     }
 
     /// Gives each endpoint (address, port, protocol) of a nat backend an owner, whose
