@@ -547,7 +547,7 @@ fn write_inner(ctx: &XdpContext, pkt: &Packet, h: &Header, len: usize, back: boo
 /// The pseudo-header's sum (addresses as the packet has them, protocol, length).
 #[inline(always)]
 fn pseudo_sum(ctx: &XdpContext, l3: usize, v4: bool, len: usize) -> Option<u32> {
-    let mut d = (IPPROTO_TCP as u32) << 8 | (len as u16).swap_bytes() as u32;
+    let mut d = ((IPPROTO_TCP as u32) << 8) + (len as u16).swap_bytes() as u32;
     let n = if v4 { 2 } else { 8 };
     let start = addr_off(l3, v4, End::Src);
     let mut i = 0;

@@ -188,7 +188,9 @@ pub fn xlb_syn(ctx: XdpContext) -> u32 {
         .and_then(|r| Reason::ALL.get(*r as usize).copied())
         .unwrap_or(Reason::Default);
     let out = run(&ctx);
-    if out & RESUME_BIT != 0 {
+    // SCHEDULE here (a local packet that is not protection's, no scratch space) is a
+    // pass with the firewall's reason; only RESUME_* goes back to the balancer.
+    if out != SCHEDULE && out & RESUME_BIT != 0 {
         if let Some(s) = scratch() {
             s.resume = out & !RESUME_BIT;
         }

@@ -63,6 +63,19 @@ fn tsval_of(ctx: &XdpContext, pkt: &Packet, t: &Tcp) -> Option<u32> {
     load::<[u8; 4]>(ctx, ts).map(u32::from_be_bytes)
 }
 
+/// Whether the segment carries data (by the IP header's length: a short frame may
+/// be padded).
+#[inline(always)]
+fn has_payload(ctx: &XdpContext, pkt: &Packet, doff: usize) -> bool {
+    let end = if pkt.is_v6() {
+        crate::bounds::load_u16(ctx, pkt.l3_off + 4)
+            .map(|n| pkt.l3_off + IPV6_HLEN + u16::from_be(n) as usize)
+    } else {
+        crate::bounds::load_u16(ctx, pkt.l3_off + 2).map(|n| pkt.l3_off + u16::from_be(n) as usize)
+    };
+    end.is_some_and(|e| e > pkt.l4_off + doff)
+}
+
 /// Turns a client's ACK (or window probe) of a proven connection into the SYN to the
 /// backend. The caller sends it on like any packet of the flow.
 #[inline(never)]
@@ -108,7 +121,10 @@ pub fn from_client(ctx: &XdpContext, pkt: &Packet, f: &Flow) -> u32 {
         return pack(Verdict::Drop, Reason::BadL4);
     };
     if f.syn.state == SYN_FLOW_SYN_SENT {
-        if t.flags & (TH_SYN | TH_RST | TH_ACK | syncookie::TH_FIN) != TH_ACK {
+        // A bare ACK (or window probe) only: data waits for the backend's answer.
+        if t.flags & (TH_SYN | TH_RST | TH_ACK | syncookie::TH_FIN) != TH_ACK
+            || has_payload(ctx, pkt, t.doff)
+        {
             return pack(Verdict::Drop, Reason::SynNoFlow);
         }
         bump_proxied(f.service, true);

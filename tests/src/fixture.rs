@@ -258,6 +258,7 @@ impl Lb {
             snat: None,
             syn_protection: Some(mode),
             syn_threshold: threshold,
+            all_down: None,
         });
     }
     /// A fullnat service whose backends see `snat` as the source.

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{rules::Action, services::Mode, synflood::SynMode};
+use crate::model::{rules::Action, services::Mode, synflood::SynMode, weights::AllDown};
 
 /// One request; its reply type (in [`reply`](super::reply)) is named beside each
 /// variant.
@@ -98,6 +98,9 @@ pub enum Request {
         syn_protection: Option<SynMode>,
         #[serde(default)]
         syn_threshold: Option<u32>,
+        /// Every backend down at once: panic (send to all, the default) or strict.
+        #[serde(default)]
+        all_down: Option<AllDown>,
     },
     /// Reply: `ServiceList`.
     VipList,

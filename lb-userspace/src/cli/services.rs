@@ -17,6 +17,7 @@ use crate::{
     model::{
         services::{MAX_IDLE, MAX_WEIGHT, Mode, Vip},
         synflood::{SynMode, parse_threshold},
+        weights::AllDown,
     },
 };
 
@@ -81,6 +82,10 @@ pub enum VipCmd {
         /// New flows per second above which `auto` protection turns on (default 5000).
         #[arg(long, value_parser = parse_threshold)]
         syn_threshold: Option<u32>,
+        /// Every backend down at once (health checks): panic (the default: send to all
+        /// of them, health not believed) or strict (send to none).
+        #[arg(long, value_parser = all_down_arg)]
+        all_down: Option<AllDown>,
     },
     /// Health-check the service's backends (HAProxy semantics: down after `fall`
     /// failures in a row, up after `rise` successes), or `off`: `xlb vip check
@@ -210,6 +215,11 @@ fn weight_arg(s: &str) -> Result<u32, String> {
     }
 }
 
+/// panic or strict, with the model's message.
+fn all_down_arg(s: &str) -> Result<AllDown, String> {
+    s.parse()
+}
+
 /// A SYN protection mode (auto, always, off), with the model's message.
 fn syn_mode_arg(s: &str) -> Result<SynMode, String> {
     s.parse()
@@ -281,6 +291,7 @@ pub fn vip(ctx: &Ctx, cmd: VipCmd) -> Result<()> {
             snat,
             syn_protection,
             syn_threshold,
+            all_down,
         } => Request::VipSet {
             vip,
             mode,
@@ -291,6 +302,7 @@ pub fn vip(ctx: &Ctx, cmd: VipCmd) -> Result<()> {
             snat,
             syn_protection,
             syn_threshold,
+            all_down,
         },
         VipCmd::Del { vip } => Request::VipDel { vip },
         VipCmd::List => {

@@ -200,6 +200,23 @@ fn layer4_service(r: &mut Report, s: &RawService, vip: Vip, projection: &mut Pro
         services.by_vip.remove(&vip);
         return false;
     }
+    if let Some(a) = &s.all_down {
+        match a.get_ref().parse::<crate::model::weights::AllDown>() {
+            Ok(v) => services.by_vip.get_mut(&vip).expect("added above").all_down = v,
+            Err(_) => {
+                r.at(
+                    a.span(),
+                    "service.all_down",
+                    format!(
+                        "'{}' is not what to do with every backend down: expected \"panic\" or \"strict\"",
+                        crate::model::text::shown(a.get_ref())
+                    ),
+                );
+                services.by_vip.remove(&vip);
+                return false;
+            }
+        }
+    }
     match super::synflood::protection(r, s, &vip) {
         Some(p) => services.by_vip.get_mut(&vip).expect("added above").syn = p,
         None => {

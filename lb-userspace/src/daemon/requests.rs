@@ -223,6 +223,7 @@ impl Edge {
                 snat,
                 syn_protection,
                 syn_threshold,
+                all_down,
             } => {
                 let vip: Vip = vip.parse()?;
                 let snat = snat.map(|a| parse_snat(&a)).transpose()?;
@@ -239,6 +240,7 @@ impl Edge {
                         mode: mode.unwrap_or(conf.mode),
                         affinity_source: affinity_source.unwrap_or(conf.affinity_source),
                         echo: echo.unwrap_or(conf.echo),
+                        all_down: all_down.unwrap_or(conf.all_down),
                         backends: Default::default(),
                         ..conf.clone()
                     };
@@ -391,6 +393,7 @@ fn replace_service(
     if let Some(s) = fresh.by_vip.get_mut(&vip) {
         (s.tcp_idle, s.udp_idle) = (next.tcp_idle, next.udp_idle);
         s.syn = next.syn;
+        s.all_down = next.all_down;
     }
     fresh.set_idle(&vip, tcp_idle, udp_idle)?;
     fresh.set_check(&vip, next.check.clone())?;

@@ -8,7 +8,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData, PerCpuArray},
@@ -16,7 +16,6 @@ use aya::{
 use lb_common::*;
 use tracing::info;
 
-use super::datapath::take;
 use crate::model::{
     services::{Mode, ServiceConf},
     synflood::{SynMode, SynProtection},
@@ -89,6 +88,20 @@ pub struct SynMaps {
     written: BTreeMap<u32, SynConf>,
     /// The https services' slots and protection.
     pub locals: BTreeMap<SocketAddr, (u32, SynProtection)>,
+    /// The host settings `prepare_host` changed, with their values before
+    /// (`restore_host` puts them back when the daemon stops).
+    changed: Vec<(&'static str, u8)>,
+}
+
+/// A map of the object (as datapath's `take`; this file sits below datapath).
+fn take<T>(bpf: &mut Ebpf, name: &str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = bpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the object"))?;
+    T::try_from(map).with_context(|| format!("map {name}"))
 }
 
 fn key_of(addr: &SocketAddr) -> ServiceKey {
@@ -116,6 +129,7 @@ impl SynMaps {
             host: HostTcp::read(),
             written: BTreeMap::new(),
             locals: BTreeMap::new(),
+            changed: Vec::new(),
         };
         // A running datapath's slots (adopted maps): what they hold stays known.
         for slot in 0..SYN_SLOTS {
@@ -300,9 +314,23 @@ impl SynMaps {
                 )
             })?;
             info!("set net.ipv4.{name}=2 (was {have}) for the https services' SYN protection");
+            self.changed.push((name, have));
         }
         self.host = HostTcp::read();
         Ok(())
+    }
+
+    /// Puts back the host settings `prepare_host` changed (the daemon stops: its https
+    /// listener goes with it).
+    pub fn restore_host(&mut self) {
+        for (name, was) in self.changed.drain(..).rev() {
+            let path = format!("/proc/sys/net/ipv4/{name}");
+            match std::fs::write(&path, was.to_string()) {
+                Ok(()) => info!("restored net.ipv4.{name}={was}"),
+                Err(e) => tracing::warn!("restoring net.ipv4.{name}={was}: {e}"),
+            }
+        }
+        self.host = HostTcp::read();
     }
 
     /// Whether some https service is protected (the balancer must then be entered for
@@ -345,5 +373,45 @@ impl SynMaps {
             self.stats.set(slot, zeros, 0)?;
         }
         Ok(())
+    }
+}
+
+/// The clock the kernel program's protection state uses (bpf_ktime_get_coarse_ns).
+pub fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Whether a slot's protection is on at `now_ns`, and why (or why not), in words.
+pub fn explain(v: &SlotView, p: &SynProtection, now_ns: u64) -> (bool, String) {
+    const NS: u64 = 1_000_000_000;
+    match p.mode {
+        SynMode::Off => (false, "off".into()),
+        SynMode::Always => (true, "always on (syn_protection = \"always\")".into()),
+        SynMode::Auto if now_ns < v.state.until_ns => {
+            let since = now_ns.saturating_sub(v.state.since_ns) / NS;
+            (
+                true,
+                format!(
+                    "on for {since}s: new flows went over {} per second (a CPU saw {} in a second; {} in the last); stays on {}s after the rate falls",
+                    p.threshold,
+                    v.state.peak,
+                    v.rate,
+                    v.conf.hold_secs
+                ),
+            )
+        }
+        SynMode::Auto => (
+            false,
+            format!(
+                "standing by: {} new flows in the last second, on above {} per second",
+                v.rate, p.threshold
+            ),
+        ),
     }
 }

@@ -400,6 +400,8 @@ pub struct ServiceConf {
     pub check: Option<HealthCheck>,
     /// SYN-flood protection (see `synflood`).
     pub syn: SynProtection,
+    /// Every backend down at once: panic (send to all) or strict (see `weights`).
+    pub all_down: super::weights::AllDown,
     pub backends: BTreeMap<BackendAddr, u32>,
 }
 
@@ -433,6 +435,7 @@ impl Services {
                 snat: None,
                 check: None,
                 syn: SynProtection::default_for(vip.proto),
+                all_down: super::weights::AllDown::Panic,
                 backends: BTreeMap::new(),
             },
         );

@@ -4,12 +4,95 @@
 //! draining come along at 0. Weight 0 keeps a backend's established flows and gives it no
 //! slot in the Maglev table.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, fmt, str::FromStr};
+
+use serde::{Deserialize, Serialize};
 
 use super::{
     drain::Draining,
-    services::{BackendAddr, Services, Vip},
+    services::{BackendAddr, ServiceConf, Services, Vip},
+    text::shown,
 };
+
+/// What a service does when every backend it has (drained ones aside) looks down at
+/// once: health checks that all fail together more likely fail themselves (a network
+/// or checker problem) than every backend at once.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AllDown {
+    /// Panic mode (Envoy's panic threshold at 100%): health is ignored and new flows go
+    /// to every backend by its weight, until one is up again.
+    #[default]
+    Panic,
+    /// New flows are dropped (`no_backend`) until a backend is up.
+    Strict,
+}
+
+impl fmt::Display for AllDown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AllDown::Panic => "panic",
+            AllDown::Strict => "strict",
+        })
+    }
+}
+
+impl FromStr for AllDown {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "panic" => Ok(AllDown::Panic),
+            "strict" => Ok(AllDown::Strict),
+            _ => Err(format!(
+                "'{}' is not what to do with every backend down: use panic (send to all of them) or strict (send to none)",
+                shown(s)
+            )),
+        }
+    }
+}
+
+/// Whether service `s` is in panic: `AllDown::Panic`, and every backend not drained
+/// (at least one) is down.
+pub fn in_panic(
+    vip: &Vip,
+    s: &ServiceConf,
+    drained: &Flags,
+    down: &dyn Fn(&Vip, &BackendAddr) -> bool,
+) -> bool {
+    let mut candidates = s
+        .backends
+        .keys()
+        .filter(|b| !drained.contains(&(*vip, **b)))
+        .peekable();
+    s.all_down == AllDown::Panic && candidates.peek().is_some() && candidates.all(|b| down(vip, b))
+}
+
+/// The services in panic now.
+pub fn panicking(
+    services: &Services,
+    drained: &Flags,
+    down: &dyn Fn(&Vip, &BackendAddr) -> bool,
+) -> BTreeSet<Vip> {
+    services
+        .by_vip
+        .iter()
+        .filter(|(vip, s)| in_panic(vip, s, drained, down))
+        .map(|(vip, _)| *vip)
+        .collect()
+}
 
 /// A set of (service, backend): the backups, the drained.
 pub type Flags = BTreeSet<(Vip, BackendAddr)>;
@@ -34,7 +117,9 @@ pub fn effective(
 ) -> Services {
     let mut v = services.clone();
     for (vip, s) in v.by_vip.iter_mut() {
-        let live = |b: &BackendAddr| !drained.contains(&(*vip, *b)) && !down(vip, b);
+        // Panic: every backend looks down, so health is not believed.
+        let panic = in_panic(vip, s, drained, down);
+        let live = |b: &BackendAddr| !drained.contains(&(*vip, *b)) && (panic || !down(vip, b));
         let primary_live = s
             .backends
             .keys()
@@ -76,9 +161,21 @@ mod tests {
         // One primary down, one drained: the backup takes over at its weight.
         let drained: Flags = [(vip, b(12))].into();
         assert_eq!(weights(&drained, &|_, x| *x == b(11)), vec![0, 0, 3]);
-        // The backup down too: nothing takes new flows.
-        assert_eq!(weights(&drained, &|_, x| *x != b(12)), vec![0, 0, 0]);
+        // The backup down too: every backend not drained is down, so health is not
+        // believed (panic): the primary takes new flows again.
+        assert_eq!(weights(&drained, &|_, x| *x != b(12)), vec![2, 0, 0]);
+        assert_eq!(panicking(&s, &drained, &|_, x| *x != b(12)), [vip].into());
+        // Every backend down, none drained: panic, every primary by its weight.
+        assert_eq!(weights(&none, &|_, _| true), vec![2, 1, 0]);
+        assert!(panicking(&s, &none, &|_, x| *x != b(13)).is_empty());
         // A primary back: the backup stands by again.
         assert_eq!(weights(&drained, &|_, _| false), vec![2, 0, 0]);
+        // Strict: nothing when every backend is down.
+        let mut s = s.clone();
+        s.by_vip.get_mut(&vip).unwrap().all_down = AllDown::Strict;
+        let v = effective(&s, &backups, &none, &|_, _| true, &Draining::default());
+        assert_eq!(v.by_vip[&vip].backends.values().copied().collect::<Vec<_>>(), vec![0, 0, 0]);
+        assert!(panicking(&s, &none, &|_, _| true).is_empty());
+        assert!("sometimes".parse::<AllDown>().unwrap_err().contains("'sometimes' is not"));
     }
 }

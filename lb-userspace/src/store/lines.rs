@@ -119,6 +119,9 @@ pub fn service_lines(svc: &ServiceConf) -> Vec<String> {
         head.push_str(&format!(" snat={a}"));
     }
     crate::store::synflood::write_options(&mut head, svc);
+    if svc.all_down == crate::model::weights::AllDown::Strict {
+        head.push_str(" all_down=strict");
+    }
     let mut out = vec![head];
     if let Some(c) = &svc.check {
         out.push(format!("check {} {}", svc.vip, check_words(c).join(" ")));
@@ -138,9 +141,13 @@ pub fn parse_service_line(services: &mut Services, line: &str) -> Result<(), Ser
             let (mut affinity, mut echo, mut tcp, mut udp) = (false, true, None, None);
             let mut snat = None;
             let mut syn = crate::store::synflood::Options::default();
+            let mut all_down = crate::model::weights::AllDown::Panic;
             for o in opts {
                 match o.split_once('=') {
                     Some((k, v)) if syn.read(k, v)? => {}
+                    Some(("all_down", v)) => {
+                        all_down = v.parse().map_err(ServiceError::Invalid)?;
+                    }
                     Some(("affinity", "source")) => affinity = true,
                     Some(("snat", a)) => snat = Some(a.parse().map_err(|_| bad())?),
                     Some(("echo", "off")) => echo = false,
@@ -157,6 +164,9 @@ pub fn parse_service_line(services: &mut Services, line: &str) -> Result<(), Ser
             services.add_service(vip, mode.parse()?, affinity, echo)?;
             services.set_snat(&vip, snat)?;
             services.set_idle(&vip, tcp, udp)?;
+            if let Some(s) = services.by_vip.get_mut(&vip) {
+                s.all_down = all_down;
+            }
             syn.apply(services, &vip)
         }
         ["check", vip, words @ ..] => {

@@ -385,6 +385,27 @@ impl Balancer {
         self.syn.sync_services(installed)
     }
 
+    /// Every protected service (layer-4 and https) with its protection slot and
+    /// settings, in address order (layer-4 first).
+    pub fn syn_slots(&self) -> Vec<(String, u32, crate::model::synflood::SynProtection)> {
+        let mut out: Vec<_> = self
+            .installed
+            .iter()
+            .filter_map(|(vip, i)| {
+                let c = i.conf.as_ref()?;
+                (c.syn.mode != crate::model::synflood::SynMode::Off)
+                    .then(|| (vip.to_string(), i.id, c.syn))
+            })
+            .collect();
+        out.extend(
+            self.syn
+                .locals
+                .iter()
+                .map(|(a, (slot, p))| (format!("{a}/tcp"), *slot, *p)),
+        );
+        out
+    }
+
     /// The id of a service (its SYN-flood protection's slot).
     pub fn service_id(&self, vip: &Vip) -> Option<u32> {
         self.installed.get(vip).map(|i| i.id)
