@@ -99,7 +99,12 @@ fn without_line_info(path: &std::path::Path) {
     let u16_at = |d: &[u8], o: usize| u16::from_le_bytes([d[o], d[o + 1]]) as usize;
     let u32_at = |d: &[u8], o: usize| u32::from_le_bytes(d[o..o + 4].try_into().unwrap()) as usize;
     let u64_at = |d: &[u8], o: usize| u64::from_le_bytes(d[o..o + 8].try_into().unwrap()) as usize;
-    assert_eq!(&d[..4], b"\x7fELF", "{} is not an ELF object", path.display());
+    assert_eq!(
+        &d[..4],
+        b"\x7fELF",
+        "{} is not an ELF object",
+        path.display()
+    );
     let (shoff, shentsize, shnum) = (u64_at(&d, 0x28), u16_at(&d, 0x3a), u16_at(&d, 0x3c));
     let names = u64_at(&d, shoff + u16_at(&d, 0x3e) * shentsize + 0x18);
     for i in 0..shnum {

@@ -208,7 +208,6 @@ pub const MAP_SYN_LOCAL: &str = "XLB_SYN_LOCAL";
 /// (bpf_ktime_get_coarse_ns).
 pub const MAP_SYN_ALLOW: &str = "XLB_SYN_ALLOW";
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,7 +23,9 @@ use aya_ebpf::{
 use lb_common::*;
 
 use crate::{
-    bounds::{MAX_HEADER_BYTES, frame_len, load, load_u16, load_w32, ptr_at, store, store_u16, store_w32},
+    bounds::{
+        MAX_HEADER_BYTES, frame_len, load, load_u16, load_w32, ptr_at, store, store_u16, store_w32,
+    },
     parse::Packet,
     rewrite::{self, End, addr_off, delta16, delta32, put_u16},
     synflood::scratch,

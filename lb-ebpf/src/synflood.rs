@@ -350,9 +350,7 @@ fn active(slot: u32, conf: &SynConf, now: u64, count: bool) -> bool {
     if conf.mode == SYN_ALWAYS {
         return true;
     }
-    XLB_SYN_STATE
-        .get(slot)
-        .is_some_and(|st| now < st.until_ns)
+    XLB_SYN_STATE.get(slot).is_some_and(|st| now < st.until_ns)
 }
 
 #[inline(always)]
@@ -521,16 +519,12 @@ fn gen_for_mss(ctx: &XdpContext, pkt: &Packet, isn: u32, mss: u16) -> u64 {
         let Some(ip) = crate::bounds::ptr_at::<[u8; IPV6_HLEN]>(ctx, pkt.l3_off) else {
             return 0;
         };
-        unsafe {
-            aya_ebpf::helpers::bpf_tcp_raw_gen_syncookie_ipv6(ip as *mut _, th, 24)
-        }
+        unsafe { aya_ebpf::helpers::bpf_tcp_raw_gen_syncookie_ipv6(ip as *mut _, th, 24) }
     } else {
         let Some(ip) = crate::bounds::ptr_at::<[u8; IPV4_MIN_HLEN]>(ctx, pkt.l3_off) else {
             return 0;
         };
-        unsafe {
-            aya_ebpf::helpers::bpf_tcp_raw_gen_syncookie_ipv4(ip as *mut _, th, 24)
-        }
+        unsafe { aya_ebpf::helpers::bpf_tcp_raw_gen_syncookie_ipv4(ip as *mut _, th, 24) }
     };
     if r < 0 {
         return 0;

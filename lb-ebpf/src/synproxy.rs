@@ -27,8 +27,8 @@ use crate::{
     maps::{XLB_FLOWS, XLB_SERVICE_KEYS},
     parse::Packet,
     syncookie::{
-        self, Header, TH_ACK, TH_RST, TH_SYN, Tcp, ack_options, add32, handshake_options,
-        mss_of, scan_options, shift_window, syn_options, write_header,
+        self, Header, TH_ACK, TH_RST, TH_SYN, Tcp, ack_options, add32, handshake_options, mss_of,
+        scan_options, shift_window, syn_options, write_header,
     },
     synflood::{XLB_SYN_CONF, XLB_SYN_STATS, scratch, unpack_scan},
 };
@@ -186,7 +186,13 @@ pub fn from_backend(ctx: &XdpContext, pkt: &Packet, f: &Flow) -> u32 {
         if t.flags & TH_RST != 0 {
             // The backend refused: the client gets the reset in its own numbers.
             let l4 = pkt.l4_off;
-            let d = add32(ctx, l4, l4 + 4, f.syn.seq.wrapping_add(1).wrapping_sub(t.seq), 0);
+            let d = add32(
+                ctx,
+                l4,
+                l4 + 4,
+                f.syn.seq.wrapping_add(1).wrapping_sub(t.seq),
+                0,
+            );
             return match d.and_then(|d| crate::rewrite::fix_check(ctx, l4 + 16, d, false)) {
                 Some(()) => CONTINUE,
                 None => pack(Verdict::Drop, Reason::BadL4),
@@ -228,7 +234,9 @@ fn opened(ctx: &XdpContext, pkt: &Packet, t: &Tcp, f: &Flow) -> Option<()> {
         return None;
     }
     let b = syn_options(ctx, pkt, t.doff);
-    let our_ws = XLB_SYN_CONF.get(f.service).map_or(DEFAULT_WSCALE, |c| c.wscale);
+    let our_ws = XLB_SYN_CONF
+        .get(f.service)
+        .map_or(DEFAULT_WSCALE, |c| c.wscale);
     let cws = f.syn.opts & SYN_OPT_WS_MASK;
     let client_scaled = cws != SYN_WS_NONE && f.syn.opts & SYN_OPT_TS != 0;
     let backend_scaled = client_scaled && b.ws != SYN_WS_NONE;
@@ -242,7 +250,11 @@ fn opened(ctx: &XdpContext, pkt: &Packet, t: &Tcp, f: &Flow) -> Option<()> {
     } else {
         0
     };
-    s.b2c = if bws >= ows { bws - ows } else { (ows - bws) << 4 };
+    s.b2c = if bws >= ows {
+        bws - ows
+    } else {
+        (ows - bws) << 4
+    };
     // `seq` and `ts` held the cookie and xlb's timestamp: now the differences.
     let cookie = f.syn.seq;
     s.seq = t.seq.wrapping_sub(cookie);

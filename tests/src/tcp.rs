@@ -301,7 +301,10 @@ mod tests {
 
     #[test]
     fn segments_round_trip_with_valid_checksums() {
-        for (s, d) in [("192.0.2.2", "198.51.100.10"), ("2001:db8::2", "2001:db8::10")] {
+        for (s, d) in [
+            ("192.0.2.2", "198.51.100.10"),
+            ("2001:db8::2", "2001:db8::10"),
+        ] {
             let seg = Seg::new(s, d, 40000, 80, SYN)
                 .seq(12345)
                 .opts(Opts::linux_syn(777))
@@ -309,7 +312,10 @@ mod tests {
             let f = seg.build();
             assert_checksums(&f);
             let back = Seg::parse(&f);
-            assert_eq!((back.seq, back.flags, back.payload), (12345, SYN, b"hi".to_vec()));
+            assert_eq!(
+                (back.seq, back.flags, back.payload),
+                (12345, SYN, b"hi".to_vec())
+            );
             assert_eq!(back.opts, Opts::linux_syn(777));
         }
     }

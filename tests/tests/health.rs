@@ -230,7 +230,9 @@ fn a_check_set_with_the_cli_takes_a_dead_backend_out_until_turned_off() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("'sometimes' is not"));
     xlb.ok(&["vip", "set", SVC, "--all-down", "strict"]);
     t.servers.clear();
-    wait_for("every backend down", || (0..3).all(|i| state(&xlb, i) == "down"));
+    wait_for("every backend down", || {
+        (0..3).all(|i| state(&xlb, i) == "down")
+    });
     assert!(backends(&xlb).iter().all(|b| b["effective_weight"] == 0));
     let v = xlb.json(&["status", "--json"]);
     assert_eq!(v["services"][0]["panic"], false, "{v}");

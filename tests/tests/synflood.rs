@@ -102,7 +102,11 @@ fn syn_cookie(lb: &Lb, f: &Fam, cport: u16, isn: u32, tsval: u32, window: u16) -
     let (action, sa, out) = run(lb, &syn);
     assert_eq!(action, XDP_TX, "a SYN is answered in XDP");
     assert_checksums(&out);
-    assert_eq!((sa.dst_mac, sa.src_mac), (CLIENT_MAC, lb.mac), "back to the client");
+    assert_eq!(
+        (sa.dst_mac, sa.src_mac),
+        (CLIENT_MAC, lb.mac),
+        "back to the client"
+    );
     assert_eq!(sa.src.to_string(), f.vip_ip);
     assert_eq!(sa.dst.to_string(), f.client);
     assert_eq!((sa.sport, sa.dport), (80, cport));
@@ -117,7 +121,11 @@ fn syn_cookie(lb: &Lb, f: &Fam, cport: u16, isn: u32, tsval: u32, window: u16) -
     assert_eq!(o.ws, Some(wscale(lb)), "xlb's window scale");
     let (ours, echo) = o.ts.expect("a timestamp");
     assert_eq!(echo, tsval, "the client's timestamp echoed");
-    assert_eq!(ours & 0xf, 7, "the client's window scale in the cookie's timestamp");
+    assert_eq!(
+        ours & 0xf,
+        7,
+        "the client's window scale in the cookie's timestamp"
+    );
     assert_ne!(ours & 0x10, 0, "SACK in the cookie's timestamp");
     let idx = [536u16, 1300, 1440, 1460]
         .iter()
@@ -128,7 +136,11 @@ fn syn_cookie(lb: &Lb, f: &Fam, cport: u16, isn: u32, tsval: u32, window: u16) -
                 .position(|m| *m == f.cookie_mss)
         })
         .unwrap() as u32;
-    assert_eq!((ours >> 6) & 3, idx, "the MSS's index in the cookie's timestamp");
+    assert_eq!(
+        (ours >> 6) & 3,
+        idx,
+        "the MSS's index in the cookie's timestamp"
+    );
     (sa.seq, ours)
 }
 
@@ -156,7 +168,11 @@ fn cookies_the_proxy_handshake_and_translation_nat_ipv4_and_ipv6() {
         assert_eq!(s.src.to_string(), f.client);
         assert_eq!((s.sport, s.dport), (cport, 8080));
         assert_eq!((s.flags, s.seq, s.ack), (SYN, isn, 0));
-        assert_eq!(s.window, 502 << 7, "the client's window, unscaled for a SYN");
+        assert_eq!(
+            s.window,
+            502 << 7,
+            "the client's window, unscaled for a SYN"
+        );
         assert_eq!(
             s.opts,
             Opts {
@@ -168,7 +184,11 @@ fn cookies_the_proxy_handshake_and_translation_nat_ipv4_and_ipv6() {
             },
             "the client's options, from its cookie"
         );
-        assert_eq!(forward_entries(&mut lb), before + 1, "one flow, once proven");
+        assert_eq!(
+            forward_entries(&mut lb),
+            before + 1,
+            "one flow, once proven"
+        );
 
         // The backend's SYN-ACK opens the client's window.
         let (bisn, bts) = (3_000_000_000u32, 777_000u32);
@@ -188,7 +208,10 @@ fn cookies_the_proxy_handshake_and_translation_nat_ipv4_and_ipv6() {
         assert_eq!(action, XDP_TX, "{}: the window update to the client", f.vip);
         assert_checksums(&out);
         assert_eq!(s.dst_mac, CLIENT_MAC);
-        assert_eq!((s.src.to_string(), s.dst.to_string()), (f.vip_ip.into(), f.client.into()));
+        assert_eq!(
+            (s.src.to_string(), s.dst.to_string()),
+            (f.vip_ip.into(), f.client.into())
+        );
         assert_eq!((s.sport, s.dport), (80, cport));
         assert_eq!(s.flags, ACK);
         assert_eq!((s.seq, s.ack), (cookie.wrapping_add(1), isn + 1));
@@ -244,7 +267,14 @@ fn cookies_the_proxy_handshake_and_translation_nat_ipv4_and_ipv6() {
             .dp
             .lb
             .syn
-            .view(lb.fx.edge.dp.lb.service_id(&f.vip.parse().unwrap()).unwrap())
+            .view(
+                lb.fx
+                    .edge
+                    .dp
+                    .lb
+                    .service_id(&f.vip.parse().unwrap())
+                    .unwrap(),
+            )
             .unwrap();
         assert_eq!(
             (v.stats.cookies_sent, v.stats.cookies_valid, v.stats.proxied),
@@ -341,12 +371,20 @@ fn auto_turns_on_above_its_threshold() {
     }
     assert!(forwarded <= 2, "{forwarded} SYNs reached a backend");
     assert_eq!(forwarded + cookies, 20);
-    let id = lb.fx.edge.dp.lb.service_id(&V4.vip.parse().unwrap()).unwrap();
+    let id = lb
+        .fx
+        .edge
+        .dp
+        .lb
+        .service_id(&V4.vip.parse().unwrap())
+        .unwrap();
     let v = lb.fx.edge.dp.lb.syn.view(id).unwrap();
     assert!(v.state.until_ns > v.state.since_ns, "on, for a while");
     // Off: SYNs go to the backends again.
     lb.syn(V4.vip, SynMode::Off, None);
-    let syn = client_seg(&lb, &V4, 43999, SYN).seq(1).opts(Opts::linux_syn(1));
+    let syn = client_seg(&lb, &V4, 43999, SYN)
+        .seq(1)
+        .opts(Opts::linux_syn(1));
     assert_eq!(run(&lb, &syn).1.flags, SYN);
 }
 
@@ -383,9 +421,15 @@ fn fullnat_proxy_handshake_and_translation() {
         let (action, s, out) = run(&lb, &bsa);
         assert_eq!(action, XDP_TX);
         assert_checksums(&out);
-        assert_eq!((s.src.to_string(), s.dst.to_string()), (f.vip_ip.into(), f.client.into()));
+        assert_eq!(
+            (s.src.to_string(), s.dst.to_string()),
+            (f.vip_ip.into(), f.client.into())
+        );
         assert_eq!((s.sport, s.dport), (80, cport));
-        assert_eq!((s.flags, s.seq, s.ack), (ACK, cookie.wrapping_add(1), isn + 1));
+        assert_eq!(
+            (s.flags, s.seq, s.ack),
+            (ACK, cookie.wrapping_add(1), isn + 1)
+        );
         let req = client_seg(&lb, &f, cport, ACK | PSH)
             .seq(isn + 1)
             .ack(cookie.wrapping_add(1))
@@ -404,7 +448,10 @@ fn fullnat_proxy_handshake_and_translation() {
         let (_, s, out) = run(&lb, &resp);
         assert_checksums(&out);
         assert_eq!((s.dst.to_string(), s.dport), (f.client.into(), cport));
-        assert_eq!((s.seq, s.opts.ts), (cookie.wrapping_add(1), Some((ours + 8, tsval + 2))));
+        assert_eq!(
+            (s.seq, s.opts.ts),
+            (cookie.wrapping_add(1), Some((ours + 8, tsval + 2)))
+        );
     }
 }
 
@@ -431,7 +478,10 @@ fn no_timestamps_and_window_scales_that_differ() {
         },
         "without timestamps a cookie keeps only the MSS"
     );
-    let ack = client_seg(&lb, &V4, 45000, ACK).seq(11).ack(sa.seq.wrapping_add(1)).window(4000);
+    let ack = client_seg(&lb, &V4, 45000, ACK)
+        .seq(11)
+        .ack(sa.seq.wrapping_add(1))
+        .window(4000);
     let (action, s, out) = run(&lb, &ack);
     assert_eq!(action, XDP_TX);
     assert_checksums(&out);
@@ -492,7 +542,11 @@ fn no_timestamps_and_window_scales_that_differ() {
     let (_, s, out) = run(&lb, &data);
     assert_checksums(&out);
     let want = ((1u32 << 14) << 2) >> ws;
-    assert_eq!(s.window as u32, want.clamp(1, 65535), "rescaled to xlb's scale");
+    assert_eq!(
+        s.window as u32,
+        want.clamp(1, 65535),
+        "rescaled to xlb's scale"
+    );
 }
 
 /// A backend that refuses: its reset reaches the client in the client's numbers. A
@@ -521,7 +575,11 @@ fn backend_refusal_retransmissions_and_servers_that_speak_first() {
         .seq(101)
         .ack(cookie.wrapping_add(1))
         .payload(b"early");
-    assert_eq!(lb.run(&data.build()).0, XDP_DROP, "no data before the backend answers");
+    assert_eq!(
+        lb.run(&data.build()).0,
+        XDP_DROP,
+        "no data before the backend answers"
+    );
     let rst = Seg::new(V4.backend_ips[i], V4.client, 8080, 46000, RST | ACK)
         .macs(lb.mac, BACKEND_MACS[i])
         .seq(0)
@@ -529,7 +587,10 @@ fn backend_refusal_retransmissions_and_servers_that_speak_first() {
     let (action, s, out) = run(&lb, &rst);
     assert_eq!(action, XDP_TX);
     assert_checksums(&out);
-    assert_eq!((s.flags, s.seq, s.ack), (RST | ACK, cookie.wrapping_add(1), 101));
+    assert_eq!(
+        (s.flags, s.seq, s.ack),
+        (RST | ACK, cookie.wrapping_add(1), 101)
+    );
 
     // Another connection, whose backend speaks first.
     let (cookie, ours) = syn_cookie(&lb, &V4, 46001, 200, 20, 0);
@@ -549,15 +610,25 @@ fn backend_refusal_retransmissions_and_servers_that_speak_first() {
             ..Default::default()
         });
     assert_eq!(run(&lb, &bsa).1.flags, ACK, "the window update");
-    let (action, s, out) = run(&lb, &bsa.clone().opts(Opts {
-        ts: Some((1900, 21)),
-        ws: Some(wscale(&lb)),
-        ..Default::default()
-    }));
+    let (action, s, out) = run(
+        &lb,
+        &bsa.clone().opts(Opts {
+            ts: Some((1900, 21)),
+            ws: Some(wscale(&lb)),
+            ..Default::default()
+        }),
+    );
     assert_eq!(action, XDP_TX, "the SYN-ACK again: xlb answers it");
     assert_checksums(&out);
-    assert_eq!((s.dst_mac, s.src_mac), (BACKEND_MACS[i], lb.mac), "back to the backend");
-    assert_eq!((s.src.to_string(), s.dst.to_string()), (V4.client.into(), V4.backend_ips[i].into()));
+    assert_eq!(
+        (s.dst_mac, s.src_mac),
+        (BACKEND_MACS[i], lb.mac),
+        "back to the backend"
+    );
+    assert_eq!(
+        (s.src.to_string(), s.dst.to_string()),
+        (V4.client.into(), V4.backend_ips[i].into())
+    );
     assert_eq!((s.sport, s.dport), (46001, 8080));
     assert_eq!((s.flags, s.seq, s.ack), (ACK, 201, 5001));
     assert_eq!(s.opts.ts, Some((21, 1900)));
@@ -588,9 +659,17 @@ fn dsr_reset_cookies_allow_list_the_source() {
         // handshake with another MSS, for the kernel's own cookies too).
         let bad = client_seg(&lb, &f, 47000, RST).seq(sa.ack.wrapping_add(1000));
         assert_eq!(lb.run(&bad.build()).0, XDP_DROP);
-        let ack = client_seg(&lb, &f, 47000, ACK).seq(1235).ack(sa.seq.wrapping_add(1));
-        assert_eq!(lb.run(&ack.build()).0, XDP_DROP, "no ACK proves a dsr cookie");
-        let syn2 = client_seg(&lb, &f, 47000, SYN).seq(1234).opts(Opts::linux_syn(6));
+        let ack = client_seg(&lb, &f, 47000, ACK)
+            .seq(1235)
+            .ack(sa.seq.wrapping_add(1));
+        assert_eq!(
+            lb.run(&ack.build()).0,
+            XDP_DROP,
+            "no ACK proves a dsr cookie"
+        );
+        let syn2 = client_seg(&lb, &f, 47000, SYN)
+            .seq(1234)
+            .opts(Opts::linux_syn(6));
         assert_eq!(run(&lb, &syn2).1.flags, SYN | ACK, "not allow-listed yet");
         // The client's reset: RFC 793's answer to an unacceptable ACK.
         let rst = client_seg(&lb, &f, 47000, RST).seq(sa.ack);
@@ -599,7 +678,10 @@ fn dsr_reset_cookies_allow_list_the_source() {
         assert_eq!(count(&lb, Reason::SynCookieOk, Verdict::Drop), ok0 + 1);
         // Its SYN again, and one of another connection: to the backend.
         for port in [47000, 47001] {
-            let s = client_seg(&lb, &f, port, SYN).seq(1234).opts(Opts::linux_syn(7)).build();
+            let s = client_seg(&lb, &f, port, SYN)
+                .seq(1234)
+                .opts(Opts::linux_syn(7))
+                .build();
             let (action, out) = lb.run(&s);
             assert_eq!(action, XDP_TX);
             backend_index(&out);
@@ -629,20 +711,43 @@ fn https_cookies_are_for_the_local_listener() {
     lb.fx.edge.dp.lb.syn.set_local(&https).unwrap();
     lb.fx.edge.dp.set_config(&lb.fx.edge.rules).unwrap();
     let host = lb.fx.edge.dp.lb.syn.host;
-    assert_eq!((host.syncookies, host.timestamps), (2, 2), "set for the listener");
-    let seg = |flags| Seg::new("192.0.2.2", "192.0.2.1", 48000, 8443, flags).macs(lb.mac, CLIENT_MAC);
+    assert_eq!(
+        (host.syncookies, host.timestamps),
+        (2, 2),
+        "set for the listener"
+    );
+    let seg =
+        |flags| Seg::new("192.0.2.2", "192.0.2.1", 48000, 8443, flags).macs(lb.mac, CLIENT_MAC);
     let syn = seg(SYN).seq(99).opts(Opts::linux_syn(3));
-    assert_eq!(lb.run(&syn.build()).0, XDP_PASS, "the first goes to the kernel");
+    assert_eq!(
+        lb.run(&syn.build()).0,
+        XDP_PASS,
+        "the first goes to the kernel"
+    );
     let (action, sa, out) = run(&lb, &syn);
     assert_eq!(action, XDP_TX);
     assert_checksums(&out);
     assert_eq!((sa.flags, sa.ack, sa.window), (SYN | ACK, 100, 64240));
     assert_eq!(sa.opts.ws, Some(host.wscale));
     let ours = sa.opts.ts.unwrap().0;
-    assert_eq!(ours & 0x1f, 0x17, "the kernel's encoding: window scale 7, SACK");
-    let ack = seg(ACK).seq(100).ack(sa.seq.wrapping_add(1)).opts(Opts::ts(4, ours));
-    assert_eq!(lb.run(&ack.build()).0, XDP_PASS, "the proven ACK to the listener");
-    let forged = seg(ACK).seq(100).ack(sa.seq.wrapping_add(9)).opts(Opts::ts(4, ours));
+    assert_eq!(
+        ours & 0x1f,
+        0x17,
+        "the kernel's encoding: window scale 7, SACK"
+    );
+    let ack = seg(ACK)
+        .seq(100)
+        .ack(sa.seq.wrapping_add(1))
+        .opts(Opts::ts(4, ours));
+    assert_eq!(
+        lb.run(&ack.build()).0,
+        XDP_PASS,
+        "the proven ACK to the listener"
+    );
+    let forged = seg(ACK)
+        .seq(100)
+        .ack(sa.seq.wrapping_add(9))
+        .opts(Opts::ts(4, ours));
     assert_eq!(lb.run(&forged.build()).0, XDP_DROP);
     let stray = seg(FIN | ACK).seq(100).ack(1);
     assert_eq!(lb.run(&stray.build()).0, XDP_DROP);
@@ -671,13 +776,27 @@ fn health_check_answers_pass_while_protection_is_on() {
                 .macs(lb.mac, BACKEND_MACS[0])
                 .seq(1)
                 .ack(2)
-                .payload(if flags & PSH != 0 { b"HTTP/1.1 200 OK\r\n" } else { b"" })
+                .payload(if flags & PSH != 0 {
+                    b"HTTP/1.1 200 OK\r\n"
+                } else {
+                    b""
+                })
                 .build();
             let (action, out) = lb.run(&s);
-            assert_eq!(action, XDP_PASS, "{}: a probe's answer ({flags:#x}) passes", f.vip);
+            assert_eq!(
+                action, XDP_PASS,
+                "{}: a probe's answer ({flags:#x}) passes",
+                f.vip
+            );
             assert_eq!(out, s, "untouched");
         }
-        let id = lb.fx.edge.dp.lb.service_id(&f.vip.parse().unwrap()).unwrap();
+        let id = lb
+            .fx
+            .edge
+            .dp
+            .lb
+            .service_id(&f.vip.parse().unwrap())
+            .unwrap();
         let v = lb.fx.edge.dp.lb.syn.view(id).unwrap();
         assert_eq!(
             (v.stats.cookies_refused, v.stats.no_flow),

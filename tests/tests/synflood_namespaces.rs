@@ -101,7 +101,12 @@ fn burst(attacker: &Netns, vip: &str, flags: u8, first: u32, n: u32) {
                     &sa as *const libc::sockaddr_in as *const libc::sockaddr,
                     std::mem::size_of::<libc::sockaddr_in>() as u32,
                 );
-                assert_eq!(sent, ip.len() as isize, "{}", std::io::Error::last_os_error());
+                assert_eq!(
+                    sent,
+                    ip.len() as isize,
+                    "{}",
+                    std::io::Error::last_os_error()
+                );
             }
             libc::close(fd);
         }
@@ -135,7 +140,10 @@ fn nat_syn_proxy_with_a_real_client_and_a_spoofed_flood() {
     cli(&xlb, &["vip", "add", svc, "--mode", "nat"]);
     let mut addrs = Vec::new();
     for i in 0..2 {
-        cli(&xlb, &["backend", "add", svc, &format!("{}:8080", backend_v4(i))]);
+        cli(
+            &xlb,
+            &["backend", "add", svc, &format!("{}:8080", backend_v4(i))],
+        );
         addrs.push(backend_v4(i));
     }
     t.wait_neighbours(&addrs).unwrap();
@@ -151,7 +159,10 @@ fn nat_syn_proxy_with_a_real_client_and_a_spoofed_flood() {
     assert_eq!(protection(&xlb, svc)["mode"], "auto");
     cli(&xlb, &["vip", "set", svc, "--syn-protection", "always"]);
     let p = protection(&xlb, svc);
-    assert_eq!((p["active"].clone(), p["method"].clone()), (true.into(), "syn proxy".into()));
+    assert_eq!(
+        (p["active"].clone(), p["method"].clone()),
+        (true.into(), "syn proxy".into())
+    );
 
     // curl through the SYN proxy: a cookie, then the proxy's handshake with a backend.
     let url = format!("http://{vip}/");
@@ -163,7 +174,10 @@ fn nat_syn_proxy_with_a_real_client_and_a_spoofed_flood() {
     assert!(counter(&xlb, svc, "proxied") >= 3);
     flood_and_connect(&xlb, &t, vip, svc, &url);
     let text = xlb.ok(&["status"]);
-    assert!(text.contains("syn protection:") && text.contains("ACTIVE"), "{text}");
+    assert!(
+        text.contains("syn protection:") && text.contains("ACTIVE"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -175,7 +189,10 @@ fn dsr_allow_list_with_a_real_client_and_a_spoofed_flood() {
     cli(&xlb, &["vip", "add", svc, "--mode", "dsr"]);
     let mut addrs = Vec::new();
     for i in 0..2 {
-        cli(&xlb, &["backend", "add", svc, &format!("{}:80", backend_v4(i))]);
+        cli(
+            &xlb,
+            &["backend", "add", svc, &format!("{}:80", backend_v4(i))],
+        );
         addrs.push(backend_v4(i));
     }
     t.wait_neighbours(&addrs).unwrap();

@@ -90,6 +90,17 @@ impl Edge {
     /// One service with its backends, and the check set with the CLI (the daemon puts
     /// a configuration file's check in its place: `Running::service_list`).
     fn service_view(&self, s: &ServiceConf, view: &Services) -> ServiceView {
+        // One lock of the panic record, released before the view is built.
+        let (panic, panic_entered) = {
+            let book = self
+                .panic
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (
+                book.now.contains(&s.vip),
+                book.entered.get(&s.vip).copied().unwrap_or(0),
+            )
+        };
         ServiceView {
             service: s.vip.to_string(),
             mode: s.mode,
@@ -104,20 +115,8 @@ impl Edge {
             snat: s.snat.map(|a| a.to_string()),
             health_check: s.check.clone(),
             all_down: s.all_down,
-            panic: self
-                .panic
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .now
-                .contains(&s.vip),
-            panic_entered: self
-                .panic
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .entered
-                .get(&s.vip)
-                .copied()
-                .unwrap_or(0),
+            panic,
+            panic_entered,
             backends: s
                 .backends
                 .iter()

@@ -251,10 +251,13 @@ impl SynMaps {
         // The balancer's flag first, then each service's settings and its address; the
         // addresses no longer protected go last (and the flag with the last of them).
         if !on.is_empty() {
-            self.put(SLOT_LOCAL_FLAG, SynConf {
-                mode: SYN_ALWAYS,
-                ..Default::default()
-            })?;
+            self.put(
+                SLOT_LOCAL_FLAG,
+                SynConf {
+                    mode: SYN_ALWAYS,
+                    ..Default::default()
+                },
+            )?;
         }
         for (a, p) in &on {
             let c = self.conf_for(p, SYN_KIND_LOCAL);
@@ -293,7 +296,9 @@ impl SynMaps {
         if !self.written.contains_key(&slot) {
             self.reset_slot(slot)?;
         }
-        self.conf.set(slot, c, 0).context("writing SYN protection")?;
+        self.conf
+            .set(slot, c, 0)
+            .context("writing SYN protection")?;
         self.written.insert(slot, c);
         Ok(())
     }
@@ -352,7 +357,12 @@ impl SynMaps {
             v.rate += r.last as u64;
             v.current += r.count as u64;
         }
-        for s in self.stats.get(&slot, 0).context("reading SYN counters")?.iter() {
+        for s in self
+            .stats
+            .get(&slot, 0)
+            .context("reading SYN counters")?
+            .iter()
+        {
             v.stats.cookies_sent += s.cookies_sent;
             v.stats.cookies_valid += s.cookies_valid;
             v.stats.cookies_refused += s.cookies_refused;
@@ -368,8 +378,7 @@ impl SynMaps {
     /// Zeroes every slot's counters (`xlb stats reset`).
     pub fn reset_counters(&mut self) -> Result<()> {
         for slot in 0..SYN_SLOTS {
-            let zeros =
-                aya::maps::PerCpuValues::try_from(vec![SynStats::default(); self.ncpus])?;
+            let zeros = aya::maps::PerCpuValues::try_from(vec![SynStats::default(); self.ncpus])?;
             self.stats.set(slot, zeros, 0)?;
         }
         Ok(())
@@ -399,10 +408,7 @@ pub fn explain(v: &SlotView, p: &SynProtection, now_ns: u64) -> (bool, String) {
                 true,
                 format!(
                     "on for {since}s: new flows went over {} per second (a CPU saw {} in a second; {} in the last); stays on {}s after the rate falls",
-                    p.threshold,
-                    v.state.peak,
-                    v.rate,
-                    v.conf.hold_secs
+                    p.threshold, v.state.peak, v.rate, v.conf.hold_secs
                 ),
             )
         }

@@ -29,7 +29,7 @@ fn settings(c: &ServiceConf) -> ServiceConf {
         backends: BTreeMap::new(),
         check: None,
         // Nor is SYN-flood protection (established flows keep their path).
-        syn: super::synflood::SynProtection::default_for(c.vip.proto),
+        syn: super::syn_mode::SynProtection::default_for(c.vip.proto),
         ..c.clone()
     }
 }

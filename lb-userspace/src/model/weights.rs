@@ -4,65 +4,14 @@
 //! draining come along at 0. Weight 0 keeps a backend's established flows and gives it no
 //! slot in the Maglev table.
 
-use std::{collections::BTreeSet, fmt, str::FromStr};
-
-use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 
 use super::{
     drain::Draining,
     services::{BackendAddr, ServiceConf, Services, Vip},
-    text::shown,
 };
 
-/// What a service does when every backend it has (drained ones aside) looks down at
-/// once: health checks that all fail together more likely fail themselves (a network
-/// or checker problem) than every backend at once.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    clap::ValueEnum,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum AllDown {
-    /// Panic mode (Envoy's panic threshold at 100%): health is ignored and new flows go
-    /// to every backend by its weight, until one is up again.
-    #[default]
-    Panic,
-    /// New flows are dropped (`no_backend`) until a backend is up.
-    Strict,
-}
-
-impl fmt::Display for AllDown {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            AllDown::Panic => "panic",
-            AllDown::Strict => "strict",
-        })
-    }
-}
-
-impl FromStr for AllDown {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "panic" => Ok(AllDown::Panic),
-            "strict" => Ok(AllDown::Strict),
-            _ => Err(format!(
-                "'{}' is not what to do with every backend down: use panic (send to all of them) or strict (send to none)",
-                shown(s)
-            )),
-        }
-    }
-}
+pub use super::services::AllDown;
 
 /// Whether service `s` is in panic: `AllDown::Panic`, and every backend not drained
 /// (at least one) is down.
@@ -174,8 +123,20 @@ mod tests {
         let mut s = s.clone();
         s.by_vip.get_mut(&vip).unwrap().all_down = AllDown::Strict;
         let v = effective(&s, &backups, &none, &|_, _| true, &Draining::default());
-        assert_eq!(v.by_vip[&vip].backends.values().copied().collect::<Vec<_>>(), vec![0, 0, 0]);
+        assert_eq!(
+            v.by_vip[&vip]
+                .backends
+                .values()
+                .copied()
+                .collect::<Vec<_>>(),
+            vec![0, 0, 0]
+        );
         assert!(panicking(&s, &none, &|_, _| true).is_empty());
-        assert!("sometimes".parse::<AllDown>().unwrap_err().contains("'sometimes' is not"));
+        assert!(
+            "sometimes"
+                .parse::<AllDown>()
+                .unwrap_err()
+                .contains("'sometimes' is not")
+        );
     }
 }
