@@ -570,7 +570,8 @@ fn dsr(
         _pad: [0; 3],
     };
     let flags = hs(t);
-    if let Some(seen) = XLB_SYN_ALLOW.get_ptr_mut(&key) {
+    let key = &key;
+    if let Some(seen) = XLB_SYN_ALLOW.get_ptr_mut(key) {
         let seen = unsafe { &mut *seen };
         if now.wrapping_sub(*seen) < conf.allow_secs as u64 * NS {
             if flags == TH_SYN {
@@ -598,7 +599,7 @@ fn dsr(
     }
     if flags & TH_RST != 0 {
         if check_cookie(ctx, pkt, 1, t.seq.wrapping_add(1), true) {
-            let _ = XLB_SYN_ALLOW.insert(&key, &now, 0);
+            let _ = XLB_SYN_ALLOW.insert(key, now, 0);
             bump!(slot, cookies_valid);
             return pack(Verdict::Drop, Reason::SynCookieOk);
         }
@@ -638,7 +639,8 @@ fn local_inner(ctx: &XdpContext, pkt: &Packet, now: u64) -> Option<(Verdict, Rea
         proto: IPPROTO_TCP,
         family,
     };
-    let slot = *unsafe { XLB_SYN_LOCAL.get(&key) }?;
+    let key = &key;
+    let slot = *unsafe { XLB_SYN_LOCAL.get(key) }?;
     let conf = XLB_SYN_CONF.get(slot)?;
     if conf.mode == SYN_OFF {
         return None;

@@ -16,6 +16,7 @@
 //! 4. the client's first segment (its request) completes the backend's handshake. A
 //!    server that speaks first waits for its SYN-ACK's retransmission, which xlb
 //!    answers with the ACK itself.
+//!
 //! Until the backend answers, the client's ACKs and window probes make xlb send the
 //! SYN again (its retransmission); its other segments are dropped.
 
@@ -312,7 +313,8 @@ fn record(pkt: &Packet, f: &Flow, s: &SynFlow) -> Option<()> {
         family,
         _pad: [0; 2],
     };
-    let fwd = unsafe { &mut *XLB_FLOWS.get_ptr_mut(&sc.key)? };
+    let fwd_key = &sc.key;
+    let fwd = unsafe { &mut *XLB_FLOWS.get_ptr_mut(fwd_key)? };
     if fwd.direction != FLOW_FORWARD || fwd.backend != f.backend {
         return None;
     }
@@ -320,11 +322,13 @@ fn record(pkt: &Packet, f: &Flow, s: &SynFlow) -> Option<()> {
     // A nat flow to a shared endpoint has a reply entry: the reply's own tuple.
     if f.mode == MODE_NAT
         && let Some(b) = crate::maps::scratch()
-        && let Some(r) = XLB_FLOWS.get_ptr_mut(&b.key)
     {
-        let r = unsafe { &mut *r };
-        if r.direction == FLOW_REPLY && r.backend == f.backend {
-            r.syn = *s;
+        let reply_key = &b.key;
+        if let Some(r) = XLB_FLOWS.get_ptr_mut(reply_key) {
+            let r = unsafe { &mut *r };
+            if r.direction == FLOW_REPLY && r.backend == f.backend {
+                r.syn = *s;
+            }
         }
     }
     Some(())

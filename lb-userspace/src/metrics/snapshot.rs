@@ -21,6 +21,9 @@ use crate::{
     model::rules::RuleSet,
 };
 
+/// A SYN-flood protection family: name, help, its counter of a service's stats.
+type SynCounter = (&'static str, &'static str, fn(&lb_common::SynStats) -> u64);
+
 /// Rules exported by id; the hits of every other rule are summed under `rule="other"`.
 pub const RULE_SERIES: usize = 1000;
 
@@ -79,7 +82,7 @@ impl Snapshot {
     /// SYN-flood protection, per protected service.
     fn register_syn(&self, reg: &mut Registry) {
         let active: Family<Labels, Gauge> = Family::default();
-        let counters: [(&str, &str, fn(&lb_common::SynStats) -> u64); 6] = [
+        let counters: [SynCounter; 6] = [
             (
                 "syn_cookies_sent",
                 "SYNs of a protected service answered with a SYN cookie in XDP",

@@ -116,6 +116,8 @@ pub struct Balancer {
 }
 
 impl Balancer {
+    // One argument per map (group) of the object, taken by the datapath.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         services: HashMap<MapData, ServiceKey, Service>,
         service_keys: Array<MapData, ServiceKey>,
