@@ -72,6 +72,7 @@ fn main() {
         let src = target_dir.join(TARGET).join("release").join(bin);
         std::fs::copy(&src, out.join(format!("{bin}.o")))
             .unwrap_or_else(|e| panic!("copying {}: {e}", src.display()));
+        without_line_info(&out.join(format!("{bin}.o")));
     }
     // The program without the kernel log calls, for the bench's comparison (its own
     // target directory, so the two builds do not invalidate each other).
@@ -80,12 +81,43 @@ fn main() {
     let src = nolog_dir.join(TARGET).join("release").join("xlb");
     std::fs::copy(&src, out.join("xlb-nolog.o"))
         .unwrap_or_else(|e| panic!("copying {}: {e}", src.display()));
+    without_line_info(&out.join("xlb-nolog.o"));
     let xlb = std::fs::read(out.join("xlb.o")).expect("the XDP object just built");
     println!("cargo:rustc-env=XLB_OBJECT_ID={:016x}", fnv1a(&xlb));
     println!("cargo:rustc-env=XLB_COMMIT={}", commit(&root));
     for f in [".git/HEAD", ".git/index"] {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }
+}
+
+/// Empties the line information of the object's BTF.ext (its length set to 0): the
+/// kernel needs the BTF's functions (a program of several BPF functions may make a
+/// tail call only with them), while bpf-linker's line records repeat instruction
+/// offsets, which the kernel refuses ("Invalid line_info").
+fn without_line_info(path: &std::path::Path) {
+    let mut d = std::fs::read(path).expect("reading an object");
+    let u16_at = |d: &[u8], o: usize| u16::from_le_bytes([d[o], d[o + 1]]) as usize;
+    let u32_at = |d: &[u8], o: usize| u32::from_le_bytes(d[o..o + 4].try_into().unwrap()) as usize;
+    let u64_at = |d: &[u8], o: usize| u64::from_le_bytes(d[o..o + 8].try_into().unwrap()) as usize;
+    assert_eq!(
+        &d[..4],
+        b"\x7fELF",
+        "{} is not an ELF object",
+        path.display()
+    );
+    let (shoff, shentsize, shnum) = (u64_at(&d, 0x28), u16_at(&d, 0x3a), u16_at(&d, 0x3c));
+    let names = u64_at(&d, shoff + u16_at(&d, 0x3e) * shentsize + 0x18);
+    for i in 0..shnum {
+        let sh = shoff + i * shentsize;
+        let name = &d[names + u32_at(&d, sh)..];
+        if name.starts_with(b".BTF.ext\0") {
+            let off = u64_at(&d, sh + 0x18);
+            // btf_ext_header: magic, version, flags, hdr_len, func_info_off/len,
+            // line_info_off, line_info_len (at 20).
+            d[off + 20..off + 24].copy_from_slice(&0u32.to_le_bytes());
+        }
+    }
+    std::fs::write(path, d).expect("writing an object");
 }
 
 /// FNV-1a over the object: the kernel program's build id in `xlb --version`.

@@ -159,6 +159,9 @@ pub struct Flow {
     pub bytes: u64,
     pub rev_packets: u64,
     pub rev_bytes: u64,
+    /// A connection xlb's SYN proxy opened to the backend (zero for any other flow):
+    /// its sequence-number and timestamp translation (see crate::syn).
+    pub syn: crate::SynFlow,
 }
 
 /// A fullnat flow's source port: slot `port` of the MAP_NAT_PORTS block that the rest

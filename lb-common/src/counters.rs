@@ -112,9 +112,22 @@ pub enum Reason {
     /// An ICMP error (fragmentation needed, packet too big, unreachable) about a flow,
     /// sent to the flow's backend.
     IcmpToBackend = 19,
+    /// SYN-flood protection: a SYN answered with a SYN cookie (no flow made).
+    SynCookie = 20,
+    /// SYN-flood protection: no flow and no good cookie (an ACK flood, a forged or
+    /// expired cookie): dropped.
+    SynCookieBad = 21,
+    /// SYN-flood protection: no flow, and not a handshake packet (a FIN, a reset):
+    /// dropped.
+    SynNoFlow = 22,
+    /// The SYN proxy answered a backend's handshake itself (its ACK to a SYN-ACK).
+    SynProxy = 23,
+    /// A proven cookie: an https service's ACK passed to the kernel's listener, or a
+    /// dsr client's reset that put its source on the allow-list (dropped).
+    SynCookieOk = 24,
 }
 
-pub const REASONS: u32 = 20;
+pub const REASONS: u32 = 25;
 
 impl Reason {
     pub const ALL: [Reason; REASONS as usize] = [
@@ -138,6 +151,11 @@ impl Reason {
         Reason::NoRoute,
         Reason::NoPort,
         Reason::IcmpToBackend,
+        Reason::SynCookie,
+        Reason::SynCookieBad,
+        Reason::SynNoFlow,
+        Reason::SynProxy,
+        Reason::SynCookieOk,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -162,6 +180,11 @@ impl Reason {
             Reason::NoRoute => "no_route",
             Reason::NoPort => "no_port",
             Reason::IcmpToBackend => "icmp_to_backend",
+            Reason::SynCookie => "syn_cookie",
+            Reason::SynCookieBad => "syn_cookie_bad",
+            Reason::SynNoFlow => "syn_no_flow",
+            Reason::SynProxy => "syn_proxy",
+            Reason::SynCookieOk => "syn_cookie_ok",
         }
     }
 

@@ -14,6 +14,7 @@ pub mod firewall;
 pub mod limits;
 pub mod maps;
 pub mod net;
+pub mod syn;
 
 pub use balancer::*;
 pub use config::*;
@@ -22,6 +23,7 @@ pub use firewall::*;
 pub use limits::*;
 pub use maps::*;
 pub use net::*;
+pub use syn::*;
 
 #[cfg(feature = "user")]
 mod user {
@@ -42,4 +44,9 @@ mod user {
     unsafe impl aya::Pod for HopCache {}
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for DropEvent {}
+    unsafe impl aya::Pod for SynConf {}
+    unsafe impl aya::Pod for SynState {}
+    unsafe impl aya::Pod for SynRate {}
+    unsafe impl aya::Pod for SynStats {}
+    unsafe impl aya::Pod for SynAllowKey {}
 }

@@ -68,13 +68,16 @@ pub const MAP_SAMPLE: &str = "XLB_SAMPLE";
 /// The balancer program's name and its slot in MAP_JUMP.
 pub const PROG_BALANCE: &str = "xlb_balance";
 pub const JUMP_BALANCE: u32 = 0;
-pub const JUMP_SLOTS: u32 = 1;
+/// SYN-flood protection's program (lb_common::syn) and its slot.
+pub const PROG_SYN: &str = "xlb_syn";
+pub const JUMP_SYN: u32 = 1;
+pub const JUMP_SLOTS: u32 = 2;
 
 /// The maps that hold state from one run (and one build) of the program to the next:
 /// pinned by name under the daemon's bpffs directory and adopted by the next `xlb run`,
 /// so a restart or an upgrade keeps flows, rules and counters. MAP_JUMP (it holds one
 /// build's balancer) and MAP_HANDOFF (per-packet scratch) belong to one build.
-pub const STATE_MAPS: [&str; 23] = [
+pub const STATE_MAPS: [&str; 29] = [
     MAP_BACKEND_STATS,
     MAP_EVENTS,
     MAP_SAMPLE,
@@ -98,4 +101,11 @@ pub const STATE_MAPS: [&str; 23] = [
     MAP_EXCEPT_V4,
     MAP_EXCEPT_V6,
     MAP_PORTS,
+    // SYN-flood protection (syn.rs).
+    crate::syn::MAP_SYN_CONF,
+    crate::syn::MAP_SYN_STATE,
+    crate::syn::MAP_SYN_RATE,
+    crate::syn::MAP_SYN_STATS,
+    crate::syn::MAP_SYN_LOCAL,
+    crate::syn::MAP_SYN_ALLOW,
 ];

@@ -21,6 +21,9 @@ mod klog;
 mod maps;
 mod parse;
 mod rewrite;
+mod syncookie;
+mod synflood;
+mod synproxy;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 #[cfg(feature = "klog")]
@@ -81,21 +84,40 @@ pub fn xlb(ctx: XdpContext) -> u32 {
 /// The load balancer, entered from `xlb` for packets the firewall passed.
 #[xdp]
 pub fn xlb_balance(ctx: XdpContext) -> u32 {
-    let len = bounds::frame_len(&ctx);
+    let out = balanced(&ctx);
+    // SYN-flood protection's program takes it from here if the balancer asked (and may
+    // send it back): a tail call from this frame, kept small for it.
+    if synflood::take_go() {
+        unsafe { maps::XLB_JUMP.tail_call(&ctx, lb_common::JUMP_SYN) };
+    }
+    synflood::clear_resume();
+    finish(&ctx, out)
+}
+
+/// The balancer's outcome, packed (balance::NONE: none).
+#[inline(never)]
+fn balanced(ctx: &XdpContext) -> u32 {
+    let cfg = config();
+    balance::packed(balance::balance(ctx, &cfg))
+}
+
+/// Counts the balancer's outcome and gives its action.
+#[inline(never)]
+fn finish(ctx: &XdpContext, out: u32) -> u32 {
+    let len = bounds::frame_len(ctx);
     let cfg = config();
     let passed = maps::XLB_HANDOFF
         .get(0)
         .and_then(|r| Reason::ALL.get(*r as usize).copied())
         .unwrap_or(Reason::Default);
-    let out = balance::balance(&ctx, &cfg);
-    let (verdict, reason) = out.unwrap_or((Verdict::Pass, passed));
+    let (verdict, reason) = balance::unpacked(out).unwrap_or((Verdict::Pass, passed));
     count::packet(reason, verdict, len, 0);
     if verdict == Verdict::Drop {
-        events::dropped(&ctx, reason, len, &cfg);
+        events::dropped(ctx, reason, len, &cfg);
     }
     #[cfg(feature = "klog")]
     if cfg.log_level >= LOG_DEBUG {
-        klog::decision(&ctx, 1, reason as u32, verdict as u32);
+        klog::decision(ctx, 1, reason as u32, verdict as u32);
     }
     action(verdict)
 }

@@ -44,18 +44,18 @@ pub fn addr_off(l3: usize, v4: bool, end: End) -> usize {
 /// byte order of the words does not matter as long as old and new agree); `apply`
 /// folds a delta into a checksum.
 #[inline(always)]
-fn delta32(d: u32, old: u32, new: u32) -> u32 {
+pub(crate) fn delta32(d: u32, old: u32, new: u32) -> u32 {
     let o = !old;
     d + (o & 0xffff) + (o >> 16) + (new & 0xffff) + (new >> 16)
 }
 
 #[inline(always)]
-fn delta16(d: u32, old: u16, new: u16) -> u32 {
+pub(crate) fn delta16(d: u32, old: u16, new: u16) -> u32 {
     d + (!old) as u32 + new as u32
 }
 
 #[inline(always)]
-fn apply(check: u16, d: u32) -> u16 {
+pub(crate) fn apply(check: u16, d: u32) -> u16 {
     let mut sum = (!check) as u32 + d;
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);

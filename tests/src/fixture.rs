@@ -12,7 +12,7 @@ use xlb::{
     api::Request,
     daemon::Edge,
     kernel::Datapath,
-    model::{rules::Action, services::Mode},
+    model::{rules::Action, services::Mode, synflood::SynMode},
     store::lines::parse_rule,
 };
 
@@ -239,6 +239,27 @@ impl Lb {
             udp_idle: None,
             snat: None,
         });
+        // These tests make flows faster than SYN-flood protection's default threshold:
+        // off unless a test sets it (`syn`).
+        self.syn(vip, SynMode::Off, None);
+    }
+    /// Sets a service's SYN-flood protection as `xlb vip set --syn-protection` does.
+    pub fn syn(&mut self, vip: &str, mode: SynMode, threshold: Option<u32>) {
+        if vip.ends_with("/udp") {
+            return;
+        }
+        self.fx.req(Request::VipSet {
+            vip: vip.into(),
+            mode: None,
+            affinity_source: None,
+            echo: None,
+            tcp_idle: None,
+            udp_idle: None,
+            snat: None,
+            syn_protection: Some(mode),
+            syn_threshold: threshold,
+            all_down: None,
+        });
     }
     /// A fullnat service whose backends see `snat` as the source.
     pub fn fullnat(&mut self, vip: &str, snat: &str) {
@@ -251,6 +272,7 @@ impl Lb {
             udp_idle: None,
             snat: Some(snat.into()),
         });
+        self.syn(vip, SynMode::Off, None);
     }
     pub fn backend(&mut self, vip: &str, b: &str, weight: u32) {
         self.fx.req(Request::BackendAdd {

@@ -5,5 +5,6 @@ pub mod fixture;
 pub mod netns;
 pub mod otlp;
 pub mod packet;
+pub mod tcp;
 pub mod tls;
 pub mod topology;

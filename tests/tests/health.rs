@@ -136,6 +136,15 @@ fn http_checks_take_a_dead_backend_out_and_bring_it_back() {
         backends(&xlb)[0]["health"]["last"],
         "HTTP 200, expected 204"
     );
+    // Panic mode: every backend looks down at once, so health is not believed: new
+    // flows go to all of them (they do answer), and status says so.
+    let v = xlb.json(&["status", "--json"]);
+    assert_eq!(v["services"][0]["panic"], true, "{v}");
+    assert_eq!(v["services"][0]["panic_entered"], 1);
+    assert!(backends(&xlb).iter().all(|b| b["effective_weight"] != 0));
+    assert_eq!(spread(&t).len(), 3, "panic: every backend takes flows");
+    let human = xlb.ok(&["status"]);
+    assert!(human.contains("PANIC"), "{human}");
     std::fs::write(&file, config(check, &[(0, false), (1, false), (2, false)])).unwrap();
     xlb.ok(&["reload"]);
     wait_for("every backend up", || {
@@ -215,6 +224,19 @@ fn a_check_set_with_the_cli_takes_a_dead_backend_out_until_turned_off() {
     wait_for("web2 down", || state(&xlb, 1) == "down");
     let count = spread(&t);
     assert!(!count.contains_key("web2"), "{count:?}");
+    // Strict: with every backend down, none takes new flows (no panic mode).
+    let out = xlb.cli(&["vip", "set", SVC, "--all-down", "sometimes"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("'sometimes' is not"));
+    xlb.ok(&["vip", "set", SVC, "--all-down", "strict"]);
+    t.servers.clear();
+    wait_for("every backend down", || {
+        (0..3).all(|i| state(&xlb, i) == "down")
+    });
+    assert!(backends(&xlb).iter().all(|b| b["effective_weight"] == 0));
+    let v = xlb.json(&["status", "--json"]);
+    assert_eq!(v["services"][0]["panic"], false, "{v}");
+    assert_eq!(v["services"][0]["all_down"], "strict");
 
     // No check: web2 takes flows again (unchecked backends count as up).
     xlb.ok(&["vip", "check", SVC, "off"]);

@@ -19,6 +19,7 @@ use crate::{
     maps::{XLB_BACKENDS, XLB_FLOWS, XLB_HOPS, XLB_MAGLEV, XLB_SNAT, scratch},
     parse::Packet,
     rewrite::{self, End},
+    synflood,
 };
 
 /// The 5-tuple hash (or the source-only hash for `source` affinity).
@@ -85,13 +86,31 @@ fn forward_inner(
             }
             f.seen_ns = now;
         }
-        count::flow(f, count::ip_len(ctx, pkt), false);
         Some((f as *const Flow, b))
     });
+    // SYN-flood protection and the SYN proxy run in a program of their own
+    // (synflood): a miss of a protected service, or a flow the SYN proxy made, goes
+    // there first and comes back here (resumed) if it is to be sent on.
+    let resumed = synflood::resumed();
+    if resumed == 0 {
+        let go = match known {
+            Some((f, _)) if unsafe { (*f).syn.state } != SYN_FLOW_NONE => synflood::GO_KNOWN,
+            None if synflood::protected(svc.id, pkt) => synflood::GO_MISS,
+            _ => 0,
+        };
+        if go != 0 {
+            return Some(synflood::go(go, svc.id));
+        }
+    }
+    // Counted on the pass that sends it (a SYN-proxied flow's packet comes here twice).
+    if let Some((f, _)) = known {
+        count::flow(f as *mut Flow, count::ip_len(ctx, pkt), false);
+    }
     let new_flow = known.is_none();
+    let proxied = resumed == synflood::RESUME_PROXIED;
     let (flow, backend) = match known {
         Some(kb) => kb,
-        None => match schedule(ctx, pkt, svc, key, now) {
+        None => match schedule(ctx, pkt, svc, key, now, proxied) {
             Err(r) => return Some((Verdict::Drop, r)),
             Ok(_) if svc.mode == MODE_FULLNAT => return None,
             Ok(id) => match (XLB_BACKENDS.get(id), scratch()) {
@@ -214,6 +233,7 @@ fn schedule(
     svc: &Service,
     key: &FlowKey,
     now: u64,
+    proxied: bool,
 ) -> Result<u32, Reason> {
     if svc.table_size == 0 {
         return Err(Reason::NoBackend);
@@ -248,6 +268,12 @@ fn schedule(
         bytes: count::ip_len(ctx, pkt),
         rev_packets: 0,
         rev_bytes: 0,
+        // A connection the SYN proxy proved (its ACK is now the SYN to the backend).
+        syn: if proxied {
+            synflood::proven()
+        } else {
+            SynFlow::NONE
+        },
     };
     let owned = svc.mode == MODE_NAT && b.flags & BACKEND_OWNS_ENDPOINT != 0;
     if svc.mode == MODE_FULLNAT || owned {

@@ -59,6 +59,17 @@ pub(super) fn pack(o: Option<(Verdict, Reason)>) -> u32 {
     }
 }
 
+/// `pack` and `unpack` for the program's entry.
+#[inline(always)]
+pub fn packed(o: Option<(Verdict, Reason)>) -> u32 {
+    pack(o)
+}
+
+#[inline(always)]
+pub fn unpacked(x: u32) -> Option<(Verdict, Reason)> {
+    unpack(x)
+}
+
 #[inline(always)]
 pub(super) fn unpack(x: u32) -> Option<(Verdict, Reason)> {
     if x == NONE {
@@ -129,8 +140,11 @@ fn balance_inner(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Option<(Verdic
             NEEDS_PORT => unpack(forward_fullnat(ctx, pkt, &svc, now)),
             out => unpack(out),
         },
-        None if cfg.nat_services != 0 => unpack(reply(ctx, pkt, key, now)),
-        None => None,
+        None if cfg.nat_services != 0 => {
+            unpack(reply(ctx, pkt, key, now)).or_else(|| crate::synflood::go_local(pkt))
+        }
+        // A protected https service's packet, maybe (synflood).
+        None => crate::synflood::go_local(pkt),
     }
 }
 

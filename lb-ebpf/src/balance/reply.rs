@@ -169,6 +169,10 @@ fn reply_to_client(ctx: &XdpContext, pkt: &Packet, f: &Flow) -> Option<(Verdict,
 /// the client) and sends it towards the client.
 #[inline(always)]
 pub(super) fn send_reply(ctx: &XdpContext, pkt: &Packet, f: &Flow) -> Option<(Verdict, Reason)> {
+    // A connection the SYN proxy made: its program translates first (synflood).
+    if f.syn.state != SYN_FLOW_NONE && crate::synflood::resumed() == 0 {
+        return Some(crate::synflood::go_reply(f));
+    }
     let vip = XLB_SERVICE_KEYS.get(f.service)?;
     let (_, _, dst) = pkt.addrs()?;
     let client = if f.mode == MODE_FULLNAT {

@@ -10,7 +10,10 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::plan::ServicesDiff,
     kernel::Adoption,
-    model::{health_check::HealthCheck, interface::AttachMode, rules::Action, services::Mode},
+    model::{
+        health_check::HealthCheck, interface::AttachMode, rules::Action, services::Mode,
+        synflood::SynMode,
+    },
 };
 
 /// What a rule change did (`fw allow|deny|port|except|del|load|flush`).
@@ -105,6 +108,15 @@ pub struct ServiceView {
     pub snat: Option<String>,
     /// The check in use: the configuration file's, else the one set with the CLI.
     pub health_check: Option<HealthCheck>,
+    /// Every backend down at once: panic (send to all) or strict.
+    #[serde(default)]
+    pub all_down: crate::model::weights::AllDown,
+    /// In panic mode now: every backend looks down and new flows go to all of them.
+    #[serde(default)]
+    pub panic: bool,
+    /// Times it went into panic mode since the daemon started.
+    #[serde(default)]
+    pub panic_entered: u64,
     pub backends: Vec<BackendView>,
 }
 
@@ -226,6 +238,35 @@ pub struct Status {
     pub https: Option<HttpsView>,
     pub rules: RuleCounts,
     pub services: Vec<ServiceView>,
+    /// SYN-flood protection of every service that has it (layer-4 and https).
+    #[serde(default)]
+    pub syn_protection: Vec<SynProtectionView>,
+}
+
+/// One service's SYN-flood protection: whether it is on now and why, and its counters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SynProtectionView {
+    pub service: String,
+    pub mode: SynMode,
+    /// `auto`: new flows per second above which it turns on.
+    pub threshold: u32,
+    /// What a proven handshake leads to: "syn proxy" (nat, fullnat), "allow-list"
+    /// (dsr), "local listener" (https).
+    pub method: String,
+    pub active: bool,
+    /// Why it is on or off, in words.
+    pub why: String,
+    /// New flows (flow-table misses) in the CPUs' last full second.
+    pub new_flows_last_second: u64,
+    pub cookies_sent: u64,
+    pub cookies_validated: u64,
+    pub cookies_refused: u64,
+    /// Other packets without a flow dropped while it was on.
+    pub no_flow_dropped: u64,
+    /// nat/fullnat: connections the SYN proxy opened to a backend.
+    pub proxied: u64,
+    /// dsr: SYNs of allow-listed sources sent on.
+    pub allowed: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{rules::Action, services::Mode};
+use crate::model::{rules::Action, services::Mode, synflood::SynMode, weights::AllDown};
 
 /// One request; its reply type (in [`reply`](super::reply)) is named beside each
 /// variant.
@@ -93,6 +93,14 @@ pub enum Request {
         udp_idle: Option<u32>,
         #[serde(default)]
         snat: Option<String>,
+        /// SYN-flood protection: its mode and `auto`'s threshold (new flows per second).
+        #[serde(default)]
+        syn_protection: Option<SynMode>,
+        #[serde(default)]
+        syn_threshold: Option<u32>,
+        /// Every backend down at once: panic (send to all, the default) or strict.
+        #[serde(default)]
+        all_down: Option<AllDown>,
     },
     /// Reply: `ServiceList`.
     VipList,

@@ -14,7 +14,11 @@ use crate::{
         self, Request,
         reply::{BackendState, BackendView, ServiceList, ServicesChanged},
     },
-    model::services::{MAX_IDLE, MAX_WEIGHT, Mode, Vip},
+    model::{
+        services::{MAX_IDLE, MAX_WEIGHT, Mode, Vip},
+        synflood::{SynMode, parse_threshold},
+        weights::AllDown,
+    },
 };
 
 /// A service address: `ADDR:PORT/PROTO`, or `ADDR:*/PROTO` for every port.
@@ -71,6 +75,17 @@ pub enum VipCmd {
         /// fullnat: the source address the backends see.
         #[arg(long)]
         snat: Option<String>,
+        /// SYN-flood protection (TCP): auto (on above --syn-threshold new flows per
+        /// second, the default), always or off.
+        #[arg(long, value_parser = syn_mode_arg)]
+        syn_protection: Option<SynMode>,
+        /// New flows per second above which `auto` protection turns on (default 5000).
+        #[arg(long, value_parser = parse_threshold)]
+        syn_threshold: Option<u32>,
+        /// Every backend down at once (health checks): panic (the default: send to all
+        /// of them, health not believed) or strict (send to none).
+        #[arg(long, value_parser = all_down_arg)]
+        all_down: Option<AllDown>,
     },
     /// Health-check the service's backends (HAProxy semantics: down after `fall`
     /// failures in a row, up after `rise` successes), or `off`: `xlb vip check
@@ -200,6 +215,16 @@ fn weight_arg(s: &str) -> Result<u32, String> {
     }
 }
 
+/// panic or strict, with the model's message.
+fn all_down_arg(s: &str) -> Result<AllDown, String> {
+    s.parse()
+}
+
+/// A SYN protection mode (auto, always, off), with the model's message.
+fn syn_mode_arg(s: &str) -> Result<SynMode, String> {
+    s.parse()
+}
+
 /// An idle timeout: a duration in whole seconds (`2h`, `300s`, or bare seconds).
 fn idle_arg(s: &str) -> Result<u32, String> {
     let d = duration_arg(s)?;
@@ -264,6 +289,9 @@ pub fn vip(ctx: &Ctx, cmd: VipCmd) -> Result<()> {
             tcp_idle,
             udp_idle,
             snat,
+            syn_protection,
+            syn_threshold,
+            all_down,
         } => Request::VipSet {
             vip,
             mode,
@@ -272,6 +300,9 @@ pub fn vip(ctx: &Ctx, cmd: VipCmd) -> Result<()> {
             tcp_idle,
             udp_idle,
             snat,
+            syn_protection,
+            syn_threshold,
+            all_down,
         },
         VipCmd::Del { vip } => Request::VipDel { vip },
         VipCmd::List => {

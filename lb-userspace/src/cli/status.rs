@@ -130,19 +130,62 @@ fn print_status(v: &Status) {
             Some(c) => format!("check {}", c.kind.name()),
             None => "no check".into(),
         };
+        let panic = if s.panic {
+            format!(
+                "; PANIC: every backend down, new flows to all of them (entered {} times)",
+                s.panic_entered
+            )
+        } else if s.panic_entered > 0 {
+            format!("; panic mode entered {} times", s.panic_entered)
+        } else {
+            String::new()
+        };
         println!(
-            "  {:<32} {:<4} affinity {:<6} {}",
+            "  {:<32} {:<4} affinity {:<6} {}; all down: {}{panic}",
             s.service,
             s.mode.to_string(),
             s.affinity,
-            check
+            check,
+            s.all_down
         );
         for b in &s.backends {
             println!("      {}", backend_line(b));
         }
     }
+    print_syn(&v.syn_protection);
     if let Some(h) = &v.https {
         print_https(h);
+    }
+}
+
+/// Each protected service: whether protection is on and why, and its counters.
+fn print_syn(views: &[api::reply::SynProtectionView]) {
+    if views.is_empty() {
+        println!("syn protection: none");
+        return;
+    }
+    println!("syn protection:");
+    for p in views {
+        let mode = match p.mode {
+            crate::model::synflood::SynMode::Auto => format!("auto above {}/s", p.threshold),
+            m => m.to_string(),
+        };
+        println!(
+            "  {:<32} {} ({mode}, {}): {}",
+            p.service,
+            if p.active { "ACTIVE" } else { "inactive" },
+            p.method,
+            p.why
+        );
+        println!(
+            "      cookies sent {}, validated {}, refused {}; no-flow dropped {}; proxied {}; allowed {}",
+            p.cookies_sent,
+            p.cookies_validated,
+            p.cookies_refused,
+            p.no_flow_dropped,
+            p.proxied,
+            p.allowed
+        );
     }
 }
 

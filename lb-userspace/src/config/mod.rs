@@ -18,6 +18,7 @@ pub mod plan;
 pub mod raw;
 pub mod report;
 pub mod services;
+pub mod synflood;
 pub mod tls_files;
 pub mod values;
 
@@ -46,6 +47,7 @@ use crate::model::{
     interface::{AttachMode, Interface, valid_ifname},
     rules::Match,
     services::Vip,
+    synflood::SynProtection,
 };
 
 /// Where the Prometheus endpoint listens.
@@ -92,6 +94,9 @@ pub struct Config {
     pub export: Option<export::ExportConfig>,
     /// `[flows]`: layer-4 flow records (None: not in the file).
     pub flows: Option<flows::FlowsConfig>,
+    /// The https services' SYN-flood protection (a layer-4 service's is in
+    /// `projection`).
+    pub https_syn: BTreeMap<SocketAddr, SynProtection>,
 }
 
 impl Config {
@@ -163,6 +168,7 @@ impl Config {
             export,
             flows,
             drain_timeout,
+            https_syn: services.https_syn,
         })
     }
 

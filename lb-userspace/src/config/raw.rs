@@ -90,6 +90,11 @@ pub(crate) struct RawService {
     pub(crate) tcp_idle: Option<Spanned<DurationText>>,
     pub(crate) udp_idle: Option<Spanned<DurationText>>,
     pub(crate) snat: Option<Spanned<String>>,
+    /// SYN-flood protection (config/synflood.rs).
+    pub(crate) syn_protection: Option<Spanned<String>>,
+    pub(crate) syn_threshold: Option<Spanned<Whole>>,
+    /// Every backend down at once: "panic" (the default) or "strict".
+    pub(crate) all_down: Option<Spanned<String>>,
     pub(crate) health: Option<Spanned<HealthTable>>,
     #[serde(default)]
     pub(crate) backend: Vec<Spanned<RawBackend>>,

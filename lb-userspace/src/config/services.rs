@@ -22,6 +22,7 @@ use crate::model::{
     health_check::HealthCheck,
     rules::Proto,
     services::{BackendAddr, MAX_WEIGHT, MIN_WEIGHT, Mode, ServiceError, Vip, parse_addr},
+    synflood::SynProtection,
 };
 
 /// What the services section gives besides the projection's services.
@@ -31,6 +32,8 @@ pub(crate) struct Section {
     pub health: BTreeMap<Vip, HealthCheck>,
     /// The https services' addresses (with their `mode` spans): the [tls] listener's.
     pub https: Vec<(SocketAddr, Range<usize>)>,
+    /// The https services' SYN-flood protection.
+    pub https_syn: BTreeMap<SocketAddr, SynProtection>,
 }
 
 /// Validates every `[[service]]` into `projection.services` (and its backups).
@@ -66,6 +69,9 @@ pub(crate) fn section(
         if s.mode.get_ref() == HTTPS_MODE {
             if let Some(addr) = https_service(r, s, &vip) {
                 out.https.push((addr, s.mode.span()));
+                if let Some(p) = super::synflood::protection(r, s, &vip) {
+                    out.https_syn.insert(addr, p);
+                }
             }
             continue;
         }
@@ -193,6 +199,30 @@ fn layer4_service(r: &mut Report, s: &RawService, vip: Vip, projection: &mut Pro
         r.at(span, field, file_words(&e.to_string()));
         services.by_vip.remove(&vip);
         return false;
+    }
+    if let Some(a) = &s.all_down {
+        match a.get_ref().parse::<crate::model::weights::AllDown>() {
+            Ok(v) => services.by_vip.get_mut(&vip).expect("added above").all_down = v,
+            Err(_) => {
+                r.at(
+                    a.span(),
+                    "service.all_down",
+                    format!(
+                        "'{}' is not what to do with every backend down: expected \"panic\" or \"strict\"",
+                        crate::model::text::shown(a.get_ref())
+                    ),
+                );
+                services.by_vip.remove(&vip);
+                return false;
+            }
+        }
+    }
+    match super::synflood::protection(r, s, &vip) {
+        Some(p) => services.by_vip.get_mut(&vip).expect("added above").syn = p,
+        None => {
+            services.by_vip.remove(&vip);
+            return false;
+        }
     }
     if let Err(e) = services.set_snat(&vip, snat) {
         let span = s.snat.as_ref().map_or(s.mode.span(), |a| a.span());

@@ -50,6 +50,16 @@ pub struct Edge {
     pub drain_timeout: Duration,
     /// Where the desired state is stored; `None` keeps it in memory (tests, bench).
     pub state_path: Option<PathBuf>,
+    /// The services in panic mode (every backend down, flows sent to all of them), as
+    /// the last view found them, and how often each went into it.
+    pub panic: std::sync::Mutex<PanicBook>,
+}
+
+/// Panic mode's record (see `model::weights::AllDown`).
+#[derive(Debug, Default)]
+pub struct PanicBook {
+    pub now: std::collections::BTreeSet<Vip>,
+    pub entered: BTreeMap<Vip, u64>,
 }
 
 impl Edge {
@@ -74,6 +84,7 @@ impl Edge {
             draining: Draining::default(),
             drain_timeout,
             state_path,
+            panic: Default::default(),
         };
         // Backends a running datapath still serves that the stored state no longer
         // lists (removed, draining, before a restart) drain again, so their established
@@ -290,7 +301,30 @@ impl Edge {
     /// What the kernel gets for `p`: health, drains and backups applied.
     pub fn view(&self, p: &Pools) -> Services {
         let down = |vip: &Vip, b: &BackendAddr| self.health.get(&(*vip, *b)).is_some_and(|h| !h.up);
+        self.note_panic(weights::panicking(&p.services, &p.drained, &down));
         weights::effective(&p.services, &p.backups, &p.drained, &down, &p.draining)
+    }
+
+    /// Records which services are in panic mode: entering and leaving it are logged
+    /// and counted.
+    fn note_panic(&self, now: std::collections::BTreeSet<Vip>) {
+        let mut book = self
+            .panic
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if book.now == now {
+            return;
+        }
+        for vip in now.difference(&book.now.clone()) {
+            *book.entered.entry(*vip).or_default() += 1;
+            tracing::warn!(service = %vip, "every backend is down: panic mode, new flows go to all of them (all_down = \"strict\" would drop them)");
+            metrics::global().service_panic(&vip.to_string(), true);
+        }
+        for vip in book.now.difference(&now) {
+            tracing::info!(service = %vip, "a backend is up again: panic mode over");
+            metrics::global().service_panic(&vip.to_string(), false);
+        }
+        book.now = now;
     }
 
     /// Drains a backend (no new flows) or enables it again; idempotent.

@@ -179,6 +179,17 @@ async fn start_datapath(
     let stored = std::mem::take(&mut c.stored);
     let mut edge = Edge::new(dp, stored, Some(opts.state.clone()), drain_timeout)?;
     edge.ifaces = c.ifaces.iter().map(|i| i.name.clone()).collect();
+    // The https services' SYN-flood protection (the listener is this daemon's).
+    if let Some(cfg) = &c.config
+        && !cfg.https_syn.is_empty()
+    {
+        let set = edge.dp.lb.syn.set_local(&cfg.https_syn);
+        if let Err(e) = set.and_then(|_| edge.dp.set_config(&edge.rules)) {
+            edge.dp.lb.syn.restore_host();
+            abandon(&mut edge.dp);
+            return Err(e.context("SYN-flood protection of the https services"));
+        }
+    }
     for i in &c.ifaces {
         if let Err(e) = edge.dp.attach(&i.name, i.mode) {
             abandon(&mut edge.dp);
@@ -384,6 +395,13 @@ fn shut_down(running: &Shared, opts: &RunOptions) -> Result<()> {
     if let Some(h) = running.https.take() {
         h.stop();
     }
+    // The https services' SYN cookies stop with their listener.
+    let edge = &mut running.edge;
+    let https_off = edge.dp.lb.syn.set_local(&Default::default());
+    if let Err(e) = https_off.and_then(|_| edge.dp.set_config(&edge.rules)) {
+        warn!("turning off the https services' SYN-flood protection: {e:#}");
+    }
+    edge.dp.lb.syn.restore_host();
     if running.detach_on_stop {
         info!(
             "stopping: detaching from {:?} and removing the pins",

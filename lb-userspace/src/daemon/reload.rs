@@ -249,6 +249,11 @@ impl Running {
                 return Err(e);
             }
         };
+        // The https services' SYN-flood protection, as the file has it now.
+        let syn = self.edge.dp.lb.syn.set_local(&cfg.https_syn);
+        if let Err(e) = syn.and_then(|_| self.edge.dp.set_config(&self.edge.rules)) {
+            warn!("SYN-flood protection of the https services: {e:#}");
+        }
         let https = match https {
             HttpsChange::Keep => HttpsChanged::Unchanged,
             HttpsChange::Reloaded(_) => HttpsChanged::Reloaded,

@@ -225,6 +225,9 @@ impl Edge {
                 tcp_idle,
                 udp_idle,
                 snat,
+                syn_protection,
+                syn_threshold,
+                all_down,
             } => {
                 let vip: Vip = vip.parse()?;
                 let snat = snat.map(|a| parse_snat(&a)).transpose()?;
@@ -241,6 +244,7 @@ impl Edge {
                         mode: mode.unwrap_or(conf.mode),
                         affinity_source: affinity_source.unwrap_or(conf.affinity_source),
                         echo: echo.unwrap_or(conf.echo),
+                        all_down: all_down.unwrap_or(conf.all_down),
                         backends: Default::default(),
                         ..conf.clone()
                     };
@@ -250,7 +254,11 @@ impl Edge {
                         (Mode::Fullnat, None) => conf.snat,
                         _ => None,
                     };
-                    replace_service(s, next, &conf, tcp_idle, udp_idle)
+                    replace_service(s, next, &conf, tcp_idle, udp_idle)?;
+                    if syn_protection.is_some() || syn_threshold.is_some() {
+                        s.set_syn(&vip, syn_protection, syn_threshold)?;
+                    }
+                    Ok(())
                 })
             }
             Request::BackendSet {
@@ -392,6 +400,8 @@ fn replace_service(
     // The timeouts it has (valid already), then the new ones (checked for its protocol).
     if let Some(s) = fresh.by_vip.get_mut(&vip) {
         (s.tcp_idle, s.udp_idle) = (next.tcp_idle, next.udp_idle);
+        s.syn = next.syn;
+        s.all_down = next.all_down;
     }
     fresh.set_idle(&vip, tcp_idle, udp_idle)?;
     fresh.set_check(&vip, next.check.clone())?;

@@ -219,6 +219,7 @@ impl Running {
                 malformed: rules.malformed_policy,
             },
             services: self.services_with_drains(),
+            syn_protection: self.edge.syn_views()?,
         })
     }
 

@@ -7,13 +7,49 @@ use super::Edge;
 use crate::{
     api::reply::{
         Affinity, BackendState, BackendView, Count, ReasonCount, RuleList, RuleView, ServiceList,
-        ServiceView, Source, Stats,
+        ServiceView, Source, Stats, SynProtectionView,
     },
-    health, metrics,
+    health,
+    kernel::synflood,
+    metrics,
     model::services::{BackendAddr, ServiceConf, Services, Vip},
 };
 
 impl Edge {
+    /// Every protected service's SYN-flood protection: on or off and why, counters.
+    pub fn syn_views(&self) -> Result<Vec<SynProtectionView>> {
+        let now = synflood::coarse_now_ns();
+        self.dp
+            .lb
+            .syn_slots()
+            .into_iter()
+            .map(|(service, slot, p)| {
+                let v = self.dp.lb.syn.view(slot)?;
+                let (active, why) = synflood::explain(&v, &p, now);
+                let method = match v.conf.kind {
+                    lb_common::SYN_KIND_PROXY => "syn proxy",
+                    lb_common::SYN_KIND_DSR => "allow-list",
+                    _ => "local listener",
+                };
+                Ok(SynProtectionView {
+                    service,
+                    mode: p.mode,
+                    threshold: p.threshold,
+                    method: method.into(),
+                    active,
+                    why,
+                    new_flows_last_second: v.rate,
+                    cookies_sent: v.stats.cookies_sent,
+                    cookies_validated: v.stats.cookies_valid,
+                    cookies_refused: v.stats.cookies_refused,
+                    no_flow_dropped: v.stats.no_flow,
+                    proxied: v.stats.proxied,
+                    allowed: v.stats.allowed,
+                })
+            })
+            .collect()
+    }
+
     /// One backend as `vip list`, `backend list` and `status` show it (`view`: what
     /// the kernel has).
     fn backend_view(
@@ -54,6 +90,17 @@ impl Edge {
     /// One service with its backends, and the check set with the CLI (the daemon puts
     /// a configuration file's check in its place: `Running::service_list`).
     fn service_view(&self, s: &ServiceConf, view: &Services) -> ServiceView {
+        // One lock of the panic record, released before the view is built.
+        let (panic, panic_entered) = {
+            let book = self
+                .panic
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (
+                book.now.contains(&s.vip),
+                book.entered.get(&s.vip).copied().unwrap_or(0),
+            )
+        };
         ServiceView {
             service: s.vip.to_string(),
             mode: s.mode,
@@ -67,6 +114,9 @@ impl Edge {
             udp_idle: s.udp_idle,
             snat: s.snat.map(|a| a.to_string()),
             health_check: s.check.clone(),
+            all_down: s.all_down,
+            panic,
+            panic_entered,
             backends: s
                 .backends
                 .iter()

@@ -118,6 +118,14 @@ impl Datapath {
             .load()
             .context("the kernel refused the balancer program")?;
         let balancer_fd = balancer.fd()?.try_clone()?;
+        let syn_prog: &mut Xdp = bpf
+            .program_mut(PROG_SYN)
+            .ok_or_else(|| anyhow!("program {PROG_SYN} missing from the object"))?
+            .try_into()?;
+        syn_prog
+            .load()
+            .context("the kernel refused the SYN-flood protection program")?;
+        let syn_fd = syn_prog.fd()?.try_clone()?;
         if let (Some(p), Adoption::Replaced { why }) = (&pins, &adoption) {
             warn!("{why}: starting with empty tables");
             for name in STATE_MAPS {
@@ -143,6 +151,7 @@ impl Datapath {
             take(&mut bpf, MAP_ENDPOINTS)?,
             (take(&mut bpf, MAP_BACKEND_STATS)?, stats_fd),
             pool,
+            super::synflood::SynMaps::new(&mut bpf, ncpus)?,
         );
         if matches!(adoption, Adoption::Adopted { .. }) {
             lb.adopt()
@@ -162,6 +171,8 @@ impl Datapath {
         let mut jump: ProgramArray<MapData> = take(&mut bpf, MAP_JUMP)?;
         jump.set(JUMP_BALANCE, &balancer_fd, 0)
             .context("installing the balancer")?;
+        jump.set(JUMP_SYN, &syn_fd, 0)
+            .context("installing SYN-flood protection")?;
         Ok(Datapath {
             fw,
             lb,
@@ -191,6 +202,8 @@ impl Datapath {
             }
         };
         let (services, nat_services) = self.lb.counts();
+        // A protected https service's packets go through the balancer too.
+        let services = services + u32::from(self.lb.syn.locals_on());
         let cfg = Config {
             default_action: action(rules.default_policy),
             malformed_action: action(rules.malformed_policy),

@@ -13,6 +13,7 @@ pub mod mmap;
 pub mod object;
 pub mod pins;
 pub mod stats;
+pub mod synflood;
 
 pub use datapath::{Adoption, Datapath};
 pub use pins::check_bpffs;

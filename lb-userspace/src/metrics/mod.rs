@@ -152,6 +152,8 @@ pub struct Metrics {
     flows_tracked: Gauge,
     scrapes: Counter,
     scrape_seconds: FGauge,
+    panic: Family<Labels, Gauge>,
+    panic_entered: Family<Labels, Counter>,
     /// The https service's families.
     pub https: HttpsMetrics,
 }
@@ -205,6 +207,8 @@ impl Metrics {
             flows_tracked: Gauge::default(),
             scrapes: Counter::default(),
             scrape_seconds: FGauge::default(),
+            panic: Family::default(),
+            panic_entered: Family::default(),
             health: Mutex::new(HashMap::new()),
             https: HttpsMetrics::new(&mut registry),
             registry,
@@ -283,6 +287,16 @@ impl Metrics {
         );
         reg.register("scrapes", "Scrapes of /metrics served", m.scrapes.clone());
         reg.register(
+            "service_panic",
+            "1 while every backend of the service looks down and it sends new flows to all of them anyway (panic mode; all_down = \"strict\" turns it off)",
+            m.panic.clone(),
+        );
+        reg.register(
+            "service_panic_entered",
+            "Times a service went into panic mode",
+            m.panic_entered.clone(),
+        );
+        reg.register(
             "scrape_read_seconds",
             "Time the last scrape spent reading the kernel maps",
             m.scrape_seconds.clone(),
@@ -298,6 +312,16 @@ impl Metrics {
                 .get_or_create(&vec![("outcome", outcome.to_string())]);
         }
         m
+    }
+
+    /// A service went into panic mode (`on`) or out of it.
+    pub fn service_panic(&self, service: &str, on: bool) {
+        let l = vec![("service", service.to_string())];
+        self.panic.get_or_create(&l).set(i64::from(on));
+        let entered = self.panic_entered.get_or_create(&l);
+        if on {
+            entered.inc();
+        }
     }
 
     /// Records a health check of a backend: its result and latency. A change of state
@@ -495,6 +519,16 @@ mod tests {
                 reply: 2,
             },
             flow_capacity: 10,
+            syn: vec![(
+                "192.0.2.10:80/tcp".into(),
+                true,
+                lb_common::SynStats {
+                    cookies_sent: 7,
+                    cookies_valid: 5,
+                    cookies_refused: 2,
+                    ..Default::default()
+                },
+            )],
             read_seconds: 0.001,
         }
     }
@@ -506,6 +540,10 @@ mod tests {
         for want in [
             "xlb_packets_total{verdict=\"drop\",reason=\"prefix_deny\"} 3",
             "xlb_bytes_total{verdict=\"drop\",reason=\"prefix_deny\"} 180",
+            "xlb_syn_cookies_sent_total{service=\"192.0.2.10:80/tcp\"} 7",
+            "xlb_syn_cookies_validated_total{service=\"192.0.2.10:80/tcp\"} 5",
+            "xlb_syn_cookies_refused_total{service=\"192.0.2.10:80/tcp\"} 2",
+            "xlb_syn_protection_active{service=\"192.0.2.10:80/tcp\"} 1",
             "xlb_backend_packets_total{service=\"198.51.100.10:80/tcp\",backend=\"203.0.113.11:8080\"} 7",
             "xlb_service_new_flows_total{service=\"198.51.100.10:80/tcp\"} 2",
             "xlb_backend_health_state{service=\"198.51.100.10:80/tcp\",backend=\"203.0.113.11:8080\",state=\"unchecked\"} 1",

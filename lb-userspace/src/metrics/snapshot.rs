@@ -16,9 +16,13 @@ use crate::{
         Datapath,
         balancer::stats::ServiceTraffic,
         flows::{FlowCount, count_flows},
+        synflood,
     },
     model::rules::RuleSet,
 };
+
+/// A SYN-flood protection family: name, help, its counter of a service's stats.
+type SynCounter = (&'static str, &'static str, fn(&lb_common::SynStats) -> u64);
 
 /// Rules exported by id; the hits of every other rule are summed under `rule="other"`.
 pub const RULE_SERIES: usize = 1000;
@@ -32,6 +36,8 @@ pub struct Snapshot {
     pub services: Vec<ServiceTraffic>,
     pub flows: FlowCount,
     pub flow_capacity: u64,
+    /// Each protected service's SYN-flood protection: (service, on now, counters).
+    pub syn: Vec<(String, bool, lb_common::SynStats)>,
     /// How long reading took.
     pub read_seconds: f64,
 }
@@ -47,7 +53,14 @@ impl Snapshot {
         let rules = rules.rules().map(|r| (r.id, hits[r.id as usize])).collect();
         let services = dp.lb.traffic(dp.ncpus())?;
         let flows = count_flows(dp)?;
+        let now = synflood::coarse_now_ns();
+        let mut syn = Vec::new();
+        for (service, slot, p) in dp.lb.syn_slots() {
+            let v = dp.lb.syn.view(slot)?;
+            syn.push((service, synflood::explain(&v, &p, now).0, v.stats));
+        }
         Ok(Snapshot {
+            syn,
             counters,
             rules,
             services,
@@ -63,6 +76,62 @@ impl Snapshot {
         self.register_rules(reg);
         self.register_services(reg, m);
         self.register_flows(reg);
+        self.register_syn(reg);
+    }
+
+    /// SYN-flood protection, per protected service.
+    fn register_syn(&self, reg: &mut Registry) {
+        let active: Family<Labels, Gauge> = Family::default();
+        let counters: [SynCounter; 6] = [
+            (
+                "syn_cookies_sent",
+                "SYNs of a protected service answered with a SYN cookie in XDP",
+                |s| s.cookies_sent,
+            ),
+            (
+                "syn_cookies_validated",
+                "ACKs (dsr: resets) whose SYN cookie was good",
+                |s| s.cookies_valid,
+            ),
+            (
+                "syn_cookies_refused",
+                "ACKs (dsr: resets) without a flow whose SYN cookie was not good (forged, expired, an ACK flood): dropped",
+                |s| s.cookies_refused,
+            ),
+            (
+                "syn_no_flow_dropped",
+                "Other packets without a flow dropped while SYN-flood protection was on",
+                |s| s.no_flow,
+            ),
+            (
+                "syn_proxied",
+                "Connections the SYN proxy opened to a backend (nat, fullnat)",
+                |s| s.proxied,
+            ),
+            (
+                "syn_allowed",
+                "SYNs of allow-listed sources sent to a dsr service's backend",
+                |s| s.allowed,
+            ),
+        ];
+        for (name, help, get) in counters {
+            let f: Family<Labels, Counter> = Family::default();
+            for (service, _, st) in &self.syn {
+                f.get_or_create(&vec![("service", service.clone())])
+                    .inc_by(get(st));
+            }
+            reg.register(name, help, f);
+        }
+        for (service, on, _) in &self.syn {
+            active
+                .get_or_create(&vec![("service", service.clone())])
+                .set(i64::from(*on));
+        }
+        reg.register(
+            "syn_protection_active",
+            "1 while a service's SYN-flood protection is on (always, or auto above its threshold)",
+            active,
+        );
     }
 
     /// Packets and bytes by verdict and reason.

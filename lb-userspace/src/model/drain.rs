@@ -28,6 +28,8 @@ fn settings(c: &ServiceConf) -> ServiceConf {
     ServiceConf {
         backends: BTreeMap::new(),
         check: None,
+        // Nor is SYN-flood protection (established flows keep their path).
+        syn: super::syn_mode::SynProtection::default_for(c.vip.proto),
         ..c.clone()
     }
 }

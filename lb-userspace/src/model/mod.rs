@@ -8,5 +8,7 @@ pub mod health_check;
 pub mod interface;
 pub mod rules;
 pub mod services;
+pub mod syn_mode;
+pub mod synflood;
 pub mod text;
 pub mod weights;

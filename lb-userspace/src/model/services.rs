@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     health_check::HealthCheck,
     rules::{MAX_PORT, MIN_PORT, Proto, ipv4_mapped},
+    syn_mode::SynProtection,
     text::{self, NumberError, shown},
 };
 
@@ -382,6 +383,56 @@ impl fmt::Display for BackendAddr {
     }
 }
 
+/// What a service does when every backend it has (drained ones aside) looks down at
+/// once: health checks that all fail together more likely fail themselves (a network
+/// or checker problem) than every backend at once.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AllDown {
+    /// Panic mode (Envoy's panic threshold at 100%): health is ignored and new flows go
+    /// to every backend by its weight, until one is up again.
+    #[default]
+    Panic,
+    /// New flows are dropped (`no_backend`) until a backend is up.
+    Strict,
+}
+
+impl fmt::Display for AllDown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AllDown::Panic => "panic",
+            AllDown::Strict => "strict",
+        })
+    }
+}
+
+impl FromStr for AllDown {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "panic" => Ok(AllDown::Panic),
+            "strict" => Ok(AllDown::Strict),
+            _ => Err(format!(
+                "'{}' is not what to do with every backend down: use panic (send to all of them) or strict (send to none)",
+                shown(s)
+            )),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceConf {
     pub vip: Vip,
@@ -398,6 +449,10 @@ pub struct ServiceConf {
     /// The backends' health check set with the CLI (`xlb vip check`); a configuration
     /// file's `[service.health]` is kept with the file's other checks and wins.
     pub check: Option<HealthCheck>,
+    /// SYN-flood protection (see `synflood`).
+    pub syn: SynProtection,
+    /// Every backend down at once: panic (send to all) or strict (see `weights`).
+    pub all_down: AllDown,
     pub backends: BTreeMap<BackendAddr, u32>,
 }
 
@@ -430,6 +485,8 @@ impl Services {
                 udp_idle: DEFAULT_UDP_IDLE,
                 snat: None,
                 check: None,
+                syn: SynProtection::default_for(vip.proto),
+                all_down: AllDown::Panic,
                 backends: BTreeMap::new(),
             },
         );

@@ -8,8 +8,40 @@ use std::collections::BTreeSet;
 
 use super::{
     drain::Draining,
-    services::{BackendAddr, Services, Vip},
+    services::{BackendAddr, ServiceConf, Services, Vip},
 };
+
+pub use super::services::AllDown;
+
+/// Whether service `s` is in panic: `AllDown::Panic`, and every backend not drained
+/// (at least one) is down.
+pub fn in_panic(
+    vip: &Vip,
+    s: &ServiceConf,
+    drained: &Flags,
+    down: &dyn Fn(&Vip, &BackendAddr) -> bool,
+) -> bool {
+    let mut candidates = s
+        .backends
+        .keys()
+        .filter(|b| !drained.contains(&(*vip, **b)))
+        .peekable();
+    s.all_down == AllDown::Panic && candidates.peek().is_some() && candidates.all(|b| down(vip, b))
+}
+
+/// The services in panic now.
+pub fn panicking(
+    services: &Services,
+    drained: &Flags,
+    down: &dyn Fn(&Vip, &BackendAddr) -> bool,
+) -> BTreeSet<Vip> {
+    services
+        .by_vip
+        .iter()
+        .filter(|(vip, s)| in_panic(vip, s, drained, down))
+        .map(|(vip, _)| *vip)
+        .collect()
+}
 
 /// A set of (service, backend): the backups, the drained.
 pub type Flags = BTreeSet<(Vip, BackendAddr)>;
@@ -34,7 +66,9 @@ pub fn effective(
 ) -> Services {
     let mut v = services.clone();
     for (vip, s) in v.by_vip.iter_mut() {
-        let live = |b: &BackendAddr| !drained.contains(&(*vip, *b)) && !down(vip, b);
+        // Panic: every backend looks down, so health is not believed.
+        let panic = in_panic(vip, s, drained, down);
+        let live = |b: &BackendAddr| !drained.contains(&(*vip, *b)) && (panic || !down(vip, b));
         let primary_live = s
             .backends
             .keys()
@@ -76,9 +110,33 @@ mod tests {
         // One primary down, one drained: the backup takes over at its weight.
         let drained: Flags = [(vip, b(12))].into();
         assert_eq!(weights(&drained, &|_, x| *x == b(11)), vec![0, 0, 3]);
-        // The backup down too: nothing takes new flows.
-        assert_eq!(weights(&drained, &|_, x| *x != b(12)), vec![0, 0, 0]);
+        // The backup down too: every backend not drained is down, so health is not
+        // believed (panic): the primary takes new flows again.
+        assert_eq!(weights(&drained, &|_, x| *x != b(12)), vec![2, 0, 0]);
+        assert_eq!(panicking(&s, &drained, &|_, x| *x != b(12)), [vip].into());
+        // Every backend down, none drained: panic, every primary by its weight.
+        assert_eq!(weights(&none, &|_, _| true), vec![2, 1, 0]);
+        assert!(panicking(&s, &none, &|_, x| *x != b(13)).is_empty());
         // A primary back: the backup stands by again.
         assert_eq!(weights(&drained, &|_, _| false), vec![2, 0, 0]);
+        // Strict: nothing when every backend is down.
+        let mut s = s.clone();
+        s.by_vip.get_mut(&vip).unwrap().all_down = AllDown::Strict;
+        let v = effective(&s, &backups, &none, &|_, _| true, &Draining::default());
+        assert_eq!(
+            v.by_vip[&vip]
+                .backends
+                .values()
+                .copied()
+                .collect::<Vec<_>>(),
+            vec![0, 0, 0]
+        );
+        assert!(panicking(&s, &none, &|_, _| true).is_empty());
+        assert!(
+            "sometimes"
+                .parse::<AllDown>()
+                .unwrap_err()
+                .contains("'sometimes' is not")
+        );
     }
 }

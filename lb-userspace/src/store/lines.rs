@@ -119,6 +119,10 @@ pub fn service_lines(svc: &ServiceConf) -> Vec<String> {
     if let Some(a) = svc.snat {
         head.push_str(&format!(" snat={a}"));
     }
+    crate::store::synflood::write_options(&mut head, svc);
+    if svc.all_down == crate::model::weights::AllDown::Strict {
+        head.push_str(" all_down=strict");
+    }
     let mut out = vec![head];
     if let Some(c) = &svc.check {
         out.push(format!("check {} {}", svc.vip, check_words(c).join(" ")));
@@ -137,8 +141,14 @@ pub fn parse_service_line(services: &mut Services, line: &str) -> Result<(), Ser
         ["service", vip, mode, opts @ ..] => {
             let (mut affinity, mut echo, mut tcp, mut udp) = (false, true, None, None);
             let mut snat = None;
+            let mut syn = crate::store::synflood::Options::default();
+            let mut all_down = crate::model::weights::AllDown::Panic;
             for o in opts {
                 match o.split_once('=') {
+                    Some((k, v)) if syn.read(k, v)? => {}
+                    Some(("all_down", v)) => {
+                        all_down = v.parse().map_err(ServiceError::Invalid)?;
+                    }
                     Some(("affinity", "source")) => affinity = true,
                     Some(("snat", a)) => snat = Some(a.parse().map_err(|_| bad())?),
                     Some(("echo", "off")) => echo = false,
@@ -154,7 +164,11 @@ pub fn parse_service_line(services: &mut Services, line: &str) -> Result<(), Ser
             let vip: Vip = vip.parse()?;
             services.add_service(vip, mode.parse()?, affinity, echo)?;
             services.set_snat(&vip, snat)?;
-            services.set_idle(&vip, tcp, udp)
+            services.set_idle(&vip, tcp, udp)?;
+            if let Some(s) = services.by_vip.get_mut(&vip) {
+                s.all_down = all_down;
+            }
+            syn.apply(services, &vip)
         }
         ["check", vip, words @ ..] => {
             let words = words

@@ -3,6 +3,7 @@
 //! the old or the new file, never half of one.
 
 pub mod lines;
+pub mod synflood;
 
 use std::{io::Write, path::Path};
 

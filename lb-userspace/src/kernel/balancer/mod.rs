@@ -111,9 +111,13 @@ pub struct Balancer {
     free_service_ids: Vec<u32>,
     next_service_id: u32,
     echo: StdHashMap<IpAddr, u32>,
+    /// SYN-flood protection's maps: a service's protection is in the slot of its id.
+    pub syn: super::synflood::SynMaps,
 }
 
 impl Balancer {
+    // One argument per map (group) of the object, taken by the datapath.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         services: HashMap<MapData, ServiceKey, Service>,
         service_keys: Array<MapData, ServiceKey>,
@@ -122,6 +126,7 @@ impl Balancer {
         endpoints: HashMap<MapData, EndpointKey, u32>,
         (backend_stats, backend_stats_fd): (PerCpuArray<MapData, BackendStats>, std::os::fd::RawFd),
         pool: MmapTable,
+        syn: super::synflood::SynMaps,
     ) -> Self {
         Balancer {
             services,
@@ -142,6 +147,7 @@ impl Balancer {
             free_service_ids: Vec::new(),
             next_service_id: 1,
             echo: StdHashMap::new(),
+            syn,
         }
     }
 
@@ -419,7 +425,38 @@ impl Balancer {
             self.install(conf)?;
         }
         self.sync_endpoints()?;
-        self.sync_echo(desired)
+        self.sync_echo(desired)?;
+        let installed = self
+            .installed
+            .values()
+            .filter_map(|i| i.conf.as_ref().map(|c| (i.id, c)));
+        self.syn.sync_services(installed)
+    }
+
+    /// Every protected service (layer-4 and https) with its protection slot and
+    /// settings, in address order (layer-4 first).
+    pub fn syn_slots(&self) -> Vec<(String, u32, crate::model::synflood::SynProtection)> {
+        let mut out: Vec<_> = self
+            .installed
+            .iter()
+            .filter_map(|(vip, i)| {
+                let c = i.conf.as_ref()?;
+                (c.syn.mode != crate::model::synflood::SynMode::Off)
+                    .then(|| (vip.to_string(), i.id, c.syn))
+            })
+            .collect();
+        out.extend(
+            self.syn
+                .locals
+                .iter()
+                .map(|(a, (slot, p))| (format!("{a}/tcp"), *slot, *p)),
+        );
+        out
+    }
+
+    /// The id of a service (its SYN-flood protection's slot).
+    pub fn service_id(&self, vip: &Vip) -> Option<u32> {
+        self.installed.get(vip).map(|i| i.id)
     }
 
     /// Gives each endpoint (address, port, protocol) of a nat backend an owner, whose
