@@ -216,6 +216,6 @@ mod tests {
     fn sizes() {
         assert_eq!(core::mem::size_of::<SynFlow>(), 16);
         assert_eq!(core::mem::size_of::<SynConf>(), 24);
-        assert_eq!(core::mem::size_of::<crate::Flow>(), 64);
+        assert_eq!(core::mem::size_of::<crate::Flow>(), 104);
     }
 }

@@ -7,7 +7,16 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    let cli = xlb::cli::Cli::parse();
+    let cli = match xlb::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        // A usage error under `--json` is a JSON error like any other (exit 2).
+        Err(e) if e.use_stderr() && std::env::args().any(|a| a == "--json") => {
+            let msg = e.to_string();
+            let e = xlb::cli::exit::fail(xlb::cli::exit::Exit::Usage, msg.trim_end());
+            return std::process::ExitCode::from(xlb::cli::exit::report(&e, true));
+        }
+        Err(e) => e.exit(),
+    };
     if !cli.command.serves() {
         // A client writing into a closed pipe (`xlb fw list | head -1`) ends quietly,
         // as other tools do, instead of panicking on the write.

@@ -562,6 +562,39 @@ fn check_config_refuses_backends_and_listen_addresses_this_host_cannot_use() {
     assert!(ok, "{err}");
 }
 
+/// A usage error under `--json` is a JSON error (exit 2), and output that cannot be
+/// written (a full disk) is an error said in one line (exit 1), never a panic (101).
+#[test]
+fn usage_errors_under_json_and_failed_writes_are_plain_errors() {
+    for args in [
+        &["--json", "fw", "dney"][..],
+        &["--json", "backend", "add", "--weight", "200"],
+    ] {
+        let out = bounded(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let v: Value = serde_json::from_str(stderr(&out).trim())
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", stderr(&out)));
+        assert_eq!(v["exit"], "usage", "{v}");
+        assert!(!v["error"].as_str().unwrap().is_empty(), "{v}");
+    }
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = Command::new(xlb_bin())
+        .args(["completions", "bash"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("xlb: cannot write the output"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+}
+
 #[test]
 fn the_cli_keeps_unix_manners_and_its_exit_codes() {
     let e = edge("hardcli", &[]);

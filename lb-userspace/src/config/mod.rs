@@ -8,6 +8,7 @@
 //! written, `values` the value kinds, `report` the errors; `plan` is what a reload
 //! applies.
 
+pub mod access_log;
 pub mod export;
 pub mod files;
 pub mod firewall;

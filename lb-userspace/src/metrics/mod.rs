@@ -349,7 +349,7 @@ impl Metrics {
     pub fn health_of(&self, who: &Checked) -> HealthState {
         self.health
             .lock()
-            .expect("not poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .get(who)
             .map_or(HealthState::Unchecked, |h| h.state)
     }
