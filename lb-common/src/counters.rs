@@ -112,9 +112,11 @@ pub enum Reason {
     /// An ICMP error (fragmentation needed, packet too big, unreachable) about a flow,
     /// sent to the flow's backend.
     IcmpToBackend = 19,
+    /// Over a rate limit (`xlb fw limit`): dropped.
+    RateLimited = 20,
 }
 
-pub const REASONS: u32 = 20;
+pub const REASONS: u32 = 21;
 
 impl Reason {
     pub const ALL: [Reason; REASONS as usize] = [
@@ -138,6 +140,7 @@ impl Reason {
         Reason::NoRoute,
         Reason::NoPort,
         Reason::IcmpToBackend,
+        Reason::RateLimited,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -162,6 +165,7 @@ impl Reason {
             Reason::NoRoute => "no_route",
             Reason::NoPort => "no_port",
             Reason::IcmpToBackend => "icmp_to_backend",
+            Reason::RateLimited => "rate_limited",
         }
     }
 

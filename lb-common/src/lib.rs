@@ -14,6 +14,7 @@ pub mod firewall;
 pub mod limits;
 pub mod maps;
 pub mod net;
+pub mod ratelimit;
 
 pub use balancer::*;
 pub use config::*;
@@ -22,6 +23,7 @@ pub use firewall::*;
 pub use limits::*;
 pub use maps::*;
 pub use net::*;
+pub use ratelimit::*;
 
 #[cfg(feature = "user")]
 mod user {
@@ -42,4 +44,7 @@ mod user {
     unsafe impl aya::Pod for HopCache {}
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for DropEvent {}
+    unsafe impl aya::Pod for LimitSet {}
+    unsafe impl aya::Pod for RlBucketSet {}
+    unsafe impl aya::Pod for RlStats {}
 }

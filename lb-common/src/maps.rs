@@ -74,7 +74,7 @@ pub const JUMP_SLOTS: u32 = 1;
 /// pinned by name under the daemon's bpffs directory and adopted by the next `xlb run`,
 /// so a restart or an upgrade keeps flows, rules and counters. MAP_JUMP (it holds one
 /// build's balancer) and MAP_HANDOFF (per-packet scratch) belong to one build.
-pub const STATE_MAPS: [&str; 23] = [
+pub const STATE_MAPS: [&str; 30] = [
     MAP_BACKEND_STATS,
     MAP_EVENTS,
     MAP_SAMPLE,
@@ -98,4 +98,11 @@ pub const STATE_MAPS: [&str; 23] = [
     MAP_EXCEPT_V4,
     MAP_EXCEPT_V6,
     MAP_PORTS,
+    crate::MAP_RL_SETS,
+    crate::MAP_RL_ACTIVE,
+    crate::MAP_RL_BUCKETS,
+    crate::MAP_RL_SKETCH,
+    crate::MAP_RL_STATE,
+    crate::MAP_RL_STATS,
+    crate::MAP_RL_EXEMPT,
 ];

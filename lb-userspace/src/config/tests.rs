@@ -10,6 +10,7 @@ use super::{
 };
 use crate::model::{
     health_check::{CheckKind, DEFAULT_FALL},
+    ratelimit::Limits,
     rules::{Action, Match, RuleSet},
     services::Services,
     weights::Flags,
@@ -350,6 +351,7 @@ address = "203.0.113.13:8080"
         &rules,
         &services,
         &Flags::new(),
+        &Limits::default(),
         &Projection::default(),
         &old,
     )
@@ -365,7 +367,15 @@ address = "203.0.113.13:8080"
     let check = check_from_words([("kind", "tcp")], "check").unwrap();
     services.set_check(&vip, Some(check.clone())).unwrap();
 
-    let p = plan(&rules, &services, &Flags::new(), &old, &new).unwrap();
+    let p = plan(
+        &rules,
+        &services,
+        &Flags::new(),
+        &Limits::default(),
+        &old,
+        &new,
+    )
+    .unwrap();
     apply(&mut rules, &mut services, &p);
     assert_eq!(
         services.by_vip[&vip].check,
@@ -395,7 +405,15 @@ address = "203.0.113.13:8080"
         ]
     );
     // The same file again changes nothing.
-    let p = plan(&rules, &services, &Flags::new(), &new, &new).unwrap();
+    let p = plan(
+        &rules,
+        &services,
+        &Flags::new(),
+        &Limits::default(),
+        &new,
+        &new,
+    )
+    .unwrap();
     assert!(p.rule_ops.is_empty());
     assert_eq!(p.services, services);
     // Removing the service from the file removes it, CLI backends too.
@@ -403,6 +421,7 @@ address = "203.0.113.13:8080"
         &rules,
         &services,
         &Flags::new(),
+        &Limits::default(),
         &new,
         &Projection::default(),
     )
@@ -420,6 +439,7 @@ fn a_reload_that_does_not_fit_cli_backends_is_refused() {
         &rules,
         &services,
         &Flags::new(),
+        &Limits::default(),
         &Projection::default(),
         &old,
     )
@@ -429,7 +449,15 @@ fn a_reload_that_does_not_fit_cli_backends_is_refused() {
     services
         .add_backend(&vip, "203.0.113.14:8080".parse().unwrap(), 1)
         .unwrap();
-    let e = plan(&rules, &services, &Flags::new(), &old, &new).unwrap_err();
+    let e = plan(
+        &rules,
+        &services,
+        &Flags::new(),
+        &Limits::default(),
+        &old,
+        &new,
+    )
+    .unwrap_err();
     assert!(e.contains("dsr cannot change ports"), "{e}");
 }
 

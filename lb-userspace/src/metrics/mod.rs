@@ -19,6 +19,7 @@ pub mod events;
 pub mod http;
 pub mod https;
 pub mod kernel_log;
+pub mod ratelimit;
 pub mod snapshot;
 pub mod traffic;
 
@@ -408,6 +409,7 @@ mod tests {
             },
             flow_capacity: 10,
             read_seconds: 0.001,
+            limits: Vec::new(),
         }
     }
 

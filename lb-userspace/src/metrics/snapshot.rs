@@ -34,6 +34,9 @@ pub struct Snapshot {
     pub flow_capacity: u64,
     /// How long reading took.
     pub read_seconds: f64,
+    /// The rate limits with their counters (the daemon adds them: they are its
+    /// state's as much as the kernel's).
+    pub limits: Vec<crate::api::reply::LimitView>,
 }
 
 impl Snapshot {
@@ -54,6 +57,7 @@ impl Snapshot {
             flows,
             flow_capacity: DEFAULT_FLOWS as u64,
             read_seconds: t.elapsed().as_secs_f64(),
+            limits: Vec::new(),
         })
     }
 
@@ -63,6 +67,7 @@ impl Snapshot {
         self.register_rules(reg);
         self.register_services(reg, m);
         self.register_flows(reg);
+        super::ratelimit::register(&self.limits, reg);
     }
 
     /// Packets and bytes by verdict and reason.
