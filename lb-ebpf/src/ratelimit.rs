@@ -211,11 +211,11 @@ fn udp_new_flow(pkt: &Packet, phase: u32, key: &FlowKey, family: u8) -> u8 {
         proto: IPPROTO_UDP,
         family,
     };
-    if unsafe { XLB_SERVICES.get(&k) }.is_some() {
+    if unsafe { XLB_SERVICES.get(k) }.is_some() {
         return 0;
     }
     k.port = 0;
-    unsafe { XLB_SERVICES.get(&k) }.is_none() as u8
+    unsafe { XLB_SERVICES.get(k) }.is_none() as u8
 }
 
 /// `new_flow` before the flow table was asked.
@@ -381,12 +381,12 @@ fn exempt(pkt: &Packet, family: u8, src: &Addr16, set: &LimitSet) -> bool {
         proto: pkt.proto,
         family,
     };
-    if unsafe { XLB_RL_EXEMPT.get(&key) }.is_some() {
+    if unsafe { XLB_RL_EXEMPT.get(key) }.is_some() {
         return true;
     }
     if set.exempt_any_port == 0 {
         return false;
     }
     key.port = 0;
-    unsafe { XLB_RL_EXEMPT.get(&key) }.is_some()
+    unsafe { XLB_RL_EXEMPT.get(key) }.is_some()
 }

@@ -337,3 +337,151 @@ fn answers_of_backends_and_health_checks_are_never_limited() {
     assert_eq!(l["exempted"].as_u64(), Some(4 + 3 + 3));
     assert_eq!(l["dropped"].as_u64(), Some(3));
 }
+
+/// End to end: a real client floods UDP from one address while another client of the
+/// same network keeps fetching over HTTP; the limit (per address) holds the flooder to
+/// its burst and leaves the other client alone; bad input changes nothing; a restart
+/// keeps the limit.
+#[test]
+fn a_flooding_client_is_held_to_its_limit_and_another_is_not() {
+    use xlb_tests::netns::{Daemon, Netns, NsServer, TestDir, in_ns, veth};
+
+    let dir = TestDir::new("rl").unwrap();
+    let client = Netns::new("rlclient").unwrap();
+    let edge = Netns::new("rledge").unwrap();
+    veth(
+        &client,
+        "c0",
+        &["192.0.2.2/24", "192.0.2.3/24"],
+        &edge,
+        "x0",
+        &["192.0.2.1/24"],
+    )
+    .unwrap();
+    let _web = NsServer::http(&edge, "192.0.2.1:80", "edge").unwrap();
+    let _udp = NsServer::udp(&edge, "192.0.2.1:5353", "pong").unwrap();
+    let mut xlb = Daemon::start(&edge, "x0", &dir, &[]).unwrap();
+    let get = |from: &str| {
+        client.run(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "3",
+            "--interface",
+            from,
+            "http://192.0.2.1/",
+        ])
+    };
+    assert_eq!(get("192.0.2.3").unwrap(), "edge");
+
+    // Bad input: refused with its reason, nothing set.
+    for (args, why) in [
+        (vec!["0/s"], "rate 0/s lets nothing through"),
+        (vec!["10/s", "--burst", "0"], "burst 0 lets nothing through"),
+        (
+            vec!["10/s", "--per", "/33", "--prefix", "192.0.2.0/24"],
+            "longer than an IPv4 address",
+        ),
+        (
+            vec!["10/s", "--service", "192.0.2.1:80/tcp"],
+            "which does not exist",
+        ),
+        (vec!["ten/s"], "the count must be digits"),
+    ] {
+        let mut a = vec!["fw", "limit", "add"];
+        a.extend(args);
+        let out = xlb.cli(&a);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{a:?}: {err}");
+        assert!(err.contains(why), "{a:?}: {err}");
+    }
+    assert_eq!(
+        xlb.json(&["fw", "limit", "list", "--json"])["limits"],
+        serde_json::json!([])
+    );
+
+    // Every address of the client network its own bucket of 50 packets, refilled at
+    // one an hour: whatever the test's speed, a source gets its burst and no more.
+    xlb.ok(&[
+        "fw",
+        "limit",
+        "add",
+        "1/h",
+        "--burst",
+        "50",
+        "--prefix",
+        "192.0.2.0/24",
+    ]);
+    const FLOOD: usize = 20_000;
+    let flood = {
+        let client = client.path();
+        std::thread::spawn(move || {
+            xlb_tests::netns::enter(&client).unwrap();
+            let s = std::net::UdpSocket::bind("192.0.2.2:0").unwrap();
+            for i in 0..FLOOD {
+                s.send_to(&(i as u32).to_be_bytes(), "192.0.2.1:5353")
+                    .unwrap();
+            }
+        })
+    };
+    // Meanwhile the other client's requests all succeed (each a few packets, well
+    // within its own bucket).
+    for _ in 0..3 {
+        assert_eq!(get("192.0.2.3").unwrap(), "edge");
+    }
+    flood.join().unwrap();
+    let l = &xlb.json(&["fw", "limit", "list", "--json"])["limits"][0];
+    let (passed, dropped) = (
+        l["passed"].as_u64().unwrap(),
+        l["dropped"].as_u64().unwrap(),
+    );
+    // What the limit passed: the two sources' bursts at most (the other client's few
+    // dozen packets and the flooder's 50), however many of the flood reached it.
+    assert!(
+        dropped > 0 && passed <= 50 + 50 + 1,
+        "the flooder holds to its burst: {l}"
+    );
+    // The flooder is still over (a fresh UDP question goes unanswered), the other
+    // client is not.
+    let asked = in_ns(&client, || {
+        let s = std::net::UdpSocket::bind("192.0.2.2:0").unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(1)))
+            .unwrap();
+        s.send_to(b"?", "192.0.2.1:5353").unwrap();
+        s.recv(&mut [0u8; 16]).is_ok()
+    })
+    .unwrap();
+    assert!(!asked, "the flooder's question is dropped");
+    assert_eq!(get("192.0.2.3").unwrap(), "edge");
+    let stats = xlb.json(&["stats", "--json"]);
+    let limited = stats["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["reason"] == "rate_limited" && r["verdict"] == "drop")
+        .map(|r| r["packets"].as_u64().unwrap())
+        .unwrap();
+    // Counted under its own reason too (the flooder's later question among them).
+    assert!(limited > dropped, "{stats}");
+    let status = xlb.ok(&["status"]);
+    assert!(
+        status.contains("limits:      1")
+            && status.contains("1/h burst 50 per address from 192.0.2.0/24"),
+        "{status}"
+    );
+
+    // A restart keeps the limit (the state file), and its removal takes its match.
+    assert!(xlb.stop().unwrap().success());
+    drop(xlb);
+    let xlb = Daemon::start(&edge, "x0", &dir, &[]).unwrap();
+    let l = &xlb.json(&["fw", "limit", "list", "--json"])["limits"];
+    assert_eq!(l.as_array().unwrap().len(), 1, "{l}");
+    assert_eq!(l[0]["rate"], "1/h");
+    let out = xlb.cli(&["fw", "limit", "del"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no limit per address from any source"),
+        "{out:?}"
+    );
+    xlb.ok(&["fw", "limit", "del", "--prefix", "192.0.2.0/24"]);
+    assert_eq!(get("192.0.2.2").unwrap(), "edge");
+}

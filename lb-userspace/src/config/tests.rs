@@ -933,3 +933,128 @@ fn https_durations_take_the_files_units() {
     assert_eq!(c.limits.connect_timeout, 0.5);
     assert_eq!(c.limits.response_timeout, 7.0, "bare seconds still read");
 }
+
+#[test]
+fn rate_limits_are_read_and_refused_where_they_are_written() {
+    let svc = "[[service]]\naddress = \"192.0.2.10:80/tcp\"\nmode = \"nat\"\n";
+    let c = parse(&format!(
+        "{svc}[[firewall.limit]]\nrate = \"200/s\"\nburst = 50\nper = \"/24\"\nprefix = \"0.0.0.0/0\"\nnew_flows = true\n\
+         [[firewall.limit]]\nrate = \"10/m\"\nservice = \"192.0.2.10:80/tcp\"\n\
+         [[firewall.limit]]\nrate = \"5000/s\"\nper = \"prefix\"\nprefix = \"2001:db8::/32\"\n"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let limits: Vec<String> = c
+        .projection
+        .limits
+        .by_match
+        .values()
+        .map(|l| l.to_string())
+        .collect();
+    assert_eq!(
+        limits,
+        [
+            "200/s burst 50 per /24 from 0.0.0.0/0 on new flows",
+            "5000/s burst 5000 per prefix from 2001:db8::/32",
+            "10/m burst 10 per address from any source to 192.0.2.10:80/tcp",
+        ]
+    );
+    assert!(c.summary().contains("3 rate limits"), "{}", c.summary());
+    let limit = |body: &str| format!("{svc}[[firewall.limit]]\n{body}");
+    let cases: &[(String, usize, &str, &str)] = &[
+        (
+            limit("rate = \"0/s\"\n"),
+            5,
+            "firewall.limit.rate",
+            "rate 0/s lets nothing through",
+        ),
+        (
+            limit("rate = \"10/s\"\nburst = 0\n"),
+            6,
+            "firewall.limit.burst",
+            "burst 0 lets nothing through",
+        ),
+        (
+            limit("rate = \"10/s\"\nper = \"/33\"\nprefix = \"192.0.2.0/24\"\n"),
+            6,
+            "firewall.limit.per",
+            "per /33 is longer than an IPv4 address (32 bits)",
+        ),
+        (
+            limit("rate = \"10/s\"\nper = \"/16\"\nprefix = \"192.0.2.0/24\"\n"),
+            6,
+            "firewall.limit.per",
+            "shorter than the prefix 192.0.2.0/24",
+        ),
+        (
+            limit("rate = \"10/s\"\nservice = \"192.0.2.11:80/tcp\"\n"),
+            6,
+            "firewall.limit.service",
+            "no service 192.0.2.11:80/tcp in this file",
+        ),
+        (
+            limit("rate = \"10 per second\"\n"),
+            5,
+            "firewall.limit.rate",
+            "is not a rate: write COUNT/s",
+        ),
+        (
+            limit("rate = \"10/s\"\nprefix = \"192.0.2.1/24\"\n"),
+            6,
+            "firewall.limit.prefix",
+            "did you mean 192.0.2.0/24",
+        ),
+        (
+            limit("rate = \"10/s\"\ncolour = \"red\"\n"),
+            6,
+            "firewall.limit.colour",
+            "unknown field `colour`",
+        ),
+        (
+            format!(
+                "{}[[firewall.limit]]\nrate = \"20/s\"\n",
+                limit("rate = \"10/s\"\n")
+            ),
+            6,
+            "firewall.limit",
+            "is given twice (also at line 4)",
+        ),
+    ];
+    for (src, line, field, msg) in cases {
+        let e = err(src);
+        assert_eq!((e.line, e.field.as_str()), (*line, *field), "{src}: {e}");
+        assert!(e.message.contains(msg), "{src}: {e}");
+    }
+}
+
+#[test]
+fn a_reload_sets_the_files_limits_and_keeps_the_clis() {
+    use crate::model::ratelimit::LimitWords;
+    fn words<'a>(rate: &'a str, prefix: Option<&'a str>) -> LimitWords<'a> {
+        LimitWords {
+            rate,
+            burst: None,
+            per: None,
+            prefix,
+            new_flows: false,
+            service: None,
+        }
+    }
+    let file = |rate: &str| {
+        let mut l = Limits::default();
+        l.add(words(rate, Some("192.0.2.0/24")).limit().unwrap())
+            .unwrap();
+        l
+    };
+    let cli = words("7/s", Some("198.51.100.0/24")).limit().unwrap();
+    let mut running = file("10/s");
+    running.add(cli).unwrap();
+    let services = Services::default();
+    let next =
+        super::ratelimit::plan_limits(&running, &file("10/s"), &file("20/s"), &services).unwrap();
+    let rates: Vec<String> = next.by_match.values().map(|l| l.rate.to_string()).collect();
+    assert_eq!(rates, ["20/s", "7/s"], "the file's changed, the CLI's kept");
+    let next =
+        super::ratelimit::plan_limits(&running, &file("10/s"), &Limits::default(), &services)
+            .unwrap();
+    assert_eq!(next.by_match.values().copied().collect::<Vec<_>>(), [cli]);
+}

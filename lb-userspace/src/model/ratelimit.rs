@@ -595,7 +595,7 @@ mod tests {
         let e = parse_limit_words(&["rate=1/s", "rate=2/s"]).unwrap_err();
         assert_eq!(e.to_string(), "rate is given twice");
         assert!(parse_limit_words(&["burst=3"]).is_err());
-        assert!(matches!(ls.del(&l.matches), Ok(_)));
+        assert!(ls.del(&l.matches).is_ok());
         assert!(matches!(ls.del(&l.matches), Err(LimitError::NotFound(_))));
         let svc: Vip = "192.0.2.10:80/tcp".parse().unwrap();
         ls.add(
