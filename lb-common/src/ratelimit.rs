@@ -36,11 +36,12 @@ use crate::Addr16;
 /// a limit by its slot, so this bounds their cardinality too.
 pub const MAX_LIMITS: u32 = 16;
 
-/// Exact buckets: sets of RL_WAYS entries (one 64-byte cache line each).
+/// Exact buckets: sets of RL_WAYS entries (one 64-byte cache line each; 1 MiB in all,
+/// small enough to stay mostly in cache under a flood).
 pub const RL_WAYS: usize = 4;
-pub const RL_SETS: u32 = 1 << 16;
-/// Sketch cells per row and rows per limit (2 x 32768 x 8 bytes = 512 KiB a limit).
-pub const RL_SKETCH_WIDTH: u32 = 1 << 15;
+pub const RL_SETS: u32 = 1 << 14;
+/// Sketch cells per row and rows per limit (2 x 8192 x 8 bytes = 128 KiB a limit).
+pub const RL_SKETCH_WIDTH: u32 = 1 << 13;
 pub const RL_SKETCH_ROWS: u32 = 2;
 pub const RL_SKETCH_CELLS: u32 = MAX_LIMITS * RL_SKETCH_ROWS * RL_SKETCH_WIDTH;
 /// Sample-and-hold: one sketch-allowed packet in this many promotes its key.
@@ -50,8 +51,11 @@ pub const RL_PROMOTE_ONE_IN: u32 = 64;
 pub const RL_PROMOTIONS_PER_SEC: u64 = (RL_SETS as u64 * RL_WAYS as u64) / 4;
 pub const RL_PROMOTION_BURST: u64 = 4096;
 
-/// The clock of the buckets: bpf_ktime_get_ns() << RL_CLOCK_SHIFT (1/16 ns, so rates up
-/// to 10^9 a second keep their interval within 3%; wraps after 36 years of uptime).
+/// The clock of the buckets: bpf_ktime_get_coarse_ns() << RL_CLOCK_SHIFT (1/16 ns, so
+/// rates up to 10^9 a second keep their interval within 3%; wraps after 36 years of
+/// uptime). The coarse clock (a tick, 1-4 ms) costs a few ns where the precise one costs
+/// tens on a VM: buckets refill by the tick, which a burst of at least one tick's
+/// packets absorbs.
 pub const RL_CLOCK_SHIFT: u32 = 4;
 pub const RL_UNITS_PER_SEC: u64 = 1_000_000_000 << RL_CLOCK_SHIFT;
 

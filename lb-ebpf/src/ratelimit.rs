@@ -9,7 +9,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
     programs::XdpContext,
@@ -166,7 +166,8 @@ pub fn limited(ctx: &XdpContext, phase: u32, service: u32) -> bool {
             }
         }
         if now == 0 {
-            now = unsafe { bpf_ktime_get_ns() }.wrapping_add(set.clock_offset_ns) << RL_CLOCK_SHIFT;
+            now = unsafe { bpf_ktime_get_coarse_ns() }.wrapping_add(set.clock_offset_ns)
+                << RL_CLOCK_SHIFT;
         }
         let out = check(l, family, &src, now);
         let Some(stats) = XLB_RL_STATS.get_ptr_mut(l.slot as u32 & (MAX_LIMITS - 1)) else {
