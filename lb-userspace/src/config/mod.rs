@@ -158,7 +158,7 @@ impl Config {
             k => format!(", {}", n(k, "rate limit")),
         };
         format!(
-            "{}, {}{limits}, {}, {}, {}, tls {}, metrics {}",
+            "{}, {}, {}, {}, {}{limits}, tls {}, metrics {}",
             n(self.interfaces.len(), "interface"),
             n(self.projection.rules.len(), "rule"),
             n(self.projection.services.by_vip.len(), "service"),
