@@ -125,9 +125,11 @@ pub enum Reason {
     /// A proven cookie: an https service's ACK passed to the kernel's listener, or a
     /// dsr client's reset that put its source on the allow-list (dropped).
     SynCookieOk = 24,
+    /// Over a rate limit (`xlb fw limit`): dropped.
+    RateLimited = 25,
 }
 
-pub const REASONS: u32 = 25;
+pub const REASONS: u32 = 26;
 
 impl Reason {
     pub const ALL: [Reason; REASONS as usize] = [
@@ -156,6 +158,7 @@ impl Reason {
         Reason::SynNoFlow,
         Reason::SynProxy,
         Reason::SynCookieOk,
+        Reason::RateLimited,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -185,6 +188,7 @@ impl Reason {
             Reason::SynNoFlow => "syn_no_flow",
             Reason::SynProxy => "syn_proxy",
             Reason::SynCookieOk => "syn_cookie_ok",
+            Reason::RateLimited => "rate_limited",
         }
     }
 

@@ -14,6 +14,7 @@ pub mod firewall;
 pub mod limits;
 pub mod maps;
 pub mod net;
+pub mod ratelimit;
 pub mod syn;
 
 pub use balancer::*;
@@ -23,6 +24,7 @@ pub use firewall::*;
 pub use limits::*;
 pub use maps::*;
 pub use net::*;
+pub use ratelimit::*;
 pub use syn::*;
 
 #[cfg(feature = "user")]
@@ -49,4 +51,7 @@ mod user {
     unsafe impl aya::Pod for SynRate {}
     unsafe impl aya::Pod for SynStats {}
     unsafe impl aya::Pod for SynAllowKey {}
+    unsafe impl aya::Pod for LimitSet {}
+    unsafe impl aya::Pod for RlBucketSet {}
+    unsafe impl aya::Pod for RlStats {}
 }

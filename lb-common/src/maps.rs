@@ -77,7 +77,7 @@ pub const JUMP_SLOTS: u32 = 2;
 /// pinned by name under the daemon's bpffs directory and adopted by the next `xlb run`,
 /// so a restart or an upgrade keeps flows, rules and counters. MAP_JUMP (it holds one
 /// build's balancer) and MAP_HANDOFF (per-packet scratch) belong to one build.
-pub const STATE_MAPS: [&str; 29] = [
+pub const STATE_MAPS: [&str; 36] = [
     MAP_BACKEND_STATS,
     MAP_EVENTS,
     MAP_SAMPLE,
@@ -108,4 +108,12 @@ pub const STATE_MAPS: [&str; 29] = [
     crate::syn::MAP_SYN_STATS,
     crate::syn::MAP_SYN_LOCAL,
     crate::syn::MAP_SYN_ALLOW,
+    // Rate limits (ratelimit.rs).
+    crate::MAP_RL_SETS,
+    crate::MAP_RL_ACTIVE,
+    crate::MAP_RL_BUCKETS,
+    crate::MAP_RL_SKETCH,
+    crate::MAP_RL_STATE,
+    crate::MAP_RL_STATS,
+    crate::MAP_RL_EXEMPT,
 ];

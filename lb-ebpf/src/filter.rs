@@ -84,6 +84,13 @@ fn from_rule(rule: u32, allow: Reason, deny: Reason) -> Decision {
     }
 }
 
+/// Whether an always-allow rule (`fw except`) covers the packet: a rate limit never
+/// drops it either.
+#[inline(always)]
+pub fn always_allowed(pkt: &Packet, cfg: &Config) -> bool {
+    excepted(pkt, cfg, &port_entry(pkt)) != 0
+}
+
 /// The always-allow rule id matching the packet, or 0.
 #[inline(always)]
 fn excepted(pkt: &Packet, cfg: &Config, port: &PortEntry) -> u32 {

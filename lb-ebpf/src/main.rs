@@ -20,6 +20,7 @@ mod icmp;
 mod klog;
 mod maps;
 mod parse;
+mod ratelimit;
 mod rewrite;
 mod syncookie;
 mod synflood;
@@ -59,7 +60,12 @@ pub fn xlb(ctx: XdpContext) -> u32 {
     if cfg.log_level >= LOG_DEBUG {
         klog::packet(&ctx);
     }
-    let (d, ip) = firewall(&ctx, &cfg);
+    let (mut d, ip) = firewall(&ctx, &cfg);
+    // Rate limits of all traffic, on what the firewall passed (always-allowed packets
+    // are never limited).
+    if ip && d.verdict == Verdict::Pass && d.reason != Reason::Except && ratelimit::active() {
+        d = ratelimit::after_firewall(&ctx, d);
+    }
     #[cfg(feature = "klog")]
     if cfg.log_level >= LOG_DEBUG {
         klog::decision(&ctx, 0, d.reason as u32, d.verdict as u32);

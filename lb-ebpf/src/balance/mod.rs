@@ -38,7 +38,7 @@ use crate::{
     icmp,
     maps::{XLB_BACKENDS, XLB_FRAGS, XLB_SERVICES, scratch},
     parse::Packet,
-    rewrite,
+    ratelimit, rewrite,
 };
 
 /// Each path (forward, reply, later fragment, ICMP error) is a BPF function of its own
@@ -136,6 +136,10 @@ fn balance_inner(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Option<(Verdic
     };
     let key = &scratch.key;
     match service(&dst, pkt.dst_port, pkt.proto, family) {
+        // The service's own limits, before its flow is looked up.
+        Some(svc) if ratelimit::limited(ctx, PHASE_SERVICE, svc.id) => {
+            Some((Verdict::Drop, Reason::RateLimited))
+        }
         Some(svc) => match forward(ctx, pkt, &svc, key, now) {
             NEEDS_PORT => unpack(forward_fullnat(ctx, pkt, &svc, now)),
             out => unpack(out),

@@ -170,6 +170,9 @@ pub struct Stats {
     pub rules: usize,
     #[serde(flatten)]
     pub traffic: Traffic,
+    /// The rate limits in force with their counters.
+    #[serde(default)]
+    pub limits: Vec<LimitView>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -241,6 +244,9 @@ pub struct Status {
     /// SYN-flood protection of every service that has it (layer-4 and https).
     #[serde(default)]
     pub syn_protection: Vec<SynProtectionView>,
+    /// The rate limits in force.
+    #[serde(default)]
+    pub limits: Vec<LimitView>,
 }
 
 /// One service's SYN-flood protection: whether it is on now and why, and its counters.
@@ -413,6 +419,47 @@ pub struct Stopping {
     pub interfaces: Vec<String>,
 }
 
+/// What a rate-limit change did (`fw limit add|del`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitChanges {
+    pub added: usize,
+    pub removed: usize,
+    /// Limits in force afterwards.
+    pub limits: usize,
+}
+
+/// `fw limit list`: the limits in force with their counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitList {
+    pub limits: Vec<LimitView>,
+}
+
+/// A rate limit as the operator sees it, with what its checks counted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitView {
+    /// Its slot in the kernel (the `limit` label of its metrics).
+    pub id: u32,
+    /// `1000/s`, `600/m`, `10/h`.
+    pub rate: String,
+    pub burst: u64,
+    /// `address`, `prefix` or a length (`/24`).
+    pub per: String,
+    /// None: every source.
+    pub prefix: Option<String>,
+    pub new_flows: bool,
+    /// None: all traffic.
+    pub service: Option<String>,
+    pub source: Source,
+    /// Packets it covered and passed, dropped (of those, by the sketch: the source had
+    /// no exact bucket), over it but passed (a backend's answer, always allowed), and
+    /// sources given an exact bucket.
+    pub passed: u64,
+    pub dropped: u64,
+    pub sketch_dropped: u64,
+    pub exempted: u64,
+    pub promoted: u64,
+}
+
 /// Every reply, for the daemon's side (serialized as the variant's own JSON).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
@@ -427,6 +474,8 @@ pub enum Reply {
     Reloaded(Box<Reloaded>),
     Stopping(Stopping),
     CountersReset(CountersReset),
+    LimitChanges(LimitChanges),
+    LimitList(LimitList),
 }
 
 /// The names the JSON gives them (padded like strings, so widths apply).

@@ -134,6 +134,34 @@ pub enum Request {
         vip: String,
         backend: String,
     },
+    /// Adds a rate limit, from its words as written (see model::ratelimit::LimitWords).
+    /// Reply: `LimitChanges` (so for `LimitDel`).
+    LimitAdd {
+        rate: String,
+        #[serde(default)]
+        burst: Option<String>,
+        #[serde(default)]
+        per: Option<String>,
+        #[serde(default)]
+        prefix: Option<String>,
+        #[serde(default)]
+        new_flows: bool,
+        #[serde(default)]
+        service: Option<String>,
+    },
+    /// Removes the rate limit of this match.
+    LimitDel {
+        #[serde(default)]
+        per: Option<String>,
+        #[serde(default)]
+        prefix: Option<String>,
+        #[serde(default)]
+        new_flows: bool,
+        #[serde(default)]
+        service: Option<String>,
+    },
+    /// The rate limits with their counters. Reply: `LimitList`.
+    LimitList,
     /// The rules with their hits. Reply: `RuleList`.
     List,
     /// Reply: `Stats`.
@@ -178,6 +206,9 @@ impl Request {
             Request::BackendDrain { .. } => "backend_drain",
             Request::BackendEnable { .. } => "backend_enable",
             Request::BackendDel { .. } => "backend_del",
+            Request::LimitAdd { .. } => "limit_add",
+            Request::LimitDel { .. } => "limit_del",
+            Request::LimitList => "limit_list",
             Request::List => "list",
             Request::Stats => "stats",
             Request::Status => "status",
@@ -190,7 +221,11 @@ impl Request {
     pub fn changes(&self) -> bool {
         !matches!(
             self,
-            Request::VipList | Request::List | Request::Stats | Request::Status
+            Request::VipList
+                | Request::List
+                | Request::LimitList
+                | Request::Stats
+                | Request::Status
         )
     }
 }

@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Subcommand;
 use serde::Serialize;
 
-use super::{Ctx, format::print_json};
+use super::{Ctx, format::print_json, limits::LimitCmd};
 use crate::{
     api::{
         self, Request,
@@ -54,8 +54,12 @@ pub enum Fw {
         #[arg(required = true)]
         targets: Vec<String>,
     },
-    /// Remove every rule (the policies stay).
+    /// Remove every rule (the policies stay; rate limits too).
     Flush,
+    /// Rate limits: token buckets per source address, per prefix of a length, or for a
+    /// prefix as a whole (`xlb fw limit add 100/s --per /24 --prefix 0.0.0.0/0`).
+    #[command(subcommand)]
+    Limit(LimitCmd),
     /// The policy for packets no rule matches.
     Default {
         /// allow or deny.
@@ -125,6 +129,7 @@ pub fn fw(ctx: &Ctx, cmd: Fw) -> Result<()> {
         Fw::Except { targets } => Request::Except { targets },
         Fw::Del { except, targets } => Request::Del { except, targets },
         Fw::Flush => Request::Flush,
+        Fw::Limit(cmd) => return super::limits::limit(ctx, cmd),
         Fw::Default { action } => {
             return policy(
                 ctx,

@@ -6,6 +6,7 @@
 pub mod exit;
 pub mod format;
 pub mod fw;
+pub mod limits;
 pub mod run;
 pub mod services;
 pub mod status;

@@ -5,6 +5,7 @@ use anyhow::Result;
 use super::{
     Ctx, StatsCmd,
     format::{duration_text, print_json, utc},
+    limits::print_limits,
     services::backend_line,
 };
 use crate::{
@@ -153,6 +154,16 @@ fn print_status(v: &Status) {
         }
     }
     print_syn(&v.syn_protection);
+    if v.limits.is_empty() {
+        println!("limits:      none");
+    } else {
+        let dropped: u64 = v.limits.iter().map(|l| l.dropped).sum();
+        println!(
+            "limits:      {} ({dropped} packets dropped as rate_limited)",
+            v.limits.len()
+        );
+        print_limits(&v.limits);
+    }
     if let Some(h) = &v.https {
         print_https(h);
     }
@@ -281,6 +292,10 @@ fn print_stats(v: &Stats) {
                 );
             }
         }
+    }
+    if !v.limits.is_empty() {
+        println!();
+        print_limits(&v.limits);
     }
     let f = &v.traffic.flows;
     println!(

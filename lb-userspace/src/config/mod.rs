@@ -3,8 +3,8 @@
 //! (interfaces, control socket, health checks, the https service, metrics) and the part
 //! of the desired state it manages (`Projection`: policies, rules, services, backends).
 //!
-//! One module per section: `firewall`, `services` (with `[service.health]` read by
-//! `health`), `https` (`[tls]`, its files loaded by `tls_files`); `raw` is the file as
+//! One module per section: `firewall` (its `[[firewall.limit]]` in `ratelimit`),
+//! `services` (with `[service.health]` read by `health`), `https` (`[tls]`, its files loaded by `tls_files`); `raw` is the file as
 //! written, `values` the value kinds, `report` the errors; `plan` is what a reload
 //! applies.
 
@@ -16,6 +16,7 @@ pub mod flows;
 pub mod health;
 pub mod https;
 pub mod plan;
+pub mod ratelimit;
 pub mod raw;
 pub mod report;
 pub mod services;
@@ -132,6 +133,9 @@ impl Config {
         }
         let drain_timeout = balancer(&mut r, raw.balancer.as_ref());
         let services = services::section(&mut r, &raw.service, &mut projection);
+        if let Some(fw) = &raw.firewall {
+            ratelimit::section(&mut r, &fw.limit, &mut projection);
+        }
         let https = match raw.tls {
             None => {
                 https::missing(&mut r, &services.https);
@@ -182,8 +186,12 @@ impl Config {
             .map(|s| s.backends.len())
             .sum();
         let n = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+        let limits = match self.projection.limits.len() {
+            0 => String::new(),
+            k => format!(", {}", n(k, "rate limit")),
+        };
         format!(
-            "{}, {}, {}, {}, {}, tls {}, metrics {}",
+            "{}, {}, {}, {}, {}{limits}, tls {}, metrics {}",
             n(self.interfaces.len(), "interface"),
             n(self.projection.rules.len(), "rule"),
             n(self.projection.services.by_vip.len(), "service"),

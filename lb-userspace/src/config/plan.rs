@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{
     desired::Projection,
+    ratelimit::Limits,
     rules::{Action, Match, RuleSet},
     services::Services,
     weights::{self, Flags},
@@ -27,6 +28,8 @@ pub struct Plan {
     /// The services after the plan, and their backups.
     pub services: Services,
     pub backups: Flags,
+    /// The rate limits after the plan.
+    pub limits: Limits,
 }
 
 /// diff(`base`, `new`) applied to the running state (`rules`, `services`): what the new
@@ -36,6 +39,7 @@ pub fn plan(
     rules: &RuleSet,
     services: &Services,
     backups: &Flags,
+    limits: &Limits,
     base: &Projection,
     new: &Projection,
 ) -> Result<Plan, String> {
@@ -125,12 +129,14 @@ pub fn plan(
     }
     backups.extend(new.backups.difference(&base.backups).copied());
     weights::retain(&mut backups, &next);
+    let limits = super::ratelimit::plan_limits(limits, &base.limits, &new.limits, &next)?;
     Ok(Plan {
         rule_ops,
         default_policy,
         malformed_policy,
         services: next,
         backups,
+        limits,
     })
 }
 

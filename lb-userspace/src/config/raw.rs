@@ -45,7 +45,7 @@ pub(crate) struct RawInterface {
 #[derive(Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a [firewall] table (default, malformed, deny, allow, except, [firewall.ports])"
+    expecting = "a [firewall] table (default, malformed, deny, allow, except, [firewall.ports], [[firewall.limit]])"
 )]
 pub(crate) struct RawFirewall {
     pub(crate) default: Option<Spanned<String>>,
@@ -57,6 +57,8 @@ pub(crate) struct RawFirewall {
     #[serde(default)]
     pub(crate) except: Vec<Spanned<String>>,
     pub(crate) ports: Option<RawPorts>,
+    #[serde(default)]
+    pub(crate) limit: Vec<Spanned<super::ratelimit::RawLimit>>,
 }
 
 #[derive(Deserialize)]

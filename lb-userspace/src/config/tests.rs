@@ -10,6 +10,7 @@ use super::{
 };
 use crate::model::{
     health_check::{CheckKind, DEFAULT_FALL},
+    ratelimit::Limits,
     rules::{Action, Match, RuleSet},
     services::Services,
     weights::Flags,
@@ -350,6 +351,7 @@ address = "203.0.113.13:8080"
         &rules,
         &services,
         &Flags::new(),
+        &Limits::default(),
         &Projection::default(),
         &old,
     )
@@ -365,7 +367,15 @@ address = "203.0.113.13:8080"
     let check = check_from_words([("kind", "tcp")], "check").unwrap();
     services.set_check(&vip, Some(check.clone())).unwrap();
 
-    let p = plan(&rules, &services, &Flags::new(), &old, &new).unwrap();
+    let p = plan(
+        &rules,
+        &services,
+        &Flags::new(),
+        &Limits::default(),
+        &old,
+        &new,
+    )
+    .unwrap();
     apply(&mut rules, &mut services, &p);
     assert_eq!(
         services.by_vip[&vip].check,
@@ -395,7 +405,15 @@ address = "203.0.113.13:8080"
         ]
     );
     // The same file again changes nothing.
-    let p = plan(&rules, &services, &Flags::new(), &new, &new).unwrap();
+    let p = plan(
+        &rules,
+        &services,
+        &Flags::new(),
+        &Limits::default(),
+        &new,
+        &new,
+    )
+    .unwrap();
     assert!(p.rule_ops.is_empty());
     assert_eq!(p.services, services);
     // Removing the service from the file removes it, CLI backends too.
@@ -403,6 +421,7 @@ address = "203.0.113.13:8080"
         &rules,
         &services,
         &Flags::new(),
+        &Limits::default(),
         &new,
         &Projection::default(),
     )
@@ -420,6 +439,7 @@ fn a_reload_that_does_not_fit_cli_backends_is_refused() {
         &rules,
         &services,
         &Flags::new(),
+        &Limits::default(),
         &Projection::default(),
         &old,
     )
@@ -429,7 +449,15 @@ fn a_reload_that_does_not_fit_cli_backends_is_refused() {
     services
         .add_backend(&vip, "203.0.113.14:8080".parse().unwrap(), 1)
         .unwrap();
-    let e = plan(&rules, &services, &Flags::new(), &old, &new).unwrap_err();
+    let e = plan(
+        &rules,
+        &services,
+        &Flags::new(),
+        &Limits::default(),
+        &old,
+        &new,
+    )
+    .unwrap_err();
     assert!(e.contains("dsr cannot change ports"), "{e}");
 }
 
@@ -904,4 +932,129 @@ fn https_durations_take_the_files_units() {
     assert_eq!(c.limits.idle_timeout, 120.0);
     assert_eq!(c.limits.connect_timeout, 0.5);
     assert_eq!(c.limits.response_timeout, 7.0, "bare seconds still read");
+}
+
+#[test]
+fn rate_limits_are_read_and_refused_where_they_are_written() {
+    let svc = "[[service]]\naddress = \"192.0.2.10:80/tcp\"\nmode = \"nat\"\n";
+    let c = parse(&format!(
+        "{svc}[[firewall.limit]]\nrate = \"200/s\"\nburst = 50\nper = \"/24\"\nprefix = \"0.0.0.0/0\"\nnew_flows = true\n\
+         [[firewall.limit]]\nrate = \"10/m\"\nservice = \"192.0.2.10:80/tcp\"\n\
+         [[firewall.limit]]\nrate = \"5000/s\"\nper = \"prefix\"\nprefix = \"2001:db8::/32\"\n"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let limits: Vec<String> = c
+        .projection
+        .limits
+        .by_match
+        .values()
+        .map(|l| l.to_string())
+        .collect();
+    assert_eq!(
+        limits,
+        [
+            "200/s burst 50 per /24 from 0.0.0.0/0 on new flows",
+            "5000/s burst 5000 per prefix from 2001:db8::/32",
+            "10/m burst 10 per address from any source to 192.0.2.10:80/tcp",
+        ]
+    );
+    assert!(c.summary().contains("3 rate limits"), "{}", c.summary());
+    let limit = |body: &str| format!("{svc}[[firewall.limit]]\n{body}");
+    let cases: &[(String, usize, &str, &str)] = &[
+        (
+            limit("rate = \"0/s\"\n"),
+            5,
+            "firewall.limit.rate",
+            "rate 0/s lets nothing through",
+        ),
+        (
+            limit("rate = \"10/s\"\nburst = 0\n"),
+            6,
+            "firewall.limit.burst",
+            "burst 0 lets nothing through",
+        ),
+        (
+            limit("rate = \"10/s\"\nper = \"/33\"\nprefix = \"192.0.2.0/24\"\n"),
+            6,
+            "firewall.limit.per",
+            "per /33 is longer than an IPv4 address (32 bits)",
+        ),
+        (
+            limit("rate = \"10/s\"\nper = \"/16\"\nprefix = \"192.0.2.0/24\"\n"),
+            6,
+            "firewall.limit.per",
+            "shorter than the prefix 192.0.2.0/24",
+        ),
+        (
+            limit("rate = \"10/s\"\nservice = \"192.0.2.11:80/tcp\"\n"),
+            6,
+            "firewall.limit.service",
+            "no service 192.0.2.11:80/tcp in this file",
+        ),
+        (
+            limit("rate = \"10 per second\"\n"),
+            5,
+            "firewall.limit.rate",
+            "is not a rate: write COUNT/s",
+        ),
+        (
+            limit("rate = \"10/s\"\nprefix = \"192.0.2.1/24\"\n"),
+            6,
+            "firewall.limit.prefix",
+            "did you mean 192.0.2.0/24",
+        ),
+        (
+            limit("rate = \"10/s\"\ncolour = \"red\"\n"),
+            6,
+            "firewall.limit.colour",
+            "unknown field `colour`",
+        ),
+        (
+            format!(
+                "{}[[firewall.limit]]\nrate = \"20/s\"\n",
+                limit("rate = \"10/s\"\n")
+            ),
+            6,
+            "firewall.limit",
+            "is given twice (also at line 4)",
+        ),
+    ];
+    for (src, line, field, msg) in cases {
+        let e = err(src);
+        assert_eq!((e.line, e.field.as_str()), (*line, *field), "{src}: {e}");
+        assert!(e.message.contains(msg), "{src}: {e}");
+    }
+}
+
+#[test]
+fn a_reload_sets_the_files_limits_and_keeps_the_clis() {
+    use crate::model::ratelimit::LimitWords;
+    fn words<'a>(rate: &'a str, prefix: Option<&'a str>) -> LimitWords<'a> {
+        LimitWords {
+            rate,
+            burst: None,
+            per: None,
+            prefix,
+            new_flows: false,
+            service: None,
+        }
+    }
+    let file = |rate: &str| {
+        let mut l = Limits::default();
+        l.add(words(rate, Some("192.0.2.0/24")).limit().unwrap())
+            .unwrap();
+        l
+    };
+    let cli = words("7/s", Some("198.51.100.0/24")).limit().unwrap();
+    let mut running = file("10/s");
+    running.add(cli).unwrap();
+    let services = Services::default();
+    let next =
+        super::ratelimit::plan_limits(&running, &file("10/s"), &file("20/s"), &services).unwrap();
+    let rates: Vec<String> = next.by_match.values().map(|l| l.rate.to_string()).collect();
+    assert_eq!(rates, ["20/s", "7/s"], "the file's changed, the CLI's kept");
+    let next =
+        super::ratelimit::plan_limits(&running, &file("10/s"), &Limits::default(), &services)
+            .unwrap();
+    assert_eq!(next.by_match.values().copied().collect::<Vec<_>>(), [cli]);
 }

@@ -3,7 +3,8 @@
 //! state, the maps and the state file, or to none of them.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -21,6 +22,7 @@ use crate::{
         desired::{Desired, DesiredRef, Pools, Projection},
         drain::Draining,
         health_check::HealthCheck,
+        ratelimit::Limits,
         rules::{Action, Change, Rule, RuleError, RuleSet},
         services::{BackendAddr, ServiceError, Services, Vip},
         weights::{self, Flags},
@@ -53,6 +55,12 @@ pub struct Edge {
     /// The services in panic mode (every backend down, flows sent to all of them), as
     /// the last view found them, and how often each went into it.
     pub panic: std::sync::Mutex<PanicBook>,
+    /// Rate limits (`xlb fw limit`, `[[firewall.limit]]`).
+    pub limits: Limits,
+    /// Health checks' (address, port) and the https service's upstreams: with the
+    /// backends, the endpoints no limit drops (see `limits`).
+    pub probes: BTreeSet<(IpAddr, u16)>,
+    pub upstreams: BTreeSet<SocketAddr>,
 }
 
 /// Panic mode's record (see `model::weights::AllDown`).
@@ -85,6 +93,9 @@ impl Edge {
             drain_timeout,
             state_path,
             panic: Default::default(),
+            limits: stored.limits,
+            probes: BTreeSet::new(),
+            upstreams: BTreeSet::new(),
         };
         // Backends a running datapath still serves that the stored state no longer
         // lists (removed, draining, before a restart) drain again, so their established
@@ -109,6 +120,8 @@ impl Edge {
         edge.dp.load_rules(&edge.rules)?;
         edge.dp.lb.sync(&edge.view(&edge.pools()))?;
         edge.dp.set_config(&edge.rules)?;
+        edge.sync_limits(&edge.limits.clone())?;
+        edge.sync_exempt();
         Ok(edge)
     }
 
@@ -135,6 +148,7 @@ impl Edge {
             return Err(e.context("updating the kernel maps; nothing was changed"));
         }
         let diff = services_diff(&self.services, &plan.services);
+        let limits = plan.limits;
         let next = self.next_pools(Pools {
             services: plan.services,
             backups: plan.backups,
@@ -151,23 +165,30 @@ impl Edge {
         let old_policies = (self.rules.default_policy, self.rules.malformed_policy);
         self.rules.default_policy = plan.default_policy;
         self.rules.malformed_policy = plan.malformed_policy;
+        let old_limits = std::mem::replace(&mut self.limits, limits);
         let res = self
             .dp
             .lb
             .sync(&view)
             .and_then(|_| self.dp.set_config(&self.rules))
+            .and_then(|_| self.sync_limits(&self.limits.clone()))
             .and_then(|_| self.save());
         if let Err(e) = res {
             self.set_pools(old_pools);
             self.base = old_base;
+            self.limits = old_limits;
             (self.rules.default_policy, self.rules.malformed_policy) = old_policies;
             if let Err(e) = self.dp.lb.sync(&self.view(&self.pools())) {
                 warn!("rolling back the services' maps failed: {e:#}");
+            }
+            if let Err(e) = self.sync_limits(&self.limits.clone()) {
+                warn!("rolling back the rate limits' maps failed: {e:#}");
             }
             self.rollback(&changes);
             let _ = self.dp.set_config(&self.rules);
             return Err(e.context("nothing was changed"));
         }
+        self.sync_exempt();
         let counts = rule_changes(&changes, self.rules.len());
         Ok(PlanApplied {
             rules_added: counts.added,
@@ -247,6 +268,7 @@ impl Edge {
     ) -> Result<ServicesChanged> {
         let mut next = self.pools();
         edit(&mut next)?;
+        self.limits_fit(&next.services)?;
         let next = self.next_pools(next);
         if let Err(e) = self.dp.lb.sync(&self.view(&next)) {
             metrics::global().map_update_error(MapKind::Services);
@@ -260,6 +282,12 @@ impl Edge {
             let _ = self.dp.set_config(&self.rules);
             return Err(e.context("nothing was changed"));
         }
+        // Service ids are kept while services stay, so the limits' projection only
+        // follows a service's new id (never while a limit names it: limits_fit).
+        if let Err(e) = self.sync_limits(&self.limits.clone()) {
+            warn!("updating the rate limits after a services change: {e:#}");
+        }
+        self.sync_exempt();
         Ok(ServicesChanged {
             services: self.services.by_vip.len(),
         })
@@ -400,6 +428,12 @@ impl Edge {
         {
             warn!("updating the maps after a health-check change: {e:#}");
         }
+        // The probes' answers come from each check's port: never rate limited.
+        let probes = checked
+            .iter()
+            .filter_map(|((_, b), (_, c))| Some((b.addr, c.port.or(b.port)?)))
+            .collect();
+        self.set_probe_endpoints(probes);
     }
 
     /// Records a health check's outcome; a backend that goes up or down changes the maps.
@@ -450,6 +484,7 @@ impl Edge {
                     services: &self.services,
                     backups: &self.backups,
                     drained: &self.drained,
+                    limits: &self.limits,
                     base: &self.base,
                 },
             ),
@@ -468,6 +503,7 @@ impl Edge {
             rules: self.rules.rules().map(|r| (r.matches, r.action)).collect(),
             services: self.services.clone(),
             backups: self.backups.clone(),
+            limits: self.limits.clone(),
         }
     }
 }

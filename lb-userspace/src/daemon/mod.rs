@@ -9,6 +9,7 @@
 pub mod edge;
 pub mod fds;
 pub mod host;
+pub mod limits;
 pub mod monitor;
 pub mod notify;
 pub mod reload;
@@ -128,6 +129,7 @@ fn check(opts: &RunOptions) -> Result<Checked> {
             &stored.rules,
             &stored.services,
             &stored.backups,
+            &stored.limits,
             &stored.base,
             &cfg.projection,
         )

@@ -164,7 +164,9 @@ impl Monitor {
             }
             let source: Source = Arc::new(move || {
                 locked(&running, "a scrape", |r| {
-                    Snapshot::read(&r.edge.dp, &r.edge.rules)
+                    let mut snap = Snapshot::read(&r.edge.dp, &r.edge.rules)?;
+                    snap.limits = r.edge.limit_views()?;
+                    Ok::<_, anyhow::Error>(snap)
                 })
                 .map_err(anyhow::Error::msg)?
             });

@@ -176,6 +176,7 @@ impl Running {
             &self.edge.rules,
             &self.edge.services,
             &self.edge.backups,
+            &self.edge.limits,
             base,
             &cfg.projection,
         )
@@ -382,6 +383,7 @@ pub(super) fn apply_to_stored(stored: &mut Desired, plan: Plan, base: Projection
     stored.rules.malformed_policy = plan.malformed_policy;
     stored.services = plan.services;
     stored.backups = plan.backups;
+    stored.limits = plan.limits;
     weights::retain(&mut stored.drained, &stored.services);
     stored.base = base;
     Ok(())

@@ -55,6 +55,9 @@ impl Edge {
             | Request::BackendDel { .. }
             | Request::BackendDrain { .. }
             | Request::BackendEnable { .. } => Reply::ServicesChanged(self.service_request(req)?),
+            Request::LimitAdd { .. } | Request::LimitDel { .. } | Request::LimitList => {
+                self.limit_request(req)?
+            }
             Request::VipList => Reply::ServiceList(self.service_list()),
             Request::List => Reply::RuleList(self.rule_list()?),
             Request::Stats => Reply::Stats(Box::new(self.stats()?)),

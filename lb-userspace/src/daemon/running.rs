@@ -158,6 +158,27 @@ impl Running {
         };
         let checked = checker.reconcile(targets);
         self.edge.set_checked(&checked);
+        self.edge.set_upstreams(self.upstreams());
+    }
+
+    /// The https service's pool backends and their check ports: their answers to the
+    /// proxy and to its checks are never rate limited.
+    fn upstreams(&self) -> std::collections::BTreeSet<std::net::SocketAddr> {
+        let mut out = std::collections::BTreeSet::new();
+        for p in self.https.iter().flat_map(|h| &h.config.pools) {
+            let port = p
+                .health
+                .as_ref()
+                .and_then(|h| h.get_ref().port.as_ref())
+                .and_then(|w| u16::try_from(w.get_ref().0).ok());
+            for b in &p.backends {
+                out.insert(*b);
+                if let Some(port) = port {
+                    out.insert(std::net::SocketAddr::new(b.ip(), port));
+                }
+            }
+        }
+        out
     }
 
     /// The control socket's group: `--socket-group`, else the file's.
@@ -220,6 +241,7 @@ impl Running {
             },
             services: self.services_with_drains(),
             syn_protection: self.edge.syn_views()?,
+            limits: self.edge.limit_views()?,
         })
     }
 

@@ -170,6 +170,7 @@ impl Edge {
         let mut stats = Stats {
             rules: self.rules.len(),
             traffic: metrics::traffic::traffic(&self.dp)?,
+            limits: self.limit_views()?,
             ..Stats::default()
         };
         for (reason, verdict, c) in self.dp.counters()? {

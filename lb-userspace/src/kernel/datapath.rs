@@ -17,7 +17,8 @@ use lb_common::*;
 use tracing::warn;
 
 use super::{
-    attach::Attached, balancer::Balancer, firewall::Firewall, mmap::MmapTable, object, pins::PinDir,
+    attach::Attached, balancer::Balancer, firewall::Firewall, mmap::MmapTable, object,
+    pins::PinDir, ratelimit::RateLimiter,
 };
 use crate::model::rules::{Action, Change, Match, RuleSet};
 
@@ -45,6 +46,8 @@ pub struct Datapath {
     pub fw: Firewall,
     /// The services' maps.
     pub lb: Balancer,
+    /// The rate limits' maps.
+    pub rl: RateLimiter,
     ncpus: usize,
     /// Dropped-packet sampling (`Config::drop_sample`) and kernel log level
     /// (`Config::log_level`), written by `set_config`.
@@ -135,6 +138,11 @@ impl Datapath {
         }
         let ncpus = aya::util::nr_cpus().map_err(|(m, e)| anyhow!("{m}: {e}"))?;
         let fw = Firewall::new(&mut bpf, ncpus)?;
+        let rl = RateLimiter::new(
+            &mut bpf,
+            ncpus,
+            matches!(adoption, Adoption::Adopted { .. }),
+        )?;
         let pool = MmapTable::new(
             bpf.map(MAP_MAGLEV).context("maglev pool")?,
             MAGLEV_POOL as usize * 4,
@@ -176,6 +184,7 @@ impl Datapath {
         Ok(Datapath {
             fw,
             lb,
+            rl,
             drop_sample: 0,
             log_level: LOG_OFF,
             flow_records: false,
@@ -250,6 +259,7 @@ impl Datapath {
         }
         let rules = self.fw.reset_all_hits(rules)?;
         let backends = self.lb.reset_all_stats()?;
+        self.rl.reset_counters()?;
         Ok((rules, backends))
     }
 

@@ -367,6 +367,7 @@ fn forwarding_status(reason: u32) -> u8 {
     let code = match Reason::ALL.get(reason as usize) {
         Some(Reason::Default | Reason::PrefixDeny | Reason::PortDeny) => 1, // ACL deny
         Some(Reason::NoRoute) => 3,                                         // unroutable
+        Some(Reason::RateLimited) => 10,                                    // policer
         Some(Reason::BadIpv4 | Reason::BadIpv6 | Reason::BadIpv6Ext | Reason::BadL4) => 7, // bad header length
         _ => 0, // unknown
     };

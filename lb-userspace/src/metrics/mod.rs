@@ -22,6 +22,7 @@ pub mod http;
 pub mod https;
 pub mod ipfix;
 pub mod kernel_log;
+pub mod ratelimit;
 pub mod snapshot;
 pub mod traffic;
 
@@ -530,6 +531,21 @@ mod tests {
                 },
             )],
             read_seconds: 0.001,
+            limits: vec![crate::api::reply::LimitView {
+                id: 3,
+                rate: "100/s".into(),
+                burst: 20,
+                per: "/24".into(),
+                prefix: Some("192.0.2.0/23".into()),
+                new_flows: true,
+                service: None,
+                source: crate::api::reply::Source::Cli,
+                passed: 40,
+                dropped: 9,
+                sketch_dropped: 2,
+                exempted: 1,
+                promoted: 5,
+            }],
         }
     }
 
@@ -551,6 +567,11 @@ mod tests {
             "xlb_flow_capacity 10",
             "xlb_build_info{version=",
             "xlb_map_update_errors_total{map=\"rules\"} 0",
+            "xlb_rate_limit_packets_total{limit=\"3\",service=\"all\",outcome=\"dropped\"} 9",
+            "xlb_rate_limit_packets_total{limit=\"3\",service=\"all\",outcome=\"passed\"} 40",
+            "xlb_rate_limit_sketch_drops_total{limit=\"3\",service=\"all\"} 2",
+            "xlb_rate_limit_promotions_total{limit=\"3\",service=\"all\"} 5",
+            "xlb_rate_limit_info{limit=\"3\",service=\"all\",rate=\"100/s\",burst=\"20\",per=\"/24\",prefix=\"192.0.2.0/23\",new_flows=\"true\"} 1",
             "# EOF",
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");

@@ -40,6 +40,9 @@ pub struct Snapshot {
     pub syn: Vec<(String, bool, lb_common::SynStats)>,
     /// How long reading took.
     pub read_seconds: f64,
+    /// The rate limits with their counters (the daemon adds them: they are its
+    /// state's as much as the kernel's).
+    pub limits: Vec<crate::api::reply::LimitView>,
 }
 
 impl Snapshot {
@@ -67,6 +70,7 @@ impl Snapshot {
             flows,
             flow_capacity: DEFAULT_FLOWS as u64,
             read_seconds: t.elapsed().as_secs_f64(),
+            limits: Vec::new(),
         })
     }
 
@@ -77,6 +81,7 @@ impl Snapshot {
         self.register_services(reg, m);
         self.register_flows(reg);
         self.register_syn(reg);
+        super::ratelimit::register(&self.limits, reg);
     }
 
     /// SYN-flood protection, per protected service.

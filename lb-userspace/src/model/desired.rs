@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use super::{
     drain::Draining,
+    ratelimit::Limits,
     rules::{Action, Match, RuleSet},
     services::Services,
     weights::Flags,
@@ -21,6 +22,8 @@ pub struct Projection {
     pub services: Services,
     /// Backends that take flows only while every primary of their service is out.
     pub backups: Flags,
+    /// Rate limits (`[[firewall.limit]]`).
+    pub limits: Limits,
 }
 
 impl Projection {
@@ -76,6 +79,7 @@ impl Default for Projection {
             rules: BTreeMap::new(),
             services: Services::default(),
             backups: Flags::new(),
+            limits: Limits::default(),
         }
     }
 }
@@ -90,6 +94,8 @@ pub struct Desired {
     pub backups: Flags,
     /// Backends the operator drained (`xlb backend drain`).
     pub drained: Flags,
+    /// Rate limits (`xlb fw limit`).
+    pub limits: Limits,
     pub base: Projection,
 }
 
@@ -99,6 +105,7 @@ pub struct DesiredRef<'a> {
     pub services: &'a Services,
     pub backups: &'a Flags,
     pub drained: &'a Flags,
+    pub limits: &'a Limits,
     pub base: &'a Projection,
 }
 
@@ -109,6 +116,7 @@ impl Desired {
             services: &self.services,
             backups: &self.backups,
             drained: &self.drained,
+            limits: &self.limits,
             base: &self.base,
         }
     }

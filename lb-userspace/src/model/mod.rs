@@ -6,6 +6,7 @@ pub mod drain;
 pub(crate) mod fxhash;
 pub mod health_check;
 pub mod interface;
+pub mod ratelimit;
 pub mod rules;
 pub mod services;
 pub mod syn_mode;

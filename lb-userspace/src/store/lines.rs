@@ -12,6 +12,7 @@
 //! backend 198.51.100.10:80/tcp 203.0.113.12:8080 weight=1
 //! backup 198.51.100.10:80/tcp 203.0.113.12:8080
 //! drained 198.51.100.10:80/tcp 203.0.113.11:8080
+//! limit rate=1000/s burst=1000 prefix=192.0.2.0/24 new_flows=on
 //! base deny 192.0.2.0/24
 //! ```
 //!
@@ -29,6 +30,7 @@ use crate::{
     model::{
         desired::{Desired, DesiredRef, Projection},
         health_check::HealthCheck,
+        ratelimit::{Limits, limit_words, parse_limit_words},
         rules::{Action, Match, Rule, RuleError, RuleSet, Target, parse_id, parse_target},
         services::{
             BackendAddr, DEFAULT_TCP_IDLE, DEFAULT_UDP_IDLE, ServiceConf, ServiceError, Services,
@@ -206,6 +208,9 @@ pub fn render(st: &DesiredRef) -> String {
             let _ = writeln!(s, "{word} {vip} {b}");
         }
     }
+    for l in st.limits.by_match.values() {
+        let _ = writeln!(s, "limit {}", limit_words(l).join(" "));
+    }
     if *base != Projection::default() {
         let _ = writeln!(s, "base default {}", base.default_policy);
         let _ = writeln!(s, "base malformed {}", base.malformed_policy);
@@ -219,6 +224,9 @@ pub fn render(st: &DesiredRef) -> String {
         }
         for (vip, b) in &base.backups {
             let _ = writeln!(s, "base backup {vip} {b}");
+        }
+        for l in base.limits.by_match.values() {
+            let _ = writeln!(s, "base limit {}", limit_words(l).join(" "));
         }
     }
     s
@@ -258,6 +266,10 @@ pub fn parse(text: &str) -> Result<Desired> {
         p.line(line)
             .map_err(|e| anyhow::anyhow!("line {}: {e:#}", n + 1))?;
     }
+    // A limit's service is a service of the same state (limits are written after the
+    // services, and read against all of them).
+    p.st.limits.check_services(&p.st.services)?;
+    p.st.base.limits.check_services(&p.st.base.services)?;
     p.st.rules.compact_free();
     Ok(p.st)
 }
@@ -311,6 +323,7 @@ impl Parser {
             }
             "backup" => flag_once(&mut st.backups, parse_flag(&st.services, rest)?, "backup")?,
             "drained" => flag_once(&mut st.drained, parse_flag(&st.services, rest)?, "drained")?,
+            "limit" => limit_line(&mut st.limits, rest)?,
             "base" => parse_base(&mut st.base, rest)?,
             _ => bail!("unknown keyword '{}'", shown(word)),
         }
@@ -364,6 +377,14 @@ fn parse_rule_with_id(rules: &mut RuleSet, rest: &str) -> Result<()> {
     Ok(())
 }
 
+/// The words of a `limit` line into `limits` (each match once).
+fn limit_line(limits: &mut Limits, rest: &str) -> Result<()> {
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    let l = parse_limit_words(&words).map_err(damaged)?;
+    limits.add(l)?;
+    Ok(())
+}
+
 /// `VIP BACKEND` of an existing backend.
 fn parse_flag(services: &Services, line: &str) -> Result<(Vip, BackendAddr)> {
     let Some((vip, b)) = line.split_once(' ') else {
@@ -392,6 +413,7 @@ fn parse_base(base: &mut Projection, line: &str) -> Result<()> {
             let flag = parse_flag(&base.services, rest.trim())?;
             base.backups.insert(flag);
         }
+        "limit" => limit_line(&mut base.limits, rest.trim())?,
         _ => {
             let (m, a) = parse_rule(line).map_err(damaged)?;
             if base.rules.insert(m, a).is_some() {
@@ -437,11 +459,26 @@ mod tests {
             "203.0.113.11:8080".parse().unwrap(),
         );
         base.backups.insert(flag);
+        let limit = |w: &str| {
+            let words: Vec<&str> = w.split_whitespace().collect();
+            parse_limit_words(&words).unwrap()
+        };
+        let mut limits = Limits::default();
+        limits
+            .add(limit(
+                "rate=100/s burst=20 per=/24 prefix=192.0.2.0/23 new_flows=on",
+            ))
+            .unwrap();
+        limits
+            .add(limit("rate=5/m burst=5 service=192.0.2.10:80/tcp"))
+            .unwrap();
+        base.limits.add(limit("rate=1000/s burst=1000")).unwrap();
         let stored = Desired {
             rules,
             services,
             backups: [flag].into(),
             drained: [flag].into(),
+            limits,
             base,
         };
         let text = render(&stored.borrowed());
@@ -451,9 +488,18 @@ mod tests {
             text.contains("\nbackup 192.0.2.10:80/tcp 203.0.113.11:8080\n"),
             "{text}"
         );
+        assert!(
+            text.contains("\nlimit rate=5/m burst=5 service=192.0.2.10:80/tcp\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nbase limit rate=1000/s burst=1000\n"),
+            "{text}"
+        );
         let back = parse(&text).unwrap();
         assert_eq!(render(&back.borrowed()), text);
         assert_eq!(back.base, stored.base);
+        assert_eq!(back.limits, stored.limits);
         assert_eq!(back.drained, stored.drained);
         let services = stored.services;
         assert_eq!(back.rules.default_policy, Action::Deny);
@@ -580,6 +626,37 @@ mod tests {
         let e = err(&file(&format!("{svc}{flag}{flag}")));
         assert!(e.contains("is given twice"), "{e}");
         assert!(err(&file("rule +1 deny 192.0.2.0/24\n")).contains("is not a rule id"));
+    }
+
+    #[test]
+    fn limits_are_checked_whole_like_every_line() {
+        let err = |text: &str| format!("{:#}", parse(text).unwrap_err());
+        let limit = "limit rate=10/s burst=10\n";
+        let e = err(&file(&format!("{limit}{limit}")));
+        assert!(
+            e.contains("line 3: a limit per address from any source is set already"),
+            "{e}"
+        );
+        for (line, why) in [
+            ("limit rate=0/s burst=1", "rate 0/s lets nothing through"),
+            ("limit rate=10/s burst=0", "burst 0 lets nothing through"),
+            (
+                "limit rate=10/s burst=1 per=/33 prefix=192.0.2.0/24",
+                "per /33 is longer than an IPv4 address",
+            ),
+            (
+                "limit rate=10/s burst=1 service=192.0.2.10:80/tcp",
+                "names service 192.0.2.10:80/tcp, which does not exist",
+            ),
+            (
+                "limit rate=10/s burst=1 colour=red",
+                "'colour' is not a setting of a limit",
+            ),
+            ("limit burst=1", "a limit needs its rate"),
+        ] {
+            let e = err(&file(&format!("{line}\n")));
+            assert!(e.contains(why), "{line}: {e}");
+        }
     }
 
     #[test]

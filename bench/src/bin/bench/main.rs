@@ -10,6 +10,7 @@
 
 mod maglev;
 mod monitoring;
+mod ratelimit;
 mod rig;
 mod xdp;
 

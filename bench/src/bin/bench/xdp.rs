@@ -17,6 +17,7 @@ use xlb_tests::{
 use crate::{
     maglev,
     monitoring::monitoring,
+    ratelimit::rate_limits,
     rig::{Bench, map_memory},
 };
 
@@ -93,6 +94,11 @@ fn measure(net: &LbNet, quick: bool, repeat: u32) -> Result<Measured> {
     };
     m.notes
         .insert("mem_xlb_no_rules_bytes".into(), json!(map_memory("XLB_")));
+    // Rate limits: a bucket hit and a random-source flood, beside no limit.
+    let rl = rate_limits(&mut fx, &mut bench, &xlb_fd, fixed)?;
+    m.rows.extend(rl.rows.iter().cloned());
+    m.notes.insert("rate_limits".into(), rl.json.clone());
+    m.monitoring.extend(rl.summary.iter().cloned());
     m.prefix_sets(&mut fx, &mut bench, &xlb_fd, &lpm_fd, fixed, sizes)?;
 
     // The balancer: per packet, a flow-table hit (fixed source) and a new flow every
@@ -104,7 +110,7 @@ fn measure(net: &LbNet, quick: bool, repeat: u32) -> Result<Measured> {
     let mon = monitoring(&mut fx, &mut bench, net, &xlb_fd, fixed)?;
     m.rows.extend(mon.rows.iter().cloned());
     m.notes.insert("monitoring".into(), mon.json.clone());
-    m.monitoring = mon.summary;
+    m.monitoring.extend(mon.summary);
     let floor_again = {
         bench.ifindex = 0;
         bench.set_frame(Pkt::tcp("192.0.2.10", "198.51.100.1", 40000, 80).build())?;

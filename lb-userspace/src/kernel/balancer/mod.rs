@@ -212,6 +212,11 @@ impl Balancer {
         self.installed.get(vip)?.backend_ids.get(b).copied()
     }
 
+    /// A service's id (its rate limits name it; its counters are kept by it).
+    pub fn service_id(&self, vip: &Vip) -> Option<u32> {
+        self.installed.get(vip).map(|i| i.id)
+    }
+
     /// Rebuilds what the kernel holds from the maps of a running datapath (a restart,
     /// an upgrade, a crashed run): the services with their ids and Maglev ranges, the
     /// backends in use with their ids, every slot's generation, the echo entries. The
