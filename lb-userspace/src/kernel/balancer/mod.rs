@@ -212,7 +212,7 @@ impl Balancer {
         self.installed.get(vip)?.backend_ids.get(b).copied()
     }
 
-    /// A service's id (its rate limits name it; its counters are kept by it).
+    /// A service's id (its rate limits and its SYN-flood protection's slot name it).
     pub fn service_id(&self, vip: &Vip) -> Option<u32> {
         self.installed.get(vip).map(|i| i.id)
     }
@@ -457,11 +457,6 @@ impl Balancer {
                 .map(|(a, (slot, p))| (format!("{a}/tcp"), *slot, *p)),
         );
         out
-    }
-
-    /// The id of a service (its SYN-flood protection's slot).
-    pub fn service_id(&self, vip: &Vip) -> Option<u32> {
-        self.installed.get(vip).map(|i| i.id)
     }
 
     /// Gives each endpoint (address, port, protocol) of a nat backend an owner, whose
