@@ -31,7 +31,8 @@ fn main() -> std::process::ExitCode {
                 .map(String::as_str)
                 .or_else(|| info.payload().downcast_ref::<&str>().copied())
                 .unwrap_or("");
-            if msg.starts_with("failed printing to std") {
+            // std's print macros, and clap_complete's writer, on a failed write.
+            if msg.starts_with("failed printing to std") || msg.starts_with("failed to write") {
                 eprintln!("xlb: cannot write the output: {msg}");
                 std::process::exit(1);
             }

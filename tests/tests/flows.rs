@@ -289,11 +289,29 @@ interval = "50ms"
             (PER_FLOW, PER_FLOW * (headers + PAYLOAD as u64)),
             "{client} -> {vip}: {records:#?}"
         );
-        // The post-NAT destination: the backend it went to, which answered.
+        // The post-NAT destination: the backend it went to, which answered. nfdump
+        // 1.7 decodes the IPv6 post-NAT addresses (IEs 281, 282) as nothing, only the
+        // ports: there the backend is the one whose answers went to the client, on the
+        // post-NAT port.
+        let post_port = fwd
+            .iter()
+            .find_map(|r| r.get("dst_xlt_port").cloned())
+            .unwrap_or_else(|| panic!("no NAT fields in {fwd:#?}"));
         let backend = fwd
             .iter()
             .find_map(|r| end(r, "dst_xlt"))
-            .unwrap_or_else(|| panic!("no NAT fields in {fwd:#?}"));
+            .or_else(|| {
+                records
+                    .iter()
+                    .filter_map(|r| Some((end(r, "src")?, end(r, "dst")?)))
+                    .find(|(s, d)| *d == client && s.ends_with(&format!("]:{post_port}")))
+                    .map(|(s, _)| s)
+            })
+            .unwrap_or_else(|| panic!("no backend answered {client}: {records:#?}"));
+        assert!(
+            backend.ends_with(&format!(":{post_port}")),
+            "{backend} {post_port}"
+        );
         let (rp, rb, _) = sum(&backend, &client);
         assert_eq!(
             (rp, rb),

@@ -45,8 +45,8 @@ mode = "generic"
 
 [firewall]
 default = "deny"
-deny = ["203.0.113.0/24", "2001:db8:bad::/48"]
-allow = ["203.0.113.7"]
+deny = ["203.0.113.0/25", "2001:db8:bad::/48"]
+allow = ["203.0.113.7", "203.0.113.8/29"]
 except = ["22/tcp", "198.51.100.0/24"]
 [firewall.ports]
 deny = ["23/tcp", "6000-6063/tcp"]
@@ -84,7 +84,7 @@ listen = "127.0.0.1:9100"
     assert_eq!(c.interfaces[0].mode, AttachMode::Generic);
     assert_eq!(c.projection.default_policy, Action::Deny);
     assert_eq!(c.projection.malformed_policy, Action::Deny);
-    assert_eq!(c.projection.rules.len(), 8);
+    assert_eq!(c.projection.rules.len(), 9);
     let vip: Vip = "198.51.100.10:80/tcp".parse().unwrap();
     let s = &c.projection.services.by_vip[&vip];
     assert!(s.affinity_source);
@@ -336,6 +336,7 @@ address = "203.0.113.12:8080"
 [firewall]
 default = "deny"
 deny = ["192.0.2.0/24", "203.0.113.0/24"]
+allow = ["203.0.113.8/29"]
 [[service]]
 address = "198.51.100.10:80/tcp"
 mode = "nat"

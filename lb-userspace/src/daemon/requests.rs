@@ -205,11 +205,12 @@ impl Edge {
             } => {
                 let (vip, b): (Vip, BackendAddr) = (vip.parse()?, backend.parse()?);
                 // In tests (no interface) the program runs on crafted frames only.
-                if !self.ifaces.is_empty() {
-                    ensure_backend_remote(&vip, b.addr)?;
-                }
+                let host_checks = !self.ifaces.is_empty();
                 self.pools_change(|p| {
                     let b = p.services.add_backend(&vip, b, weight)?;
+                    if host_checks {
+                        ensure_backend_remote(&vip, b.addr)?;
+                    }
                     if backup {
                         p.backups.insert((vip, b));
                     }
