@@ -55,7 +55,7 @@ pub fn ip_len(ctx: &XdpContext, pkt: &Packet) -> u64 {
 /// counters: an entry is shared, and the daemon reads one number per entry.
 #[inline(always)]
 pub fn flow(f: *mut Flow, len: u64, reply: bool) {
-    if !XLB_CONFIG.get(0).is_some_and(|c| c.flow_records != 0) {
+    if XLB_CONFIG.get(0).is_none_or(|c| c.flow_records == 0) {
         return;
     }
     unsafe {

@@ -84,10 +84,7 @@ pub(super) fn reply_intact(f: &Flow, b: &Backend, key: &FlowKey, now: u64) -> bo
 /// entry with the slot's client end and service port, if it is a fullnat flow of that
 /// backend, of its generation, with the slot's port. Its key is left in scratch.reply.
 #[inline(always)]
-pub(super) fn slot_flow(
-    slot: &NatPort,
-    id: u32,
-) -> Option<(&'static mut Flow, &'static Backend)> {
+pub(super) fn slot_flow(slot: &NatPort, id: u32) -> Option<(&'static mut Flow, &'static Backend)> {
     let b = XLB_BACKENDS.get(id)?;
     let vip = XLB_SERVICE_KEYS.get(b.service)?;
     let scratch = scratch()?;

@@ -12,7 +12,8 @@ use super::{
     ports::{load_claim, nat_slot, slot_flow},
 };
 use crate::{
-    bounds::load, count,
+    bounds::load,
+    count,
     maps::{
         XLB_BACKENDS, XLB_ENDPOINTS, XLB_FLOWS, XLB_NAT_PORTS, XLB_SERVICE_KEYS, XLB_SNAT, scratch,
     },
