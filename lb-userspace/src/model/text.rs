@@ -103,6 +103,20 @@ pub fn number_in(s: &str, what: &str, range: RangeInclusive<u64>) -> Result<u64,
     })
 }
 
+/// The UTC calendar date (year, month, day) of `secs` since the Unix epoch (Howard
+/// Hinnant's days-to-civil algorithm), for the printers and the access log.
+pub fn civil_date(secs: u64) -> (i64, i64, i64) {
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
