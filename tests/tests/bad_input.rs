@@ -57,7 +57,11 @@ fn cli_refuses_bad_input_and_changes_nothing() {
     )
     .unwrap();
     let xlb = Daemon::start(&edge, "x0", &dir, &[]).unwrap();
-    assert!(xlb.cli(&["fw", "deny", "203.0.113.0/25"]).status.success());
+    assert!(
+        xlb.cli(&["fw", "deny", "203.0.113.128/25"])
+            .status
+            .success()
+    );
 
     refused(
         &xlb,
@@ -90,7 +94,7 @@ fn cli_refuses_bad_input_and_changes_nothing() {
     );
     refused(
         &xlb,
-        &["fw", "del", "203.0.113.0/25", "198.51.100.0/24"],
+        &["fw", "del", "203.0.113.128/25", "198.51.100.0/24"],
         "is not in the rule set",
     );
     refused(&xlb, &["fw", "default", "maybe"], "invalid value 'maybe'");
@@ -179,9 +183,23 @@ fn cli_refuses_bad_input_and_changes_nothing() {
             "--mode",
             "nat",
             "--udp-idle",
-            "0",
+            "0s",
         ],
         "out of range",
+    );
+    // One duration syntax: a bare number is refused, with the spelling to use.
+    refused(
+        &xlb,
+        &[
+            "vip",
+            "add",
+            "198.51.100.11:80/tcp",
+            "--mode",
+            "nat",
+            "--tcp-idle",
+            "300",
+        ],
+        "'300' has no unit",
     );
     refused(
         &xlb,

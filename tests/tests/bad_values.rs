@@ -68,7 +68,7 @@ fn cli_refuses_values_that_cannot_work() {
         .unwrap();
     let xlb = Daemon::start(&edge, "x0", &dir, &[]).unwrap();
     for args in [
-        &["fw", "deny", "203.0.113.0/25"][..],
+        &["fw", "deny", "192.0.2.128/25"][..],
         &["fw", "port", "deny", "1000-2000/tcp"],
         &["fw", "except", "3000-3999/udp"],
         &["vip", "add", "198.51.100.10:80/tcp", "--mode", "nat"],
@@ -251,7 +251,7 @@ fn cli_refuses_values_that_cannot_work() {
             "--mode",
             "nat",
             "--tcp-idle",
-            "600",
+            "600s",
         ],
         "--tcp-idle is for tcp services; 198.51.100.41:53/udp is a udp service: give it --udp-idle",
     );
@@ -264,7 +264,7 @@ fn cli_refuses_values_that_cannot_work() {
             "--mode",
             "nat",
             "--udp-idle",
-            "5",
+            "5s",
         ],
         "--udp-idle is for udp services; 198.51.100.41:80/tcp is a tcp service: give it --tcp-idle",
     );
@@ -394,6 +394,32 @@ fn cli_refuses_values_that_cannot_work() {
         "check.interval: interval '99999999999999999999h' is out of range: expected 100ms to 1h",
     );
 
+    // A firewall change that would drop a live backend's replies and health answers,
+    // refused as the configuration file refuses it: each way a rule can come.
+    let denied =
+        "backend 203.0.113.11:8080 of service 198.51.100.10:80/tcp is denied by the firewall";
+    refused(&xlb, &["fw", "deny", "203.0.113.0/24"], denied);
+    refused(&xlb, &["fw", "deny", "192.0.2.1", "203.0.113.11"], denied);
+    refused(&xlb, &["fw", "default", "deny"], denied);
+    let list = dir.path.join("block.txt");
+    std::fs::write(&list, "192.0.2.7\n203.0.113.0/28\n").unwrap();
+    refused(&xlb, &["fw", "load", list.to_str().unwrap()], denied);
+    refused(
+        &xlb,
+        &["fw", "load", "--replace", list.to_str().unwrap()],
+        denied,
+    );
+    // And a backend added into a denied prefix.
+    refused(
+        &xlb,
+        &["backend", "add", "198.51.100.10:80/tcp", "192.0.2.140:8080"],
+        "backend 192.0.2.140:8080 of service 198.51.100.10:80/tcp is denied by the firewall (deny 192.0.2.128/25)",
+    );
+    // A longer allow (or an except) lets the deny through.
+    xlb.ok(&["fw", "allow", "203.0.113.11"]);
+    xlb.ok(&["fw", "deny", "203.0.113.0/24"]);
+    xlb.ok(&["fw", "del", "203.0.113.0/24", "203.0.113.11"]);
+
     // What works still does.
     xlb.ok(&[
         "vip",
@@ -402,7 +428,7 @@ fn cli_refuses_values_that_cannot_work() {
         "--mode",
         "nat",
         "--udp-idle",
-        "5",
+        "5s",
     ]);
     xlb.ok(&[
         "backend",

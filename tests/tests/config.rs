@@ -418,9 +418,43 @@ fn check_config_accepts_the_example_and_refuses_bad_files_without_root() {
         assert_eq!(v["ok"], false);
         assert_eq!(v["errors"][0]["line"], line, "{what}");
         assert_eq!(v["errors"][0]["field"], field, "{what}");
+        let n = v["errors"].as_array().unwrap().len();
+        let counted = if n == 1 {
+            "(1 error)".to_string()
+        } else {
+            format!("({n} errors)")
+        };
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(&counted),
+            "{what}: {:?}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let out = check(&dir.path.join("nonexistent.toml"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the file"));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a missing file is refused input"
+    );
+    // A file its reader may not open: exit 4 (permission), as the exit codes say.
+    let secret = dir.path.join("secret.toml");
+    std::fs::write(&secret, GOOD).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = check(&secret);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Permission denied"), "{err}");
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    // A file with no [[interface]] is valid, and says what `xlb run` needs with it.
+    let bare = dir.path.join("bare.toml");
+    std::fs::write(&bare, "[firewall]\ndeny = [\"192.0.2.166\"]\n").unwrap();
+    let out = check(&bare);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("0 interfaces (xlb run needs --iface IF"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]

@@ -713,17 +713,34 @@ fn edit_verbs_save_restore_replace_and_reset() {
         "{}",
         stderr(&out)
     );
-    // fw save | fw restore round trip; restore replaces.
+    // fw save | fw restore round trip; restore replaces. The backends' subnet is
+    // excepted first: a default deny that would drop a backend's replies is refused.
     e.xlb.ok(&["fw", "deny", "192.0.2.0/24"]);
     e.xlb.ok(&["fw", "port", "deny", "23/tcp"]);
+    e.xlb.ok(&["fw", "except", "203.0.113.0/24"]);
     e.xlb.ok(&["fw", "default", "deny"]);
     let saved = e.xlb.ok(&["fw", "save"]);
     let file = e.dir.path.join("fw.txt");
     std::fs::write(&file, &saved).unwrap();
-    e.xlb.ok(&["fw", "flush"]);
     e.xlb.ok(&["fw", "default", "allow"]);
+    e.xlb.ok(&["fw", "flush"]);
     e.xlb.ok(&["fw", "allow", "203.0.113.7"]);
     e.xlb.ok(&["fw", "restore", file.to_str().unwrap()]);
+    // And from standard input (`fw save | xlb fw restore -`), after a flush.
+    e.xlb.ok(&["fw", "default", "allow"]);
+    e.xlb.ok(&["fw", "flush"]);
+    let mut restore = Command::new(xlb_bin())
+        .arg("--socket")
+        .arg(&e.xlb.socket)
+        .args(["fw", "restore", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut restore.stdin.take().unwrap(), saved.as_bytes()).unwrap();
+    let out = restore.wait_with_output().unwrap();
+    assert!(out.status.success(), "fw restore -: {}", stderr(&out));
     let sorted = |s: &str| {
         let mut l: Vec<String> = s.lines().map(str::to_string).collect();
         l.sort();
@@ -753,7 +770,7 @@ fn edit_verbs_save_restore_replace_and_reset() {
         .iter()
         .map(|r| r["match"].as_str().unwrap())
         .collect();
-    assert_eq!(matches.len(), 3, "{matches:?}");
+    assert_eq!(matches.len(), 4, "{matches:?}");
     assert!(
         rules["rules"]
             .as_array()
@@ -763,12 +780,20 @@ fn edit_verbs_save_restore_replace_and_reset() {
     );
     // Counters reset.
     let v: Value = serde_json::from_str(&e.xlb.ok(&["stats", "reset", "--json"])).unwrap();
-    assert_eq!(v["rules"], 3);
-    // Every change is logged with its caller.
+    assert_eq!(v["rules"], 4);
+    // Every change is logged with its caller, its arguments and its outcome.
     let log = std::fs::read_to_string(&e.xlb.log).unwrap();
     assert!(
-        log.contains("control request") && log.contains("uid=Some(0)"),
+        log.contains("control change applied") && log.contains("uid=Some(0)"),
         "{log}"
+    );
+    assert!(
+        log.contains("op=\"backend_set\"") || log.contains("op=backend_set"),
+        "{log}"
+    );
+    assert!(
+        log.contains("203.0.113.11:8080"),
+        "the arguments are logged: {log}"
     );
 }
 

@@ -338,7 +338,7 @@ pool = "web"
 [[pools]]
 name = "web"
 backends = ["{}:8080", "{}:8080", "{}:8080"]
-fail_timeout = 600
+fail_timeout = "600s"
 "#,
             backend_ip(0),
             backend_ip(1),
@@ -598,7 +598,7 @@ fn bad_tls_configuration_is_refused_and_the_old_state_kept() {
         format!(
             r#"
 listen = ["{EDGE4}:443"]
-cert_check_interval = 0.1
+cert_check_interval = "100ms"
 default_cert = {{ chain = "{chain}", key = "{key}" }}
 [[routes]]
 pool = "web"
@@ -739,7 +739,7 @@ pool = "web"
 name = "web"
 backends = ["{}:8080"]
 [limits]
-header_read_timeout = 1
+header_read_timeout = "1s"
 max_header_bytes = 4096
 max_body_bytes = 1000
 "#,

@@ -468,7 +468,7 @@ fn counters_are_exact_in_metrics_stats_prometheus_and_top() {
         "--iterations",
         "2",
         "--interval",
-        "0.2",
+        "200ms",
         "--width",
         "100",
         "--height",

@@ -217,6 +217,26 @@ impl Request {
         }
     }
 
+    /// The request's arguments as the daemon's change log writes them: a file's text
+    /// (`fw load`, `fw restore`) by its size, everything else as sent, cut at
+    /// [`crate::model::text::MAX_SHOWN`] characters.
+    pub fn args(&self) -> String {
+        let lines = |t: &str| format!("{} lines, {} bytes", t.lines().count(), t.len());
+        let args = match self {
+            Request::Load {
+                action,
+                text,
+                replace,
+            } => format!(
+                "{{\"action\":\"{action}\",\"replace\":{replace},\"text\":\"{}\"}}",
+                lines(text)
+            ),
+            Request::Restore { text } => format!("{{\"text\":\"{}\"}}", lines(text)),
+            other => serde_json::to_string(other).unwrap_or_default(),
+        };
+        crate::model::text::shown(&args)
+    }
+
     /// Whether the request changes something (and is logged with its caller).
     pub fn changes(&self) -> bool {
         !matches!(

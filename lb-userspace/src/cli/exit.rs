@@ -12,7 +12,7 @@
 
 use serde::Serialize;
 
-use crate::{api::client::ClientError, model::text::shown};
+use crate::{api::client::ClientError, model::text};
 
 /// The exit codes (see the module doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -57,6 +57,11 @@ pub fn exit_of(e: &anyhow::Error) -> Exit {
         if let Some(f) = cause.downcast_ref::<Failure>() {
             return f.exit;
         }
+        if let Some(crate::config::files::FileError::Io { err, .. }) = cause.downcast_ref()
+            && err.kind() == std::io::ErrorKind::PermissionDenied
+        {
+            return Exit::Permission;
+        }
         if let Some(c) = cause.downcast_ref::<ClientError>() {
             return match c {
                 ClientError::NoDaemon(_) => Exit::NoDaemon,
@@ -81,7 +86,7 @@ struct JsonError<'a> {
 pub fn report(e: &anyhow::Error, json: bool) -> u8 {
     let exit = exit_of(e);
     // Line by line: a file's errors are one a line.
-    let message: Vec<String> = format!("{e:#}").lines().map(shown).collect();
+    let message: Vec<String> = format!("{e:#}").lines().map(text::message).collect();
     let message = message.join("\n");
     if json {
         let v = JsonError {

@@ -33,14 +33,13 @@ pub fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A duration argument: the configuration's syntax (`500ms`, `2s`, `5m`, `2h`, `1d`),
-/// or a bare number of seconds (`1.5`).
+/// A duration argument: the configuration's syntax (`500ms`, `2s`, `5m`, `2h`, `1d`).
+/// A bare number is refused with the spelling to use, as the file refuses it.
 pub fn duration_arg(s: &str) -> Result<std::time::Duration, String> {
-    if let Ok(secs) = s.parse::<f64>()
-        && s.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-        && secs.is_finite()
-    {
-        return Ok(std::time::Duration::from_secs_f64(secs));
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Err(format!(
+            "'{s}' has no unit: durations are written with one, e.g. {s}s or 500ms (ms, s, m, h, d)"
+        ));
     }
     crate::config::parse_duration(s)
 }

@@ -78,13 +78,13 @@ pub enum Fw {
     /// Replace the whole firewall (policies and rules) with a file `fw save` wrote,
     /// at once: one bad line refuses the whole file.
     Restore {
-        /// The file (`-`: standard input is not read; give a file).
+        /// The file (`-`: standard input, e.g. `xlb fw save | ssh edge2 xlb fw restore -`).
         file: PathBuf,
     },
     /// Load prefixes from a file, one a line (optionally `allow`/`deny` before it, `#`
     /// comments). One bad line refuses the whole file.
     Load {
-        /// The file of prefixes.
+        /// The file of prefixes (`-`: standard input).
         file: PathBuf,
         /// The action of lines that name none.
         #[arg(long, value_enum, default_value = "deny")]
@@ -175,8 +175,12 @@ pub fn fw(ctx: &Ctx, cmd: Fw) -> Result<()> {
     Ok(())
 }
 
-/// A file the request carries, read here (regular, bounded: see `config::files`).
+/// A file the request carries, read here (regular, bounded: see `config::files`), or
+/// standard input for `-`.
 fn read(file: &Path) -> Result<String> {
+    if file == Path::new("-") {
+        return Ok(files::read_stdin()?);
+    }
     Ok(files::read_text(file)?)
 }
 

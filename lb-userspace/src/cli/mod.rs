@@ -216,7 +216,7 @@ pub enum Command {
     /// A live view of rates per service, backend and drop reason, refreshed every
     /// interval (Ctrl-C ends it).
     Top {
-        /// Time between refreshes (50ms to 1h; a bare number is seconds).
+        /// Time between refreshes (50ms to 1h, e.g. 500ms, 2s).
         #[arg(long, default_value = "1s", value_parser = parse_interval)]
         interval: std::time::Duration,
         /// Print this many frames, then exit (no screen control codes).

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::{Ctx, LogFormat, MetricsAddr, exit, format::or_none};
@@ -75,6 +75,8 @@ pub fn proxy(config: PathBuf, check: bool, log_format: LogFormat) -> Result<()> 
         return Ok(());
     }
     init_logging(log_format, KernelLog::Off);
+    // As the daemon does: a thousand clients must not meet the common 1,024 limit.
+    daemon::fds::raise_limit(Some(https::standalone::load(&config)?.descriptors()));
     // One CPU (e.g. pinned with taskset): one thread, no work-stealing machinery.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let rt = if cpus == 1 {
@@ -163,11 +165,25 @@ pub fn check_config(file: &Path, json: bool, host: bool) -> Result<()> {
                     errors: &e.0,
                 };
                 println!("{}", serde_json::to_string(&v)?);
-                bail!("{}: refused ({} errors)", file.display(), e.0.len());
+                let n = e.0.len();
+                let s = if n == 1 { "" } else { "s" };
+                return Err(refusal(
+                    file,
+                    anyhow::anyhow!("{}: refused ({n} error{s})", file.display()),
+                ));
             }
-            Err(anyhow::anyhow!("{e}"))
+            Err(refusal(file, anyhow::anyhow!("{e}")))
         }
     }
+}
+
+/// A refusal of `file` as an error with its exit code: permission (4) when the file
+/// could not be opened for that reason, else refused (1).
+fn refusal(file: &Path, e: anyhow::Error) -> anyhow::Error {
+    if files::permission_denied(file) {
+        return exit::fail(exit::Exit::Permission, format!("{e:#}"));
+    }
+    e
 }
 
 /// What `xlb down` did.

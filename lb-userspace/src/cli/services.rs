@@ -41,8 +41,8 @@ pub enum VipCmd {
         /// Do not answer echo requests to the service address.
         #[arg(long)]
         no_echo: bool,
-        /// How long a TCP flow may idle before it is rescheduled (e.g. 2h, 300s; a
-        /// bare number is seconds; default 2h).
+        /// How long a TCP flow may idle before it is rescheduled (e.g. 2h, 300s;
+        /// default 2h).
         #[arg(long, value_parser = idle_arg)]
         tcp_idle: Option<u32>,
         /// How long a UDP flow may idle before it is rescheduled (default 30s).
@@ -225,7 +225,7 @@ fn syn_mode_arg(s: &str) -> Result<SynMode, String> {
     s.parse()
 }
 
-/// An idle timeout: a duration in whole seconds (`2h`, `300s`, or bare seconds).
+/// An idle timeout: a duration in whole seconds (`2h`, `300s`).
 fn idle_arg(s: &str) -> Result<u32, String> {
     let d = duration_arg(s)?;
     if d.subsec_millis() != 0 || d.as_secs() == 0 || d.as_secs() > MAX_IDLE as u64 {

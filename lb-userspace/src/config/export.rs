@@ -10,6 +10,7 @@ use super::{
     report::Report,
     values::{DurationText, Whole, duration},
 };
+use crate::model::services::not_a_destination;
 
 /// The log streams that can be exported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -80,7 +81,21 @@ pub(crate) struct RawExport {
 pub(crate) fn section(r: &mut Report, raw: &RawExport) -> Option<ExportConfig> {
     let before = r.errors.len();
     let endpoint = match raw.otlp.get_ref().parse::<http::Uri>() {
-        Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => Some(u),
+        Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {
+            let host = u.host().unwrap_or_default();
+            let ip = host.trim_start_matches('[').trim_end_matches(']');
+            match ip.parse().ok().and_then(not_a_destination) {
+                None => Some(u),
+                Some(what) => {
+                    r.at(
+                        raw.otlp.span(),
+                        "export.otlp",
+                        format!("endpoint {u} cannot work: {ip} is {what}"),
+                    );
+                    None
+                }
+            }
+        }
         _ => {
             r.at(
                 raw.otlp.span(),
@@ -200,6 +215,12 @@ mod tests {
     fn values_that_cannot_work_are_refused_where_written() {
         for (src, want) in [
             ("otlp = \"192.0.2.5:4318\"", "is not an OTLP/HTTP endpoint"),
+            ("otlp = \"http://0.0.0.0:4318/\"", "the unspecified address"),
+            ("otlp = \"http://[::ffff:192.0.2.5]/\"", "IPv4-mapped"),
+            (
+                "otlp = \"http://255.255.255.255/\"",
+                "the broadcast address",
+            ),
             (
                 "otlp = \"ftp://192.0.2.5/\"",
                 "is not an OTLP/HTTP endpoint",

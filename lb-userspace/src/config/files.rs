@@ -119,6 +119,16 @@ pub fn existing(path: &Path) -> std::io::Result<Existing> {
     }
 }
 
+/// Whether opening `path` for reading is refused for want of permission (opened
+/// without blocking, as [`read_bytes`] opens it: a FIFO does not hang the question).
+pub fn permission_denied(path: &Path) -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+}
+
 /// The bytes of a regular file of at most [`limit`] bytes.
 pub fn read_bytes(path: &Path) -> Result<Vec<u8>, FileError> {
     read_limited(path, limit())
@@ -162,7 +172,33 @@ fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, FileError> {
 /// The text of a regular file of at most [`limit`] bytes; invalid UTF-8 is refused with
 /// the number of its line.
 pub fn read_text(path: &Path) -> Result<String, FileError> {
-    let bytes = read_bytes(path)?;
+    text(path, read_bytes(path)?)
+}
+
+/// Standard input (`-` for a file the CLI sends): at most [`limit`] bytes of text, as
+/// [`read_text`] reads a file.
+pub fn read_stdin() -> Result<String, FileError> {
+    let path = Path::new("standard input");
+    let io = |err| FileError::Io {
+        path: path.display().to_string(),
+        err,
+    };
+    let mut out = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(limit() + 1)
+        .read_to_end(&mut out)
+        .map_err(io)?;
+    if out.len() as u64 > limit() {
+        return Err(FileError::TooLarge {
+            path: path.display().to_string(),
+            limit: limit(),
+        });
+    }
+    text(path, out)
+}
+
+fn text(path: &Path, bytes: Vec<u8>) -> Result<String, FileError> {
     String::from_utf8(bytes).map_err(|e| {
         let bad = e.utf8_error().valid_up_to();
         let line = 1 + e.as_bytes()[..bad].iter().filter(|b| **b == b'\n').count();

@@ -10,7 +10,7 @@ use super::{
     report::Report,
     values::{DurationText, Whole, duration},
 };
-use crate::model::text::shown;
+use crate::model::{services::not_a_destination, text::shown};
 
 /// A validated `[flows]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,10 +73,22 @@ pub(crate) fn section(r: &mut Report, raw: &RawFlows) -> Option<FlowsConfig> {
     let before = r.errors.len();
     let ipfix = raw.ipfix.as_ref().and_then(|s| {
         match s.get_ref().parse::<SocketAddr>() {
-            Ok(a) if a.port() != 0 && !a.ip().is_unspecified() && !a.ip().is_multicast() => {
-                Some(a)
+            Ok(a) if a.port() == 0 => {
+                r.at(s.span(), "flows.ipfix", format!("collector {a} has port 0"));
+                None
             }
-            _ => {
+            Ok(a) => match not_a_destination(a.ip()) {
+                None => Some(a),
+                Some(what) => {
+                    r.at(
+                        s.span(),
+                        "flows.ipfix",
+                        format!("collector {a} cannot work: {} is {what}", a.ip()),
+                    );
+                    None
+                }
+            },
+            Err(_) => {
                 r.at(
                     s.span(),
                     "flows.ipfix",
@@ -162,8 +174,11 @@ mod tests {
     fn values_that_cannot_work_are_refused_where_written() {
         for (src, want) in [
             ("ipfix = \"192.0.2.5\"", "is not a collector address"),
-            ("ipfix = \"192.0.2.5:0\"", "is not a collector address"),
-            ("ipfix = \"0.0.0.0:4739\"", "is not a collector address"),
+            ("ipfix = \"192.0.2.5:0\"", "has port 0"),
+            ("ipfix = \"0.0.0.0:4739\"", "the unspecified address"),
+            ("ipfix = \"255.255.255.255:4739\"", "the broadcast address"),
+            ("ipfix = \"[::ffff:192.0.2.5]:4739\"", "IPv4-mapped"),
+            ("ipfix = \"224.0.0.9:4739\"", "a multicast address"),
             ("ipfix = \"collector:4739\"", "is not a collector address"),
             ("sample = 0", "flows.sample"),
             ("scan = \"1ms\"", "out of range"),

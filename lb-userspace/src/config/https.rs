@@ -24,7 +24,7 @@ use super::{
     health::{HealthTable, health_check},
     report::{Report, locate, toml_error},
     tls_files,
-    values::{count, seconds, socket_addrs},
+    values::{count, seconds, socket_addrs, spanned_table_opt, table, table_opt, tables},
 };
 use crate::model::{health_check::HealthCheck, text::shown};
 
@@ -43,25 +43,28 @@ pub struct HttpsConfig {
     #[serde(default, deserialize_with = "socket_addrs")]
     pub redirect_listen: Vec<SocketAddr>,
     /// Adds `Strict-Transport-Security` to every response when set.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table_opt")]
     pub hsts: Option<Hsts>,
     /// The certificate for clients that send no SNI name or one no other certificate has.
+    #[serde(deserialize_with = "table")]
     pub default_cert: CertFiles,
     /// Certificates chosen by SNI name.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "tables")]
     pub certs: Vec<NamedCert>,
     /// Seconds between checks of the certificate files for changes (0: never).
     #[serde(default = "default_cert_check", deserialize_with = "seconds")]
     pub cert_check_interval: f64,
     /// Host and path-prefix routes to pools: the most specific host wins (exact, then
     /// wildcard, then none), then the longest path prefix.
+    #[serde(deserialize_with = "tables")]
     pub routes: Vec<Route>,
+    #[serde(deserialize_with = "tables")]
     pub pools: Vec<PoolConfig>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table")]
     pub limits: Limits,
     /// One record per request, to a file, stdout, syslog or only the exporter (none: no
     /// access log).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table_opt")]
     pub access_log: Option<AccessLogConfig>,
 }
 
@@ -186,7 +189,7 @@ pub struct PoolConfig {
     #[serde(default)]
     pub server_name: Option<String>,
     /// A client certificate presented to the backends (mutual TLS).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table_opt")]
     pub client_cert: Option<CertFiles>,
     /// Consecutive connect failures after which a backend is taken out passively.
     #[serde(default = "default_max_fails", deserialize_with = "count")]
@@ -196,7 +199,7 @@ pub struct PoolConfig {
     pub fail_timeout: f64,
     /// Active health checks of the backends: the keys of a layer-4 service's
     /// `[service.health]`, with the same validation and rise/fall semantics.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "spanned_table_opt")]
     pub health: Option<Spanned<HealthTable>>,
 }
 
@@ -482,6 +485,19 @@ pub(crate) fn check_listen(a: SocketAddr) -> Result<()> {
     Ok(())
 }
 
+impl HttpsConfig {
+    /// The descriptors the service can hold at once: per client connection its own and
+    /// one to a backend, the idle keep-alive connections of every pool, the listeners.
+    pub fn descriptors(&self) -> usize {
+        let backends: usize = self.pools.iter().map(|p| p.backends.len()).sum();
+        let l = &self.limits;
+        l.max_connections.saturating_mul(2)
+            + l.max_idle_per_backend.saturating_mul(backends)
+            + self.listen.len()
+            + self.redirect_listen.len()
+    }
+}
+
 impl PoolConfig {
     fn validate(&self) -> Result<()> {
         ensure!(
@@ -649,7 +665,7 @@ ca = "backend-ca.pem"
 server_name = "web.internal"
 
 [limits]
-header_read_timeout = 5
+header_read_timeout = "5s"
 "#;
 
     #[test]
@@ -731,7 +747,12 @@ header_read_timeout = 5
             "not a host name",
         );
         refused(
-            |s| s.replace("header_read_timeout = 5", "header_read_timeout = 0"),
+            |s| {
+                s.replace(
+                    "header_read_timeout = \"5s\"",
+                    "header_read_timeout = \"0s\"",
+                )
+            },
             "positive number",
         );
         refused(

@@ -190,9 +190,13 @@ impl Config {
             0 => String::new(),
             k => format!(", {}", n(k, "rate limit")),
         };
+        // `xlb run` refuses a file with no interface unless --iface names one.
+        let interfaces = match self.interfaces.len() {
+            0 => "0 interfaces (xlb run needs --iface IF with this file)".to_string(),
+            k => n(k, "interface"),
+        };
         format!(
-            "{}, {}, {}, {}, {}{limits}, tls {}, metrics {}",
-            n(self.interfaces.len(), "interface"),
+            "{interfaces}, {}, {}, {}, {}{limits}, tls {}, metrics {}",
             n(self.projection.rules.len(), "rule"),
             n(self.projection.services.by_vip.len(), "service"),
             n(backends, "backend"),

@@ -7,7 +7,7 @@ use toml::Spanned;
 use super::{
     health::HealthTable,
     https::HttpsConfig,
-    values::{DurationText, Whole},
+    values::{DurationText, Whole, spanned_table_opt, spanned_tables, table_opt},
 };
 
 #[derive(Deserialize)]
@@ -16,16 +16,23 @@ use super::{
     expecting = "a configuration file: [control], [[interface]], [firewall], [balancer], [[service]], [tls], [metrics], [export] and [flows] tables"
 )]
 pub(crate) struct RawConfig {
+    #[serde(default, deserialize_with = "table_opt")]
     pub(crate) control: Option<RawControl>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "spanned_tables")]
     pub(crate) interface: Vec<Spanned<RawInterface>>,
+    #[serde(default, deserialize_with = "table_opt")]
     pub(crate) firewall: Option<RawFirewall>,
+    #[serde(default, deserialize_with = "table_opt")]
     pub(crate) balancer: Option<RawBalancer>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "spanned_tables")]
     pub(crate) service: Vec<Spanned<RawService>>,
+    #[serde(default, deserialize_with = "spanned_table_opt")]
     pub(crate) tls: Option<Spanned<HttpsConfig>>,
+    #[serde(default, deserialize_with = "table_opt")]
     pub(crate) metrics: Option<RawMetrics>,
+    #[serde(default, deserialize_with = "table_opt")]
     pub(crate) export: Option<super::export::RawExport>,
+    #[serde(default, deserialize_with = "table_opt")]
     pub(crate) flows: Option<super::flows::RawFlows>,
 }
 
@@ -56,8 +63,9 @@ pub(crate) struct RawFirewall {
     pub(crate) allow: Vec<Spanned<String>>,
     #[serde(default)]
     pub(crate) except: Vec<Spanned<String>>,
+    #[serde(default, deserialize_with = "table_opt")]
     pub(crate) ports: Option<RawPorts>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "spanned_tables")]
     pub(crate) limit: Vec<Spanned<super::ratelimit::RawLimit>>,
 }
 
@@ -97,8 +105,9 @@ pub(crate) struct RawService {
     pub(crate) syn_threshold: Option<Spanned<Whole>>,
     /// Every backend down at once: "panic" (the default) or "strict".
     pub(crate) all_down: Option<Spanned<String>>,
+    #[serde(default, deserialize_with = "spanned_table_opt")]
     pub(crate) health: Option<Spanned<HealthTable>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "spanned_tables")]
     pub(crate) backend: Vec<Spanned<RawBackend>>,
 }
 

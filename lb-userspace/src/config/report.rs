@@ -115,8 +115,11 @@ impl<'a> Report<'a> {
     /// Records an error at `span`; the input it quotes is shown as [`shown`] shows it
     /// (control and invisible characters escaped: one line, what was really written).
     pub(crate) fn at(&mut self, span: Range<usize>, field: &str, message: impl Into<String>) {
-        self.errors
-            .push((span.start, shown(field), shown(&message.into())));
+        self.errors.push((
+            span.start,
+            shown(field),
+            crate::model::text::message(&message.into()),
+        ));
     }
 
     pub(crate) fn finish(mut self) -> Result<(), ConfigErrors> {

@@ -732,6 +732,28 @@ fn errors_speak_of_tables_and_numbers_not_types() {
             "expected an [[interface]] table",
         ),
         ("balancer = \"x\"\n".into(), "expected a [balancer] table"),
+        // An array where a table belongs is not read by position.
+        (
+            "balancer = [\"30s\"]\n".into(),
+            "invalid type: sequence, expected a [balancer] table",
+        ),
+        (
+            "metrics = [\"127.0.0.1:9100\"]\n".into(),
+            "expected a [metrics] table",
+        ),
+        (
+            "interface = [[\"eth0\"]]\n".into(),
+            "expected an [[interface]] table",
+        ),
+        (
+            svc(
+                "198.51.100.10:80/tcp",
+                "nat",
+                "backend = [[\"203.0.113.11:80\"]]\n",
+            ),
+            "expected a [[service.backend]] table",
+        ),
+        (tls("limits = [\"1s\"]\n"), "expected a [tls.limits] table"),
         ("metrics = 1\n".into(), "expected a [metrics] table"),
         ("service = [1]\n".into(), "expected a [[service]] table"),
         (
@@ -926,13 +948,22 @@ fn an_https_file_error_is_one_line_naming_file_line_and_column() {
 #[test]
 fn https_durations_take_the_files_units() {
     let c: HttpsConfig = toml::from_str(
-        "listen = [\"192.0.2.1:443\"]\ndefault_cert = { chain = \"a.pem\", key = \"a.key\" }\nroutes = []\npools = []\ncert_check_interval = \"5s\"\n[limits]\nidle_timeout = \"2m\"\nconnect_timeout = \"500ms\"\nresponse_timeout = 7\n",
+        "listen = [\"192.0.2.1:443\"]\ndefault_cert = { chain = \"a.pem\", key = \"a.key\" }\nroutes = []\npools = []\ncert_check_interval = \"5s\"\n[limits]\nidle_timeout = \"2m\"\nconnect_timeout = \"500ms\"\nresponse_timeout = \"7s\"\n",
     )
     .unwrap();
     assert_eq!(c.cert_check_interval, 5.0);
     assert_eq!(c.limits.idle_timeout, 120.0);
     assert_eq!(c.limits.connect_timeout, 0.5);
-    assert_eq!(c.limits.response_timeout, 7.0, "bare seconds still read");
+    assert_eq!(c.limits.response_timeout, 7.0);
+    // One syntax: a bare number (and a tiny one) is refused, with the spelling to use.
+    for bare in ["7", "1e-300", "0.5"] {
+        let e = toml::from_str::<HttpsConfig>(&format!(
+            "listen = [\"192.0.2.1:443\"]\ndefault_cert = {{ chain = \"a.pem\", key = \"a.key\" }}\nroutes = []\npools = []\n[limits]\nresponse_timeout = {bare}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("has no unit"), "{bare}: {e}");
+    }
 }
 
 #[test]

@@ -87,31 +87,106 @@ where
     T::try_from(n).map_err(|_| D::Error::custom(format!("{n} is too large")))
 }
 
+/// A TOML table read as `T`. serde's derive would also fill a struct from an array's
+/// elements by position (`balancer = ["30s"]` read as `[balancer] drain_timeout =
+/// "30s"`); a table field goes through this instead (`deserialize_with` one of
+/// [`table`], [`table_opt`], [`tables`], [`spanned_table_opt`], [`spanned_tables`]), so
+/// anything but a table is refused as one.
+struct Table<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Table<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = T;
+            /// What `T` says it expects (`a [balancer] table (drain_timeout)`): asked of
+            /// it with a unit value, which no table type takes.
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                let unit = serde::de::value::UnitDeserializer::<serde::de::value::Error>::new();
+                let said = T::deserialize(unit).err().map(|e| e.to_string());
+                match said.as_deref().and_then(|e| e.split_once(", expected ")) {
+                    Some((_, what)) => f.write_str(what),
+                    None => f.write_str("a table"),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData)).map(Table)
+    }
+}
+
+/// A table field (see [`Table`]).
+pub(crate) fn table<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<T, D::Error> {
+    Table::deserialize(d).map(|t| t.0)
+}
+
+/// An optional table field (with `#[serde(default)]`).
+pub(crate) fn table_opt<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    table(d).map(Some)
+}
+
+/// An array of tables (`[[name]]`).
+pub(crate) fn tables<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Vec<T>, D::Error> {
+    Vec::<Table<T>>::deserialize(d).map(|v| v.into_iter().map(|t| t.0).collect())
+}
+
+/// An optional table that keeps its span.
+pub(crate) fn spanned_table_opt<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Spanned<T>>, D::Error> {
+    let s = Spanned::<Table<T>>::deserialize(d)?;
+    Ok(Some(Spanned::new(s.span(), s.into_inner().0)))
+}
+
+/// An array of tables that keep their spans.
+pub(crate) fn spanned_tables<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Vec<Spanned<T>>, D::Error> {
+    let v = Vec::<Spanned<Table<T>>>::deserialize(d)?;
+    Ok(v.into_iter()
+        .map(|s| Spanned::new(s.span(), s.into_inner().0))
+        .collect())
+}
+
 /// Seconds as the https configuration writes them: a duration with a unit (`"10s"`,
-/// `"500ms"`), as the rest of the file does, or a number of seconds (`5`, `0.5`).
+/// `"500ms"`), the file's one duration syntax. A bare number is refused with the
+/// spelling to use: "5" could mean seconds or milliseconds, and the rest of the file
+/// and the CLI take units only.
 pub(crate) fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     struct V;
+    impl V {
+        fn bare<E: serde::de::Error>(n: impl fmt::Display) -> Result<f64, E> {
+            Err(E::custom(format!(
+                "{n} has no unit: durations are written with one, e.g. \"{n}s\" or \"500ms\""
+            )))
+        }
+    }
     impl serde::de::Visitor<'_> for V {
         type Value = f64;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str(
-                "a duration, e.g. \"10s\" or \"500ms\" (or a number of seconds, e.g. 5 or 0.5)",
-            )
+            f.write_str("a duration, e.g. \"10s\" or \"500ms\"")
         }
-        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<f64, E> {
-            Ok(v)
-        }
-        /// The configuration's one duration syntax, as everywhere else in the file.
         fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<f64, E> {
             parse_duration(s)
                 .map(|d| d.as_secs_f64())
                 .map_err(E::custom)
         }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<f64, E> {
+            V::bare(v)
+        }
         fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<f64, E> {
-            Ok(v as f64)
+            V::bare(v)
         }
         fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<f64, E> {
-            Ok(v as f64)
+            V::bare(v)
         }
     }
     d.deserialize_any(V)

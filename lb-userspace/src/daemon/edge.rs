@@ -19,7 +19,7 @@ use crate::{
     kernel::Datapath,
     metrics::{self, Checked, MapKind},
     model::{
-        desired::{Desired, DesiredRef, Pools, Projection},
+        desired::{self, Desired, DesiredRef, Pools, Projection},
         drain::Draining,
         health_check::HealthCheck,
         ratelimit::Limits,
@@ -220,6 +220,10 @@ impl Edge {
             self.rules.undo(&changes);
             return Err(anyhow!(e).context("nothing was changed"));
         }
+        if let Some(why) = newly_denied(&self.rules, &self.services, |r| r.undo(&changes)) {
+            self.rules.undo(&changes);
+            return Err(anyhow!(why).context("nothing was changed"));
+        }
         let t_edit = t.elapsed();
         if let Err(e) = self.dp.apply(&self.rules, &changes) {
             metrics::global().map_update_error(MapKind::Rules);
@@ -269,6 +273,9 @@ impl Edge {
         let mut next = self.pools();
         edit(&mut next)?;
         self.limits_fit(&next.services)?;
+        if let Some(why) = denied_in(&self.rules, &next.services, &self.services) {
+            return Err(anyhow!(why).context("nothing was changed"));
+        }
         let next = self.next_pools(next);
         if let Err(e) = self.dp.lb.sync(&self.view(&next)) {
             metrics::global().map_update_error(MapKind::Services);
@@ -466,6 +473,10 @@ impl Edge {
         action: Action,
     ) -> Result<PolicySet> {
         let old = std::mem::replace(field(&mut self.rules), action);
+        if let Some(why) = newly_denied(&self.rules, &self.services, |r| *field(r) = old) {
+            *field(&mut self.rules) = old;
+            return Err(anyhow!(why).context("nothing was changed"));
+        }
         let res = self.dp.set_config(&self.rules).and_then(|_| self.save());
         if let Err(e) = res {
             *field(&mut self.rules) = old;
@@ -517,4 +528,45 @@ fn rule_changes(changes: &[Change], rules: usize) -> RuleChanges {
         removed: count(|c| matches!(c, Change::Removed(_))),
         rules,
     }
+}
+
+/// Why `rules` would drop the packets of one of `services`' backends that `before`
+/// (the rules with `revert` applied) let through, if one: a firewall change that
+/// denies a live backend is refused, as the configuration file refuses it. Backends
+/// denied before the change (stored by an older xlb) do not block other changes.
+fn newly_denied(
+    rules: &RuleSet,
+    services: &Services,
+    revert: impl FnOnce(&mut RuleSet),
+) -> Option<String> {
+    let after = denied(rules, services);
+    if after.is_empty() {
+        return None;
+    }
+    let mut before_rules = rules.clone();
+    revert(&mut before_rules);
+    let before: BTreeSet<BackendAddr> = denied(&before_rules, services)
+        .into_iter()
+        .map(|(b, _)| b)
+        .collect();
+    after
+        .into_iter()
+        .find(|(b, _)| !before.contains(b))
+        .map(|(_, why)| why)
+}
+
+/// Why `rules` would drop the packets of a backend in `next` that it lets through in
+/// `now` (a backend added, or moved, into a denied prefix), if one.
+fn denied_in(rules: &RuleSet, next: &Services, now: &Services) -> Option<String> {
+    let before: BTreeSet<BackendAddr> = denied(rules, now).into_iter().map(|(b, _)| b).collect();
+    denied(rules, next)
+        .into_iter()
+        .find(|(b, _)| !before.contains(b))
+        .map(|(_, why)| why)
+}
+
+fn denied(rules: &RuleSet, services: &Services) -> Vec<(BackendAddr, String)> {
+    desired::denied_backends(services, rules.default_policy, |m| {
+        rules.get(m).map(|r| r.action)
+    })
 }

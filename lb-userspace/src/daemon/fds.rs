@@ -37,8 +37,8 @@ pub fn caps_for(limit: u64) -> Caps {
 }
 
 /// Raises the descriptor limit as far as allowed (root may raise the hard limit), and
-/// gives the listeners' caps for it; says if they and the https service's
-/// `max_connections` (`https`) could still run it out.
+/// gives the listeners' caps for it; says if they and the descriptors the https service
+/// can hold (`https`: clients, their upstreams, idle pools) could still run it out.
 pub fn raise_limit(https: Option<usize>) -> Caps {
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
@@ -77,7 +77,7 @@ pub fn raise_limit(https: Option<usize>) -> Caps {
         warn!(
             descriptors = now,
             clients,
-            "the https service's limits.max_connections leaves too few descriptors for health checks and the control socket: lower it or raise the limit"
+            "the https service's limits (max_connections, each with an upstream connection, and max_idle_per_backend) leave too few descriptors for health checks and the control socket: lower them or raise the limit"
         );
     }
     caps

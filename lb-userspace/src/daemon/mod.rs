@@ -229,12 +229,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         let streams: Vec<_> = e.streams.iter().map(|s| s.name()).collect();
         info!(endpoint = %e.endpoint, ?streams, "exporting logs over OTLP/HTTP");
     }
-    let caps = fds::raise_limit(
-        checked
-            .https
-            .as_ref()
-            .map(|(_, c)| c.limits.max_connections),
-    );
+    let caps = fds::raise_limit(checked.https.as_ref().map(|(_, c)| c.descriptors()));
     let listener = bind(&opts.socket, checked.gid).await?;
     let guard = SocketGuard::new(&opts.socket);
     let mut monitor_opts = opts.monitor.clone();

@@ -303,7 +303,10 @@ impl Edge {
 
 impl Edge {
     /// Makes the rules that `replaced` selects exactly `target` (others stay), in one
-    /// change: rules in both stay as they are, so no moment is without them.
+    /// change: rules in both stay as they are, and the new rules reach the maps before
+    /// the old ones leave, so no moment is without either (for a moment both apply:
+    /// stricter, never looser). When that cannot be (the rule table would overflow, or
+    /// a new port range ties with one that leaves), the old ones leave first.
     fn replace_rules(
         &mut self,
         target: &BTreeMap<Match, Action>,
@@ -317,12 +320,21 @@ impl Edge {
             .collect();
         self.rules.reserve(target.len());
         self.change(|r| {
-            let removed = gone
-                .iter()
-                .map(|m| r.remove(m).map(Some))
-                .collect::<Vec<_>>();
-            let mut out = removed;
-            out.extend(target.iter().map(|(m, a)| r.upsert(*m, *a)));
+            let remove = |r: &mut rules::RuleSet| -> Vec<_> {
+                gone.iter().map(|m| r.remove(m).map(Some)).collect()
+            };
+            let add = |r: &mut rules::RuleSet| -> Vec<_> {
+                target.iter().map(|(m, a)| r.upsert(*m, *a)).collect()
+            };
+            let mut out = add(r);
+            if out.iter().all(|c| c.is_ok()) {
+                out.extend(remove(r));
+                return out;
+            }
+            let done: Vec<_> = out.into_iter().filter_map(|c| c.ok().flatten()).collect();
+            r.undo(&done);
+            let mut out = remove(r);
+            out.extend(add(r));
             out
         })
     }

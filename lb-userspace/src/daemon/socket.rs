@@ -147,17 +147,30 @@ pub(super) async fn serve_one(stream: UnixStream, running: Shared) -> Result<()>
     let resp = match serde_json::from_str::<Request>(&line) {
         Ok(req) => {
             down = matches!(req, Request::Down);
-            if req.changes() {
-                let (uid, pid) = caller.map_or((None, None), |c| (Some(c.uid()), c.pid()));
-                info!(?uid, ?pid, op = req.name(), "control request");
-            }
+            // A change is logged with its caller, its arguments and its outcome.
+            let logged = req.changes().then(|| (req.name(), req.args()));
             let running = running.clone();
-            tokio::task::spawn_blocking(move || match req {
+            let resp = tokio::task::spawn_blocking(move || match req {
                 Request::Reload { reset } => super::reload::reload(&running, "cli", reset),
                 req => locked(&running, "the request", |r| r.handle(req, "cli"))
                     .unwrap_or_else(Response::err),
             })
-            .await?
+            .await?;
+            if let Some((op, args)) = logged {
+                let (uid, pid) = caller.map_or((None, None), |c| (Some(c.uid()), c.pid()));
+                match &resp.error {
+                    None => info!(?uid, ?pid, op, args, "control change applied"),
+                    Some(e) => info!(
+                        ?uid,
+                        ?pid,
+                        op,
+                        args,
+                        error = %crate::model::text::message(e),
+                        "control change refused"
+                    ),
+                }
+            }
+            resp
         }
         Err(e) => Response::err(format!("bad request: {e}")),
     };

@@ -27,7 +27,7 @@ pub const MAX_BURST: u64 = 1_000_000_000;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LimitError {
-    #[error("{}", shown(.0))]
+    #[error("{}", text::message(.0))]
     Invalid(String),
     #[error("a limit {0} is set already: remove it first (`xlb fw limit del`), or give it once")]
     Twice(String),

@@ -18,14 +18,14 @@ use super::{
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RuleError {
-    #[error("'{}' is not a prefix: {}", shown(.input), shown(.why))]
+    #[error("'{}' is not a prefix: {}", shown(.input), text::message(.why))]
     BadPrefix { input: String, why: String },
     #[error("'{}' has host bits set: did you mean {suggest}?", shown(.input))]
     HostBits { input: String, suggest: String },
     #[error(
         "'{}' is not a port spec: {} (expected PORT/PROTO or LOW-HIGH/PROTO, e.g. 80/tcp, 1000-2000/udp)",
         shown(.input),
-        shown(.why)
+        text::message(.why)
     )]
     BadPort { input: String, why: String },
     /// A prefix where a port spec belongs.
@@ -118,6 +118,18 @@ pub struct Prefix {
 impl Prefix {
     pub fn is_v4(&self) -> bool {
         self.addr.is_ipv4()
+    }
+
+    /// The prefix of length `len` (at most the family's width) that holds `a`.
+    pub fn of(a: IpAddr, len: u8) -> Prefix {
+        let addr = match a {
+            IpAddr::V4(v) => IpAddr::V4(mask_v4(u32::from(v), len.min(32)).into()),
+            IpAddr::V6(v) => IpAddr::V6(mask_v6(u128::from(v), len.min(128)).into()),
+        };
+        Prefix {
+            addr,
+            len: len.min(if a.is_ipv4() { 32 } else { 128 }),
+        }
     }
 
     /// Whether `a` is inside the prefix (same family).

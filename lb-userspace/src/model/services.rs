@@ -23,13 +23,13 @@ pub enum ServiceError {
     #[error(
         "'{}' is not a service: {} (expected ADDR:PORT/PROTO or ADDR:*/PROTO, e.g. 192.0.2.10:80/tcp, [2001:db8::10]:443/tcp)",
         shown(.input),
-        shown(.why)
+        text::message(.why)
     )]
     BadService { input: String, why: String },
     #[error(
         "'{}' is not a backend: {} (expected ADDR:PORT or ADDR, e.g. 203.0.113.11:8080)",
         shown(.input),
-        shown(.why)
+        text::message(.why)
     )]
     BadBackend { input: String, why: String },
     #[error("no service {0}: add it with `xlb vip add`")]
@@ -51,7 +51,7 @@ pub enum ServiceError {
     },
     /// An address that cannot work where it is given (a service address, a backend, an
     /// snat address): what it is, and what would work.
-    #[error("{}", shown(.0))]
+    #[error("{}", text::message(.0))]
     Unusable(String),
     /// An idle timeout of the other protocol: `given` is the one given (`--tcp-idle`).
     #[error(
@@ -62,7 +62,7 @@ pub enum ServiceError {
         vip: String,
         proto: Proto,
     },
-    #[error("{}", shown(.0))]
+    #[error("{}", text::message(.0))]
     Invalid(String),
 }
 
@@ -214,6 +214,13 @@ fn unusable(a: IpAddr) -> Option<&'static str> {
     } else {
         return None;
     })
+}
+
+/// What `a` is when nothing can be sent to it as one host (a flow collector, an
+/// exporter's endpoint); None when it can. A loopback address can be: a collector on
+/// this host.
+pub fn not_a_destination(a: IpAddr) -> Option<&'static str> {
+    if a.is_loopback() { None } else { unusable(a) }
 }
 
 /// Refuses `addr` in `role` if it cannot work there; `written` shows the whole value

@@ -8,15 +8,37 @@
 
 use std::{fmt::Write as _, ops::RangeInclusive};
 
+/// The most characters of one input an error quotes: a 30 MB bad value is shown by
+/// its start and its size, not echoed whole.
+pub const MAX_SHOWN: usize = 200;
+
+/// The most characters of a whole message (which may quote input) [`message`] keeps:
+/// far beyond any message xlb writes.
+pub const MAX_MESSAGE: usize = 4096;
+
 /// `s` as an error quotes it: control and invisible characters escaped (`\u{feff}`,
 /// `\u{0}`; a tab, newline and carriage return as `\t`, `\n`, `\r`), everything else
-/// as written. Escaping what is already escaped changes nothing.
+/// as written; beyond [`MAX_SHOWN`] characters, its start and its length in bytes.
+/// Escaping what is already escaped changes nothing.
 pub fn shown(s: &str) -> String {
-    if !s.chars().any(hidden) {
+    shown_within(s, MAX_SHOWN)
+}
+
+/// A message (a reason, an error line) escaped as [`shown`] escapes input, cut only
+/// beyond [`MAX_MESSAGE`].
+pub fn message(s: &str) -> String {
+    shown_within(s, MAX_MESSAGE)
+}
+
+/// [`shown`] with another length limit: a whole message line is longer than one
+/// quoted input, and is cut only far beyond any message xlb writes.
+pub fn shown_within(s: &str, max: usize) -> String {
+    let cut = s.char_indices().nth(max).map(|(i, _)| i);
+    if cut.is_none() && !s.chars().any(hidden) {
         return s.to_string();
     }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
+    let mut out = String::with_capacity(s.len().min(4 * max) + 8);
+    for c in s[..cut.unwrap_or(s.len())].chars() {
         match c {
             '\t' => out.push_str("\\t"),
             '\n' => out.push_str("\\n"),
@@ -26,6 +48,9 @@ pub fn shown(s: &str) -> String {
             }
             c => out.push(c),
         }
+    }
+    if cut.is_some() {
+        let _ = write!(out, "... ({} bytes in all)", s.len());
     }
     out
 }
@@ -130,6 +155,10 @@ mod tests {
         assert_eq!(shown("80\u{200b}/tcp"), "80\\u{200b}/tcp");
         assert_eq!(shown("1\u{a0}2\u{7f}"), "1\\u{a0}2\\u{7f}");
         assert_eq!(shown("web-é…"), "web-é…", "printable text stays as written");
+        let big = "a".repeat(30 << 20);
+        let cut = shown(&big);
+        assert!(cut.len() < 300, "a huge value is cut: {} bytes", cut.len());
+        assert!(cut.ends_with(&format!("... ({} bytes in all)", 30 << 20)));
         let once = shown("\u{feff}x\n");
         assert_eq!(shown(&once), once, "escaping twice changes nothing");
     }
