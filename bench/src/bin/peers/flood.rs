@@ -62,8 +62,83 @@ pub fn flood_frame(
     Ok(frame)
 }
 
+/// What the generator writes into each frame before sending it.
+#[derive(Clone, Copy)]
+pub enum Gen {
+    /// The frame as it is (`bench_tx`).
+    Same,
+    /// (first, count): the n-th copy's source port is first + n % count, a set of UDP
+    /// flows (`bench_tx_flows`).
+    Ports(u16, u32),
+    /// A random source address (`base` with the bits of `mask` random) and port per
+    /// frame, checksums fixed: a spoofed TCP flood (`bench_tx_spoofed`; the frame's
+    /// source address and port must be zero, see `spoofed_frame`).
+    Spoofed { base: [u8; 4], mask: [u8; 4] },
+}
+
 /// Sends `n` copies of `frame` (see `flood_frame`; with `ports`, (first, count), the
-/// n-th copy's source port is first + n % count: a set of flows), injected at the switch port facing the edge (`sw-x`) as XDP frames: `bench_tx`
+/// n-th copy's source port is first + n % count: a set of flows); see `flood_with`.
+pub fn flood(
+    t: &Topology,
+    frame: Vec<u8>,
+    ports: Option<(u16, u32)>,
+    n: u64,
+    tids: Vec<i32>,
+) -> Result<Flood> {
+    let generator = ports.map_or(Gen::Same, |(first, count)| Gen::Ports(first, count));
+    flood_with(t, frame, generator, n, Duration::from_secs(30), tids)
+}
+
+/// The frame's first 64 bytes as the words of BENCH_TEMPLATE (what `bench_tx_flows` and
+/// `bench_tx_spoofed` restore before every frame).
+fn template(obj: &mut aya::Ebpf, frame: &[u8]) -> Result<()> {
+    let mut words = [0u64; 8];
+    for (w, b) in words.iter_mut().zip(frame.chunks(8)) {
+        let mut a = [0; 8];
+        a[..b.len()].copy_from_slice(b);
+        *w = u64::from_ne_bytes(a);
+    }
+    let mut template: aya::maps::Array<_, [u64; 8]> = obj
+        .map_mut("BENCH_TEMPLATE")
+        .context("no BENCH_TEMPLATE in the bench object")?
+        .try_into()?;
+    template.set(0, words, 0).context("BENCH_TEMPLATE")
+}
+
+/// Loads the generator's program for `generator`, its maps set.
+fn generator_prog(obj: &mut aya::Ebpf, generator: Gen, frame: &[u8]) -> Result<&'static str> {
+    let array = |obj: &mut aya::Ebpf, name: &str, values: &[u32]| -> Result<()> {
+        let mut a: aya::maps::Array<_, u32> = obj
+            .map_mut(name)
+            .with_context(|| format!("no {name} in the bench object"))?
+            .try_into()?;
+        for (i, v) in values.iter().enumerate() {
+            a.set(i as u32, v, 0).with_context(|| name.to_string())?;
+        }
+        Ok(())
+    };
+    Ok(match generator {
+        Gen::Same => "bench_tx",
+        Gen::Ports(first, count) => {
+            array(obj, "BENCH_FLOWS", &[u32::from(first), count])?;
+            // The headers it restores before every frame (see bench_tx_flows).
+            template(obj, frame)?;
+            "bench_tx_flows"
+        }
+        Gen::Spoofed { base, mask } => {
+            array(
+                obj,
+                "BENCH_SRC",
+                &[u32::from_ne_bytes(base), u32::from_ne_bytes(mask)],
+            )?;
+            template(obj, frame)?;
+            "bench_tx_spoofed"
+        }
+    })
+}
+
+/// Sends up to `n` frames made from `frame` as `generator` says, for at most `limit`,
+/// injected at the switch port facing the edge (`sw-x`) as XDP frames: `bench_tx`
 /// (XDP_TX) run by BPF_PROG_TEST_RUN in live-frames mode, as if it arrived on sw-x,
 /// transmits each frame out of sw-x, so x0 receives it as a NIC driver would, in a page
 /// and without an skb: an XDP peer runs on it as is, the others get an skb built by
@@ -77,11 +152,12 @@ pub fn flood_frame(
 /// covers the generator, the veth and the edge's receive path up to the drop, and
 /// leaves out whatever else the machine is doing. `tids`: threads of this process whose
 /// CPU time belongs to the measure too (pinned to the same CPU).
-pub fn flood(
+pub fn flood_with(
     t: &Topology,
     frame: Vec<u8>,
-    ports: Option<(u16, u32)>,
+    generator: Gen,
     n: u64,
+    limit: Duration,
     tids: Vec<i32>,
 ) -> Result<Flood> {
     in_ns(&t.switch, move || -> Result<Flood> {
@@ -90,30 +166,7 @@ pub fn flood(
         let me = unsafe { libc::gettid() };
         let mut obj =
             aya::Ebpf::load(xlb::kernel::object::BENCH).context("loading the bench object")?;
-        let name = match ports {
-            Some((first, count)) => {
-                let mut flows: aya::maps::Array<_, u32> = obj
-                    .map_mut("BENCH_FLOWS")
-                    .context("no BENCH_FLOWS in the bench object")?
-                    .try_into()?;
-                flows.set(0, u32::from(first), 0).context("BENCH_FLOWS")?;
-                flows.set(1, count, 0).context("BENCH_FLOWS")?;
-                // The headers it restores before every frame (see bench_tx_flows).
-                let mut words = [0u64; 8];
-                for (w, b) in words.iter_mut().zip(frame.chunks(8)) {
-                    let mut a = [0; 8];
-                    a[..b.len()].copy_from_slice(b);
-                    *w = u64::from_ne_bytes(a);
-                }
-                let mut template: aya::maps::Array<_, [u64; 8]> = obj
-                    .map_mut("BENCH_TEMPLATE")
-                    .context("no BENCH_TEMPLATE in the bench object")?
-                    .try_into()?;
-                template.set(0, words, 0).context("BENCH_TEMPLATE")?;
-                "bench_tx_flows"
-            }
-            None => "bench_tx",
-        };
+        let name = generator_prog(&mut obj, generator, &frame)?;
         let prog: &mut aya::programs::Xdp = obj
             .program_mut(name)
             .with_context(|| format!("no {name} in the bench object"))?
@@ -128,7 +181,7 @@ pub fn flood(
         let md: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
         let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
         let mut sent = 0;
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + limit;
         let softirqd = ksoftirqd_dirs();
         let cpu = || {
             thread_ns(me)
