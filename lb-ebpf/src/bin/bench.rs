@@ -16,6 +16,10 @@
 //! - `bench_sink`: on the switch port facing the edge, drops the flood's frames that the
 //!   edge forwarded (UDP to port 9) and counts them per destination MAC's last byte
 //!   (BENCH_SINK), so every peer's forwarded frame ends at the same place and cost;
+//! - `bench_uplink`: on the switch port facing the edge in the SYN-flood rows, drops and
+//!   counts (BENCH_UPLINK) what the edge sends to the spoofed sources (IPv4 to
+//!   UPLINK_NET/25: SYN-ACKs, resets), as a NIC would put them on the wire at no cost
+//!   to the host; passes everything else (it replaces `bench_floor` there);
 //! - `bench_lpm`: the baseline, one BPF_MAP_TYPE_LPM_TRIE lookup of the IPv4 source;
 //! - `bench_entry`: writes a source address into the frame (random or fixed, chosen by
 //!   BENCH_SRC) and tail-calls the program under test, so a repeated test run sees a new
@@ -59,6 +63,12 @@ static BENCH_FWD: Array<[u8; 12]> = Array::with_max_entries(1, 0);
 /// `bench_sink`: frames dropped, by the last byte of their destination MAC.
 #[map]
 static BENCH_SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(256, 0);
+
+/// `bench_uplink`: frames dropped.
+#[map]
+static BENCH_UPLINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+/// The spoofed sources of `bench --peers`' SYN-flood rows: 198.51.100.128/25.
+const UPLINK_NET: [u8; 4] = [198, 51, 100, 128];
 
 /// The header words `bench_tx_flows` restores: Ethernet, IPv4 and UDP (42 bytes).
 const HEADER_WORDS: usize = 6;
@@ -161,7 +171,10 @@ pub fn bench_tx_spoofed(ctx: XdpContext) -> u32 {
         *((start + SRC_OFF) as *mut [u8; 4]) = src;
         *((start + UDP_OFF) as *mut [u8; 2]) = p;
         let ip = (start + IP_CSUM_OFF) as *mut [u8; 2];
-        let c = csum_add(u16::from_be_bytes(*ip), [src[0], src[1], src[2], src[3], 0, 0]);
+        let c = csum_add(
+            u16::from_be_bytes(*ip),
+            [src[0], src[1], src[2], src[3], 0, 0],
+        );
         *ip = c.to_be_bytes();
         // The pseudo-header carries the source address; the header the port.
         let tcp = (start + TCP_CSUM_OFF) as *mut [u8; 2];
@@ -211,6 +224,30 @@ pub fn bench_sink(ctx: XdpContext) -> u32 {
     }
     let last = unsafe { *((start + 5) as *const u8) };
     if let Some(c) = BENCH_SINK.get_ptr_mut(last as u32) {
+        unsafe { *c += 1 };
+    }
+    xdp_action::XDP_DROP
+}
+
+#[xdp]
+pub fn bench_uplink(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + ETH_HLEN + IPV4_MIN_HLEN > ctx.data_end() {
+        return xdp_action::XDP_PASS;
+    }
+    let (eth, dst) = unsafe {
+        (
+            *((start + 12) as *const [u8; 2]),
+            *((start + ETH_HLEN + 16) as *const [u8; 4]),
+        )
+    };
+    if eth != ETH_P_IP.to_be_bytes()
+        || dst[..3] != UPLINK_NET[..3]
+        || dst[3] & 0x80 != UPLINK_NET[3]
+    {
+        return xdp_action::XDP_PASS;
+    }
+    if let Some(c) = BENCH_UPLINK.get_ptr_mut(0) {
         unsafe { *c += 1 };
     }
     xdp_action::XDP_DROP

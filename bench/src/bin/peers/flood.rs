@@ -31,6 +31,10 @@ pub fn parse_mac(text: &str) -> Result<[u8; 6]> {
 pub const BATCH: u32 = 64;
 /// Frames per BPF_PROG_TEST_RUN call: between calls the flood checks its deadline.
 const CHUNK: u64 = 100_000;
+/// A paced flood's time per call: it sends this long's worth of frames, then sleeps
+/// until the next call is due. A call has a fixed cost of tens of ms (the live-frames
+/// set-up), so calls cannot be short.
+const PACED_CALL: Duration = Duration::from_millis(50);
 
 /// What one flood did.
 pub struct Flood {
@@ -72,8 +76,13 @@ pub enum Gen {
     Ports(u16, u32),
     /// A random source address (`base` with the bits of `mask` random) and port per
     /// frame, checksums fixed: a spoofed TCP flood (`bench_tx_spoofed`; the frame's
-    /// source address and port must be zero, see `spoofed_frame`).
-    Spoofed { base: [u8; 4], mask: [u8; 4] },
+    /// source address and port must be zero, see `spoofed_frame`). `pps`: at most
+    /// this many frames a second (None: as fast as it goes).
+    Spoofed {
+        base: [u8; 4],
+        mask: [u8; 4],
+        pps: Option<f64>,
+    },
 }
 
 /// Sends `n` copies of `frame` (see `flood_frame`; with `ports`, (first, count), the
@@ -125,7 +134,7 @@ fn generator_prog(obj: &mut aya::Ebpf, generator: Gen, frame: &[u8]) -> Result<&
             template(obj, frame)?;
             "bench_tx_flows"
         }
-        Gen::Spoofed { base, mask } => {
+        Gen::Spoofed { base, mask, .. } => {
             array(
                 obj,
                 "BENCH_SRC",
@@ -189,8 +198,16 @@ pub fn flood_with(
                 + softirqd.iter().map(|d| schedstat_ns(d)).sum::<u64>()
         };
         let cpu0 = cpu();
+        let (chunk, pps) = match generator {
+            Gen::Spoofed { pps: Some(pps), .. } => (
+                ((pps * PACED_CALL.as_secs_f64()) as u64).max(BATCH as u64),
+                Some(pps),
+            ),
+            _ => (CHUNK, None),
+        };
+        let start = Instant::now();
         while sent < n && Instant::now() < deadline {
-            let repeat = (n - sent).min(CHUNK);
+            let repeat = (n - sent).min(chunk);
             prog.test_run(TestRunOptions {
                 data_in: Some(&frame),
                 ctx_in: Some(&ctx),
@@ -200,6 +217,13 @@ pub fn flood_with(
             })
             .with_context(|| format!("live-frames test run after {sent} frames"))?;
             sent += repeat;
+            if let Some(pps) = pps {
+                let due = start + Duration::from_secs_f64(sent as f64 / pps);
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+            }
         }
         Ok(Flood {
             sent,
