@@ -1,11 +1,11 @@
 //! nginx as the backends of the reference topology, for the benches that measure
 //! against a real web server (the harness's own servers answer the tests).
 
-use std::time::Duration;
+use std::{path::Path, time::Duration};
 
 use anyhow::{Context, Result};
 use xlb_tests::{
-    netns::{Spawned, fill, wait_until},
+    netns::{Netns, Spawned, fill, wait_until},
     topology::{Topology, backend_v4},
 };
 
@@ -31,21 +31,30 @@ impl NginxBackends for Topology {
     }
 
     fn nginx_backend(&self, i: usize) -> Result<Spawned> {
-        let b = &self.backends[i];
-        let name = format!("web{}", i + 1);
-        let dir = self.dir.path.to_str().context("a UTF-8 directory")?;
-        let conf = self.dir.path.join(format!("{name}.nginx.conf"));
-        std::fs::write(&conf, fill(BACKEND_NGINX, &[("dir", dir), ("name", &name)]))?;
-        let mut s = Spawned::start(
-            b,
-            &["nginx", "-c", conf.to_str().unwrap(), "-g", "daemon off;"],
-            &self.dir.path.join(format!("{name}.log")),
-        )?;
         let addr = backend_v4(i);
-        wait_until(&format!("nginx on {name}"), Duration::from_secs(10), || {
-            b.ok(&["curl", "-sf", "-o", "/dev/null", &format!("http://{addr}/")])
-        })?;
-        s.check_running(&name)?;
-        Ok(s)
+        nginx_in(
+            &self.backends[i],
+            &self.dir.path,
+            &format!("web{}", i + 1),
+            &format!("http://{addr}/"),
+        )
     }
+}
+
+/// nginx on port 80 of `ns` (every address), answering `name`, its files in `dir`,
+/// once `url` answers from `ns`; killed when the guard drops.
+pub fn nginx_in(ns: &Netns, dir: &Path, name: &str, url: &str) -> Result<Spawned> {
+    let d = dir.to_str().context("a UTF-8 directory")?;
+    let conf = dir.join(format!("{name}.nginx.conf"));
+    std::fs::write(&conf, fill(BACKEND_NGINX, &[("dir", d), ("name", name)]))?;
+    let mut s = Spawned::start(
+        ns,
+        &["nginx", "-c", conf.to_str().unwrap(), "-g", "daemon off;"],
+        &dir.join(format!("{name}.log")),
+    )?;
+    wait_until(&format!("nginx on {name}"), Duration::from_secs(10), || {
+        ns.ok(&["curl", "-sf", "-o", "/dev/null", url])
+    })?;
+    s.check_running(name)?;
+    Ok(s)
 }

@@ -294,6 +294,77 @@ fn sum(b: &[u8]) -> u32 {
         .sum()
 }
 
+/// Spoofed sources for `send_spoofed`: `prefix` followed by `base + k % count` for the
+/// k-th segment (e.g. ("198.51.100.", 64, 64): 198.51.100.64-127).
+pub struct Spoofed<'a> {
+    pub prefix: &'a str,
+    pub base: u32,
+    pub count: u32,
+}
+
+/// `n` TCP segments with `flags` (numbered from `first`: each has its own source port
+/// and sequence number) to `dst`:`dport` from spoofed IPv4 sources, sent from a raw
+/// socket in `ns` (IPPROTO_RAW: the header, and so the source, is the packet's own).
+/// SYNs carry Linux's options; other segments an ACK number no cookie matches.
+pub fn send_spoofed(
+    ns: &crate::netns::Netns,
+    (dst, dport): (&str, u16),
+    flags: u8,
+    src: &Spoofed,
+    first: u32,
+    n: u32,
+) -> anyhow::Result<()> {
+    let frames: Vec<Vec<u8>> = (first..first + n)
+        .map(|k| {
+            let from = format!("{}{}", src.prefix, src.base + k % src.count.max(1));
+            let s = Seg::new(&from, dst, 1024 + (k % 60000) as u16, dport, flags)
+                .seq(k.wrapping_mul(2_654_435_761));
+            let s = if flags == SYN {
+                s.opts(Opts::linux_syn(k))
+            } else {
+                s.ack(k.wrapping_mul(40503))
+            };
+            s.build()
+        })
+        .collect();
+    let dst: std::net::Ipv4Addr = dst.parse()?;
+    crate::netns::in_ns(ns, move || -> anyhow::Result<()> {
+        // SAFETY: plain socket calls on a descriptor this closure owns and closes.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+            let sa = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(dst.octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            let mut res = Ok(());
+            for f in &frames {
+                let ip = &f[14..];
+                let sent = libc::sendto(
+                    fd,
+                    ip.as_ptr() as *const libc::c_void,
+                    ip.len(),
+                    0,
+                    &sa as *const libc::sockaddr_in as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_in>() as u32,
+                );
+                if sent != ip.len() as isize {
+                    res = Err(std::io::Error::last_os_error().into());
+                    break;
+                }
+            }
+            libc::close(fd);
+            res
+        }
+    })?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -232,6 +232,11 @@ impl Topology {
             .insert(attach_bench_xdp(&self.switch, "sw-x", prog)?))
     }
 
+    /// The program `switch_xdp` attached last (its maps to read), if any.
+    pub fn switch_xdp_obj(&self) -> Option<&aya::Ebpf> {
+        self.peer_xdp.as_ref()
+    }
+
     /// Waits until the edge has a resolved neighbour entry for every address given
     /// (xlb's FIB lookups need them; adding a backend makes the kernel resolve it).
     pub fn wait_neighbours(&self, addrs: &[String]) -> Result<()> {

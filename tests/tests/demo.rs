@@ -60,6 +60,8 @@ fn demo_tour_runs_and_cleans_up() {
         "__name__=xlb_tls_handshakes_total",
         "backend=203.0.113.21:5432,to=down",
         "reason=prefix_deny",
+        "client: 10 of 10 fetches answered during the flood",
+        ": none for the spoofed sources",
         "xlb started again: \"adopted\"",
         "nothing is left behind",
     ] {

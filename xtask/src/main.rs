@@ -101,12 +101,13 @@ enum Task {
         /// Fewer repeats and smaller prefix sets, short https runs, no testssl.sh.
         #[arg(long)]
         quick: bool,
-        /// Only one part: `xdp`, `https` or `daemon`.
+        /// Only one part: `xdp`, `https` or `daemon`; with `--peers`: `firewall`,
+        /// `balancer`, `balancer-packets`, `tls` or `synflood`.
         #[arg(long)]
         only: Option<String>,
         /// Compare with xdp-filter, nftables, iptables and HAProxy on the namespace
         /// topology instead (installs them); writes target/peers.json and .svg.
-        #[arg(long, conflicts_with = "only")]
+        #[arg(long)]
         peers: bool,
     },
     /// Build the Debian package (target/debian/xlb_VERSION_ARCH.deb): the binary, a

@@ -7,11 +7,19 @@
 //! - `bench_tx_flows`: `bench_tx` that first restores the headers from BENCH_TEMPLATE
 //!   and writes the UDP source port, cycling over BENCH_FLOWS' set of ports, so the flood
 //!   is a set of flows (or a new flow per frame);
+//! - `bench_tx_spoofed`: `bench_tx` for a spoofed TCP flood (SYN or ACK): restores the
+//!   headers from BENCH_TEMPLATE (built with source 0.0.0.0 port 0), then writes a random
+//!   source address (BENCH_SRC's base and mask) and a random source port, and adds them
+//!   to the IPv4 and TCP checksums, so every frame is a new, valid source;
 //! - `bench_fwd`: the cheapest forwarder: writes the MACs from BENCH_FWD, XDP_TX (the
 //!   floor of the per-packet balancer rows: the rig's forwarding path without a balancer);
 //! - `bench_sink`: on the switch port facing the edge, drops the flood's frames that the
 //!   edge forwarded (UDP to port 9) and counts them per destination MAC's last byte
 //!   (BENCH_SINK), so every peer's forwarded frame ends at the same place and cost;
+//! - `bench_uplink`: on the switch port facing the edge in the SYN-flood rows, drops and
+//!   counts (BENCH_UPLINK) what the edge sends to the spoofed sources (IPv4 to
+//!   UPLINK_NET/25: SYN-ACKs, resets), as a NIC would put them on the wire at no cost
+//!   to the host; passes everything else (it replaces `bench_floor` there);
 //! - `bench_lpm`: the baseline, one BPF_MAP_TYPE_LPM_TRIE lookup of the IPv4 source;
 //! - `bench_entry`: writes a source address into the frame (random or fixed, chosen by
 //!   BENCH_SRC) and tail-calls the program under test, so a repeated test run sees a new
@@ -27,6 +35,11 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::net::{ETH_HLEN, ETH_P_IP, IPPROTO_UDP, IPV4_MIN_HLEN};
+
+/// Offsets in an untagged IPv4 frame without options: the IPv4 checksum and the TCP
+/// checksum (the TCP header starts where UDP's would).
+const IP_CSUM_OFF: usize = ETH_HLEN + 10;
+const TCP_CSUM_OFF: usize = UDP_OFF + 16;
 
 /// [0] = fixed base address (network order), [1] = mask of random bits.
 #[map]
@@ -50,6 +63,12 @@ static BENCH_FWD: Array<[u8; 12]> = Array::with_max_entries(1, 0);
 /// `bench_sink`: frames dropped, by the last byte of their destination MAC.
 #[map]
 static BENCH_SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(256, 0);
+
+/// `bench_uplink`: frames dropped.
+#[map]
+static BENCH_UPLINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+/// The spoofed sources of `bench --peers`' SYN-flood rows: 198.51.100.128/25.
+const UPLINK_NET: [u8; 4] = [198, 51, 100, 128];
 
 /// The header words `bench_tx_flows` restores: Ethernet, IPv4 and UDP (42 bytes).
 const HEADER_WORDS: usize = 6;
@@ -121,6 +140,53 @@ pub fn bench_tx_flows(ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
+/// `sum` + the 16-bit words of `add`, folded (one's complement, RFC 1071).
+#[inline(always)]
+fn csum_add(sum: u16, add: [u8; 6]) -> u16 {
+    let mut s = !sum as u32;
+    s += u16::from_be_bytes([add[0], add[1]]) as u32;
+    s += u16::from_be_bytes([add[2], add[3]]) as u32;
+    s += u16::from_be_bytes([add[4], add[5]]) as u32;
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    !(s as u16)
+}
+
+/// A spoofed TCP flood frame: see the module's doc. The template's source address and
+/// port are zero, so adding the new ones to its checksums (RFC 1624 with the old words
+/// zero) gives the right sums without reading the rest of the frame.
+#[xdp]
+pub fn bench_tx_spoofed(ctx: XdpContext) -> u32 {
+    let Some(start) = restore::<TEMPLATE_WORDS>(&ctx) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let base = BENCH_SRC.get(0).copied().unwrap_or(0);
+    let mask = BENCH_SRC.get(1).copied().unwrap_or(0);
+    let rand = unsafe { bpf_get_prandom_u32() };
+    let src = ((base & !mask) | (rand & mask)).to_ne_bytes();
+    // Ports 1024..65535, from other bits than the address's.
+    let port = (1024 + (unsafe { bpf_get_prandom_u32() } % 64512)) as u16;
+    let p = port.to_be_bytes();
+    unsafe {
+        *((start + SRC_OFF) as *mut [u8; 4]) = src;
+        *((start + UDP_OFF) as *mut [u8; 2]) = p;
+        let ip = (start + IP_CSUM_OFF) as *mut [u8; 2];
+        let c = csum_add(
+            u16::from_be_bytes(*ip),
+            [src[0], src[1], src[2], src[3], 0, 0],
+        );
+        *ip = c.to_be_bytes();
+        // The pseudo-header carries the source address; the header the port.
+        let tcp = (start + TCP_CSUM_OFF) as *mut [u8; 2];
+        let c = csum_add(
+            u16::from_be_bytes(*tcp),
+            [src[0], src[1], src[2], src[3], p[0], p[1]],
+        );
+        *tcp = c.to_be_bytes();
+    }
+    xdp_action::XDP_TX
+}
+
 #[xdp]
 pub fn bench_fwd(ctx: XdpContext) -> u32 {
     let start = ctx.data();
@@ -158,6 +224,30 @@ pub fn bench_sink(ctx: XdpContext) -> u32 {
     }
     let last = unsafe { *((start + 5) as *const u8) };
     if let Some(c) = BENCH_SINK.get_ptr_mut(last as u32) {
+        unsafe { *c += 1 };
+    }
+    xdp_action::XDP_DROP
+}
+
+#[xdp]
+pub fn bench_uplink(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + ETH_HLEN + IPV4_MIN_HLEN > ctx.data_end() {
+        return xdp_action::XDP_PASS;
+    }
+    let (eth, dst) = unsafe {
+        (
+            *((start + 12) as *const [u8; 2]),
+            *((start + ETH_HLEN + 16) as *const [u8; 4]),
+        )
+    };
+    if eth != ETH_P_IP.to_be_bytes()
+        || dst[..3] != UPLINK_NET[..3]
+        || dst[3] & 0x80 != UPLINK_NET[3]
+    {
+        return xdp_action::XDP_PASS;
+    }
+    if let Some(c) = BENCH_UPLINK.get_ptr_mut(0) {
         unsafe { *c += 1 };
     }
     xdp_action::XDP_DROP

@@ -30,6 +30,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use xlb_tests::{
     netns::{Daemon, Netns, NsServer, Spawned, wait_until, xlb_bin},
+    tcp::{ACK, SYN, Spoofed, send_spoofed},
     tls::{Pki, https_backend},
     topology::{Backends, Topology, backend_v4},
 };
@@ -40,6 +41,11 @@ const WEB: &str = "http://198.51.100.10/";
 const DB: &str = "http://198.51.100.20:5432/";
 const HTTPS_HOST: &str = "www.demo.example";
 const HTTPS_ADDR: &str = "198.51.100.30";
+const WEB_SVC: &str = "198.51.100.10:80/tcp";
+/// The attack scene's flood: BURSTS bursts of BURST spoofed SYNs (bounded; each burst is
+/// fewer than a veth ring holds, so none is lost on the way).
+const BURSTS: u32 = 10;
+const BURST: u32 = 100;
 
 #[derive(Parser)]
 struct Args {
@@ -147,6 +153,94 @@ fn query(edge: &Netns, q: &str) -> Result<Vec<(String, f64)>> {
 
 fn db_server(db: &Netns, name: &str) -> Result<NsServer> {
     NsServer::http(db, "[::]:5432", name)
+}
+
+/// The web service's SYN-protection counters and the edge's forward flows.
+fn syn_state(xlb: &Daemon) -> Result<([u64; 4], u64)> {
+    let json = |args: &[&str]| -> Result<serde_json::Value> {
+        let out = xlb.cli(args);
+        if !out.status.success() {
+            bail!("xlb {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let status = json(&["status", "--json"])?;
+    let p = status["syn_protection"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["service"] == WEB_SVC))
+        .context("the web service's protection in xlb status")?;
+    let n = |k: &str| p[k].as_u64().unwrap_or(0);
+    let flows = json(&["stats", "--json"])?["flows"]["forward"]
+        .as_u64()
+        .context("flows in xlb stats")?;
+    Ok((
+        [
+            n("cookies_sent"),
+            n("cookies_validated"),
+            n("cookies_refused"),
+            n("no_flow_dropped"),
+        ],
+        flows,
+    ))
+}
+
+/// The attack scene: the attacker sends a bounded spoofed SYN flood (then spoofed ACKs)
+/// at the web service in bursts, each waited for on xlb's counters, while the client
+/// keeps fetching; xlb answers every SYN with a cookie and makes no flow for it.
+fn attack(xlb: &Daemon, t: &Topology) -> Result<()> {
+    step("a SYN flood: spoofed sources, answered with SYN cookies in XDP, no flow for them");
+    show(xlb, &["vip", "set", WEB_SVC, "--syn-protection", "always"])?;
+    let spoofed = Spoofed {
+        prefix: "198.51.100.",
+        base: 64,
+        count: 64,
+    };
+    let (c0, f0) = syn_state(xlb)?;
+    println!(
+        "  attacker: {} spoofed SYNs from 198.51.100.64-127 in bursts of {BURST}, the client fetching between them",
+        BURSTS * BURST
+    );
+    let (mut fetched, mut ok) = (0, 0);
+    for b in 0..BURSTS {
+        send_spoofed(
+            &t.attacker,
+            ("198.51.100.10", 80),
+            SYN,
+            &spoofed,
+            b * BURST,
+            BURST,
+        )?;
+        let want = c0[0] + u64::from((b + 1) * BURST);
+        wait_until("cookies sent", Duration::from_secs(10), || {
+            syn_state(xlb).is_ok_and(|(c, _)| c[0] >= want)
+        })?;
+        fetched += 1;
+        ok += t.client.curl(WEB).is_ok_and(|b| b.starts_with("web")) as u32;
+    }
+    println!("  client: {ok} of {fetched} fetches answered during the flood");
+    send_spoofed(&t.attacker, ("198.51.100.10", 80), ACK, &spoofed, 0, BURST)?;
+    wait_until("cookies refused", Duration::from_secs(10), || {
+        syn_state(xlb).is_ok_and(|(c, _)| c[2] >= c0[2] + u64::from(BURST))
+    })?;
+    println!("  attacker: {BURST} spoofed ACKs of no flow");
+    let (c1, f1) = syn_state(xlb)?;
+    let d = |i: usize| c1[i] - c0[i];
+    println!(
+        "  syn counters: cookies sent +{}, validated +{} (the client's), refused +{} (the ACKs), other no-flow drops +{}",
+        d(0),
+        d(1),
+        d(2),
+        d(3)
+    );
+    println!(
+        "  flow table: {f0} -> {f1} forward flows: {} for the spoofed sources",
+        if f1.saturating_sub(f0) <= d(1) {
+            "none"
+        } else {
+            "some (unexpected)"
+        }
+    );
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -287,6 +381,8 @@ fn main() -> Result<()> {
             "no answer"
         }
     );
+
+    attack(&xlb, &t)?;
 
     step("HTTPS: ended by xlb with the demo CA's certificate, encrypted again to the web servers");
     let ca = pki.ca.to_str().unwrap().to_string();

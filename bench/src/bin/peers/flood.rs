@@ -31,6 +31,10 @@ pub fn parse_mac(text: &str) -> Result<[u8; 6]> {
 pub const BATCH: u32 = 64;
 /// Frames per BPF_PROG_TEST_RUN call: between calls the flood checks its deadline.
 const CHUNK: u64 = 100_000;
+/// A paced flood's time per call: it sends this long's worth of frames, then sleeps
+/// until the next call is due. A call has a fixed cost of tens of ms (the live-frames
+/// set-up), so calls cannot be short.
+const PACED_CALL: Duration = Duration::from_millis(50);
 
 /// What one flood did.
 pub struct Flood {
@@ -62,8 +66,88 @@ pub fn flood_frame(
     Ok(frame)
 }
 
+/// What the generator writes into each frame before sending it.
+#[derive(Clone, Copy)]
+pub enum Gen {
+    /// The frame as it is (`bench_tx`).
+    Same,
+    /// (first, count): the n-th copy's source port is first + n % count, a set of UDP
+    /// flows (`bench_tx_flows`).
+    Ports(u16, u32),
+    /// A random source address (`base` with the bits of `mask` random) and port per
+    /// frame, checksums fixed: a spoofed TCP flood (`bench_tx_spoofed`; the frame's
+    /// source address and port must be zero, see `spoofed_frame`). `pps`: at most
+    /// this many frames a second (None: as fast as it goes).
+    Spoofed {
+        base: [u8; 4],
+        mask: [u8; 4],
+        pps: Option<f64>,
+    },
+}
+
 /// Sends `n` copies of `frame` (see `flood_frame`; with `ports`, (first, count), the
-/// n-th copy's source port is first + n % count: a set of flows), injected at the switch port facing the edge (`sw-x`) as XDP frames: `bench_tx`
+/// n-th copy's source port is first + n % count: a set of flows); see `flood_with`.
+pub fn flood(
+    t: &Topology,
+    frame: Vec<u8>,
+    ports: Option<(u16, u32)>,
+    n: u64,
+    tids: Vec<i32>,
+) -> Result<Flood> {
+    let generator = ports.map_or(Gen::Same, |(first, count)| Gen::Ports(first, count));
+    flood_with(t, frame, generator, n, Duration::from_secs(30), tids)
+}
+
+/// The frame's first 64 bytes as the words of BENCH_TEMPLATE (what `bench_tx_flows` and
+/// `bench_tx_spoofed` restore before every frame).
+fn template(obj: &mut aya::Ebpf, frame: &[u8]) -> Result<()> {
+    let mut words = [0u64; 8];
+    for (w, b) in words.iter_mut().zip(frame.chunks(8)) {
+        let mut a = [0; 8];
+        a[..b.len()].copy_from_slice(b);
+        *w = u64::from_ne_bytes(a);
+    }
+    let mut template: aya::maps::Array<_, [u64; 8]> = obj
+        .map_mut("BENCH_TEMPLATE")
+        .context("no BENCH_TEMPLATE in the bench object")?
+        .try_into()?;
+    template.set(0, words, 0).context("BENCH_TEMPLATE")
+}
+
+/// Loads the generator's program for `generator`, its maps set.
+fn generator_prog(obj: &mut aya::Ebpf, generator: Gen, frame: &[u8]) -> Result<&'static str> {
+    let array = |obj: &mut aya::Ebpf, name: &str, values: &[u32]| -> Result<()> {
+        let mut a: aya::maps::Array<_, u32> = obj
+            .map_mut(name)
+            .with_context(|| format!("no {name} in the bench object"))?
+            .try_into()?;
+        for (i, v) in values.iter().enumerate() {
+            a.set(i as u32, v, 0).with_context(|| name.to_string())?;
+        }
+        Ok(())
+    };
+    Ok(match generator {
+        Gen::Same => "bench_tx",
+        Gen::Ports(first, count) => {
+            array(obj, "BENCH_FLOWS", &[u32::from(first), count])?;
+            // The headers it restores before every frame (see bench_tx_flows).
+            template(obj, frame)?;
+            "bench_tx_flows"
+        }
+        Gen::Spoofed { base, mask, .. } => {
+            array(
+                obj,
+                "BENCH_SRC",
+                &[u32::from_ne_bytes(base), u32::from_ne_bytes(mask)],
+            )?;
+            template(obj, frame)?;
+            "bench_tx_spoofed"
+        }
+    })
+}
+
+/// Sends up to `n` frames made from `frame` as `generator` says, for at most `limit`,
+/// injected at the switch port facing the edge (`sw-x`) as XDP frames: `bench_tx`
 /// (XDP_TX) run by BPF_PROG_TEST_RUN in live-frames mode, as if it arrived on sw-x,
 /// transmits each frame out of sw-x, so x0 receives it as a NIC driver would, in a page
 /// and without an skb: an XDP peer runs on it as is, the others get an skb built by
@@ -77,11 +161,12 @@ pub fn flood_frame(
 /// covers the generator, the veth and the edge's receive path up to the drop, and
 /// leaves out whatever else the machine is doing. `tids`: threads of this process whose
 /// CPU time belongs to the measure too (pinned to the same CPU).
-pub fn flood(
+pub fn flood_with(
     t: &Topology,
     frame: Vec<u8>,
-    ports: Option<(u16, u32)>,
+    generator: Gen,
     n: u64,
+    limit: Duration,
     tids: Vec<i32>,
 ) -> Result<Flood> {
     in_ns(&t.switch, move || -> Result<Flood> {
@@ -90,30 +175,7 @@ pub fn flood(
         let me = unsafe { libc::gettid() };
         let mut obj =
             aya::Ebpf::load(xlb::kernel::object::BENCH).context("loading the bench object")?;
-        let name = match ports {
-            Some((first, count)) => {
-                let mut flows: aya::maps::Array<_, u32> = obj
-                    .map_mut("BENCH_FLOWS")
-                    .context("no BENCH_FLOWS in the bench object")?
-                    .try_into()?;
-                flows.set(0, u32::from(first), 0).context("BENCH_FLOWS")?;
-                flows.set(1, count, 0).context("BENCH_FLOWS")?;
-                // The headers it restores before every frame (see bench_tx_flows).
-                let mut words = [0u64; 8];
-                for (w, b) in words.iter_mut().zip(frame.chunks(8)) {
-                    let mut a = [0; 8];
-                    a[..b.len()].copy_from_slice(b);
-                    *w = u64::from_ne_bytes(a);
-                }
-                let mut template: aya::maps::Array<_, [u64; 8]> = obj
-                    .map_mut("BENCH_TEMPLATE")
-                    .context("no BENCH_TEMPLATE in the bench object")?
-                    .try_into()?;
-                template.set(0, words, 0).context("BENCH_TEMPLATE")?;
-                "bench_tx_flows"
-            }
-            None => "bench_tx",
-        };
+        let name = generator_prog(&mut obj, generator, &frame)?;
         let prog: &mut aya::programs::Xdp = obj
             .program_mut(name)
             .with_context(|| format!("no {name} in the bench object"))?
@@ -128,7 +190,7 @@ pub fn flood(
         let md: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
         let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
         let mut sent = 0;
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + limit;
         let softirqd = ksoftirqd_dirs();
         let cpu = || {
             thread_ns(me)
@@ -136,8 +198,16 @@ pub fn flood(
                 + softirqd.iter().map(|d| schedstat_ns(d)).sum::<u64>()
         };
         let cpu0 = cpu();
+        let (chunk, pps) = match generator {
+            Gen::Spoofed { pps: Some(pps), .. } => (
+                ((pps * PACED_CALL.as_secs_f64()) as u64).max(BATCH as u64),
+                Some(pps),
+            ),
+            _ => (CHUNK, None),
+        };
+        let start = Instant::now();
         while sent < n && Instant::now() < deadline {
-            let repeat = (n - sent).min(CHUNK);
+            let repeat = (n - sent).min(chunk);
             prog.test_run(TestRunOptions {
                 data_in: Some(&frame),
                 ctx_in: Some(&ctx),
@@ -147,6 +217,13 @@ pub fn flood(
             })
             .with_context(|| format!("live-frames test run after {sent} frames"))?;
             sent += repeat;
+            if let Some(pps) = pps {
+                let due = start + Duration::from_secs_f64(sent as f64 / pps);
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+            }
         }
         Ok(Flood {
             sent,

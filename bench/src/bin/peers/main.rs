@@ -29,6 +29,13 @@
 //!   keep-alive requests per second over HTTP/1.1 and h2, p99), the comparison of
 //!   `cargo xtask bench --only https` (`xlb_bench::https`), without testssl.sh.
 //!
+//! - SYN flood: one spoofed-source SYN flood (XDP frames at the switch port again, a
+//!   random source and port per frame) against xlb nat with protection off and on, the
+//!   kernel's SYN cookies and nftables' synproxy, while 200 clients open real TCP
+//!   connections; and an ACK flood against xlb with protection on (synflood.rs, the
+//!   clients in legit.rs). Targets: legitimate success, p99 against the row's unloaded
+//!   p99, no flow for a spoofed source, ACKs dropped in XDP.
+//!
 //! The peers' configurations are in bench/peers/.
 //!
 //! The parts: firewall.rs, packets.rs (balancing per packet) and balancer.rs (wrk), on
@@ -39,9 +46,11 @@ mod balancer;
 mod cpu;
 mod firewall;
 mod flood;
+mod legit;
 mod packets;
 mod report;
 mod stats;
+mod synflood;
 
 use std::time::Instant;
 
@@ -72,6 +81,8 @@ enum Part {
     /// The balancer's per-packet rows only.
     BalancerPackets,
     Tls,
+    /// The SYN- and ACK-flood rows.
+    Synflood,
 }
 
 /// Whether the run takes in a part measured when `--only` is one of `parts`.
@@ -180,6 +191,14 @@ fn main() -> Result<()> {
         None
     };
     phases.end("tls");
+
+    let syn = if runs(args.only, &[Part::Synflood]) {
+        synflood::measure(args.quick)
+    } else {
+        Vec::new()
+    };
+    phases.end("synflood");
+    synflood::print(&syn, args.quick);
     phases.print();
 
     let report = json!({
@@ -191,12 +210,16 @@ fn main() -> Result<()> {
         "balancer_targets": targets,
         "balancer_per_packet": packets::json(rounds, packets, pp_cases),
         "tls": tls,
+        "synflood": synflood::json(&syn, args.quick),
     });
     let mut panels = vec![firewall::panel(&fw)];
     panels.extend(balancer::panels(&lb));
     panels.extend(packets::panels(&pp));
     if let Some(tls) = &tls {
         panels.extend(report::tls_panels(tls));
+    }
+    if !syn.is_empty() {
+        panels.push(synflood::panel(&syn));
     }
     report::write(&args.out, &report, &panels)
 }
