@@ -119,7 +119,11 @@ fn nat_reply_without_its_entry_is_translated_and_restores_it() {
         assert_eq!(action, XDP_TX, "{vip}: forwarded");
         let i = backend_index(&out);
         let before = forward_entry(&lb, fam.client, cport).expect("the flow's entry");
-        assert_eq!(evict_all(&mut lb), 1, "{vip}: one entry (an owned endpoint)");
+        assert_eq!(
+            evict_all(&mut lb),
+            1,
+            "{vip}: one entry (an owned endpoint)"
+        );
 
         let restored = count(&lb, Reason::FlowRestored, Verdict::Tx);
         let reply = from_backend(&lb, i, fam.backends[i], 8080, fam.client, cport);
@@ -131,7 +135,12 @@ fn nat_reply_without_its_entry_is_translated_and_restores_it() {
         let after = forward_entry(&lb, fam.client, cport).expect("the entry written again");
         assert_eq!(
             (after.backend, after.generation, after.service, after.mode),
-            (before.backend, before.generation, before.service, before.mode),
+            (
+                before.backend,
+                before.generation,
+                before.service,
+                before.mode
+            ),
             "{vip}: the same backend"
         );
         // The next reply finds the entry (an ordinary nat reply).
@@ -149,7 +158,11 @@ fn nat_reply_without_its_entry_is_translated_and_restores_it() {
 
         // The backend's answer to the edge itself (a health check) is not a reply.
         let check = from_backend(&lb, i, fam.backends[i], 8080, fam.local, 45000);
-        assert_eq!(lb.run(&check).0, XDP_PASS, "{vip}: to the host's own address");
+        assert_eq!(
+            lb.run(&check).0,
+            XDP_PASS,
+            "{vip}: to the host's own address"
+        );
         evict_all(&mut lb);
     }
 }

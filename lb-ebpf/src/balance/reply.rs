@@ -114,7 +114,10 @@ fn lost_fullnat(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, now: u64) -> u32 
     };
     restore(&mut scratch.back, id, b, MODE_FULLNAT, now);
     scratch.back.nat_port = s.nat_port;
-    if XLB_FLOWS.insert(&scratch.reply, &scratch.back, NO_EXIST).is_err() {
+    if XLB_FLOWS
+        .insert(&scratch.reply, &scratch.back, NO_EXIST)
+        .is_err()
+    {
         return pack(LOST);
     }
     // The slot's flow is live again: no claimer may take it as idle.
@@ -175,7 +178,10 @@ fn lost_nat(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, now: u64) -> u32 {
         _pad: [0; 2],
     };
     restore(&mut scratch.back, owner, b, MODE_NAT, now);
-    if XLB_FLOWS.insert(&scratch.reply, &scratch.back, NO_EXIST).is_err() {
+    if XLB_FLOWS
+        .insert(&scratch.reply, &scratch.back, NO_EXIST)
+        .is_err()
+    {
         return pack(LOST);
     }
     // Sent as reply_by_forward would: the reply's view of the flow.

@@ -595,11 +595,15 @@ impl Balancer {
     }
 
     fn install(&mut self, conf: &ServiceConf) -> Result<()> {
-        let (id, mut ids, old_table, old_hold, mut weights) =
-            match self.installed.remove(&conf.vip) {
-                Some(i) => (i.id, i.backend_ids, Some(i.table), i.hold, i.weights),
-                None => (self.new_service_id()?, BTreeMap::new(), None, None, BTreeMap::new()),
-            };
+        let old = self.installed.remove(&conf.vip);
+        let id = match &old {
+            Some(i) => i.id,
+            None => self.new_service_id()?,
+        };
+        let (mut ids, old_table, old_hold, mut weights) = match old {
+            Some(i) => (i.backend_ids, Some(i.table), i.hold, i.weights),
+            None => Default::default(),
+        };
         // Backends that left: down (their flows move at the next packet).
         let left: Vec<BackendAddr> = ids
             .keys()
