@@ -2,9 +2,11 @@
 //! the connection goes on: a nat or fullnat reply is translated from what xlb knows and
 //! its entry written again, or dropped and counted (`reply_no_flow`), never passed on
 //! untranslated; a TCP packet that opens no connection stays on its draining backend.
-//! Eviction is done by deleting the entries from the flow table. IPv4 and IPv6.
+//! Eviction is done by deleting the entries from the flow table. IPv4 and IPv6; and
+//! end to end, a real TCP connection through a running daemon.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::time::Duration;
 
 use lb_common::{Flow, FlowKey, MAP_FLOWS, Reason, Verdict};
 use xlb::api::Request;
@@ -14,7 +16,9 @@ use xlb_tests::{
         BACKEND_MACS, CLIENT_MAC, Lb, XDP_DROP, XDP_PASS, XDP_TX, backend_index, dst_ip, ports,
         setup, src_ip,
     },
+    netns::{Daemon, http_get, in_ns},
     packet::{Pkt, assert_checksums},
+    topology::{Backends, Topology, backend_v4},
 };
 
 const ACK: u8 = 0x10;
@@ -305,4 +309,63 @@ fn non_syn_packet_without_its_entry_stays_on_its_draining_backend() {
         lb.fx.req(Request::VipDel { vip: vip.clone() });
         evict_all(&mut lb);
     }
+}
+
+/// Deletes every entry of a daemon's pinned flow table; returns how many.
+fn evict_pinned(t: &Topology) -> usize {
+    let path = t.dir.path.join("bpffs/xlb").join(MAP_FLOWS);
+    let md = aya::maps::MapData::from_pin(&path).unwrap();
+    let mut m =
+        aya::maps::HashMap::<_, FlowKey, Flow>::try_from(aya::maps::Map::LruHashMap(md)).unwrap();
+    let keys: Vec<FlowKey> = m.keys().map(|k| k.unwrap()).collect();
+    for k in &keys {
+        m.remove(k).unwrap();
+    }
+    keys.len()
+}
+
+/// End to end: a real TCP connection through a nat service (requests on one
+/// keep-alive connection) keeps its backend after its entries are deleted from the
+/// running daemon's pinned flow table, and again after its backend is drained.
+#[test]
+fn a_real_connection_survives_eviction_and_drain() {
+    let t = Topology::build("evict", 3, 8080, Backends::ViaEdge).unwrap();
+    let xlb = Daemon::start(&t.edge, "x0", &t.dir, &[]).unwrap();
+    let svc = "198.51.100.52:80/tcp";
+    xlb.ok(&["vip", "add", svc, "--mode", "nat"]);
+    let mut addrs = Vec::new();
+    for i in 0..3 {
+        xlb.ok(&["backend", "add", svc, &format!("{}:8080", backend_v4(i))]);
+        addrs.push(backend_v4(i));
+    }
+    t.wait_neighbours(&addrs).unwrap();
+    let vip: SocketAddr = "198.51.100.52:80".parse().unwrap();
+    let mut conn = in_ns(&t.client, move || {
+        TcpStream::connect_timeout(&vip, Duration::from_secs(3))
+    })
+    .unwrap()
+    .unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let first = http_get(&mut conn).unwrap();
+    assert!(evict_pinned(&t) >= 1, "the connection's entry");
+    assert_eq!(http_get(&mut conn).unwrap(), first, "after its entry went");
+
+    let i: usize = first.trim_start_matches("web").parse::<usize>().unwrap() - 1;
+    xlb.ok(&["backend", "drain", svc, &format!("{}:8080", backend_v4(i))]);
+    assert!(evict_pinned(&t) >= 1);
+    assert_eq!(
+        http_get(&mut conn).unwrap(),
+        first,
+        "drained, and its entry gone: still its backend"
+    );
+    // A new connection goes to another backend.
+    let mut other = in_ns(&t.client, move || {
+        TcpStream::connect_timeout(&vip, Duration::from_secs(3))
+    })
+    .unwrap()
+    .unwrap();
+    other
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    assert_ne!(http_get(&mut other).unwrap(), first, "no new flows to it");
 }
