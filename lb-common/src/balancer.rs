@@ -31,6 +31,18 @@ pub const BACKEND_UP: u8 = 1;
 /// owner; the other backends' flows keep reply entries.
 pub const BACKEND_OWNS_ENDPOINT: u8 = 2;
 
+/// In its service at weight 0 (draining, drained by the operator, down, a backup on
+/// standby): no slot in the Maglev table, no new flows; it keeps its flows, and a TCP
+/// packet that opens no connection (not a SYN) and finds no flow entry goes to it when
+/// the service's hold table picks it (see Service::hold_offset).
+pub const BACKEND_HELD: u8 = 4;
+
+/// MAP_ENDPOINTS value bit: the endpoint belongs to backends of more than one nat
+/// service (the rest of the value is still its owner). A reply from it that finds no
+/// flow cannot tell which service the client used: it is dropped (Reason::ReplyNoFlow).
+/// Backend ids stay below MAX_BACKENDS, far under this bit.
+pub const ENDPOINT_SHARED: u32 = 1 << 31;
+
 /// An address in 16 bytes, network order: IPv4 in the first four, the rest zero. Held
 /// as four 32-bit words (each the native view of four network-order bytes) so that the
 /// program copies and compares it in four moves instead of sixteen byte moves (byte
@@ -86,6 +98,15 @@ pub struct Service {
     /// the pool; each entry a backend id (0: no backend).
     pub table_offset: u32,
     pub table_size: u32,
+    /// The hold table, when some backend of the service is held (BACKEND_HELD) after it
+    /// had slots: the Maglev table with each held backend at the last weight it had,
+    /// as the table was when its connections were scheduled. A TCP packet that opens
+    /// no connection and finds no flow entry (evicted) goes to the backend this table
+    /// picks if that backend is held (its connection was opened before the drain);
+    /// otherwise, and for every other packet, the service's table decides. Size 0: no
+    /// hold table.
+    pub hold_offset: u32,
+    pub hold_size: u32,
     /// Idle timeouts after which a flow is rescheduled.
     pub tcp_idle_secs: u32,
     pub udp_idle_secs: u32,

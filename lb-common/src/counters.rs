@@ -127,9 +127,18 @@ pub enum Reason {
     SynCookieOk = 24,
     /// Over a rate limit (`xlb fw limit`): dropped.
     RateLimited = 25,
+    /// A nat or fullnat reply whose flow entry was gone (evicted from the full flow
+    /// table, or idle past its timeout) while its backend still answered: translated
+    /// from what xlb knows (the backend's endpoint, the port's slot) and its flow entry
+    /// written again.
+    FlowRestored = 26,
+    /// A nat or fullnat reply whose flow entry was gone and that cannot be translated
+    /// from what xlb knows (its backend's endpoint serves several services, its
+    /// backend left): dropped, never passed on untranslated.
+    ReplyNoFlow = 27,
 }
 
-pub const REASONS: u32 = 26;
+pub const REASONS: u32 = 28;
 
 impl Reason {
     pub const ALL: [Reason; REASONS as usize] = [
@@ -159,6 +168,8 @@ impl Reason {
         Reason::SynProxy,
         Reason::SynCookieOk,
         Reason::RateLimited,
+        Reason::FlowRestored,
+        Reason::ReplyNoFlow,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -189,6 +200,8 @@ impl Reason {
             Reason::SynProxy => "syn_proxy",
             Reason::SynCookieOk => "syn_cookie_ok",
             Reason::RateLimited => "rate_limited",
+            Reason::FlowRestored => "flow_restored",
+            Reason::ReplyNoFlow => "reply_no_flow",
         }
     }
 

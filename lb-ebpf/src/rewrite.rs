@@ -3,7 +3,7 @@
 //! FIB, echo replies.
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
+    bindings::{BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
@@ -245,10 +245,27 @@ pub struct Hop {
 /// route or no resolved neighbour.
 #[inline(always)]
 pub fn route(ctx: &XdpContext, v6: bool, dst: &Addr16, hop: &mut Hop) -> bool {
+    fib(ctx, v6, dst, hop) == Fib::Routed
+}
+
+/// What the FIB says of a destination.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Fib {
+    /// Forwarded, next hop resolved (in the hop).
+    Routed,
+    /// An address of this host (or broadcast, multicast): not forwarded.
+    Local,
+    /// Anything else (no route, no neighbour yet, forwarding off).
+    Unroutable,
+}
+
+/// `route`, telling a local destination from an unroutable one.
+#[inline(always)]
+pub fn fib(ctx: &XdpContext, v6: bool, dst: &Addr16, hop: &mut Hop) -> Fib {
     // The parameters live in per-CPU scratch space (the stack is small), zeroed with
     // eight 8-byte stores (core::mem::zeroed becomes a byte-wise memset loop).
     let Some(scratch) = scratch() else {
-        return false;
+        return Fib::Unroutable;
     };
     let raw_ptr = scratch.fib.as_mut_ptr();
     let mut i = 0;
@@ -274,13 +291,16 @@ pub fn route(ctx: &XdpContext, v6: bool, dst: &Addr16, hop: &mut Hop) -> bool {
             0,
         )
     };
+    if rc == BPF_FIB_LKUP_RET_NOT_FWDED as i64 {
+        return Fib::Local;
+    }
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        return false;
+        return Fib::Unroutable;
     }
     hop.ifindex = p.ifindex;
     hop.smac = p.smac;
     hop.dmac = p.dmac;
-    true
+    Fib::Routed
 }
 
 /// Writes the MACs and sends the frame: back out of its interface, or redirected.

@@ -199,6 +199,14 @@ impl Pkt {
         self
     }
 
+    /// A TCP packet's flags (0x02 SYN, 0x10 ACK, ...); `tcp` makes a SYN.
+    pub fn tcp_flags(mut self, f: u8) -> Self {
+        if let L4::Tcp { flags, .. } = &mut self.l4 {
+            *flags = f;
+        }
+        self
+    }
+
     pub fn l4_cut(mut self, n: usize) -> Self {
         self.l4_cut = Some(n);
         self

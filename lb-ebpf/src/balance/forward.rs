@@ -14,7 +14,7 @@ use super::{
     reply_key,
 };
 use crate::{
-    bounds::{frame_len, load},
+    bounds::{frame_len, load, load_u16},
     count,
     maps::{XLB_BACKENDS, XLB_FLOWS, XLB_HOPS, XLB_MAGLEV, XLB_SNAT, scratch},
     parse::Packet,
@@ -239,9 +239,19 @@ fn schedule(
         return Err(Reason::NoBackend);
     }
     let h = flow_hash(key, svc.flags & SVC_AFFINITY_SOURCE != 0);
-    let slot = svc.table_offset + h % svc.table_size;
-    let pair = XLB_MAGLEV.get(slot / 2).ok_or(Reason::NoBackend)?;
-    let id = pair[(slot % 2) as usize];
+    // A TCP packet that opens no connection has lost its flow's entry: while the
+    // backend the connection went to is held (a drain keeps its connections), the hold
+    // table finds it. Not the ACK of a connection the SYN proxy proved: that opens one.
+    let held = if svc.hold_size != 0 && !proxied && !opens_connection(ctx, pkt) {
+        held_pick(svc, h)
+    } else {
+        0
+    };
+    let id = if held != 0 {
+        held
+    } else {
+        maglev_pick(svc.table_offset, svc.table_size, h)
+    };
     if id == 0 {
         return Err(Reason::NoBackend);
     }
@@ -296,4 +306,38 @@ fn schedule(
         let _ = XLB_FLOWS.insert(key, &scratch.flow, 0);
     }
     Ok(id)
+}
+
+/// The backend id in slot `h % size` of the Maglev table at `offset` (0: none).
+#[inline(always)]
+fn maglev_pick(offset: u32, size: u32, h: u32) -> u32 {
+    let slot = offset + h % size;
+    XLB_MAGLEV
+        .get(slot / 2)
+        .map_or(0, |pair| pair[(slot % 2) as usize])
+}
+
+/// The hold table's pick for hash `h`, if it is a held backend of `svc` (0: none).
+#[inline(always)]
+fn held_pick(svc: &Service, h: u32) -> u32 {
+    let id = maglev_pick(svc.hold_offset, svc.hold_size, h);
+    let held = BACKEND_UP | BACKEND_HELD;
+    match XLB_BACKENDS.get(id) {
+        Some(b) if b.flags & held == held && b.service == svc.id => id,
+        _ => 0,
+    }
+}
+
+/// TCP flags of the header's 13th byte.
+const TCP_SYN: u16 = 0x02;
+const TCP_ACK: u16 = 0x10;
+
+/// Whether the packet may open a flow: anything but TCP, or a TCP SYN (without ACK).
+#[inline(always)]
+fn opens_connection(ctx: &XdpContext, pkt: &Packet) -> bool {
+    if pkt.proto != IPPROTO_TCP {
+        return true;
+    }
+    // Flags are the low byte of the word at offset 12 (data offset, flags).
+    load_u16(ctx, pkt.l4_off + 12).is_none_or(|w| u16::from_be(w) & (TCP_SYN | TCP_ACK) == TCP_SYN)
 }

@@ -180,7 +180,7 @@ pub(super) fn claim_port(svc: &Service, id: u32, now: u64) -> u32 {
 
 /// NatPort::seen's clock: ticks of 2^30 ns (1.07 s), wrapping at 16 bits (19.5 hours).
 #[inline(always)]
-fn ticks(now: u64) -> u16 {
+pub(super) fn ticks(now: u64) -> u16 {
     (now >> 30) as u16
 }
 

@@ -83,6 +83,10 @@ struct Installed {
     conf: Option<ServiceConf>,
     backend_ids: BTreeMap<BackendAddr, u32>,
     table: (u32, u32),
+    /// The hold table (see Service::hold_offset), if any.
+    hold: Option<(u32, u32)>,
+    /// Each backend's last weight above 0: a held backend's weight in the hold table.
+    weights: BTreeMap<BackendAddr, u32>,
 }
 
 pub struct Balancer {
@@ -94,6 +98,8 @@ pub struct Balancer {
     endpoints: HashMap<MapData, EndpointKey, u32>,
     /// What `endpoints` holds, by owner (a backend has one endpoint).
     owned: StdHashMap<u32, EndpointKey>,
+    /// The endpoints in `endpoints` written with ENDPOINT_SHARED.
+    shared: std::collections::HashSet<EndpointKey>,
     /// Per-backend traffic counters (see `stats`).
     backend_stats: PerCpuArray<MapData, BackendStats>,
     /// Its fd, for batch reads (valid while the typed map above owns it).
@@ -135,6 +141,7 @@ impl Balancer {
             backends,
             endpoints,
             owned: StdHashMap::new(),
+            shared: Default::default(),
             backend_stats,
             backend_stats_fd,
             retired: BTreeMap::new(),
@@ -271,6 +278,10 @@ impl Balancer {
                 proto,
             };
             self.reserve(svc.table_offset, svc.table_size)?;
+            let hold = (svc.hold_size != 0).then_some((svc.hold_offset, svc.hold_size));
+            if let Some((o, l)) = hold {
+                self.reserve(o, l)?;
+            }
             self.next_service_id = self.next_service_id.max(svc.id + 1);
             self.installed.insert(
                 vip,
@@ -280,12 +291,19 @@ impl Balancer {
                     conf: None,
                     backend_ids: in_use.remove(&svc.id).unwrap_or_default(),
                     table: (svc.table_offset, svc.table_size),
+                    hold,
+                    // Not kept in the maps: the next install builds no hold table for
+                    // backends held now (their evicted connections move, as before).
+                    weights: BTreeMap::new(),
                 },
             );
         }
         for item in self.endpoints.iter() {
-            let (k, id) = item.context("reading an endpoint")?;
-            self.owned.insert(id, k);
+            let (k, v) = item.context("reading an endpoint")?;
+            self.owned.insert(v & !ENDPOINT_SHARED, k);
+            if v & ENDPOINT_SHARED != 0 {
+                self.shared.insert(k);
+            }
         }
         let ids: std::collections::BTreeSet<u32> = self.installed.values().map(|i| i.id).collect();
         self.free_service_ids = (1..self.next_service_id)
@@ -375,7 +393,15 @@ impl Balancer {
         }
     }
 
-    fn write_backend(&mut self, id: u32, b: &BackendAddr, service: u32, up: bool) -> Result<()> {
+    /// `held`: in the service at weight 0 (BACKEND_HELD).
+    fn write_backend(
+        &mut self,
+        id: u32,
+        b: &BackendAddr,
+        service: u32,
+        up: bool,
+        held: bool,
+    ) -> Result<()> {
         let (addr, family) = addr16(&b.addr);
         // An owner keeps its flag through a rewrite (its flows have no reply entries); a
         // backend going down loses it and its endpoint (its id may be given to another).
@@ -388,7 +414,7 @@ impl Balancer {
                 (true, true) => BACKEND_UP | BACKEND_OWNS_ENDPOINT,
                 (true, false) => BACKEND_UP,
                 _ => 0,
-            },
+            } | if up && held { BACKEND_HELD } else { 0 },
             service,
             generation: self.generations[id as usize],
         };
@@ -465,7 +491,9 @@ impl Balancer {
     /// whatever port the client used, and a service without one cannot be told from the
     /// reply). An owner stays while it is a candidate (its flows rely on it); a new one
     /// is the lowest id. The entry is written before its backend gets the flag, and the
-    /// flag cleared before the entry goes.
+    /// flag cleared before the entry goes. An endpoint of several services' backends is
+    /// written with ENDPOINT_SHARED: a reply from it that finds no flow cannot be
+    /// given back to one of them.
     fn sync_endpoints(&mut self) -> Result<()> {
         let mut candidates: StdHashMap<EndpointKey, Vec<u32>> = StdHashMap::new();
         for (vip, inst) in &self.installed {
@@ -486,6 +514,11 @@ impl Balancer {
         }
         let owner_of: StdHashMap<EndpointKey, u32> =
             self.owned.iter().map(|(id, k)| (*k, *id)).collect();
+        let shared: std::collections::HashSet<EndpointKey> = candidates
+            .iter()
+            .filter(|(_, ids)| ids.len() > 1)
+            .map(|(k, _)| *k)
+            .collect();
         let want: StdHashMap<EndpointKey, u32> = candidates
             .into_iter()
             .map(|(k, ids)| {
@@ -508,13 +541,19 @@ impl Balancer {
         }
         // New owners: the entry first, then the flag.
         for (k, id) in &want {
-            if owner_of.get(k) != Some(id) {
+            let new_owner = owner_of.get(k) != Some(id);
+            let is_shared = shared.contains(k);
+            if new_owner || is_shared != self.shared.contains(k) {
+                let v = if is_shared { id | ENDPOINT_SHARED } else { *id };
                 self.endpoints
-                    .insert(k, id, 0)
+                    .insert(k, v, 0)
                     .context("writing an endpoint")?;
+            }
+            if new_owner {
                 self.set_owns(*id, true)?;
             }
         }
+        self.shared = shared;
         self.owned = want.into_iter().map(|(k, id)| (id, k)).collect();
         Ok(())
     }
@@ -542,20 +581,28 @@ impl Balancer {
             .remove(&service_key(vip))
             .context("removing a service")?;
         for (b, id) in &inst.backend_ids {
-            self.write_backend(*id, b, inst.id, false)?;
+            self.write_backend(*id, b, inst.id, false, false)?;
             self.retire(vip, *id);
             self.free_backend_ids.push(*id);
         }
         self.retired.remove(vip);
         self.release(inst.table.0, inst.table.1);
+        if let Some((o, l)) = inst.hold {
+            self.release(o, l);
+        }
         self.free_service_ids.push(inst.id);
         Ok(())
     }
 
     fn install(&mut self, conf: &ServiceConf) -> Result<()> {
-        let (id, mut ids, old_table) = match self.installed.remove(&conf.vip) {
-            Some(i) => (i.id, i.backend_ids, Some(i.table)),
-            None => (self.new_service_id()?, BTreeMap::new(), None),
+        let old = self.installed.remove(&conf.vip);
+        let id = match &old {
+            Some(i) => i.id,
+            None => self.new_service_id()?,
+        };
+        let (mut ids, old_table, old_hold, mut weights) = match old {
+            Some(i) => (i.backend_ids, Some(i.table), i.hold, i.weights),
+            None => Default::default(),
         };
         // Backends that left: down (their flows move at the next packet).
         let left: Vec<BackendAddr> = ids
@@ -565,7 +612,7 @@ impl Balancer {
             .collect();
         for b in left {
             let bid = ids.remove(&b).expect("listed");
-            self.write_backend(bid, &b, id, false)?;
+            self.write_backend(bid, &b, id, false, false)?;
             self.retire(&conf.vip, bid);
             self.free_backend_ids.push(bid);
         }
@@ -579,7 +626,13 @@ impl Balancer {
                 ids.insert(*b, bid);
                 poke_neighbour(b);
             }
-            self.write_backend(ids[b], b, id, true)?;
+            self.write_backend(ids[b], b, id, true, conf.backends[b] == 0)?;
+        }
+        weights.retain(|b, _| conf.backends.contains_key(b));
+        for (b, w) in &conf.backends {
+            if *w != 0 {
+                weights.insert(*b, *w);
+            }
         }
         // The Maglev table, in a fresh range of the pool.
         let members: Vec<Member> = conf
@@ -593,13 +646,9 @@ impl Balancer {
         let size = maglev::table_size_for(members.len().max(1))
             .ok_or_else(|| anyhow!("too many backends for one service ({})", members.len()))?;
         let offset = self.alloc(size)?;
-        let table = maglev::build(&members, size);
         let order: Vec<u32> = conf.backends.keys().map(|b| ids[b]).collect();
-        let words = self.pool.words();
-        for (slot, member) in table.iter().enumerate() {
-            let v = member.map_or(0, |m| order[m as usize]);
-            words[offset as usize + slot].store(v, Ordering::Relaxed);
-        }
+        self.write_table(offset, size, &members, &order);
+        let hold = self.hold_table(conf, &weights, size, &order);
         let key = service_key(&conf.vip);
         self.service_keys
             .set(id, key, 0)
@@ -624,6 +673,8 @@ impl Balancer {
             _pad: 0,
             table_offset: offset,
             table_size: size,
+            hold_offset: hold.map_or(0, |h| h.0),
+            hold_size: hold.map_or(0, |h| h.1),
             tcp_idle_secs: conf.tcp_idle,
             udp_idle_secs: conf.udp_idle,
         };
@@ -631,7 +682,7 @@ impl Balancer {
         self.services
             .insert(key, svc, 0)
             .context("writing a service")?;
-        if let Some((o, l)) = old_table {
+        for (o, l) in old_table.into_iter().chain(old_hold) {
             self.release(o, l);
         }
         self.installed.insert(
@@ -642,9 +693,60 @@ impl Balancer {
                 conf: Some(conf.clone()),
                 backend_ids: ids,
                 table: (offset, size),
+                hold,
+                weights,
             },
         );
         Ok(())
+    }
+
+    /// Writes the Maglev table of `members` (backend ids in `order`) at `offset`.
+    fn write_table(&mut self, offset: u32, size: u32, members: &[Member], order: &[u32]) {
+        let table = maglev::build(members, size);
+        let words = self.pool.words();
+        for (slot, member) in table.iter().enumerate() {
+            let v = member.map_or(0, |m| order[m as usize]);
+            words[offset as usize + slot].store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// The hold table of `conf` (see Service::hold_offset): its table with each held
+    /// backend (weight 0) back at its last weight, so that it has the slots it had when
+    /// its connections were scheduled. None when no backend is held after having had
+    /// slots, or when the pool has no room (then an evicted connection of a held backend
+    /// is scheduled anew, as any flow).
+    fn hold_table(
+        &mut self,
+        conf: &ServiceConf,
+        weights: &BTreeMap<BackendAddr, u32>,
+        size: u32,
+        order: &[u32],
+    ) -> Option<(u32, u32)> {
+        let held = |b: &BackendAddr, w: u32| w == 0 && weights.contains_key(b);
+        if !conf.backends.iter().any(|(b, w)| held(b, *w)) {
+            return None;
+        }
+        let members: Vec<Member> = conf
+            .backends
+            .iter()
+            .map(|(b, w)| Member {
+                key: b.to_string(),
+                weight: if *w == 0 {
+                    weights.get(b).copied().unwrap_or(0)
+                } else {
+                    *w
+                },
+            })
+            .collect();
+        let offset = match self.alloc(size) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(vip = %conf.vip, "no hold table for held backends: {e}");
+                return None;
+            }
+        };
+        self.write_table(offset, size, &members, order);
+        Some((offset, size))
     }
 
     fn sync_echo(&mut self, desired: &Services) -> Result<()> {
