@@ -3,12 +3,10 @@
 //! allow-list) while an attacker namespace sends a bounded spoofed SYN flood and an ACK
 //! flood; no flow is made for a spoofed source and real clients keep connecting.
 
-use std::net::Ipv4Addr;
-
 use serde_json::Value;
 use xlb_tests::{
-    netns::{Daemon, Netns, in_ns, wait_until},
-    tcp::{ACK, Opts, SYN, Seg},
+    netns::{Daemon, Netns, wait_until},
+    tcp::{ACK, SYN, Spoofed, send_spoofed},
     topology::{Backends, Topology, backend_v4},
 };
 
@@ -64,54 +62,14 @@ fn flood(xlb: &Daemon, attacker: &Netns, vip: &str, svc: &str, flags: u8, name: 
 }
 
 /// `n` spoofed TCP segments (`flags`, numbered from `first`) to `vip`:80 from
-/// 192.0.2.200-249 through a raw socket in the attacker's namespace (IP_HDRINCL: the
-/// source is the packet's).
+/// 192.0.2.200-249 through a raw socket in the attacker's namespace.
 fn burst(attacker: &Netns, vip: &str, flags: u8, first: u32, n: u32) {
-    let vip = vip.to_string();
-    in_ns(attacker, move || {
-        // SAFETY: plain socket calls on a descriptor this closure owns.
-        unsafe {
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
-            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-            let dst: Ipv4Addr = vip.parse().unwrap();
-            let sa = libc::sockaddr_in {
-                sin_family: libc::AF_INET as u16,
-                sin_port: 0,
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(dst.octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            for k in first..first + n {
-                let src = format!("192.0.2.{}", 200 + k % 50);
-                let mut s = Seg::new(&src, &vip, 1024 + (k % 60000) as u16, 80, flags)
-                    .seq(k.wrapping_mul(2_654_435_761));
-                if flags == SYN {
-                    s = s.opts(Opts::linux_syn(k));
-                } else {
-                    s = s.ack(k.wrapping_mul(40503));
-                }
-                let frame = s.build();
-                let ip = &frame[14..];
-                let sent = libc::sendto(
-                    fd,
-                    ip.as_ptr() as *const libc::c_void,
-                    ip.len(),
-                    0,
-                    &sa as *const libc::sockaddr_in as *const libc::sockaddr,
-                    std::mem::size_of::<libc::sockaddr_in>() as u32,
-                );
-                assert_eq!(
-                    sent,
-                    ip.len() as isize,
-                    "{}",
-                    std::io::Error::last_os_error()
-                );
-            }
-            libc::close(fd);
-        }
-    })
-    .unwrap();
+    let from = Spoofed {
+        prefix: "192.0.2.",
+        base: 200,
+        count: 50,
+    };
+    send_spoofed(attacker, (vip, 80), flags, &from, first, n).unwrap();
 }
 
 /// A spoofed SYN flood and an ACK flood against a protected service: every SYN gets a
