@@ -7,7 +7,10 @@ use std::time::Instant;
 use anyhow::Result;
 use aya::programs::ProgramFd;
 use serde_json::{Value, json};
-use xlb::{api::Request, model::rules::Action, model::services::Mode};
+use xlb::{
+    api::Request,
+    model::{rules::Action, services::Mode, synflood::SynMode},
+};
 use xlb_bench::prefixes;
 use xlb_tests::{
     fixture::{CLIENT_MAC, Fixture, LbNet},
@@ -220,6 +223,21 @@ impl Measured {
             frame[6..12].copy_from_slice(&CLIENT_MAC);
             bench.set_frame(frame)?;
             let client = u32::from(std::net::Ipv4Addr::new(192, 0, 2, 2));
+            // A new SYN every packet is a SYN flood to the default protection (auto,
+            // above 5000 new flows/s), which would answer it with a cookie: off, these
+            // rows measure the flow path.
+            fx.req(Request::VipSet {
+                vip: vip.clone(),
+                mode: None,
+                affinity_source: None,
+                echo: None,
+                tcp_idle: None,
+                udp_idle: None,
+                snat: None,
+                syn_protection: Some(SynMode::Off),
+                syn_threshold: None,
+                all_down: None,
+            });
             let hit = bench.ns(xlb_fd, client, false)?;
             let miss = bench.ns(xlb_fd, client, true)?;
             self.rows.push((format!("xlb {mode}, flow-table hit"), hit));
